@@ -1,0 +1,40 @@
+# edged — the two commands of the README do all set-up on a fresh machine.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-test
+RUNSTAMP := $(VENV)/.installed
+
+.PHONY: run test lint bench clean errors
+
+$(BIN)/python:
+	$(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+$(RUNSTAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(STAMP): pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q -e '.[test]'
+	touch $@ $(RUNSTAMP)
+
+run: $(RUNSTAMP)
+	$(BIN)/edged run
+
+lint: $(STAMP)
+	$(BIN)/ruff check edged drivers sync
+	$(BIN)/mypy
+
+test: $(STAMP) lint
+	$(BIN)/python -m edged.errors_doc --check docs/errors.md
+	$(BIN)/pytest -q -p no:cacheprovider
+
+errors: $(STAMP)
+	$(BIN)/python -m edged.errors_doc docs/errors.md
+
+bench: $(STAMP)
+	$(BIN)/python bench/api.py
+
+clean:
+	rm -rf $(VENV) var

@@ -1,0 +1,1 @@
+"""Card terminals: one module per kind, and terminal-side simulators."""

@@ -1,0 +1,157 @@
+"""The one interface every card terminal kind implements.
+
+The daemon never sees wire dictionaries: a driver answers with the typed values below.
+The line between "nothing was sent" and "the terminal took the request" decides money:
+
+- a driver that could not hand the request over raises :class:`TerminalUnavailable`
+  (the card was certainly not charged: the payment may be marked ``failed``);
+- once the terminal has accepted the request, every ending is a :class:`TransactionResult`;
+  silence, a dropped line or garbage is ``Outcome.UNKNOWN``, never ``DECLINED``.
+"""
+
+from __future__ import annotations
+
+import abc
+import enum
+from dataclasses import dataclass, field
+
+
+class DriverError(Exception):
+    """Root of every error raised by a terminal driver."""
+
+
+class TerminalUnavailable(DriverError):
+    """The request never reached the terminal (port gone, no ACK): nothing was charged."""
+
+
+class TerminalBusy(DriverError):
+    """The terminal is running another transaction."""
+
+
+class OperationNotSupported(DriverError):
+    """The protocol or the terminal cannot do this (refund, cancel…)."""
+
+
+class CancelNotSupported(OperationNotSupported):
+    """The running transaction cannot be cancelled from the register: cancel on the terminal."""
+
+
+class ProtocolError(DriverError):
+    """The bytes on the line broke the protocol (bad frame, bad field)."""
+
+
+class Outcome(enum.StrEnum):
+    APPROVED = "approved"
+    DECLINED = "declined"
+    CANCELED = "canceled"
+    UNKNOWN = "unknown"
+
+
+class TransactionKind(enum.StrEnum):
+    SALE = "sale"
+    REFUND = "refund"
+
+
+class TerminalState(enum.StrEnum):
+    ONLINE = "online"
+    OFFLINE = "offline"
+    BUSY = "busy"
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionRequest:
+    """One transaction asked of a terminal. Money in minor units plus ISO 4217 alpha code."""
+
+    payment_id: str
+    amount: int
+    currency: str
+    kind: TransactionKind = TransactionKind.SALE
+    reference: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TransactionResult:
+    """How a transaction ended, as far as the terminal told us.
+
+    ``last4`` is the only part of a card number a driver may ever hand on.
+    """
+
+    outcome: Outcome
+    amount: int
+    currency: str
+    brand: str | None = None
+    last4: str | None = None
+    auth_code: str | None = None
+    reference: str | None = None
+    raw_status: str | None = None
+    receipt: str | None = None
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalStatus:
+    state: TerminalState
+    detail: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Capabilities:
+    refund: bool = False
+    cancel: bool = False
+    recover: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InterruptedTransaction:
+    """A transaction the daemon had started when it stopped, handed to ``recover``."""
+
+    payment_id: str
+    amount: int
+    currency: str
+    kind: TransactionKind
+    started_at: str
+    extra: dict[str, str] = field(default_factory=dict)
+
+
+class Terminal(abc.ABC):
+    """A card terminal on one lane. One transaction at a time is the caller's rule."""
+
+    kind: str = ""
+
+    def __init__(self, terminal_id: str) -> None:
+        self.terminal_id = terminal_id
+
+    @property
+    @abc.abstractmethod
+    def capabilities(self) -> Capabilities:
+        """What this terminal can do besides a sale."""
+
+    @abc.abstractmethod
+    async def open(self) -> None:
+        """Open the line. May raise :class:`TerminalUnavailable`; the caller retries."""
+
+    @abc.abstractmethod
+    async def status(self) -> TerminalStatus:
+        """A cheap probe used by the idle heartbeat. Never raises for an absent terminal."""
+
+    @abc.abstractmethod
+    async def collect(self, request: TransactionRequest) -> TransactionResult:
+        """Run a sale and wait for the customer."""
+
+    async def refund(self, request: TransactionRequest) -> TransactionResult:
+        """Run a refund (credit) on the terminal where the protocol supports it."""
+        raise OperationNotSupported(f"{self.kind} terminals cannot refund from the register")
+
+    async def cancel(self) -> None:
+        """Ask the terminal to abort the running transaction."""
+        raise CancelNotSupported(
+            f"{self.kind} terminal {self.terminal_id}: cancel on the terminal itself"
+        )
+
+    async def recover(self, interrupted: InterruptedTransaction) -> TransactionResult | None:
+        """Establish how an interrupted transaction ended, or ``None`` if it cannot be told."""
+        return None
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Release the line."""

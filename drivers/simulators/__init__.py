@@ -1,0 +1,1 @@
+"""Terminal-side simulators that speak the real bytes on a pty."""

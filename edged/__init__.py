@@ -1,0 +1,3 @@
+"""edged: the store daemon."""
+
+__version__ = "0.1.0"

@@ -1,0 +1,1 @@
+"""Everything that crosses the store's internet link. Imports neither edged nor drivers."""
