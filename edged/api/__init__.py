@@ -1,0 +1,1 @@
+"""The register API (/v1), its middleware and its OpenAPI contract."""

@@ -1,0 +1,285 @@
+"""The HTTP plumbing every route shares: errors, Host check, auth, limits, bodies, keys.
+
+A route is declared once as a :class:`Route` (method, path, body schema, answer, errors,
+scope); :func:`bind` turns it into an aiohttp handler that reads and checks the body,
+applies the Idempotency-Key rules and renders the service's :class:`Answer`. The OpenAPI
+document is generated from the same declarations.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import socket
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from aiohttp import web
+
+from edged import idempotency
+from edged.api.schema import Obj, Schema
+from edged.cardnumbers import contains_pan
+from edged.errors import ApiError
+from edged.idempotency import MAX_KEY_LENGTH, IdemRecord
+from edged.payments import Answer
+from edged.services import Services
+from edged.tokens import Principal
+
+log = logging.getLogger(__name__)
+
+SERVICES = web.AppKey("services", Services)
+DRAINING = web.AppKey("draining", list)  # a one-element list holding a bool
+PRINCIPAL = "edged.principal"
+
+
+@dataclass(frozen=True, slots=True)
+class Ctx:
+    request: web.Request
+    services: Services
+    principal: Principal | None
+    body: dict[str, Any]
+    idem: IdemRecord | None
+
+    @property
+    def actor(self) -> str:
+        return f"token:{self.principal.name}" if self.principal else "anonymous"
+
+    def match(self, name: str) -> str:
+        return self.request.match_info[name]
+
+    def query_int(self, name: str, default: int, low: int, high: int) -> int:
+        raw = self.request.query.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = int(raw)
+        except ValueError:
+            raise ApiError("ERR-1013", f"query parameter {name} must be a whole number,"
+                           f" not {raw!r}") from None
+        if not low <= value <= high:
+            raise ApiError("ERR-1013", f"query parameter {name} must be from {low} to {high}")
+        return value
+
+    def query_float(self, name: str, default: float, low: float, high: float) -> float:
+        raw = self.request.query.get(name)
+        if raw is None or raw == "":
+            return default
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ApiError("ERR-1013", f"query parameter {name} must be a number of seconds,"
+                           f" not {raw!r}") from None
+        if not low <= value <= high:
+            raise ApiError("ERR-1013", f"query parameter {name} must be from {low} to {high}")
+        return value
+
+
+Handler = Callable[[Ctx], Awaitable[Answer | web.StreamResponse]]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    handler: Handler
+    summary: str
+    response: Schema
+    status: int = 200
+    body: Obj | None = None
+    errors: tuple[str, ...] = ()
+    query: dict[str, str] = field(default_factory=dict)
+    scope: str | None = "register"  # None: no token needed
+    tag: str = "payments"
+    media_type: str = "application/json"
+
+
+def json_response(status: int, body: dict[str, Any],
+                  headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(status=status, headers=headers,
+                        text=json.dumps(body, separators=(",", ":")),
+                        content_type="application/json")
+
+
+def error_response(err: ApiError) -> web.Response:
+    return json_response(err.status, err.body(), err.headers)
+
+
+async def _read_body(request: web.Request, schema: Obj | None) -> tuple[dict[str, Any], Any]:
+    """(validated body, the raw decoded JSON for hashing). The raw body is never logged."""
+    try:
+        raw = await request.read()
+    except web.HTTPRequestEntityTooLarge:
+        limit = request.app[SERVICES].cfg.api.max_body_bytes
+        raise ApiError("ERR-1007", f"the body is larger than {limit} bytes") from None
+    if not raw.strip():
+        decoded: Any = {}
+    else:
+        ctype = request.content_type
+        if ctype not in ("application/json", "application/octet-stream", "text/plain") \
+                and not ctype.endswith("+json"):
+            raise ApiError("ERR-1014", f"send the body as application/json, not {ctype}")
+        try:
+            decoded = json.loads(raw)
+        except (ValueError, UnicodeDecodeError) as exc:
+            line = getattr(exc, "lineno", None)
+            col = getattr(exc, "colno", None)
+            where = f" (line {line}, column {col})" if line else ""
+            raise ApiError("ERR-1001", f"the body is not valid JSON{where}") from None
+    if not isinstance(decoded, dict):
+        raise ApiError("ERR-1002", "the body must be a JSON object such as {\"amount\": 1250}")
+    if contains_pan(decoded):
+        raise ApiError("ERR-1010", "the body contains what looks like a card number; card"
+                       " numbers must never be sent to the daemon, use the terminal or a"
+                       " processor token")
+    validated = schema.validate(decoded, "body") if schema is not None else {}
+    return validated, decoded
+
+
+def _idempotency_key(request: web.Request) -> str:
+    key = request.headers.get("Idempotency-Key", "")
+    if not key:
+        raise ApiError("ERR-1008", "every POST needs an Idempotency-Key header: a unique value"
+                       " per operation (for example a UUID), reused when retrying it")
+    if len(key) > MAX_KEY_LENGTH or not key.isprintable() or not key.isascii():
+        raise ApiError("ERR-1008", f"the Idempotency-Key must be 1 to {MAX_KEY_LENGTH}"
+                       " printable ASCII characters")
+    return key
+
+
+def bind(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+    async def handle(request: web.Request) -> web.StreamResponse:
+        services = request.app[SERVICES]
+        principal: Principal | None = request.get(PRINCIPAL)
+        if route.scope == "manager" and (principal is None or not principal.is_manager):
+            raise ApiError("ERR-5003", "this call needs a token with the manager scope"
+                           " (edged token create NAME --scope manager)")
+        if route.method != "POST":
+            answer = await route.handler(Ctx(request, services, principal, {}, None))
+            return _render(answer)
+        body, decoded = await _read_body(request, route.body)
+        key = _idempotency_key(request)
+        scope = f"token:{principal.token_id}" if principal else "anonymous"
+        record = IdemRecord(scope, key, "POST", request.path,
+                            idempotency.body_hash("POST", request.path, decoded))
+        async with services.key_locks.hold(scope, key):
+            stored = await services.db.read(lambda c: idempotency.lookup(c, scope, key))
+            if stored is not None:
+                if stored.body_hash != record.body_hash:
+                    raise ApiError("ERR-1009", "this Idempotency-Key was used for another"
+                                   f" request ({stored.path}); use a new key for a new"
+                                   " operation")
+                services.metrics.inc("edged_idempotent_replays_total",
+                                     "Requests answered from a stored answer")
+                return json_response(stored.status, stored.body,
+                                     {"Idempotent-Replayed": "true"})
+            answer = await route.handler(Ctx(request, services, principal, body, record))
+            if isinstance(answer, Answer) and not answer.stored:
+                await services.db.write(
+                    lambda c: idempotency.save(c, record, answer.status, answer.body))
+            return _render(answer)
+
+    return handle
+
+
+def _render(answer: Answer | web.StreamResponse) -> web.StreamResponse:
+    if isinstance(answer, Answer):
+        return json_response(answer.status, answer.body)
+    return answer
+
+
+# -- middleware ---------------------------------------------------------------------------
+
+
+def allowed_hosts(services: Services) -> frozenset[str]:
+    api = services.cfg.api
+    names = {"127.0.0.1", "localhost", "::1", api.host.lower()}
+    host = socket.gethostname().lower()
+    names |= {host, f"{host}.local"}
+    names |= {h.lower() for h in api.allowed_hosts}
+    return frozenset(names)
+
+
+def _host_of(header: str) -> str:
+    header = header.strip().lower()
+    if header.startswith("["):
+        return header[1:].split("]", 1)[0]
+    return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
+
+
+@web.middleware
+async def errors_middleware(request: web.Request,
+                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                            ) -> web.StreamResponse:
+    services = request.app[SERVICES]
+    started = time.perf_counter()
+    status = 500
+    try:
+        response = await handler(request)
+        status = response.status
+        return response
+    except ApiError as err:
+        status = err.status
+        if err.status >= 500:
+            log.warning("%s %s: %s %s", request.method, request.path, err.code, err.message)
+        return error_response(err)
+    except web.HTTPException as exc:
+        status = exc.status
+        code = {404: "ERR-1011", 405: "ERR-1012", 413: "ERR-1007"}.get(exc.status)
+        if code is None:
+            raise
+        message = {"ERR-1011": f"no route {request.path}; see /v1/openapi.json",
+                   "ERR-1012": f"{request.method} is not allowed on {request.path}",
+                   "ERR-1007": "the body is larger than the daemon accepts"}[code]
+        return error_response(ApiError(code, message))
+    except Exception:
+        log.exception("unhandled error in %s %s", request.method, request.path)
+        return error_response(ApiError("ERR-1099", "internal error; nothing is lost, retry"
+                                       " with the same Idempotency-Key"))
+    finally:
+        route = request.match_info.route.resource
+        name = route.canonical if route is not None else "unmatched"
+        services.metrics.inc("edged_http_requests_total", "HTTP requests answered",
+                             route=name, method=request.method, status=str(status))
+        services.metrics.inc("edged_http_request_seconds_sum", "Time spent answering",
+                             time.perf_counter() - started, route=name)
+
+
+@web.middleware
+async def gate_middleware(request: web.Request,
+                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                          ) -> web.StreamResponse:
+    """Draining, Host (DNS rebinding), bearer token and per-client limits."""
+    services = request.app[SERVICES]
+    if request.app[DRAINING][0]:
+        raise ApiError("ERR-1016", "the daemon is shutting down; retry in a moment",
+                       headers={"Retry-After": "5", "Connection": "close"})
+    host = _host_of(request.headers.get("Host", ""))
+    if host not in services.allowed_hosts:
+        sock = request.transport.get_extra_info("sockname") if request.transport else None
+        if not (sock and host == str(sock[0]).lower()):
+            raise ApiError("ERR-5004", "the Host header does not name this daemon; add the"
+                           " name to [api].allowed_hosts if it is really this box")
+    if not request.path.startswith("/v1/"):
+        return await handler(request)
+    auth = request.headers.get("Authorization", "")
+    if not auth.startswith("Bearer ") or not auth[7:].strip():
+        raise ApiError("ERR-5001", "send Authorization: Bearer <token>; create one with"
+                       " `edged token create NAME`", headers={"WWW-Authenticate": "Bearer"})
+    principal = await services.principal(auth[7:].strip())
+    if principal is None:
+        raise ApiError("ERR-5002", "the token is unknown or revoked",
+                       headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
+    request[PRINCIPAL] = principal
+    client = f"token:{principal.token_id}"
+    verdict = services.limits.take(client)
+    if verdict.allowed and request.method == "POST" and request.path == "/v1/payments":
+        verdict = services.payment_limits.take(client)
+    if not verdict.allowed:
+        raise ApiError("ERR-1015", f"too many requests; retry after {verdict.retry_after} s",
+                       headers=verdict.headers())
+    response = await handler(request)
+    if not response.prepared:
+        response.headers.update(verdict.headers())
+    return response

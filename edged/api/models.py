@@ -1,0 +1,133 @@
+"""The shapes of every request body and answer of ``/v1``: validated and documented."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from edged.api.schema import Arr, Free, Int, Obj, Str
+from edged.inventory import MAX_DELTA, MAX_QUANTITY, REASONS
+from edged.money import MAX_AMOUNT, is_known_currency
+
+
+def _currency(value: Any) -> str | None:
+    return None if is_known_currency(value) else (
+        f"is not an ISO 4217 currency code the daemon knows: {value!r} (for example EUR)")
+
+
+AMOUNT = Int(minimum=1, maximum=MAX_AMOUNT, code="ERR-2001",
+             description="Integer minor units (1250 = 12.50 EUR)")
+CURRENCY = Str(min_length=3, max_length=3, check=_currency, code="ERR-2002",
+               description="ISO 4217 alphabetic code")
+REFERENCE = Str(max_length=100, description="The register's own reference")
+
+PAYMENT_CREATE = Obj(
+    name="PaymentCreate",
+    props={
+        "amount": AMOUNT,
+        "currency": CURRENCY,
+        "method": Str(enum=("cash", "card_present", "token")),
+        "terminal": Str(max_length=64, description="Terminal id; required with several"),
+        "reference": REFERENCE,
+        "token": Str(max_length=255, description="A processor's payment-method token"),
+        "processor": Str(enum=("stripe", "square")),
+    },
+    required=("amount", "currency", "method"),
+)
+REFUND_CREATE = Obj(
+    name="RefundCreate",
+    props={"amount": AMOUNT, "reason": Str(max_length=500)},
+    required=("amount",),
+)
+RESOLVE = Obj(
+    name="PaymentResolve",
+    props={"outcome": Str(enum=("approved", "declined")),
+           "note": Str(max_length=1000, description="Why: what the terminal's journal says")},
+    required=("outcome", "note"),
+)
+_SKU = Str(max_length=100)
+_VARIANT = Str(max_length=100, description="gid://shopify/ProductVariant/N or N")
+ORDER_LINE = Obj(
+    props={"sku": _SKU, "variant_id": _VARIANT,
+           "quantity": Int(minimum=1, maximum=MAX_QUANTITY),
+           "price": Int(minimum=0, maximum=MAX_AMOUNT, code="ERR-2001",
+                        description="Unit price in minor units")},
+    required=("quantity", "price"),
+    one_of=("sku", "variant_id"),
+)
+ORDER_CREATE = Obj(
+    name="OrderCreate",
+    props={"reference": Str(max_length=100, description="Receipt number; unique"),
+           "lines": Arr(items=ORDER_LINE, min_items=1, max_items=250),
+           "payments": Arr(items=Str(max_length=64), max_items=20)},
+    required=("reference", "lines", "payments"),
+)
+STOCK_CHANGE = Obj(
+    props={"sku": _SKU, "barcode": Str(max_length=100),
+           "inventory_item_id": Str(max_length=100),
+           "delta": Int(minimum=-MAX_DELTA, maximum=MAX_DELTA, code="ERR-4009",
+                        description="Non-zero change of the available quantity")},
+    required=("delta",),
+    one_of=("sku", "barcode", "inventory_item_id"),
+)
+ADJUSTMENT_CREATE = Obj(
+    name="AdjustmentCreate",
+    props={"reason": Str(enum=REASONS),
+           "reference": REFERENCE,
+           "changes": Arr(items=STOCK_CHANGE, min_items=1, max_items=250)},
+    required=("reason", "changes"),
+)
+EMPTY = Obj(name="Empty", description="No body, or {}")
+
+# -- answers ------------------------------------------------------------------------------
+
+_S = {"type": "string"}
+_SN = {"type": ["string", "null"]}
+_I = {"type": "integer"}
+
+
+def _obj(props: dict[str, Any], name: str) -> Free:
+    return Free(schema={"type": "object", "properties": props, "title": name})
+
+
+REFUND = _obj({"id": _S, "payment_id": _S, "amount": _I, "currency": _S, "reason": _SN,
+               "state": {"enum": ["pending", "queued", "succeeded", "failed", "unknown"]},
+               "terminal_id": _SN, "processor_ref": _SN, "failure": _SN, "created_at": _S,
+               "updated_at": _S}, "Refund")
+PAYMENT = _obj({
+    "id": _S, "method": {"enum": ["cash", "card_present", "token"]},
+    "state": {"enum": ["pending", "in_progress", "approved", "declined", "canceled", "failed",
+                       "unknown", "stored", "forward_declined"]},
+    "amount": _I, "currency": _S, "terminal_id": _SN, "reference": _SN, "processor": _SN,
+    "brand": _SN, "last4": _SN, "auth_code": _SN, "processor_ref": _SN, "raw_status": _SN,
+    "receipt": _SN, "failure": _SN, "order_id": _SN, "created_at": _S, "updated_at": _S,
+    "finished_at": _SN, "refunded": _I, "refunds": {"type": "array", "items": REFUND.schema},
+}, "Payment")
+PAYMENT_LIST = _obj({"data": {"type": "array", "items": PAYMENT.schema},
+                     "next_cursor": _SN}, "PaymentList")
+ORDER = _obj({"id": _S, "reference": _S, "currency": _S, "total": _I, "created_at": _S,
+              "lines": {"type": "array", "items": {"type": "object"}},
+              "payments": {"type": "array", "items": _S}}, "Order")
+ADJUSTMENT = _obj({"id": _S, "reason": _S, "reference": _SN, "created_at": _S,
+                   "changes": {"type": "array", "items": {"type": "object"}}}, "Adjustment")
+ITEM = _obj({"sku": _SN, "barcode": _SN, "title": _S, "price": {"type": ["integer", "null"]},
+             "variant_id": _SN, "inventory_item_id": _SN,
+             "stock": {"type": "object", "properties": {
+                 "quantity": _I, "unsynced_delta": _I, "reported": _I,
+                 "reported_at": _SN}}}, "Item")
+TERMINAL = _obj({"id": _S, "kind": _S, "state": {"enum": ["online", "offline", "busy"]},
+                 "busy_with": _SN, "last_seen": _SN, "detail": _SN,
+                 "capabilities": {"type": "object"}}, "Terminal")
+TERMINAL_LIST = _obj({"data": {"type": "array", "items": TERMINAL.schema}}, "TerminalList")
+SYNC = _obj({"destinations": {"type": "array", "items": {"type": "object", "properties": {
+    "destination": _S, "pending": _I, "inflight": _I, "dead": _I,
+    "oldest_pending_at": _SN, "oldest_pending_age_seconds": {"type": ["number", "null"]},
+    "breaker": {"type": ["object", "null"]}}}}}, "SyncStatus")
+JOBS = _obj({"data": {"type": "array", "items": {"type": "object"}}}, "SyncJobs")
+ERROR = _obj({"error": {"type": "object", "required": ["code", "message", "retryable"],
+                        "properties": {"code": {"type": "string", "pattern": "^ERR-[0-9]{4}$"},
+                                       "message": _S, "retryable": {"type": "boolean"},
+                                       "details": {"type": "object"}}}}, "Error")
+HEALTH = _obj({"status": _S, "database": _S}, "Health")
+TEXT = Free(schema={"type": "string"}, description="text/plain")
+EVENT_STREAM = Free(schema={"type": "string"}, description="text/event-stream")
+OPENAPI = Free(schema={"type": "object"}, description="OpenAPI 3.1 document")

@@ -1,0 +1,245 @@
+"""Every route of the daemon, declared once: handler, body, answer, errors, scope."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from edged.api import models
+from edged.api.http import DRAINING, Ctx, Route, json_response
+from edged.errors import ApiError
+from edged.inventory import ItemRef, OrderLine, StockChange
+from edged.payments import Answer, NewPayment
+from edged.records import FINAL_PAYMENT_STATES
+
+_BODY_ERRORS = ("ERR-1001", "ERR-1002", "ERR-1003", "ERR-1004", "ERR-1005", "ERR-1006",
+                "ERR-1007", "ERR-1008", "ERR-1009", "ERR-1010", "ERR-1014")
+_AUTH_ERRORS = ("ERR-5001", "ERR-5002", "ERR-5004", "ERR-1015")
+
+# -- payments -----------------------------------------------------------------------------
+
+
+async def create_payment(ctx: Ctx) -> Answer:
+    b = ctx.body
+    method = b["method"]
+    if method == "token" and not b.get("token"):
+        raise ApiError("ERR-2004", "method token needs a token (the processor's payment"
+                       " method id) and a processor")
+    if method != "token" and (b.get("token") or b.get("processor")):
+        raise ApiError("ERR-2004", f"token and processor belong to token payments, not"
+                       f" {method}")
+    if method == "cash" and b.get("terminal"):
+        raise ApiError("ERR-2004", "cash payments do not use a terminal")
+    if method == "card_present" and b["currency"] != ctx.services.cfg.store.currency:
+        raise ApiError("ERR-2002", f"the terminals take {ctx.services.cfg.store.currency},"
+                       f" not {b['currency']}")
+    new = NewPayment(amount=b["amount"], currency=b["currency"], method=method,
+                     terminal_id=b.get("terminal"), reference=b.get("reference"),
+                     token=b.get("token"), processor=b.get("processor"))
+    return await ctx.services.payments.create(new, _idem(ctx), ctx.actor)
+
+
+async def get_payment(ctx: Ctx) -> Answer:
+    wait = ctx.query_float("wait", 0.0, 0.0, 60.0)
+    pid = ctx.match("id")
+    if wait > 0:
+        return Answer(200, await ctx.services.payments.wait(pid, wait))
+    return Answer(200, await ctx.services.payments.get(pid))
+
+
+async def list_payments(ctx: Ctx) -> Answer:
+    state = ctx.request.query.get("state") or None
+    if state is not None and state not in FINAL_PAYMENT_STATES | {"pending", "in_progress"}:
+        raise ApiError("ERR-1013", f"state {state!r} is not a payment state")
+    limit = ctx.query_int("limit", 50, 1, 200)
+    cursor = ctx.request.query.get("cursor") or None
+    return Answer(200, await ctx.services.payments.list(state, limit, cursor))
+
+
+async def cancel_payment(ctx: Ctx) -> Answer:
+    return await ctx.services.payments.cancel(ctx.match("id"), _idem(ctx))
+
+
+async def refund_payment(ctx: Ctx) -> Answer:
+    return await ctx.services.payments.refund(ctx.match("id"), ctx.body["amount"],
+                                              ctx.body.get("reason"), _idem(ctx), ctx.actor)
+
+
+async def resolve_payment(ctx: Ctx) -> Answer:
+    return await ctx.services.payments.resolve(ctx.match("id"), ctx.body["outcome"],
+                                               ctx.body["note"], _idem(ctx), ctx.actor)
+
+
+def _idem(ctx: Ctx) -> Any:
+    assert ctx.idem is not None
+    return ctx.idem
+
+
+# -- orders, stock, catalogue -------------------------------------------------------------
+
+
+def _ref(entry: dict[str, Any]) -> ItemRef:
+    return ItemRef(sku=entry.get("sku"), barcode=entry.get("barcode"),
+                   variant_id=entry.get("variant_id"),
+                   inventory_item_id=entry.get("inventory_item_id"))
+
+
+async def create_order(ctx: Ctx) -> Answer:
+    lines = [OrderLine(_ref(ln), ln["quantity"], ln["price"]) for ln in ctx.body["lines"]]
+    return await ctx.services.inventory.create_order(
+        ctx.body["reference"], lines, ctx.body["payments"], _idem(ctx), ctx.actor)
+
+
+async def adjust_inventory(ctx: Ctx) -> Answer:
+    changes = []
+    for i, ch in enumerate(ctx.body["changes"]):
+        if ch["delta"] == 0:
+            raise ApiError("ERR-4009", f"body.changes[{i}].delta must not be 0")
+        changes.append(StockChange(_ref(ch), ch["delta"]))
+    return await ctx.services.inventory.adjust(ctx.body["reason"], ctx.body.get("reference"),
+                                               changes, _idem(ctx), ctx.actor)
+
+
+async def get_item(ctx: Ctx) -> Answer:
+    sku = ctx.request.query.get("sku")
+    barcode = ctx.request.query.get("barcode")
+    if bool(sku) == bool(barcode):
+        raise ApiError("ERR-1013", "give exactly one of ?sku= or ?barcode=")
+    ref = ItemRef(sku=sku) if sku else ItemRef(barcode=barcode)
+    return Answer(200, await ctx.services.inventory.item(ref))
+
+
+# -- terminals, sync, events, health ------------------------------------------------------
+
+
+async def list_terminals(ctx: Ctx) -> Answer:
+    return Answer(200, {"data": [v.as_dict() for v in ctx.services.terminals.views()]})
+
+
+async def get_terminal(ctx: Ctx) -> Answer:
+    view = ctx.services.terminals.view(ctx.match("id"))
+    if view is None:
+        raise ApiError("ERR-3006", f"no terminal {ctx.match('id')!r}")
+    return Answer(200, view.as_dict())
+
+
+async def sync_status(ctx: Ctx) -> Answer:
+    return Answer(200, await ctx.services.sync_status())
+
+
+async def events(ctx: Ctx) -> web.StreamResponse:
+    """Server-sent events; ``?kinds=payment,terminal`` filters."""
+    raw = ctx.request.query.get("kinds", "")
+    kinds = frozenset(k for k in raw.split(",") if k)
+    bus = ctx.services.bus
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
+                                           "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(ctx.request)
+    sub = bus.subscribe(kinds)
+    stopping: asyncio.Event = ctx.services.extras["stopping"]
+    try:
+        await response.write(b": edged events\n\n")
+        while not stopping.is_set() and not sub.dropped:
+            getter = asyncio.ensure_future(sub.queue.get())
+            stopper = asyncio.ensure_future(stopping.wait())
+            done, _ = await asyncio.wait({getter, stopper}, timeout=15.0,
+                                         return_when=asyncio.FIRST_COMPLETED)
+            stopper.cancel()
+            if getter not in done:
+                getter.cancel()
+                await response.write(b": keep-alive\n\n")
+                continue
+            event = getter.result()
+            data = json.dumps(event.data, separators=(",", ":"))
+            await response.write(
+                f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n".encode())
+    except (ConnectionResetError, asyncio.CancelledError):
+        pass
+    finally:
+        bus.unsubscribe(sub)
+    return response
+
+
+async def openapi(ctx: Ctx) -> Answer:
+    from edged.api.openapi import document  # noqa: PLC0415  (the route table imports us)
+
+    return Answer(200, document(ROUTES))
+
+
+async def healthz(ctx: Ctx) -> web.StreamResponse:
+    try:
+        await asyncio.wait_for(ctx.services.db.read(lambda c: c.execute("SELECT 1").fetchone()),
+                               2.0)
+    except (TimeoutError, Exception):
+        return json_response(503, {"status": "unhealthy", "database": "not answering"})
+    if ctx.request.app[DRAINING][0]:
+        return json_response(503, {"status": "draining", "database": "ok"})
+    return json_response(200, {"status": "ok", "database": "ok"})
+
+
+async def metrics(ctx: Ctx) -> web.StreamResponse:
+    text = ctx.services.metrics.render()
+    return web.Response(text=text, content_type="text/plain", charset="utf-8",
+                        headers={"X-Content-Version": "0.0.4"})
+
+
+def _age(stamp: str | None, now: datetime) -> float | None:
+    if stamp is None:
+        return None
+    return round((now - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds(),
+                 3)
+
+
+ROUTES: tuple[Route, ...] = (
+    Route("POST", "/v1/payments", create_payment, "Take a payment: cash at once, card_present"
+          " on a terminal (answered 202 while the customer pays)", models.PAYMENT, 201,
+          models.PAYMENT_CREATE, _BODY_ERRORS + ("ERR-2001", "ERR-2002", "ERR-2004",
+          "ERR-2009", "ERR-3001", "ERR-3002", "ERR-3003")),
+    Route("GET", "/v1/payments", list_payments, "List payments, newest first",
+          models.PAYMENT_LIST, query={"state": "filter by state", "limit": "1-200 (50)",
+                                      "cursor": "next_cursor of the previous page"},
+          errors=("ERR-1013",)),
+    Route("GET", "/v1/payments/{id}", get_payment, "Read a payment; ?wait=S long-polls until"
+          " a final state or S seconds (at most 60)", models.PAYMENT,
+          query={"wait": "seconds to wait for a final state"}, errors=("ERR-2003", "ERR-1013")),
+    Route("POST", "/v1/payments/{id}/cancel", cancel_payment, "Cancel a payment running on a"
+          " terminal", models.PAYMENT, 200, models.EMPTY,
+          _BODY_ERRORS + ("ERR-2003", "ERR-2005", "ERR-3004")),
+    Route("POST", "/v1/payments/{id}/refunds", refund_payment, "Refund an approved payment"
+          " (in part or whole)", models.REFUND, 201, models.REFUND_CREATE,
+          _BODY_ERRORS + ("ERR-2001", "ERR-2003", "ERR-2006", "ERR-2007", "ERR-3002",
+                          "ERR-3005")),
+    Route("POST", "/v1/payments/{id}/resolve", resolve_payment, "Settle a payment in state"
+          " unknown (manager scope), with an audit entry", models.PAYMENT, 200, models.RESOLVE,
+          _BODY_ERRORS + ("ERR-2003", "ERR-2008", "ERR-5003"), scope="manager"),
+    Route("POST", "/v1/orders", create_order, "Record a sale and the payments that paid it;"
+          " decrements local stock once", models.ORDER, 201, models.ORDER_CREATE,
+          _BODY_ERRORS + ("ERR-4001", "ERR-4003", "ERR-4004", "ERR-4005", "ERR-4006",
+                          "ERR-4007", "ERR-4008"), tag="stock"),
+    Route("POST", "/v1/inventory/adjustments", adjust_inventory, "Change stock (received,"
+          " damaged, counted…)", models.ADJUSTMENT, 201, models.ADJUSTMENT_CREATE,
+          _BODY_ERRORS + ("ERR-4001", "ERR-4009"), tag="stock"),
+    Route("GET", "/v1/items", get_item, "A catalogue entry with its local stock",
+          models.ITEM, query={"sku": "the SKU", "barcode": "or the barcode"},
+          errors=("ERR-1013", "ERR-4002"), tag="stock"),
+    Route("GET", "/v1/terminals", list_terminals, "Every terminal and its status",
+          models.TERMINAL_LIST, tag="terminals"),
+    Route("GET", "/v1/terminals/{id}", get_terminal, "One terminal", models.TERMINAL,
+          errors=("ERR-3006",), tag="terminals"),
+    Route("GET", "/v1/sync", sync_status, "Per destination: queue depth, oldest pending age,"
+          " breaker", models.SYNC, tag="sync"),
+    Route("GET", "/v1/events", events, "Server-sent events: payment, refund, order,"
+          " inventory, terminal, sync, alert", models.EVENT_STREAM, query={
+              "kinds": "comma-separated kinds to receive (all by default)"},
+          tag="events", media_type="text/event-stream"),
+    Route("GET", "/v1/openapi.json", openapi, "This contract", models.OPENAPI, tag="meta"),
+    Route("GET", "/healthz", healthz, "Liveness: the event loop and the database answer",
+          models.HEALTH, scope=None, tag="meta"),
+    Route("GET", "/metrics", metrics, "Prometheus text format", models.TEXT, scope=None,
+          tag="meta", media_type="text/plain"),
+)

@@ -1,0 +1,140 @@
+"""The whole daemon, assembled: store, events, terminals, services, HTTP, lifecycle."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from aiohttp import web
+
+from edged import outbox
+from edged.api.http import DRAINING, SERVICES, allowed_hosts, bind, errors_middleware, \
+    gate_middleware
+from edged.api.ratelimit import ClientBuckets
+from edged.api.routes import ROUTES
+from edged.config import Config
+from edged.events import EventBus
+from edged.inventory import InventoryService
+from edged.metrics import Metrics
+from edged.payments import PaymentService
+from edged.services import Services
+from edged.store import Database
+from edged.terminals import TerminalManager
+from sync.clock import Clock, SystemClock
+
+log = logging.getLogger(__name__)
+
+SHUTDOWN_GRACE = 10.0
+
+
+def build_web_app(services: Services) -> web.Application:
+    app = web.Application(middlewares=[errors_middleware, gate_middleware],
+                          client_max_size=services.cfg.api.max_body_bytes)
+    app[SERVICES] = services
+    app[DRAINING] = [False]
+    for route in ROUTES:
+        app.router.add_route(route.method, route.path, bind(route))
+    return app
+
+
+@dataclass
+class Daemon:
+    cfg: Config
+    clock: Clock
+
+    def __post_init__(self) -> None:
+        self.db = Database(self.cfg.data_dir / "edged.db")
+        self.bus = EventBus()
+        self.metrics = Metrics()
+        self.terminals = TerminalManager(self.cfg.terminals, self.bus, self.clock)
+        self.payments = PaymentService(self.cfg, self.db, self.bus, self.terminals, self.clock)
+        self.inventory = InventoryService(self.cfg, self.db, self.bus, self.clock)
+        self.services = Services(
+            cfg=self.cfg, clock=self.clock, db=self.db, bus=self.bus, metrics=self.metrics,
+            terminals=self.terminals, payments=self.payments, inventory=self.inventory,
+            limits=ClientBuckets(self.cfg.api.rate_per_second, self.cfg.api.rate_burst,
+                                 self.clock),
+            payment_limits=ClientBuckets(self.cfg.api.payment_rate_per_second,
+                                         self.cfg.api.payment_rate_burst, self.clock),
+            sync_status=self.sync_status,
+        )
+        self.services.extras["stopping"] = asyncio.Event()
+        self.app = build_web_app(self.services)
+        self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
+        self.port = 0
+
+    async def start(self) -> None:
+        await self.db.open()
+        self.services.allowed_hosts = allowed_hosts(self.services)
+        self.metrics.collector(self._collect)
+        await self.terminals.start()
+        settled = await self.payments.recover_interrupted()
+        if settled:
+            log.warning("%d payments were interrupted by the last stop", settled)
+        self._runner = web.AppRunner(self.app, access_log=None,
+                                     shutdown_timeout=SHUTDOWN_GRACE)
+        await self._runner.setup()
+        self._site = web.TCPSite(self._runner, self.cfg.api.host, self.cfg.api.port,
+                                 reuse_address=True)
+        await self._site.start()
+        server = self._site._server  # noqa: SLF001  (aiohttp keeps the bound socket there)
+        sockets = getattr(server, "sockets", None) or []
+        self.port = sockets[0].getsockname()[1] if sockets else self.cfg.api.port
+        log.info("edged ready on http://%s:%d (data %s)", self.cfg.api.host, self.port,
+                 self.db.path)
+
+    async def stop(self) -> None:
+        """Refuse new requests, finish those in flight, close the lines and the database."""
+        self.app[DRAINING][0] = True
+        self.services.extras["stopping"].set()
+        if self._runner is not None:
+            await self._runner.cleanup()
+        await self.terminals.stop(SHUTDOWN_GRACE)
+        await self.db.close()
+        log.info("edged stopped cleanly")
+
+    async def sync_status(self) -> dict[str, Any]:
+        depths = await self.db.read(lambda c: outbox.depths(c, self.cfg.destinations))
+        now = self.clock.now()
+        return {"destinations": [
+            {"destination": d.destination, "pending": d.pending, "inflight": d.inflight,
+             "dead": d.dead, "oldest_pending_at": d.oldest_pending_at,
+             "oldest_pending_age_seconds": _age(d.oldest_pending_at, now), "breaker": None}
+            for d in depths]}
+
+    def _collect(self, metrics: Metrics) -> None:
+        stats = self.db.stats
+        metrics.set("edged_db_commits", "Group commits since start", stats.commits)
+        metrics.set("edged_db_writes", "Write transactions since start", stats.writes)
+        metrics.set("edged_db_largest_group", "Most writes in one commit", stats.largest_group)
+        for view in self.terminals.views():
+            metrics.set("edged_terminal_up", "1 when the terminal answers", 0 if
+                        view.state == "offline" else 1, terminal=view.id)
+        metrics.set("edged_event_subscribers", "Open event streams", self.bus.subscribers)
+
+
+def _age(stamp: str | None, now: datetime) -> float | None:
+    if stamp is None:
+        return None
+    then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return round((now - then).total_seconds(), 3)
+
+
+async def serve(cfg: Config, clock: Clock | None = None) -> int:
+    """Run until SIGTERM or SIGINT; return the exit status."""
+    daemon = Daemon(cfg, clock or SystemClock())
+    await daemon.start()
+    print(f"edged ready on http://{cfg.api.host}:{daemon.port}", flush=True)
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("stopping: finishing requests in flight")
+    await daemon.stop()
+    return 0

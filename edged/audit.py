@@ -1,0 +1,61 @@
+"""The hash-chained audit table: every money movement, override and configuration change.
+
+Each entry's hash covers its content and the previous entry's hash, so an edited or
+deleted entry breaks the chain; ``edged audit verify`` walks it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sync.clock import utc_iso
+
+GENESIS = "0" * 64
+
+
+def _digest(prev: str, at: str, actor: str, action: str, subject: str, data: str) -> str:
+    material = "\x1f".join((prev, at, actor, action, subject, data)).encode("utf-8")
+    return hashlib.sha256(material).hexdigest()
+
+
+def append(conn: sqlite3.Connection, actor: str, action: str, subject: str,
+           data: dict[str, Any], at: datetime | None = None) -> None:
+    """Append one entry; call inside the write transaction of the change it records."""
+    row = conn.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    prev = row[0] if row else GENESIS
+    stamp = utc_iso(at or datetime.now(UTC))
+    body = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    conn.execute(
+        "INSERT INTO audit (at, actor, action, subject, data, prev_hash, hash)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?)",
+        (stamp, actor, action, subject, body, prev,
+         _digest(prev, stamp, actor, action, subject, body)),
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class VerifyResult:
+    entries: int
+    broken_at: int | None
+
+    @property
+    def ok(self) -> bool:
+        return self.broken_at is None
+
+
+def verify(conn: sqlite3.Connection) -> VerifyResult:
+    prev = GENESIS
+    count = 0
+    for seq, at, actor, action, subject, data, prev_hash, digest in conn.execute(
+        "SELECT seq, at, actor, action, subject, data, prev_hash, hash FROM audit ORDER BY seq"
+    ):
+        if prev_hash != prev or _digest(prev, at, actor, action, subject, data) != digest:
+            return VerifyResult(count, seq)
+        prev = digest
+        count += 1
+    return VerifyResult(count, None)

@@ -1,0 +1,119 @@
+"""``edged items import FILE``: seed the catalogue from CSV or JSON until the pull exists.
+
+Columns (CSV header, or JSON keys of a list of objects):
+``sku,barcode,title,price,variant_id,inventory_item_id,quantity``; price in minor units;
+ids as Shopify GIDs (``gid://shopify/ProductVariant/1``) or bare numbers. ``quantity`` sets
+the reported stock (the first term of local stock), like a pull from Shopify would.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sqlite3
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from edged import audit
+from edged.errors import EdgedError
+from edged.inventory import inventory_item_gid, variant_gid
+from sync.clock import utc_iso
+
+COLUMNS = ("sku", "barcode", "title", "price", "variant_id", "inventory_item_id", "quantity")
+
+
+class ImportFileError(EdgedError):
+    """The catalogue file cannot be imported; the message names the row and column."""
+
+
+@dataclass(frozen=True, slots=True)
+class CatalogueRow:
+    sku: str
+    barcode: str | None
+    title: str
+    price: int | None
+    variant_id: str | None
+    inventory_item_id: str | None
+    quantity: int | None
+
+
+def _int(value: Any, where: str) -> int | None:
+    if value is None or value == "":
+        return None
+    if isinstance(value, bool) or isinstance(value, float):
+        raise ImportFileError(f"{where}: must be a whole number, got {value!r}")
+    try:
+        return int(str(value).strip())
+    except ValueError:
+        raise ImportFileError(f"{where}: must be a whole number, got {value!r}") from None
+
+
+def _text(value: Any) -> str | None:
+    if value is None:
+        return None
+    text = str(value).strip()
+    return text or None
+
+
+def parse(path: Path) -> list[CatalogueRow]:
+    raw = path.read_text(encoding="utf-8-sig")
+    if path.suffix.lower() == ".json":
+        try:
+            data = json.loads(raw)
+        except json.JSONDecodeError as exc:
+            raise ImportFileError(f"{path}: not valid JSON: {exc}") from None
+        if not isinstance(data, list) or not all(isinstance(x, dict) for x in data):
+            raise ImportFileError(f"{path}: must be a JSON list of objects")
+        entries: list[dict[str, Any]] = data
+    else:
+        reader = csv.DictReader(io.StringIO(raw))
+        missing = [c for c in ("sku",) if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ImportFileError(f"{path}: the header must name {', '.join(COLUMNS)}")
+        entries = list(reader)
+    rows = []
+    for n, entry in enumerate(entries, start=1 if path.suffix.lower() == ".json" else 2):
+        where = f"{path}: {'item' if path.suffix.lower() == '.json' else 'line'} {n}"
+        unknown = sorted(set(entry) - set(COLUMNS))
+        if unknown:
+            raise ImportFileError(f"{where}: unknown column {unknown[0]!r}")
+        sku = _text(entry.get("sku"))
+        if sku is None:
+            raise ImportFileError(f"{where}: sku is required")
+        price = _int(entry.get("price"), f"{where}: price")
+        if price is not None and price < 0:
+            raise ImportFileError(f"{where}: price must not be negative")
+        variant = _text(entry.get("variant_id"))
+        inv = _text(entry.get("inventory_item_id"))
+        rows.append(CatalogueRow(
+            sku=sku, barcode=_text(entry.get("barcode")), title=_text(entry.get("title")) or "",
+            price=price, variant_id=variant_gid(variant) if variant else None,
+            inventory_item_id=inventory_item_gid(inv) if inv else None,
+            quantity=_int(entry.get("quantity"), f"{where}: quantity")))
+    return rows
+
+
+def apply(conn: sqlite3.Connection, rows: list[CatalogueRow], source: str) -> int:
+    """Upsert by SKU in the caller's transaction; return how many rows were written."""
+    now = utc_iso(datetime.now(UTC))
+    for row in rows:
+        conn.execute(
+            "INSERT INTO items (sku, barcode, title, price, variant_id, inventory_item_id,"
+            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(sku) DO UPDATE SET"
+            " barcode = excluded.barcode, title = excluded.title, price = excluded.price,"
+            " variant_id = excluded.variant_id, inventory_item_id = excluded.inventory_item_id,"
+            " updated_at = excluded.updated_at",
+            (row.sku, row.barcode, row.title, row.price, row.variant_id,
+             row.inventory_item_id, now))
+        if row.quantity is not None:
+            item_id = conn.execute("SELECT id FROM items WHERE sku = ?", (row.sku,)).fetchone()[0]
+            conn.execute(
+                "INSERT INTO inventory_levels (item_id, reported_quantity, reported_at)"
+                " VALUES (?, ?, ?) ON CONFLICT(item_id) DO UPDATE SET"
+                " reported_quantity = excluded.reported_quantity,"
+                " reported_at = excluded.reported_at", (item_id, row.quantity, now))
+    audit.append(conn, "cli", "catalogue.imported", source, {"rows": len(rows)})
+    return len(rows)

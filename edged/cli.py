@@ -1,0 +1,137 @@
+"""The ``edged`` command: run, check-config, token, items, audit, simulate."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from pathlib import Path
+
+from edged import audit, catalog_import, tokens
+from edged.config import Config, load, with_overrides
+from edged.errors import ConfigError
+from edged.store.database import open_sync
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="edged", description="The store daemon.")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def common(sp: argparse.ArgumentParser) -> None:
+        sp.add_argument("--config", metavar="FILE", help="TOML file (default: embedded)")
+        sp.add_argument("--data-dir", metavar="DIR", help="where edged.db lives")
+
+    run = sub.add_parser("run", help="start the daemon")
+    common(run)
+    run.add_argument("--listen", metavar="HOST:PORT")
+
+    chk = sub.add_parser("check-config", help="check a configuration file and exit")
+    chk.add_argument("file")
+    chk.add_argument("--data-dir", metavar="DIR")
+
+    tok = sub.add_parser("token", help="API tokens")
+    tsub = tok.add_subparsers(dest="action", required=True)
+    create = tsub.add_parser("create", help="create a token; it is printed once")
+    create.add_argument("name")
+    create.add_argument("--scope", choices=tokens.SCOPES, default="register")
+    common(create)
+
+    items = sub.add_parser("items", help="the catalogue")
+    isub = items.add_subparsers(dest="action", required=True)
+    imp = isub.add_parser("import", help="seed the catalogue from CSV or JSON")
+    imp.add_argument("file")
+    common(imp)
+
+    aud = sub.add_parser("audit", help="the audit chain")
+    asub = aud.add_subparsers(dest="action", required=True)
+    ver = asub.add_parser("verify", help="check the hash chain")
+    common(ver)
+
+    sim = sub.add_parser("simulate", help="run a terminal simulator")
+    sim.add_argument("kind", choices=("concert",))
+    sim.add_argument("--pty", action="store_true", help="serve on a new pseudo-terminal")
+    sim.add_argument("--link", metavar="PATH", help="keep a stable symlink to the pty here")
+    sim.add_argument("--behaviour", default="approve")
+    sim.add_argument("--data-dir", metavar="DIR")
+    return p
+
+
+def _config(args: argparse.Namespace) -> Config:
+    cfg = load(getattr(args, "config", None))
+    return with_overrides(cfg, data_dir=getattr(args, "data_dir", None),
+                          listen=getattr(args, "listen", None))
+
+
+def _db_path(args: argparse.Namespace) -> Path:
+    return _config(args).data_dir / "edged.db"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    try:
+        return _dispatch(args)
+    except ConfigError as exc:
+        print(f"edged: configuration error: {exc}", file=sys.stderr)
+        return 2
+
+
+def _dispatch(args: argparse.Namespace) -> int:
+    if args.command == "run":
+        cfg = _config(args)
+        logging.basicConfig(level=cfg.log_level,
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        return asyncio.run(_serve(cfg))
+    if args.command == "check-config":
+        cfg = load(args.file)
+        print(f"{args.file}: OK — store {cfg.store.id}, {len(cfg.terminals)} terminal(s),"
+              f" destinations: {', '.join(cfg.destinations) or 'none'}")
+        return 0
+    if args.command == "token":
+        conn = open_sync(_db_path(args))
+        token = tokens.create(conn, args.name, args.scope)
+        audit.append(conn, "cli", "token.created", args.name, {"scope": args.scope})
+        conn.close()
+        print(token)
+        print(f"token for {args.name} ({args.scope}); shown once, keep it safe",
+              file=sys.stderr)
+        return 0
+    if args.command == "items":
+        path = Path(args.file)
+        try:
+            rows = catalog_import.parse(path)
+        except (OSError, catalog_import.ImportFileError) as exc:
+            print(f"edged: {exc}", file=sys.stderr)
+            return 1
+        conn = open_sync(_db_path(args))
+        conn.execute("BEGIN IMMEDIATE")
+        count = catalog_import.apply(conn, rows, str(path))
+        conn.execute("COMMIT")
+        conn.close()
+        print(f"imported {count} items from {path}")
+        return 0
+    if args.command == "audit":
+        conn = open_sync(_db_path(args))
+        result = audit.verify(conn)
+        conn.close()
+        if result.ok:
+            print(f"audit chain OK: {result.entries} entries")
+            return 0
+        print(f"audit chain BROKEN at entry {result.broken_at} (after {result.entries} good"
+              " entries)", file=sys.stderr)
+        return 1
+    if args.command == "simulate":
+        from drivers.simulators.concert import run_cli  # noqa: PLC0415
+
+        return run_cli(args.link, args.behaviour)
+    raise AssertionError(args.command)
+
+
+async def _serve(cfg: Config) -> int:
+    from edged.app import serve  # noqa: PLC0415  (keeps `edged token` light)
+
+    return await serve(cfg)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

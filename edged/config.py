@@ -1,0 +1,329 @@
+"""The configuration: TOML (stdlib ``tomllib``) into frozen dataclasses.
+
+With no file the embedded default applies: data in ``./var``, the API on
+``127.0.0.1:8731``, one simulated terminal ``sim-1``, no cloud accounts. Unknown keys and
+bad values stop the start with a message that names the key and the file.
+``config.example.toml`` documents every key with its default.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, TypeVar
+
+from edged.errors import ConfigError
+from edged.money import is_known_currency
+
+T = TypeVar("T")
+
+TERMINAL_KINDS = ("sim", "concert", "zvt", "stripe_reader", "square_terminal")
+
+
+@dataclass(frozen=True, slots=True)
+class StoreConfig:
+    id: str = "store-1"
+    currency: str = "EUR"
+    data_dir: str = "./var"
+
+
+@dataclass(frozen=True, slots=True)
+class ApiConfig:
+    listen: str = "127.0.0.1:8731"
+    tls: bool = False
+    allowed_hosts: tuple[str, ...] = ()
+    max_body_bytes: int = 65536
+    rate_per_second: float = 50.0
+    rate_burst: int = 100
+    payment_rate_per_second: float = 10.0
+    payment_rate_burst: int = 20
+
+    @property
+    def host(self) -> str:
+        return self.listen.rsplit(":", 1)[0].strip("[]")
+
+    @property
+    def port(self) -> int:
+        return int(self.listen.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalConfig:
+    id: str
+    kind: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class ShopifyConfig:
+    shop: str
+    location_id: str
+    api_version: str = "2026-10"
+    admin_url: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessorConfig:
+    base_url: str | None = None
+    location_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class OfflineConfig:
+    enabled: bool = False
+    max_payment: int = 20000
+    max_stored_total: int = 200000
+    max_age_hours: int = 24
+
+
+@dataclass(frozen=True, slots=True)
+class SyncConfig:
+    max_attempts: int = 12
+    lease_seconds: float = 60.0
+    request_timeout: float = 20.0
+    pull_interval_seconds: float = 900.0
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    store: StoreConfig = field(default_factory=StoreConfig)
+    api: ApiConfig = field(default_factory=ApiConfig)
+    terminals: tuple[TerminalConfig, ...] = (TerminalConfig(id="sim-1", kind="sim"),)
+    shopify: ShopifyConfig | None = None
+    stripe: ProcessorConfig | None = None
+    square: ProcessorConfig | None = None
+    offline: OfflineConfig = field(default_factory=OfflineConfig)
+    sync: SyncConfig = field(default_factory=SyncConfig)
+    log_level: str = "INFO"
+    source: str = "<embedded default>"
+
+    @property
+    def data_dir(self) -> Path:
+        return Path(self.store.data_dir)
+
+    @property
+    def destinations(self) -> tuple[str, ...]:
+        names = []
+        if self.shopify is not None:
+            names.append("shopify")
+        if self.stripe is not None:
+            names.append("stripe")
+        if self.square is not None:
+            names.append("square")
+        return tuple(names)
+
+    def terminal(self, terminal_id: str) -> TerminalConfig | None:
+        for t in self.terminals:
+            if t.id == terminal_id:
+                return t
+        return None
+
+
+class _Table:
+    """Reads one TOML table, naming the file and the dotted key in every complaint."""
+
+    def __init__(self, data: Mapping[str, Any], where: str, source: str) -> None:
+        self.data = dict(data)
+        self.where = where
+        self.source = source
+        self.seen: set[str] = set()
+
+    def key(self, name: str) -> str:
+        return f"{self.where}.{name}" if self.where else name
+
+    def fail(self, name: str, message: str) -> ConfigError:
+        return ConfigError(f"{self.source}: {self.key(name)}: {message}")
+
+    def get(self, name: str, kind: type[T], default: T, check: Callable[[T], str | None]
+            | None = None) -> T:
+        self.seen.add(name)
+        if name not in self.data:
+            return default
+        value = self.data[name]
+        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value, ok = float(value), True
+        if not ok:
+            raise self.fail(name, f"expected {kind.__name__}, got {type(value).__name__} "
+                                  f"{value!r}")
+        if check is not None and (problem := check(value)):
+            raise self.fail(name, problem)
+        return value  # type: ignore[no-any-return]
+
+    def require(self, name: str) -> str:
+        if name not in self.data:
+            raise self.fail(name, "is required")
+        return self.get(name, str, "", _non_empty)
+
+    def done(self) -> None:
+        unknown = sorted(set(self.data) - self.seen)
+        if unknown:
+            raise self.fail(unknown[0], "unknown key (see config.example.toml for every key)")
+
+
+def _non_empty(v: str) -> str | None:
+    return None if v.strip() else "must not be empty"
+
+
+def _positive(v: float) -> str | None:
+    return None if v > 0 else "must be greater than 0"
+
+
+def _listen(v: str) -> str | None:
+    host, sep, port = v.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        return "must be HOST:PORT, for example 127.0.0.1:8731"
+    return None
+
+
+def _currency(v: str) -> str | None:
+    return None if is_known_currency(v) else "is not an ISO 4217 currency code"
+
+
+def _sub(parent: _Table, name: str) -> _Table | None:
+    parent.seen.add(name)
+    if name not in parent.data:
+        return None
+    value = parent.data[name]
+    if not isinstance(value, dict):
+        raise parent.fail(name, "must be a table")
+    return _Table(value, parent.key(name), parent.source)
+
+
+def _parse(data: Mapping[str, Any], source: str) -> Config:
+    root = _Table(data, "", source)
+    store = StoreConfig()
+    if (t := _sub(root, "store")) is not None:
+        store = StoreConfig(
+            id=t.get("id", str, store.id, _non_empty),
+            currency=t.get("currency", str, store.currency, _currency),
+            data_dir=t.get("data_dir", str, store.data_dir, _non_empty),
+        )
+        t.done()
+    api = ApiConfig()
+    if (t := _sub(root, "api")) is not None:
+        hosts = t.get("allowed_hosts", list, [])
+        if not all(isinstance(h, str) for h in hosts):
+            raise t.fail("allowed_hosts", "must be a list of host names")
+        api = ApiConfig(
+            listen=t.get("listen", str, api.listen, _listen),
+            tls=t.get("tls", bool, api.tls),
+            allowed_hosts=tuple(hosts),
+            max_body_bytes=t.get("max_body_bytes", int, api.max_body_bytes, _positive),
+            rate_per_second=t.get("rate_per_second", float, api.rate_per_second, _positive),
+            rate_burst=t.get("rate_burst", int, api.rate_burst, _positive),
+            payment_rate_per_second=t.get("payment_rate_per_second", float,
+                                          api.payment_rate_per_second, _positive),
+            payment_rate_burst=t.get("payment_rate_burst", int, api.payment_rate_burst,
+                                     _positive),
+        )
+        t.done()
+    terminals = Config().terminals
+    root.seen.add("terminals")
+    if "terminals" in data:
+        raw = data["terminals"]
+        if not isinstance(raw, list) or not all(isinstance(x, dict) for x in raw):
+            raise root.fail("terminals", "must be an array of tables ([[terminals]])")
+        parsed = []
+        for i, entry in enumerate(raw):
+            t = _Table(entry, f"terminals[{i}]", source)
+            tid = t.require("id")
+            kind = t.get("kind", str, "sim")
+            if kind not in TERMINAL_KINDS:
+                raise t.fail("kind", f"must be one of {', '.join(TERMINAL_KINDS)}")
+            t.seen.update(entry)
+            options = {k: v for k, v in entry.items() if k not in ("id", "kind")}
+            parsed.append(TerminalConfig(id=tid, kind=kind, options=options))
+        ids = [p.id for p in parsed]
+        if len(set(ids)) != len(ids):
+            raise root.fail("terminals", "two terminals share one id")
+        terminals = tuple(parsed)
+    shopify = None
+    if (t := _sub(root, "shopify")) is not None:
+        shopify = ShopifyConfig(
+            shop=t.require("shop"),
+            location_id=t.require("location_id"),
+            api_version=t.get("api_version", str, "2026-10", _non_empty),
+            admin_url=t.get("admin_url", str, "", None) or None,
+        )
+        t.done()
+    processors: dict[str, ProcessorConfig | None] = {"stripe": None, "square": None}
+    for name in processors:
+        if (t := _sub(root, name)) is not None:
+            processors[name] = ProcessorConfig(
+                base_url=t.get("base_url", str, "", None) or None,
+                location_id=t.get("location_id", str, "", None) or None,
+            )
+            t.done()
+    offline = OfflineConfig()
+    if (t := _sub(root, "offline")) is not None:
+        offline = OfflineConfig(
+            enabled=t.get("enabled", bool, offline.enabled),
+            max_payment=t.get("max_payment", int, offline.max_payment, _positive),
+            max_stored_total=t.get("max_stored_total", int, offline.max_stored_total,
+                                   _positive),
+            max_age_hours=t.get("max_age_hours", int, offline.max_age_hours, _positive),
+        )
+        t.done()
+    sync = SyncConfig()
+    if (t := _sub(root, "sync")) is not None:
+        sync = SyncConfig(
+            max_attempts=t.get("max_attempts", int, sync.max_attempts, _positive),
+            lease_seconds=t.get("lease_seconds", float, sync.lease_seconds, _positive),
+            request_timeout=t.get("request_timeout", float, sync.request_timeout, _positive),
+            pull_interval_seconds=t.get("pull_interval_seconds", float,
+                                        sync.pull_interval_seconds, _positive),
+        )
+        t.done()
+    log_level = "INFO"
+    if (t := _sub(root, "log")) is not None:
+        log_level = t.get("level", str, "INFO",
+                          lambda v: None if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
+                          else "must be DEBUG, INFO, WARNING or ERROR").upper()
+        t.done()
+    root.done()
+    cfg = Config(store=store, api=api, terminals=terminals, shopify=shopify,
+                 stripe=processors["stripe"], square=processors["square"], offline=offline,
+                 sync=sync, log_level=log_level, source=source)
+    _check_terminals(cfg)
+    return cfg
+
+
+def _check_terminals(cfg: Config) -> None:
+    from edged.terminal_factory import validate_options  # noqa: PLC0415  (avoids a cycle)
+
+    for i, term in enumerate(cfg.terminals):
+        problem = validate_options(term, cfg)
+        if problem is not None:
+            key, message = problem
+            raise ConfigError(f"{cfg.source}: terminals[{i}].{key}: {message}")
+
+
+def load(path: str | Path | None) -> Config:
+    """Load a file, or the embedded default when ``path`` is None."""
+    if path is None:
+        return _parse({}, "<embedded default>")
+    p = Path(path)
+    try:
+        raw = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read the file: {exc.strerror}") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{p}: not valid TOML: {exc}") from None
+    return _parse(data, str(p))
+
+
+def with_overrides(cfg: Config, *, data_dir: str | None = None,
+                   listen: str | None = None) -> Config:
+    """Apply the command-line flags, which win over the file."""
+    if data_dir is not None:
+        cfg = replace(cfg, store=replace(cfg.store, data_dir=data_dir))
+    if listen is not None:
+        if (problem := _listen(listen)) is not None:
+            raise ConfigError(f"--listen: {problem}")
+        cfg = replace(cfg, api=replace(cfg.api, listen=listen))
+    return cfg

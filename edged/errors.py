@@ -1,0 +1,128 @@
+"""Every error a client can see: one table, one exception root.
+
+Codes are grouped (DESIGN §6): 1xxx request, 2xxx payments, 3xxx terminals, 4xxx inventory
+and orders, 5xxx security, 6xxx integrations. ``docs/errors.md`` is generated from
+:data:`CODES` by ``python -m edged.errors_doc`` and checked by ``make test``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+
+@dataclass(frozen=True, slots=True)
+class ErrorCode:
+    code: str
+    status: int
+    title: str
+    retryable: bool = False
+
+
+def _table(*codes: ErrorCode) -> dict[str, ErrorCode]:
+    return {c.code: c for c in codes}
+
+
+CODES: dict[str, ErrorCode] = _table(
+    # 1xxx: the request itself
+    ErrorCode("ERR-1001", 400, "The body is not valid JSON"),
+    ErrorCode("ERR-1002", 400, "The body must be a JSON object"),
+    ErrorCode("ERR-1003", 422, "A required field is missing"),
+    ErrorCode("ERR-1004", 422, "A field has the wrong type"),
+    ErrorCode("ERR-1005", 422, "A field has a value out of range or not allowed"),
+    ErrorCode("ERR-1006", 422, "The body has a field this call does not know"),
+    ErrorCode("ERR-1007", 413, "The body is larger than the daemon accepts"),
+    ErrorCode("ERR-1008", 400, "The Idempotency-Key header is missing or malformed"),
+    ErrorCode("ERR-1009", 409, "The Idempotency-Key was already used with another body"),
+    ErrorCode("ERR-1010", 422, "The body contains a card number; send tokens, never card numbers"),
+    ErrorCode("ERR-1011", 404, "No such route"),
+    ErrorCode("ERR-1012", 405, "The route does not take this method"),
+    ErrorCode("ERR-1013", 400, "A query parameter is missing or invalid"),
+    ErrorCode("ERR-1014", 415, "The body must be sent as application/json"),
+    ErrorCode("ERR-1015", 429, "Too many requests from this client", retryable=True),
+    ErrorCode("ERR-1016", 503, "The daemon is shutting down", retryable=True),
+    ErrorCode("ERR-1099", 500, "Internal error; the request may be retried with the same key",
+              retryable=True),
+    # 2xxx: payments and refunds
+    ErrorCode("ERR-2001", 422, "The amount must be a positive integer in minor units"),
+    ErrorCode("ERR-2002", 422, "The currency is not an ISO 4217 code the daemon knows"),
+    ErrorCode("ERR-2003", 404, "No such payment"),
+    ErrorCode("ERR-2004", 422, "This payment method needs other fields"),
+    ErrorCode("ERR-2005", 409, "The payment cannot be cancelled in its current state"),
+    ErrorCode("ERR-2006", 409, "The payment cannot be refunded in its current state"),
+    ErrorCode("ERR-2007", 422, "The refund is larger than what is left to refund"),
+    ErrorCode("ERR-2008", 409, "Only a payment in state unknown can be resolved"),
+    ErrorCode("ERR-2009", 422, "Token payments need a configured processor"),
+    ErrorCode("ERR-2010", 422, "Above the offline cap for one payment"),
+    ErrorCode("ERR-2011", 422, "Above the offline cap for the total stored in this currency"),
+    # 3xxx: terminals
+    ErrorCode("ERR-3001", 422, "No such terminal"),
+    ErrorCode("ERR-3002", 409, "The terminal is running another transaction", retryable=True),
+    ErrorCode("ERR-3003", 503, "The terminal is offline", retryable=True),
+    ErrorCode("ERR-3004", 409, "This terminal cannot cancel from the register: cancel on the terminal"),
+    ErrorCode("ERR-3005", 422, "This terminal cannot refund; refund another way"),
+    ErrorCode("ERR-3006", 404, "No such terminal"),
+    # 4xxx: inventory and orders
+    ErrorCode("ERR-4001", 422, "Unknown SKU, barcode, variant or inventory item"),
+    ErrorCode("ERR-4002", 404, "No item with that SKU or barcode"),
+    ErrorCode("ERR-4003", 422, "A payment named by the order does not exist"),
+    ErrorCode("ERR-4004", 409, "A payment named by the order is not approved"),
+    ErrorCode("ERR-4005", 409, "A payment named by the order already pays another order"),
+    ErrorCode("ERR-4006", 422, "The payments do not add up to the order total"),
+    ErrorCode("ERR-4007", 422, "The payments and lines are not all in the same currency"),
+    ErrorCode("ERR-4008", 409, "An order with this reference already exists"),
+    ErrorCode("ERR-4009", 422, "The stock change is out of range"),
+    ErrorCode("ERR-4010", 422, "The catalogue file is not valid"),
+    # 5xxx: security
+    ErrorCode("ERR-5001", 401, "A bearer token is required"),
+    ErrorCode("ERR-5002", 401, "The bearer token is not valid"),
+    ErrorCode("ERR-5003", 403, "The token's scope does not allow this call"),
+    ErrorCode("ERR-5004", 421, "The Host header names another server"),
+    # 6xxx: integrations
+    ErrorCode("ERR-6001", 404, "No such sync job"),
+    ErrorCode("ERR-6002", 409, "The sync job is not in a state that allows this"),
+)
+
+
+class EdgedError(Exception):
+    """Root of the daemon's errors. Those with a client-facing code carry it."""
+
+
+class ApiError(EdgedError):
+    """An error answered to a client with its ``ERR-NNNN`` code; nothing was changed."""
+
+    def __init__(self, code: str, message: str, *, details: dict[str, Any] | None = None,
+                 headers: dict[str, str] | None = None) -> None:
+        if code not in CODES:
+            raise KeyError(f"unregistered error code {code}")
+        super().__init__(message)
+        self.spec = CODES[code]
+        self.message = message
+        self.details = details
+        self.headers = headers or {}
+
+    @property
+    def code(self) -> str:
+        return self.spec.code
+
+    @property
+    def status(self) -> int:
+        return self.spec.status
+
+    def body(self) -> dict[str, Any]:
+        err: dict[str, Any] = {
+            "code": self.spec.code,
+            "message": self.message,
+            "retryable": self.spec.retryable,
+        }
+        if self.details:
+            err["details"] = self.details
+        return {"error": err}
+
+
+class ConfigError(EdgedError):
+    """The configuration cannot be used; the message names the key and the file."""
+
+
+class StoreError(EdgedError):
+    """The SQLite store failed in a way the caller cannot fix."""

@@ -1,0 +1,89 @@
+"""Idempotency-Key handling: the first answer is stored with the change it answers.
+
+A key is scoped by the token that used it. The same key with the same body replays the
+first answer (status and body) and never starts a second action, also after a restart; the
+same key with another body is refused. Concurrent requests with one key are serialised by
+a per-key lock, so the second sees the first one's stored answer.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import json
+import sqlite3
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sync.clock import utc_iso
+
+MAX_KEY_LENGTH = 255
+
+
+@dataclass(frozen=True, slots=True)
+class IdemRecord:
+    """Where and under which key a mutating call is answered."""
+
+    scope: str
+    key: str
+    method: str
+    path: str
+    body_hash: str
+
+
+@dataclass(frozen=True, slots=True)
+class StoredAnswer:
+    body_hash: str
+    path: str
+    status: int
+    body: dict[str, Any]
+
+
+def body_hash(method: str, path: str, body: Any) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
+
+
+def lookup(conn: sqlite3.Connection, scope: str, key: str) -> StoredAnswer | None:
+    row = conn.execute(
+        "SELECT body_hash, path, status, response FROM idempotency WHERE scope = ? AND key = ?",
+        (scope, key),
+    ).fetchone()
+    if row is None:
+        return None
+    return StoredAnswer(row["body_hash"], row["path"], row["status"], json.loads(row["response"]))
+
+
+def save(conn: sqlite3.Connection, record: IdemRecord, status: int, body: dict[str, Any]) -> None:
+    """Store the answer; call inside the write transaction of the change it answers."""
+    conn.execute(
+        "INSERT INTO idempotency (scope, key, method, path, body_hash, status, response,"
+        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (record.scope, record.key, record.method, record.path, record.body_hash, status,
+         json.dumps(body, separators=(",", ":")), utc_iso(datetime.now(UTC))),
+    )
+
+
+class KeyLocks:
+    """One asyncio lock per key in use; entries vanish when nobody holds or waits."""
+
+    def __init__(self) -> None:
+        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+
+    @asynccontextmanager
+    async def hold(self, scope: str, key: str) -> AsyncIterator[None]:
+        ident = (scope, key)
+        lock, users = self._locks.get(ident, (asyncio.Lock(), 0))
+        self._locks[ident] = (lock, users + 1)
+        try:
+            async with lock:
+                yield
+        finally:
+            lock, users = self._locks[ident]
+            if users <= 1:
+                del self._locks[ident]
+            else:
+                self._locks[ident] = (lock, users - 1)

@@ -1,0 +1,88 @@
+"""Reading records as the API shows them. Used inside write transactions and on readers."""
+
+from __future__ import annotations
+
+import sqlite3
+from typing import Any
+
+FINAL_PAYMENT_STATES = frozenset(
+    {"approved", "declined", "canceled", "failed", "unknown", "stored", "forward_declined"}
+)
+# Refunds that hold money back from what can still be refunded.
+LIVE_REFUND_STATES = ("pending", "queued", "succeeded", "unknown")
+
+_PAYMENT_FIELDS = ("id", "method", "state", "amount", "currency", "terminal_id", "reference",
+                   "processor", "brand", "last4", "auth_code", "processor_ref", "raw_status",
+                   "receipt", "failure", "order_id", "created_at", "updated_at", "finished_at")
+_REFUND_FIELDS = ("id", "payment_id", "amount", "currency", "reason", "state", "terminal_id",
+                  "processor_ref", "failure", "created_at", "updated_at")
+
+
+def refund_dict(row: sqlite3.Row) -> dict[str, Any]:
+    return {f: row[f] for f in _REFUND_FIELDS}
+
+
+def payment_dict(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
+    out = {f: row[f] for f in _PAYMENT_FIELDS}
+    refunds = conn.execute("SELECT * FROM refunds WHERE payment_id = ? ORDER BY n",
+                           (row["id"],)).fetchall()
+    out["refunds"] = [refund_dict(r) for r in refunds]
+    out["refunded"] = sum(r["amount"] for r in refunds if r["state"] in LIVE_REFUND_STATES)
+    return out
+
+
+def payment_row(conn: sqlite3.Connection, payment_id: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute("SELECT * FROM payments WHERE id = ?",
+                                           (payment_id,)).fetchone()
+    return row
+
+
+def get_payment(conn: sqlite3.Connection, payment_id: str) -> dict[str, Any] | None:
+    row = payment_row(conn, payment_id)
+    return payment_dict(conn, row) if row is not None else None
+
+
+def refund_row(conn: sqlite3.Connection, refund_id: str) -> sqlite3.Row | None:
+    row: sqlite3.Row | None = conn.execute("SELECT * FROM refunds WHERE id = ?",
+                                           (refund_id,)).fetchone()
+    return row
+
+
+def get_order(conn: sqlite3.Connection, order_id: str) -> dict[str, Any] | None:
+    row = conn.execute("SELECT * FROM orders WHERE id = ?", (order_id,)).fetchone()
+    if row is None:
+        return None
+    lines = conn.execute(
+        "SELECT l.line_no, l.quantity, l.price, i.sku, i.variant_id, i.title FROM order_lines l"
+        " JOIN items i ON i.id = l.item_id WHERE l.order_id = ? ORDER BY l.line_no",
+        (order_id,)).fetchall()
+    payments = conn.execute("SELECT id FROM payments WHERE order_id = ? ORDER BY n",
+                            (order_id,)).fetchall()
+    return {
+        "id": row["id"], "reference": row["reference"], "currency": row["currency"],
+        "total": row["total"], "created_at": row["created_at"],
+        "lines": [{"sku": ln["sku"], "variant_id": ln["variant_id"], "title": ln["title"],
+                   "quantity": ln["quantity"], "price": ln["price"]} for ln in lines],
+        "payments": [p["id"] for p in payments],
+    }
+
+
+def local_stock(conn: sqlite3.Connection, item_id: int) -> tuple[int, int, str | None]:
+    """(local quantity, pending deltas, reported_at): reported + unacknowledged deltas."""
+    level = conn.execute("SELECT reported_quantity, reported_at FROM inventory_levels"
+                         " WHERE item_id = ?", (item_id,)).fetchone()
+    pending = conn.execute("SELECT coalesce(sum(delta), 0) FROM stock_deltas"
+                           " WHERE item_id = ? AND acknowledged = 0", (item_id,)).fetchone()[0]
+    reported = level["reported_quantity"] if level else 0
+    return reported + pending, pending, level["reported_at"] if level else None
+
+
+def item_dict(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
+    quantity, pending, reported_at = local_stock(conn, row["id"])
+    return {
+        "sku": row["sku"], "barcode": row["barcode"], "title": row["title"],
+        "price": row["price"], "variant_id": row["variant_id"],
+        "inventory_item_id": row["inventory_item_id"],
+        "stock": {"quantity": quantity, "unsynced_delta": pending,
+                  "reported": quantity - pending, "reported_at": reported_at},
+    }

@@ -1,0 +1,211 @@
+"""One SQLite file: a group-committing writer thread and a pool of reader threads.
+
+Writes and reads are plain functions over a ``sqlite3.Connection``, run on dedicated
+threads so the event loop never blocks and so one query helper serves both inside a write
+transaction and on a reader connection.
+
+Group commit: every write submitted while the previous commit is being flushed waits in a
+queue; the writer then runs them all in one ``BEGIN IMMEDIATE`` transaction, each inside
+its own savepoint (one failing write is rolled back alone), and commits once — one fsync
+for many registers. A caller is answered only after the commit that holds its write.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+from edged.errors import StoreError
+from edged.store.migrations import migrate
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+MAX_GROUP = 256
+
+
+def connect(path: Path) -> sqlite3.Connection:
+    """A connection with the pragmas every connection must have (DESIGN §2)."""
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA journal_mode=WAL")
+    conn.execute("PRAGMA synchronous=FULL")
+    conn.execute("PRAGMA foreign_keys=ON")
+    conn.execute("PRAGMA busy_timeout=10000")
+    return conn
+
+
+@dataclass(slots=True)
+class Job(Generic[T]):
+    fn: Callable[[sqlite3.Connection], T]
+    future: asyncio.Future[T]
+
+
+@dataclass(slots=True)
+class WriterStats:
+    commits: int = 0
+    writes: int = 0
+    failed_writes: int = 0
+    largest_group: int = 0
+
+
+@dataclass(slots=True)
+class _Outcome:
+    ok: bool
+    value: Any = None
+    error: BaseException | None = None
+
+
+class Database:
+    """The daemon's only door to the SQLite file."""
+
+    def __init__(self, path: Path, *, readers: int = 2) -> None:
+        self.path = path
+        self.stats = WriterStats()
+        self._readers = readers
+        self._queue: asyncio.Queue[Job[Any] | None] = asyncio.Queue()
+        self._writer_exec = ThreadPoolExecutor(1, thread_name_prefix="edged-writer")
+        self._reader_exec = ThreadPoolExecutor(readers, thread_name_prefix="edged-reader")
+        self._writer_conn: sqlite3.Connection | None = None
+        self._reader_local = threading.local()
+        self._reader_conns: list[sqlite3.Connection] = []
+        self._reader_lock = threading.Lock()
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+        self.migrations_applied: list[int] = []
+
+    async def open(self) -> None:
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        loop = asyncio.get_running_loop()
+        self.migrations_applied = await loop.run_in_executor(self._writer_exec, self._open_writer)
+        self._task = asyncio.create_task(self._writer_loop(), name="edged-db-writer")
+
+    def _open_writer(self) -> list[int]:
+        conn = connect(self.path)
+        self._writer_conn = conn
+        return migrate(conn)
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` in a write transaction; return once its commit is durable."""
+        if self._closed or self._task is None:
+            raise StoreError("the database is closed")
+        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
+        self._queue.put_nowait(Job(fn, future))
+        return await future
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        """Run ``fn`` on a reader connection (a consistent snapshot of the last commits)."""
+        if self._closed:
+            raise StoreError("the database is closed")
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._reader_exec, self._run_read, fn)
+
+    def _run_read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
+        conn: sqlite3.Connection | None = getattr(self._reader_local, "conn", None)
+        if conn is None:
+            conn = connect(self.path)
+            conn.execute("PRAGMA query_only=ON")
+            self._reader_local.conn = conn
+            with self._reader_lock:
+                self._reader_conns.append(conn)
+        conn.execute("BEGIN")
+        try:
+            return fn(conn)
+        finally:
+            conn.execute("COMMIT")
+
+    async def _writer_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        stop = False
+        while not stop:
+            first = await self._queue.get()
+            if first is None:
+                break
+            batch: list[Job[Any]] = [first]
+            while len(batch) < MAX_GROUP and not self._queue.empty():
+                nxt = self._queue.get_nowait()
+                if nxt is None:
+                    stop = True
+                    break
+                batch.append(nxt)
+            try:
+                outcomes = await loop.run_in_executor(self._writer_exec, self._run_group, batch)
+            except BaseException as exc:  # the commit itself failed: nobody's write is durable
+                log.error("group commit of %d writes failed: %s", len(batch), exc)
+                outcomes = [_Outcome(False, error=StoreError(f"commit failed: {exc}"))
+                            for _ in batch]
+            for job, outcome in zip(batch, outcomes, strict=True):
+                if job.future.done():
+                    continue
+                if outcome.ok:
+                    job.future.set_result(outcome.value)
+                else:
+                    assert outcome.error is not None
+                    job.future.set_exception(outcome.error)
+
+    def _run_group(self, batch: list[Job[Any]]) -> list[_Outcome]:
+        conn = self._writer_conn
+        assert conn is not None
+        outcomes: list[_Outcome] = []
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for job in batch:
+                conn.execute("SAVEPOINT job")
+                try:
+                    value = job.fn(conn)
+                except Exception as exc:  # one write's failure undoes only that write
+                    conn.execute("ROLLBACK TO job")
+                    conn.execute("RELEASE job")
+                    outcomes.append(_Outcome(False, error=exc))
+                    self.stats.failed_writes += 1
+                else:
+                    conn.execute("RELEASE job")
+                    outcomes.append(_Outcome(True, value=value))
+            conn.execute("COMMIT")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        self.stats.commits += 1
+        self.stats.writes += len(batch)
+        self.stats.largest_group = max(self.stats.largest_group, len(batch))
+        return outcomes
+
+    async def close(self) -> None:
+        """Finish every queued write, then close every connection."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._task is not None:
+            self._queue.put_nowait(None)
+            await self._task
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer_exec, self._close_writer)
+        with self._reader_lock:
+            for conn in self._reader_conns:
+                conn.close()
+            self._reader_conns.clear()
+        self._writer_exec.shutdown(wait=True)
+        self._reader_exec.shutdown(wait=True)
+
+    def _close_writer(self) -> None:
+        if self._writer_conn is not None:
+            self._writer_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            self._writer_conn.close()
+            self._writer_conn = None
+
+
+def open_sync(path: Path) -> sqlite3.Connection:
+    """A migrated connection for the command-line tools (no event loop needed)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    conn = connect(path)
+    migrate(conn)
+    return conn

@@ -1,0 +1,222 @@
+"""Numbered schema migrations, run at start and recorded in the file itself."""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from datetime import UTC, datetime
+
+log = logging.getLogger(__name__)
+
+MIGRATIONS: tuple[tuple[int, str, str], ...] = (
+    (1, "initial schema", """
+CREATE TABLE payments (
+    n            INTEGER PRIMARY KEY,
+    id           TEXT NOT NULL UNIQUE,
+    method       TEXT NOT NULL CHECK (method IN ('cash', 'card_present', 'token')),
+    state        TEXT NOT NULL CHECK (state IN ('pending', 'in_progress', 'approved',
+                     'declined', 'canceled', 'failed', 'unknown', 'stored',
+                     'forward_declined')),
+    amount       INTEGER NOT NULL CHECK (amount > 0),
+    currency     TEXT NOT NULL,
+    terminal_id  TEXT,
+    reference    TEXT,
+    processor    TEXT,
+    token        TEXT,
+    brand        TEXT,
+    last4        TEXT CHECK (last4 IS NULL OR length(last4) <= 4),
+    auth_code    TEXT,
+    processor_ref TEXT,
+    raw_status   TEXT,
+    receipt      TEXT,
+    failure      TEXT,
+    order_id     TEXT REFERENCES orders(id),
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    finished_at  TEXT
+);
+CREATE INDEX payments_state ON payments(state, n);
+CREATE INDEX payments_order ON payments(order_id);
+
+CREATE TABLE refunds (
+    n            INTEGER PRIMARY KEY,
+    id           TEXT NOT NULL UNIQUE,
+    payment_id   TEXT NOT NULL REFERENCES payments(id),
+    amount       INTEGER NOT NULL CHECK (amount > 0),
+    currency     TEXT NOT NULL,
+    reason       TEXT,
+    state        TEXT NOT NULL CHECK (state IN ('pending', 'queued', 'succeeded', 'failed',
+                     'unknown')),
+    terminal_id  TEXT,
+    processor_ref TEXT,
+    failure      TEXT,
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL
+);
+CREATE INDEX refunds_payment ON refunds(payment_id);
+
+CREATE TABLE orders (
+    n            INTEGER PRIMARY KEY,
+    id           TEXT NOT NULL UNIQUE,
+    reference    TEXT NOT NULL UNIQUE,
+    currency     TEXT NOT NULL,
+    total        INTEGER NOT NULL,
+    created_at   TEXT NOT NULL
+);
+
+CREATE TABLE items (
+    id                INTEGER PRIMARY KEY,
+    sku               TEXT UNIQUE,
+    barcode           TEXT,
+    title             TEXT NOT NULL DEFAULT '',
+    price             INTEGER,
+    variant_id        TEXT UNIQUE,
+    inventory_item_id TEXT UNIQUE,
+    updated_at        TEXT NOT NULL
+);
+CREATE INDEX items_barcode ON items(barcode);
+
+CREATE TABLE order_lines (
+    order_id     TEXT NOT NULL REFERENCES orders(id),
+    line_no      INTEGER NOT NULL,
+    item_id      INTEGER NOT NULL REFERENCES items(id),
+    quantity     INTEGER NOT NULL CHECK (quantity > 0),
+    price        INTEGER NOT NULL CHECK (price >= 0),
+    PRIMARY KEY (order_id, line_no)
+);
+
+CREATE TABLE inventory_levels (
+    item_id            INTEGER PRIMARY KEY REFERENCES items(id),
+    reported_quantity  INTEGER NOT NULL,
+    reported_at        TEXT NOT NULL
+);
+
+CREATE TABLE adjustments (
+    n            INTEGER PRIMARY KEY,
+    id           TEXT NOT NULL UNIQUE,
+    reason       TEXT NOT NULL,
+    reference    TEXT,
+    created_at   TEXT NOT NULL
+);
+
+-- Local stock = reported_quantity + the deltas Shopify has not acknowledged yet.
+CREATE TABLE stock_deltas (
+    id            INTEGER PRIMARY KEY,
+    item_id       INTEGER NOT NULL REFERENCES items(id),
+    delta         INTEGER NOT NULL,
+    source        TEXT NOT NULL CHECK (source IN ('sale', 'adjustment')),
+    source_id     TEXT NOT NULL,
+    acknowledged  INTEGER NOT NULL DEFAULT 0,
+    created_at    TEXT NOT NULL
+);
+CREATE INDEX stock_deltas_open ON stock_deltas(item_id) WHERE acknowledged = 0;
+CREATE INDEX stock_deltas_source ON stock_deltas(source, source_id);
+
+CREATE TABLE outbox_batches (
+    id               INTEGER PRIMARY KEY,
+    destination      TEXT NOT NULL,
+    kind             TEXT NOT NULL,
+    idempotency_key  TEXT NOT NULL UNIQUE,
+    payload          TEXT NOT NULL,
+    created_at       TEXT NOT NULL
+);
+
+CREATE TABLE outbox (
+    id               INTEGER PRIMARY KEY,
+    destination      TEXT NOT NULL,
+    kind             TEXT NOT NULL,
+    subject_id       TEXT NOT NULL,
+    idempotency_key  TEXT NOT NULL UNIQUE,
+    payload          TEXT NOT NULL,
+    state            TEXT NOT NULL DEFAULT 'pending'
+                     CHECK (state IN ('pending', 'inflight', 'done', 'dead', 'discarded')),
+    attempts         INTEGER NOT NULL DEFAULT 0,
+    next_attempt_at  TEXT,
+    lease_until      TEXT,
+    last_error       TEXT,
+    batch_id         INTEGER REFERENCES outbox_batches(id),
+    result           TEXT,
+    created_at       TEXT NOT NULL,
+    updated_at       TEXT NOT NULL
+);
+CREATE INDEX outbox_queue ON outbox(destination, state, id);
+
+CREATE TABLE idempotency (
+    scope        TEXT NOT NULL,
+    key          TEXT NOT NULL,
+    method       TEXT NOT NULL,
+    path         TEXT NOT NULL,
+    body_hash    TEXT NOT NULL,
+    status       INTEGER NOT NULL,
+    response     TEXT NOT NULL,
+    created_at   TEXT NOT NULL,
+    PRIMARY KEY (scope, key)
+);
+
+CREATE TABLE audit (
+    seq          INTEGER PRIMARY KEY,
+    at           TEXT NOT NULL,
+    actor        TEXT NOT NULL,
+    action       TEXT NOT NULL,
+    subject      TEXT NOT NULL,
+    data         TEXT NOT NULL,
+    prev_hash    TEXT NOT NULL,
+    hash         TEXT NOT NULL
+);
+
+CREATE TABLE tokens (
+    id           INTEGER PRIMARY KEY,
+    name         TEXT NOT NULL,
+    scope        TEXT NOT NULL CHECK (scope IN ('register', 'manager')),
+    token_hash   TEXT NOT NULL UNIQUE,
+    created_at   TEXT NOT NULL,
+    revoked_at   TEXT
+);
+
+CREATE TABLE secrets (
+    name         TEXT PRIMARY KEY,
+    ciphertext   BLOB NOT NULL,
+    updated_at   TEXT NOT NULL
+);
+
+CREATE TABLE webhook_inbox (
+    id           INTEGER PRIMARY KEY,
+    source       TEXT NOT NULL,
+    delivery_id  TEXT NOT NULL,
+    topic        TEXT NOT NULL,
+    body         BLOB NOT NULL,
+    received_at  TEXT NOT NULL,
+    processed_at TEXT,
+    UNIQUE (source, delivery_id)
+);
+"""),
+)
+
+
+def migrate(conn: sqlite3.Connection) -> list[int]:
+    """Apply every migration not yet recorded; return the versions applied now."""
+    conn.execute(
+        "CREATE TABLE IF NOT EXISTS schema_migrations ("
+        " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
+    )
+    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
+    applied = []
+    for version, name, sql in MIGRATIONS:
+        if version in done:
+            continue
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            for statement in sql.split(";"):
+                if statement.strip():
+                    conn.execute(statement)
+            conn.execute(
+                "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
+                (version, name, datetime.now(UTC).isoformat()),
+            )
+            conn.execute("COMMIT")
+        except BaseException:
+            conn.execute("ROLLBACK")
+            raise
+        log.info("applied schema migration %d (%s)", version, name)
+        applied.append(version)
+    return applied

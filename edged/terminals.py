@@ -1,0 +1,221 @@
+"""The lanes: one driver per terminal, one transaction at a time, an idle heartbeat.
+
+The manager owns who may use a terminal (a claim taken synchronously, so two requests
+can never both start), runs transactions as tasks that outlive the HTTP request, and keeps
+each terminal's status true: online, offline (with reopening on a backoff) or busy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime
+
+from drivers.base import (
+    Capabilities,
+    DriverError,
+    Outcome,
+    Terminal,
+    TerminalState,
+    TerminalUnavailable,
+    TransactionRequest,
+    TransactionResult,
+)
+from edged.config import TerminalConfig
+from edged.errors import ApiError
+from edged.events import EventBus
+from edged.terminal_factory import build_terminal
+from sync.clock import Clock, utc_iso
+
+log = logging.getLogger(__name__)
+
+# A transaction's end: a result, or None when the request never reached the terminal.
+Completion = Callable[[TransactionResult | None, str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class TerminalView:
+    id: str
+    kind: str
+    state: str
+    busy_with: str | None
+    last_seen: str | None
+    detail: str | None
+    capabilities: Capabilities
+
+    def as_dict(self) -> dict[str, object]:
+        return {
+            "id": self.id, "kind": self.kind, "state": self.state, "busy_with": self.busy_with,
+            "last_seen": self.last_seen, "detail": self.detail,
+            "capabilities": {"refund": self.capabilities.refund,
+                             "cancel": self.capabilities.cancel},
+        }
+
+
+class _Lane:
+    def __init__(self, config: TerminalConfig, driver: Terminal) -> None:
+        self.config = config
+        self.driver = driver
+        self.state = TerminalState.OFFLINE
+        self.detail: str | None = "not opened yet"
+        self.last_seen: datetime | None = None
+        self.busy_with: str | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.backoff = 1.0
+
+
+class TerminalManager:
+    def __init__(self, configs: tuple[TerminalConfig, ...], bus: EventBus, clock: Clock,
+                 *, heartbeat: float = 5.0, max_backoff: float = 30.0) -> None:
+        self._bus = bus
+        self._clock = clock
+        self._heartbeat = heartbeat
+        self._max_backoff = max_backoff
+        self._lanes = {c.id: _Lane(c, build_terminal(c, clock)) for c in configs}
+        self._loops: list[asyncio.Task[None]] = []
+
+    async def start(self) -> None:
+        for lane in self._lanes.values():
+            await self._try_open(lane)
+            self._loops.append(asyncio.create_task(self._watch(lane),
+                                                   name=f"terminal-{lane.config.id}"))
+
+    def driver(self, terminal_id: str) -> Terminal | None:
+        lane = self._lanes.get(terminal_id)
+        return lane.driver if lane else None
+
+    def ids(self) -> list[str]:
+        return list(self._lanes)
+
+    def claim(self, terminal_id: str, subject_id: str) -> Terminal:
+        """Reserve the terminal for one transaction, or refuse at once."""
+        lane = self._lanes.get(terminal_id)
+        if lane is None:
+            raise ApiError("ERR-3001", f"no terminal {terminal_id!r}; known: "
+                           f"{', '.join(self._lanes) or 'none'}")
+        if lane.busy_with is not None:
+            raise ApiError("ERR-3002", f"terminal {terminal_id} is running {lane.busy_with}; "
+                           "wait for it to finish or cancel it")
+        if lane.state is TerminalState.OFFLINE:
+            raise ApiError("ERR-3003", f"terminal {terminal_id} is offline"
+                           f" ({lane.detail or 'no answer'}); check its cable and power")
+        lane.busy_with = subject_id
+        self._set_state(lane, TerminalState.BUSY, None)
+        return lane.driver
+
+    def release(self, terminal_id: str, subject_id: str) -> None:
+        lane = self._lanes[terminal_id]
+        if lane.busy_with == subject_id:
+            lane.busy_with = None
+            lane.task = None
+            if lane.state is TerminalState.BUSY:
+                self._set_state(lane, TerminalState.ONLINE, None)
+
+    def run(self, terminal_id: str, subject_id: str,
+            action: Callable[[Terminal], Awaitable[TransactionResult]],
+            done: Completion) -> None:
+        """Run ``action`` on a claimed terminal in the background, then ``done``."""
+        lane = self._lanes[terminal_id]
+
+        async def _go() -> None:
+            result: TransactionResult | None
+            try:
+                result = await action(lane.driver)
+            except TerminalUnavailable as exc:
+                log.warning("terminal %s unreachable for %s: %s", terminal_id, subject_id, exc)
+                self._set_state(lane, TerminalState.OFFLINE, str(exc))
+                result = None
+            except DriverError as exc:
+                log.error("terminal %s failed during %s: %s", terminal_id, subject_id, exc)
+                result = TransactionResult(Outcome.UNKNOWN, 0, "", detail=str(exc))
+            except Exception:  # a bug must not lose the outcome: it becomes unknown
+                log.exception("terminal %s crashed during %s", terminal_id, subject_id)
+                result = TransactionResult(Outcome.UNKNOWN, 0, "", detail="driver error")
+            try:
+                await done(result, subject_id)
+            finally:
+                if lane.state is not TerminalState.OFFLINE:
+                    lane.last_seen = self._clock.now()
+                self.release(terminal_id, subject_id)
+
+        lane.task = asyncio.create_task(_go(), name=f"txn-{subject_id}")
+
+    async def cancel(self, terminal_id: str) -> None:
+        lane = self._lanes[terminal_id]
+        await lane.driver.cancel()
+
+    async def wait_idle(self, timeout: float) -> None:
+        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout)
+
+    def views(self) -> list[TerminalView]:
+        return [self._view(lane) for lane in self._lanes.values()]
+
+    def view(self, terminal_id: str) -> TerminalView | None:
+        lane = self._lanes.get(terminal_id)
+        return self._view(lane) if lane else None
+
+    def _view(self, lane: _Lane) -> TerminalView:
+        return TerminalView(lane.config.id, lane.config.kind, lane.state.value, lane.busy_with,
+                            utc_iso(lane.last_seen) if lane.last_seen else None, lane.detail,
+                            lane.driver.capabilities)
+
+    def _set_state(self, lane: _Lane, state: TerminalState, detail: str | None) -> None:
+        changed = state is not lane.state
+        lane.state = state
+        lane.detail = detail
+        if state is TerminalState.ONLINE:
+            lane.last_seen = self._clock.now()
+        if changed:
+            log.info("terminal %s is %s%s", lane.config.id, state.value,
+                     f" ({detail})" if detail else "")
+            self._bus.publish("terminal", self._view(lane).as_dict())
+
+    async def _try_open(self, lane: _Lane) -> None:
+        try:
+            await lane.driver.open()
+            status = await lane.driver.status()
+        except DriverError as exc:
+            self._set_state(lane, TerminalState.OFFLINE, str(exc))
+            return
+        self._set_state(lane, status.state, status.detail)
+
+    async def _watch(self, lane: _Lane) -> None:
+        while True:
+            if lane.state is TerminalState.OFFLINE and lane.busy_with is None:
+                await self._clock.sleep(lane.backoff)
+                lane.backoff = min(lane.backoff * 2, self._max_backoff)
+                if lane.busy_with is None:
+                    await self._try_open(lane)
+                if lane.state is not TerminalState.OFFLINE:
+                    lane.backoff = 1.0
+                continue
+            await self._clock.sleep(self._heartbeat)
+            if lane.busy_with is not None:
+                continue
+            try:
+                status = await lane.driver.status()
+            except DriverError as exc:
+                self._set_state(lane, TerminalState.OFFLINE, str(exc))
+                continue
+            if lane.busy_with is None:
+                self._set_state(lane, status.state, status.detail)
+
+    async def stop(self, grace: float) -> None:
+        """Let running transactions end (up to ``grace`` s), then close every line."""
+        for task in self._loops:
+            task.cancel()
+        await asyncio.gather(*self._loops, return_exceptions=True)
+        await self.wait_idle(grace)
+        for lane in self._lanes.values():
+            if lane.task is not None and not lane.task.done():
+                log.warning("terminal %s still busy with %s at shutdown; it will be"
+                            " reconciled at the next start", lane.config.id, lane.busy_with)
+                lane.task.cancel()
+            try:
+                await lane.driver.close()
+            except DriverError as exc:
+                log.warning("closing terminal %s: %s", lane.config.id, exc)
