@@ -12,8 +12,14 @@ from typing import Any
 from aiohttp import web
 
 from edged import outbox
-from edged.api.http import DRAINING, SERVICES, allowed_hosts, bind, errors_middleware, \
-    gate_middleware
+from edged.api.http import (
+    DRAINING,
+    SERVICES,
+    allowed_hosts,
+    bind,
+    errors_middleware,
+    gate_middleware,
+)
 from edged.api.ratelimit import ClientBuckets
 from edged.api.routes import ROUTES
 from edged.config import Config
@@ -82,7 +88,7 @@ class Daemon:
         self._site = web.TCPSite(self._runner, self.cfg.api.host, self.cfg.api.port,
                                  reuse_address=True)
         await self._site.start()
-        server = self._site._server  # noqa: SLF001  (aiohttp keeps the bound socket there)
+        server = self._site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.cfg.api.port
         log.info("edged ready on http://%s:%d (data %s)", self.cfg.api.host, self.port,

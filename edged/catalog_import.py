@@ -43,7 +43,7 @@ class CatalogueRow:
 def _int(value: Any, where: str) -> int | None:
     if value is None or value == "":
         return None
-    if isinstance(value, bool) or isinstance(value, float):
+    if isinstance(value, bool | float):
         raise ImportFileError(f"{where}: must be a whole number, got {value!r}")
     try:
         return int(str(value).strip())

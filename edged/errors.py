@@ -59,7 +59,8 @@ CODES: dict[str, ErrorCode] = _table(
     ErrorCode("ERR-3001", 422, "No such terminal"),
     ErrorCode("ERR-3002", 409, "The terminal is running another transaction", retryable=True),
     ErrorCode("ERR-3003", 503, "The terminal is offline", retryable=True),
-    ErrorCode("ERR-3004", 409, "This terminal cannot cancel from the register: cancel on the terminal"),
+    ErrorCode("ERR-3004", 409,
+              "This terminal cannot cancel from the register: cancel on the terminal"),
     ErrorCode("ERR-3005", 422, "This terminal cannot refund; refund another way"),
     ErrorCode("ERR-3006", 404, "No such terminal"),
     # 4xxx: inventory and orders

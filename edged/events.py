@@ -31,7 +31,7 @@ class EventBus:
     """Fan-out to subscribers; a subscriber too slow to keep up is dropped, never waited on."""
 
     def __init__(self, queue_size: int = 1000, recent: int = 200) -> None:
-        self._subs: set[Subscription] = set()  # type: ignore[misc]
+        self._subs: set[Subscription] = set()
         self._ids = itertools.count(1)
         self._queue_size = queue_size
         self._recent: list[Event] = []

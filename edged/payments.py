@@ -168,7 +168,8 @@ class PaymentService:
     def _apply_result(self, conn: sqlite3.Connection, row: sqlite3.Row,
                       result: TransactionResult | None, now: str, actor: str) -> None:
         if result is None:
-            state, failure = "failed", "the terminal could not be reached; nothing was charged"
+            state = "failed"
+            failure: str | None = "the terminal could not be reached; nothing was charged"
             fields: dict[str, Any] = {}
         else:
             state = _OUTCOME_STATE[result.outcome]
@@ -276,10 +277,7 @@ class PaymentService:
         def write(conn: sqlite3.Connection) -> Answer:
             row = records.payment_row(conn, payment_id)
             assert row is not None
-            taken = conn.execute(
-                "SELECT coalesce(sum(amount), 0) FROM refunds WHERE payment_id = ? AND state IN"
-                f" ({','.join('?' * len(records.LIVE_REFUND_STATES))})",
-                (payment_id, *records.LIVE_REFUND_STATES)).fetchone()[0]
+            taken = records.refunded_total(conn, payment_id)
             left = row["amount"] - taken
             if amount > left:
                 raise ApiError("ERR-2007", f"refund of {amount} asked, {left} {row['currency']}"

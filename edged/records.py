@@ -18,6 +18,14 @@ _REFUND_FIELDS = ("id", "payment_id", "amount", "currency", "reason", "state", "
                   "processor_ref", "failure", "created_at", "updated_at")
 
 
+def refunded_total(conn: sqlite3.Connection, payment_id: str) -> int:
+    """What is refunded or on its way back: the refunds that hold money."""
+    row = conn.execute("SELECT coalesce(sum(amount), 0) FROM refunds WHERE payment_id = ?"
+                       " AND state IN ('pending', 'queued', 'succeeded', 'unknown')",
+                       (payment_id,)).fetchone()
+    return int(row[0])
+
+
 def refund_dict(row: sqlite3.Row) -> dict[str, Any]:
     return {f: row[f] for f in _REFUND_FIELDS}
 

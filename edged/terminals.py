@@ -20,7 +20,6 @@ from drivers.base import (
     Terminal,
     TerminalState,
     TerminalUnavailable,
-    TransactionRequest,
     TransactionResult,
 )
 from edged.config import TerminalConfig

@@ -7,9 +7,9 @@ import hmac
 import secrets
 import sqlite3
 from dataclasses import dataclass
+from datetime import UTC, datetime
 
 from sync.clock import utc_iso
-from datetime import UTC, datetime
 
 SCOPES = ("register", "manager")
 PREFIX = "edg_"
