@@ -1,0 +1,721 @@
+"""Ingenico Telium "Concert" E+ terminals over a serial, USB-serial or TCP line.
+
+Sources (facts only, no code taken): PayXpert's "USB/RS232 - Specifications" and
+"Concert V2/V3" pages, and the ECR-side libraries pyteliummanager (MIT) and pypostelium
+(AGPL), summarised with byte vectors in ``/work/shared/facts/concert.md``.
+
+The line is opened with ``serial.serial_for_url``, so a device path (``/dev/ttyACM0``, a
+pty, a ``/dev/serial/by-id`` link) and a ``socket://host:port`` URL both work. USB CDC-ACM
+terminals speak 9600 8N1, native RS-232 ones 7E1 (:attr:`ConcertSettings.line`).
+
+One transaction, host (this driver) and terminal::
+
+    host ENQ            → terminal ACK            (no ACK: TerminalUnavailable, nothing sent)
+    host request frame  → terminal ACK | NAK      (NAK: send again, bounded)
+    host EOT
+    … the customer pays (up to ``customer_timeout``) …
+    terminal ENQ        → host ACK
+    terminal answer     → host ACK | NAK          (NAK on a broken frame: sent again)
+    terminal EOT
+
+The money rule: until the request frame was handed over the driver raises
+:class:`~drivers.base.TerminalUnavailable`; from then on every ending is a
+:class:`~drivers.base.TransactionResult`, and silence, a dropped line or garbage give
+``Outcome.UNKNOWN``, never ``DECLINED``. A request frame that was written but neither
+ACKed nor NAKed counts as handed over (the terminal may have taken it); only a request
+that the terminal NAKed every time is "nothing sent". Status ``9`` ("not verified") is
+``UNKNOWN`` too (see :mod:`drivers.concert_messages`).
+
+E+ has no abort from the register (:meth:`ConcertTerminal.cancel` raises
+:class:`~drivers.base.CancelNotSupported`) and cannot tell how a past transaction ended
+(:meth:`ConcertTerminal.recover` returns ``None``).
+
+Threading: pyserial blocks, so every line operation runs on one worker thread per terminal
+(a single-thread executor), reading in slices of ``poll_interval`` seconds; the event loop
+only awaits. Deadlines are read from the injectable :class:`sync.clock.Clock`, and every
+timer is a setting, so tests use small ones (or a manual clock) and never wait long.
+
+A card number from the answer is cut to its last four digits inside the decoder; nothing
+here logs frame data.
+
+Use::
+
+    terminal = ConcertTerminal("lane-1", ConcertSettings(port="/dev/ttyACM0"))
+    await terminal.open()                      # TerminalUnavailable if the port is missing
+    result = await terminal.collect(TransactionRequest("pay-1", 1250, "EUR"))
+"""
+
+from __future__ import annotations
+
+import asyncio
+import enum
+import logging
+import threading
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Literal, Protocol, TypeVar, cast
+
+import serial
+
+from drivers.base import (
+    CancelNotSupported,
+    Capabilities,
+    DriverError,
+    InterruptedTransaction,
+    Outcome,
+    Terminal,
+    TerminalBusy,
+    TerminalState,
+    TerminalStatus,
+    TerminalUnavailable,
+    TransactionRequest,
+    TransactionResult,
+)
+from drivers.concert_frame import (
+    ACK,
+    ENQ,
+    EOT,
+    NAK,
+    Control,
+    Frame,
+    FrameError,
+    FrameParser,
+    encode_frame,
+)
+from drivers.concert_messages import (
+    AnswerStatus,
+    ConcertAnswer,
+    ConcertRequest,
+    MessageError,
+    RequestError,
+    TransactionType,
+)
+from sync.clock import Clock, SystemClock
+
+logger = logging.getLogger(__name__)
+
+_T = TypeVar("_T")
+
+try:  # tcflush and friends raise termios.error, which is not an OSError
+    import termios
+
+    _PORT_ERRORS: tuple[type[Exception], ...] = (OSError, termios.error)
+except ImportError:  # pragma: no cover - not a POSIX system
+    _PORT_ERRORS = (OSError,)
+_OPEN_ERRORS: tuple[type[Exception], ...] = (*_PORT_ERRORS, ValueError)
+
+LineFormat = Literal["8N1", "7E1"]
+
+
+class ConcertConfigError(DriverError, ValueError):
+    """A Concert setting is out of range."""
+
+
+@dataclass(frozen=True, slots=True)
+class ConcertSettings:
+    """How to reach one Concert terminal. Every timer in seconds, every one configurable."""
+
+    port: str
+    """Device path or pyserial URL (``/dev/ttyACM0``, ``socket://10.0.0.5:8888``)."""
+    baudrate: int = 9600
+    line: LineFormat = "8N1"
+    """``8N1`` (USB CDC-ACM) or ``7E1`` (native RS-232)."""
+    pos_number: int = 1
+    ack_timeout: float = 1.0
+    """Wait for each control byte (ACK to ENQ, ACK/NAK to a frame, EOT)."""
+    frame_timeout: float = 3.0
+    """Wait for the answer frame to complete once the terminal's ENQ was ACKed."""
+    customer_timeout: float = 120.0
+    """Wait for the terminal's ENQ while the customer pays."""
+    max_retransmissions: int = 3
+    """Copies of a frame sent again after a NAK (and NAKs sent for a broken answer)."""
+    answer_full: bool = True
+    """Ask for the full answer (with the card number, cut to last4) or the short one."""
+    poll_interval: float = 0.05
+    """Longest single blocking read on the worker thread (bounds close/abort latency)."""
+
+    def __post_init__(self) -> None:
+        if not self.port:
+            raise ConcertConfigError("port must be set")
+        if self.baudrate <= 0:
+            raise ConcertConfigError(f"baudrate {self.baudrate} must be positive")
+        if self.line not in ("8N1", "7E1"):
+            raise ConcertConfigError(f"line {self.line!r} must be 8N1 or 7E1")
+        if not 1 <= self.pos_number <= 99:
+            raise ConcertConfigError(f"pos_number {self.pos_number} must be within 1..99")
+        for name in ("ack_timeout", "frame_timeout", "customer_timeout", "poll_interval"):
+            if not getattr(self, name) > 0:
+                raise ConcertConfigError(f"{name} must be positive")
+        if not 0 <= self.max_retransmissions <= 10:
+            raise ConcertConfigError("max_retransmissions must be within 0..10")
+
+    @property
+    def bytesize(self) -> int:
+        return 8 if self.line == "8N1" else 7
+
+    @property
+    def parity(self) -> str:
+        return "N" if self.line == "8N1" else "E"
+
+    @property
+    def stopbits(self) -> int:
+        return 1
+
+
+class Phase(enum.StrEnum):
+    """Where the worker thread is; read it to observe a transaction (tests, status page)."""
+
+    IDLE = "idle"
+    PROBING = "probing"
+    ENQUIRY = "enquiry"
+    SENDING_REQUEST = "sending_request"
+    AWAITING_ANSWER = "awaiting_answer"
+    RECEIVING_ANSWER = "receiving_answer"
+
+
+class _SerialPort(Protocol):
+    """The part of a pyserial port this driver uses."""
+
+    @property
+    def in_waiting(self) -> int: ...
+
+    def read(self, size: int = 1) -> bytes: ...
+
+    def write(self, data: bytes) -> int | None: ...
+
+    def reset_input_buffer(self) -> None: ...
+
+    def close(self) -> None: ...
+
+
+class _LineLost(DriverError):
+    """The port failed under us (unplugged, closed by the peer)."""
+
+
+class _Aborted(DriverError):
+    """``close()`` or a cancelled caller stopped the worker."""
+
+
+Event = Frame | Control | FrameError
+
+
+class _Line:
+    """The open port and its frame parser; used only on the worker thread."""
+
+    def __init__(self, port: _SerialPort, clock: Clock, abort: threading.Event, name: str) -> None:
+        self.port = port
+        self.parser = FrameParser()
+        self._clock = clock
+        self.abort = abort
+        self._name = name
+
+    def write(self, data: bytes) -> None:
+        try:
+            self.port.write(data)
+        except _PORT_ERRORS as exc:  # serial.SerialException is an OSError
+            raise _LineLost(f"write failed: {exc}") from exc
+
+    def send_control(self, byte: int) -> None:
+        logger.debug("concert %s: -> %s", self._name, Control(byte).name)
+        self.write(bytes((byte,)))
+
+    def discard_input(self) -> None:
+        """Start an exchange clean: drop unread bytes (a late answer of an earlier one)."""
+        stale = self.parser.pending + (1 if self.parser.in_frame else 0)
+        self.parser.reset()
+        try:
+            stale += self.port.in_waiting
+            if stale:
+                logger.warning("concert %s: discarding %d stale bytes", self._name, stale)
+            self.port.reset_input_buffer()
+        except _PORT_ERRORS as exc:
+            raise _LineLost(f"flush failed: {exc}") from exc
+
+    def _read(self) -> bytes:
+        try:
+            data = self.port.read(1)
+            if data:
+                waiting = self.port.in_waiting
+                if waiting:
+                    data += self.port.read(waiting)
+        except _PORT_ERRORS as exc:
+            raise _LineLost(f"read failed: {exc}") from exc
+        return data
+
+    def next_event(self, deadline: float) -> Event | None:
+        """The next frame, control byte or frame error before ``deadline``; ``None`` after."""
+        while True:
+            try:
+                event = self.parser.next_event()
+            except FrameError as exc:
+                return exc
+            if event is not None:
+                return event
+            if self.abort.is_set():
+                raise _Aborted("stopped")
+            if self._clock.monotonic() >= deadline:
+                return None
+            chunk = self._read()
+            if chunk:
+                self.parser.feed(chunk)
+
+    def await_control(self, wanted: frozenset[Control], timeout: float) -> Control | None:
+        """Wait up to ``timeout`` for one of ``wanted``; anything else is ignored."""
+        deadline = self._clock.monotonic() + timeout
+        while True:
+            event = self.next_event(deadline)
+            if event is None:
+                return None
+            if isinstance(event, Control) and event in wanted:
+                logger.debug("concert %s: <- %s", self._name, event.name)
+                return event
+            logger.debug("concert %s: ignored %r", self._name, _describe(event))
+
+
+def _describe(event: Event) -> str:
+    if isinstance(event, Control):
+        return event.name
+    if isinstance(event, Frame):
+        return f"frame of {len(event.data)} bytes"
+    return type(event).__name__
+
+
+_ACK_ONLY = frozenset({Control.ACK})
+_ACK_OR_NAK = frozenset({Control.ACK, Control.NAK})
+_EOT_ONLY = frozenset({Control.EOT})
+
+_OUTCOMES = {
+    AnswerStatus.APPROVED: Outcome.APPROVED,
+    AnswerStatus.DECLINED: Outcome.DECLINED,
+    AnswerStatus.NOT_VERIFIED: Outcome.UNKNOWN,
+}
+
+
+class ConcertTerminal(Terminal):
+    """A Concert E+ terminal on one line. Refund (credit) yes; cancel and recover no."""
+
+    kind = "concert"
+
+    def __init__(
+        self, terminal_id: str, settings: ConcertSettings, *, clock: Clock | None = None
+    ) -> None:
+        super().__init__(terminal_id)
+        self.settings = settings
+        self._clock: Clock = clock or SystemClock()
+        self._executor: ThreadPoolExecutor | None = None
+        self._line: _Line | None = None  # owned by the worker thread
+        self._phase = Phase.IDLE  # written by the worker thread
+        self._busy = False  # event-loop side: a transaction is running
+        self._closed = False
+        self._abort = threading.Event()  # the running operation's stop flag
+
+    # -- the interface -------------------------------------------------------------------
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(refund=True, cancel=False, recover=False)
+
+    @property
+    def phase(self) -> Phase:
+        """The worker's current step (``awaiting_answer`` while the customer pays)."""
+        return self._phase
+
+    async def open(self) -> None:
+        self._closed = False
+        await self._run(self._open_blocking)
+
+    async def status(self) -> TerminalStatus:
+        if self._busy:
+            return TerminalStatus(TerminalState.BUSY, "transaction in progress")
+        if self._closed:
+            return TerminalStatus(TerminalState.OFFLINE, "closed")
+        try:
+            return await self._run(self._probe_blocking)
+        except Exception as exc:  # status never raises for an absent terminal
+            logger.warning("concert %s: status probe failed: %s", self.terminal_id, exc)
+            return TerminalStatus(TerminalState.OFFLINE, f"probe failed: {exc}")
+
+    async def collect(self, request: TransactionRequest) -> TransactionResult:
+        """A sale (Concert type ``0``, debit). The method decides the type, not ``kind``."""
+        return await self._transact(request, TransactionType.DEBIT)
+
+    async def refund(self, request: TransactionRequest) -> TransactionResult:
+        """A refund (Concert type ``1``, credit) of ``request.amount``."""
+        return await self._transact(request, TransactionType.CREDIT)
+
+    async def cancel(self) -> None:
+        """E+ has no abort from the register: the cashier cancels on the terminal."""
+        raise CancelNotSupported(
+            f"concert terminal {self.terminal_id}: the register cannot abort a Concert E+"
+            " transaction; press the red (cancel) key on the terminal"
+        )
+
+    async def recover(self, interrupted: InterruptedTransaction) -> TransactionResult | None:
+        """E+ cannot be asked how a past transaction ended: the payment stays unknown."""
+        logger.info(
+            "concert %s: payment %s cannot be reconciled over Concert E+",
+            self.terminal_id,
+            interrupted.payment_id,
+        )
+        return None
+
+    async def close(self) -> None:
+        self._closed = True
+        self._abort.set()
+        executor = self._executor
+        if executor is None:
+            return
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, self._close_blocking)
+        finally:
+            executor.shutdown(wait=False)
+            self._executor = None
+
+    # -- event-loop side -----------------------------------------------------------------
+
+    async def _run(self, func: Callable[[], _T]) -> _T:
+        if self._executor is None:
+            self._executor = ThreadPoolExecutor(
+                max_workers=1, thread_name_prefix=f"concert-{self.terminal_id}"
+            )
+        return await asyncio.get_running_loop().run_in_executor(self._executor, func)
+
+    async def _transact(
+        self, request: TransactionRequest, transaction_type: TransactionType
+    ) -> TransactionResult:
+        if self._closed:
+            raise TerminalUnavailable(f"concert terminal {self.terminal_id} is closed")
+        if self._busy:
+            raise TerminalBusy(f"concert terminal {self.terminal_id} is running a transaction")
+        if request.amount <= 0:
+            raise RequestError(f"amount {request.amount} must be positive")
+        concert_request = ConcertRequest(
+            pos_number=self.settings.pos_number,
+            amount=request.amount,
+            currency=request.currency,
+            transaction_type=transaction_type,
+            full_answer=self.settings.answer_full,
+        )  # RequestError (bad amount/currency) before anything is sent
+        abort = threading.Event()
+        self._abort = abort
+        self._busy = True
+        logger.info(
+            "concert %s: %s %s of %d %s started",
+            self.terminal_id,
+            "sale" if transaction_type is TransactionType.DEBIT else "refund",
+            request.payment_id,
+            request.amount,
+            request.currency,
+        )
+        try:
+            result = await self._run(
+                lambda: self._transact_blocking(request, concert_request, abort)
+            )
+        except asyncio.CancelledError:
+            abort.set()  # the worker stops at its next read; the outcome is unknown
+            raise
+        finally:
+            self._busy = False
+        logger.info(
+            "concert %s: payment %s %s (status %s, reference %s)%s",
+            self.terminal_id,
+            request.payment_id,
+            result.outcome.value,
+            result.raw_status,
+            result.reference,
+            f": {result.detail}" if result.detail else "",
+        )
+        return result
+
+    # -- worker thread -------------------------------------------------------------------
+
+    def _open_blocking(self) -> _Line:
+        if self._line is not None:
+            return self._line
+        settings = self.settings
+        extra: dict[str, object] = {}
+        if "://" not in settings.port:
+            extra["exclusive"] = True  # two processes on one terminal would be a disaster
+        try:
+            port = cast(
+                _SerialPort,
+                serial.serial_for_url(
+                    settings.port,
+                    baudrate=settings.baudrate,
+                    bytesize=settings.bytesize,
+                    parity=settings.parity,
+                    stopbits=settings.stopbits,
+                    timeout=settings.poll_interval,
+                    write_timeout=max(settings.ack_timeout, 1.0),
+                    **extra,
+                ),
+            )
+        except _OPEN_ERRORS as exc:
+            raise TerminalUnavailable(
+                f"concert terminal {self.terminal_id}: cannot open {settings.port}: {exc}"
+            ) from exc
+        logger.info("concert %s: line %s open", self.terminal_id, settings.port)
+        self._line = _Line(port, self._clock, self._abort, self.terminal_id)
+        return self._line
+
+    def _drop_line(self, reason: str) -> None:
+        line, self._line = self._line, None
+        if line is None:
+            return
+        logger.warning("concert %s: line lost: %s", self.terminal_id, reason)
+        try:
+            line.port.close()
+        except _PORT_ERRORS:
+            logger.debug("concert %s: closing a lost line failed", self.terminal_id)
+
+    def _close_blocking(self) -> None:
+        line, self._line = self._line, None
+        self._phase = Phase.IDLE
+        if line is not None:
+            try:
+                line.port.close()
+            except _PORT_ERRORS as exc:
+                logger.debug("concert %s: close failed: %s", self.terminal_id, exc)
+
+    def _use_line(self, abort: threading.Event) -> _Line:
+        line = self._open_blocking()
+        line.abort = abort
+        return line
+
+    def _probe_blocking(self) -> TerminalStatus:
+        abort = threading.Event()
+        self._phase = Phase.PROBING
+        try:
+            try:
+                line = self._use_line(abort)
+            except TerminalUnavailable as exc:
+                return TerminalStatus(TerminalState.OFFLINE, str(exc))
+            try:
+                line.discard_input()
+                line.send_control(ENQ)
+                reply = line.await_control(_ACK_ONLY, self.settings.ack_timeout)
+                line.send_control(EOT)
+            except _LineLost as exc:
+                self._drop_line(str(exc))
+                return TerminalStatus(TerminalState.OFFLINE, f"line lost: {exc}")
+            if reply is None:
+                return TerminalStatus(
+                    TerminalState.OFFLINE, "no ACK to ENQ: terminal absent or busy"
+                )
+            return TerminalStatus(TerminalState.ONLINE)
+        finally:
+            self._phase = Phase.IDLE
+
+    def _transact_blocking(
+        self,
+        request: TransactionRequest,
+        concert_request: ConcertRequest,
+        abort: threading.Event,
+    ) -> TransactionResult:
+        try:
+            return self._exchange(request, concert_request, abort)
+        finally:
+            self._phase = Phase.IDLE
+
+    def _unknown(self, request: TransactionRequest, detail: str) -> TransactionResult:
+        return TransactionResult(
+            outcome=Outcome.UNKNOWN,
+            amount=request.amount,
+            currency=request.currency,
+            detail=detail,
+        )
+
+    def _exchange(
+        self,
+        request: TransactionRequest,
+        concert_request: ConcertRequest,
+        abort: threading.Event,
+    ) -> TransactionResult:
+        settings = self.settings
+        name = self.terminal_id
+        line = self._use_line(abort)  # TerminalUnavailable: nothing sent
+
+        # 1. ENQ → ACK. No ACK: nothing was sent.
+        self._phase = Phase.ENQUIRY
+        try:
+            line.discard_input()
+            line.send_control(ENQ)
+            reply = line.await_control(_ACK_ONLY, settings.ack_timeout)
+            if reply is None:
+                line.send_control(EOT)
+        except _LineLost as exc:
+            self._drop_line(str(exc))
+            raise TerminalUnavailable(f"concert terminal {name}: line lost: {exc}") from exc
+        except _Aborted as exc:
+            raise TerminalUnavailable(f"concert terminal {name}: stopped") from exc
+        if reply is None:
+            raise TerminalUnavailable(
+                f"concert terminal {name}: no ACK to ENQ (terminal absent or busy)"
+            )
+
+        # 2. Request frame → ACK, or NAK and send again (bounded).
+        self._phase = Phase.SENDING_REQUEST
+        frame = encode_frame(concert_request.encode())
+        unconfirmed = False  # a copy went out that was neither ACKed nor NAKed
+        copies = 0
+        try:
+            while True:
+                try:
+                    line.write(frame)
+                except _LineLost as exc:
+                    self._drop_line(str(exc))
+                    if unconfirmed:
+                        return self._unknown(request, f"line lost resending the request: {exc}")
+                    raise TerminalUnavailable(
+                        f"concert terminal {name}: line lost sending the request: {exc}"
+                    ) from exc
+                copies += 1
+                logger.debug("concert %s: -> request frame (copy %d)", name, copies)
+                try:
+                    reply = line.await_control(_ACK_OR_NAK, settings.ack_timeout)
+                except _LineLost as exc:
+                    self._drop_line(str(exc))
+                    return self._unknown(
+                        request, f"line lost before the terminal acknowledged the request: {exc}"
+                    )
+                if reply is Control.ACK:
+                    break
+                if reply is None:
+                    unconfirmed = True
+                if copies > settings.max_retransmissions:
+                    try:
+                        line.send_control(EOT)
+                    except _LineLost as exc:
+                        self._drop_line(str(exc))
+                    if unconfirmed:
+                        return self._unknown(
+                            request,
+                            f"request not acknowledged after {copies} copies; the terminal"
+                            " may have taken it",
+                        )
+                    raise TerminalUnavailable(
+                        f"concert terminal {name}: request refused (NAK) {copies} times"
+                    )
+        except _Aborted:
+            if unconfirmed:
+                return self._unknown(request, "stopped while sending the request")
+            raise TerminalUnavailable(f"concert terminal {name}: stopped") from None
+
+        # From here the terminal has the request: every ending is a TransactionResult.
+        try:
+            line.send_control(EOT)
+            return self._await_answer(line, request, concert_request)
+        except _LineLost as exc:
+            self._drop_line(str(exc))
+            return self._unknown(request, f"line lost during the transaction: {exc}")
+        except _Aborted:
+            return self._unknown(request, "stopped during the transaction (driver closed)")
+
+    def _await_answer(
+        self, line: _Line, request: TransactionRequest, concert_request: ConcertRequest
+    ) -> TransactionResult:
+        settings = self.settings
+        name = self.terminal_id
+        customer_deadline = self._clock.monotonic() + settings.customer_timeout
+        deadline = customer_deadline
+        self._phase = Phase.AWAITING_ANSWER
+        in_session = False  # the terminal's ENQ was ACKed, a frame is due
+        naks = 0
+
+        def ask_again(why: str) -> TransactionResult | None:
+            nonlocal naks, deadline
+            if naks >= settings.max_retransmissions:
+                return self._unknown(request, f"answer unreadable after {naks} NAKs: {why}")
+            naks += 1
+            logger.info(
+                "concert %s: NAK to the answer (%s), %d/%d",
+                name,
+                why,
+                naks,
+                settings.max_retransmissions,
+            )
+            line.parser.abandon_frame()
+            line.send_control(NAK)
+            deadline = self._clock.monotonic() + settings.frame_timeout
+            return None
+
+        while True:
+            event = line.next_event(deadline)
+            if event is None:
+                if not in_session:
+                    return self._unknown(
+                        request,
+                        f"no answer from the terminal within {settings.customer_timeout:g} s",
+                    )
+                failed = ask_again("answer frame incomplete")
+                if failed is not None:
+                    return failed
+                continue
+            if event is Control.ENQ:
+                logger.debug("concert %s: <- ENQ", name)
+                line.send_control(ACK)
+                in_session = True
+                self._phase = Phase.RECEIVING_ANSWER
+                deadline = self._clock.monotonic() + settings.frame_timeout
+                continue
+            if event is Control.EOT and in_session:
+                # The terminal gave up this session; it may open another one.
+                logger.debug("concert %s: <- EOT before the answer", name)
+                in_session = False
+                self._phase = Phase.AWAITING_ANSWER
+                deadline = customer_deadline
+                continue
+            if isinstance(event, FrameError):
+                if not in_session:
+                    logger.debug(
+                        "concert %s: ignored %s outside a session", name, type(event).__name__
+                    )
+                    continue
+                failed = ask_again(type(event).__name__)
+                if failed is not None:
+                    return failed
+                continue
+            if isinstance(event, Frame):
+                try:
+                    answer = ConcertAnswer.decode(event.data)
+                except MessageError as exc:
+                    line.send_control(ACK)  # intact frame: a copy would say the same
+                    line.await_control(_EOT_ONLY, settings.ack_timeout)
+                    return self._unknown(request, f"answer not understood: {exc}")
+                del event  # the frame's bytes may hold a PAN; only the answer goes on
+                line.send_control(ACK)
+                line.await_control(_EOT_ONLY, settings.ack_timeout)
+                return self._result(request, concert_request, answer)
+            logger.debug("concert %s: ignored %s", name, _describe(event))
+
+    def _result(
+        self, request: TransactionRequest, concert_request: ConcertRequest, answer: ConcertAnswer
+    ) -> TransactionResult:
+        notes: list[str] = []
+        if answer.status is AnswerStatus.NOT_VERIFIED:
+            notes.append("terminal status 9 (not verified): check the terminal's journal")
+        if answer.pos_number != concert_request.pos_number:
+            notes.append(
+                f"answer for POS {answer.pos_number:02d}, asked as POS"
+                f" {concert_request.pos_number:02d}"
+            )
+        if answer.amount != request.amount:
+            notes.append(f"terminal amount {answer.amount} differs from {request.amount}")
+        currency = answer.currency or request.currency
+        if answer.currency_numeric != concert_request.currency_numeric:
+            notes.append(
+                f"terminal currency {answer.currency_numeric} differs from"
+                f" {concert_request.currency_numeric}"
+            )
+        return TransactionResult(
+            outcome=_OUTCOMES[answer.status],
+            amount=answer.amount,
+            currency=currency,
+            brand=answer.brand,
+            last4=answer.last4,
+            auth_code=None,  # E+ answers carry none
+            reference=answer.transaction_id,
+            raw_status=answer.status.value,
+            detail="; ".join(notes) or None,
+        )

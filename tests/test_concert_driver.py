@@ -1,0 +1,390 @@
+"""ConcertTerminal against the Concert simulator, over a real pty.
+
+Timers are small settings (or a manual clock); no test asserts on elapsed time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from drivers.base import (
+    CancelNotSupported,
+    InterruptedTransaction,
+    Outcome,
+    TerminalBusy,
+    TerminalState,
+    TerminalUnavailable,
+    TransactionKind,
+    TransactionRequest,
+)
+from drivers.concert import ConcertConfigError, ConcertSettings, ConcertTerminal, Phase
+from drivers.concert_messages import (
+    ConcertRequest,
+    RequestError,
+    TransactionType,
+    UnsupportedCurrency,
+)
+from drivers.simulators.concert import TEST_CARD, Behaviour, ConcertSimulator, main, run_cli
+from tests.clock import ManualClock
+
+FAST = {"ack_timeout": 0.3, "frame_timeout": 0.5, "customer_timeout": 2.0, "poll_interval": 0.02}
+
+
+def sale(
+    amount: int = 1250, currency: str = "EUR", payment_id: str = "pay-1"
+) -> TransactionRequest:
+    return TransactionRequest(payment_id=payment_id, amount=amount, currency=currency)
+
+
+@pytest.fixture
+def sim(tmp_path: Path) -> Iterator[ConcertSimulator]:
+    simulator = ConcertSimulator(
+        link=str(tmp_path / "concert0"), ack_timeout=0.3, frame_timeout=0.5, late_delay=0.1
+    )
+    simulator.start()
+    yield simulator
+    simulator.stop()
+
+
+async def make_terminal(
+    sim: ConcertSimulator, clock: ManualClock | None = None, **overrides: object
+) -> ConcertTerminal:
+    options: dict[str, object] = {**FAST, **overrides}
+    settings = ConcertSettings(port=sim.path, **options)  # type: ignore[arg-type]
+    terminal = ConcertTerminal("lane-1", settings, clock=clock)
+    await terminal.open()
+    return terminal
+
+
+@pytest.fixture
+async def terminal(sim: ConcertSimulator) -> AsyncIterator[ConcertTerminal]:
+    term = await make_terminal(sim)
+    yield term
+    await term.close()
+
+
+def exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+async def wait_for_phase(terminal: ConcertTerminal, phase: Phase) -> None:
+    """Wait (bounded) until the worker thread reaches ``phase``; it sets no asyncio event."""
+
+    async def poll() -> None:
+        while terminal.phase is not phase:  # noqa: ASYNC110 - written by the worker thread
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), 5.0)
+
+
+async def test_approved_sale(terminal: ConcertTerminal, sim: ConcertSimulator) -> None:
+    before = time.monotonic()
+    result = await terminal.collect(sale(1250))
+    assert result.outcome is Outcome.APPROVED
+    assert result.amount == 1250
+    assert result.currency == "EUR"
+    assert result.raw_status == "0"
+    assert result.last4 == TEST_CARD[-4:]
+    assert result.brand == "visa"
+    assert result.reference == "0000000001"
+    assert result.auth_code is None
+    (received,) = sim.requests
+    assert received.request == ConcertRequest(pos_number=1, amount=1250, currency="EUR")
+    assert received.copies == 1
+    assert before <= received.first_byte_at <= received.received_at
+    assert sim.answers_sent == 1
+
+
+async def test_declined_sale(terminal: ConcertTerminal, sim: ConcertSimulator) -> None:
+    result = await terminal.collect(sale(1313))
+    assert result.outcome is Outcome.DECLINED
+    assert result.raw_status == "7"
+    sim.push(Behaviour.DECLINE)
+    assert (await terminal.collect(sale(500))).outcome is Outcome.DECLINED
+
+
+async def test_nak_then_success(terminal: ConcertTerminal, sim: ConcertSimulator) -> None:
+    sim.push(Behaviour.NAK_FIRST)
+    result = await terminal.collect(sale())
+    assert result.outcome is Outcome.APPROVED
+    assert sim.requests[0].copies == 2
+    assert sim.naks_sent == 1
+
+
+async def test_request_refused_every_time_is_unavailable(sim: ConcertSimulator) -> None:
+    terminal = await make_terminal(sim, max_retransmissions=0)
+    try:
+        sim.push(Behaviour.NAK_FIRST)
+        with pytest.raises(TerminalUnavailable, match="NAK"):
+            await terminal.collect(sale())
+        assert sim.requests == ()
+    finally:
+        await terminal.close()
+
+
+async def test_corrupt_answer_lrc_is_naked_then_read(
+    terminal: ConcertTerminal, sim: ConcertSimulator
+) -> None:
+    sim.push(Behaviour.CORRUPT_LRC)
+    result = await terminal.collect(sale())
+    assert result.outcome is Outcome.APPROVED
+    assert sim.naks_received == 1
+    assert sim.answers_sent == 1
+
+
+async def test_noise_before_the_answer(terminal: ConcertTerminal, sim: ConcertSimulator) -> None:
+    sim.push(Behaviour.NOISE)
+    assert (await terminal.collect(sale())).outcome is Outcome.APPROVED
+
+
+async def test_late_answer(terminal: ConcertTerminal, sim: ConcertSimulator) -> None:
+    sim.push(Behaviour.LATE)
+    assert (await terminal.collect(sale())).outcome is Outcome.APPROVED
+
+
+async def test_status_9_is_unknown(terminal: ConcertTerminal, sim: ConcertSimulator) -> None:
+    sim.push(Behaviour.NOT_VERIFIED)
+    result = await terminal.collect(sale())
+    assert result.outcome is Outcome.UNKNOWN
+    assert result.raw_status == "9"
+    assert result.reference is not None
+
+
+async def test_silence_is_unknown_with_a_manual_clock(sim: ConcertSimulator) -> None:
+    clock = ManualClock()
+    terminal = await make_terminal(sim, clock=clock, customer_timeout=120.0)
+    try:
+        sim.push(Behaviour.SILENT)
+        task = asyncio.create_task(terminal.collect(sale()))
+        await wait_for_phase(terminal, Phase.AWAITING_ANSWER)
+        # The event loop runs while the customer "pays": the terminal is busy.
+        assert (await terminal.status()).state is TerminalState.BUSY
+        with pytest.raises(TerminalBusy):
+            await terminal.collect(sale(payment_id="pay-2"))
+        clock.advance(121.0)
+        result = await asyncio.wait_for(task, 5.0)
+        assert result.outcome is Outcome.UNKNOWN
+        assert result.amount == 1250
+        assert result.detail is not None
+        assert "no answer" in result.detail
+    finally:
+        await terminal.close()
+
+
+async def test_silence_is_unknown_with_a_short_timeout(sim: ConcertSimulator) -> None:
+    terminal = await make_terminal(sim, customer_timeout=0.2)
+    try:
+        sim.push(Behaviour.SILENT)
+        result = await terminal.collect(sale())
+        assert result.outcome is Outcome.UNKNOWN
+        # The next transaction works normally.
+        assert (await terminal.collect(sale(payment_id="pay-2"))).outcome is Outcome.APPROVED
+    finally:
+        await terminal.close()
+
+
+async def test_drop_mid_transaction_is_unknown(
+    terminal: ConcertTerminal, sim: ConcertSimulator
+) -> None:
+    sim.push(Behaviour.DROP)
+    result = await terminal.collect(sale())
+    assert result.outcome is Outcome.UNKNOWN
+    assert result.detail is not None
+    assert "line lost" in result.detail
+    assert not sim.plugged
+    assert (await terminal.status()).state is TerminalState.OFFLINE
+    sim.plug()
+    assert (await terminal.status()).state is TerminalState.ONLINE
+
+
+async def test_no_ack_to_enq_is_unavailable(
+    terminal: ConcertTerminal, sim: ConcertSimulator
+) -> None:
+    sim.push(Behaviour.NO_ACK)
+    with pytest.raises(TerminalUnavailable, match="no ACK"):
+        await terminal.collect(sale())
+    assert sim.requests == ()
+    assert sim.enqs_refused == 1
+    # Busy terminal for every ENQ: status says offline, never raises.
+    sim.default = Behaviour.NO_ACK
+    status = await terminal.status()
+    assert status.state is TerminalState.OFFLINE
+    assert status.detail is not None
+    sim.default = Behaviour.AUTO
+    assert (await terminal.collect(sale())).outcome is Outcome.APPROVED
+
+
+async def test_unplug_offline_replug_online(
+    terminal: ConcertTerminal, sim: ConcertSimulator
+) -> None:
+    assert (await terminal.status()).state is TerminalState.ONLINE
+    link = sim.path
+    sim.unplug()
+    assert not exists(link)
+    assert (await terminal.status()).state is TerminalState.OFFLINE
+    assert (await terminal.status()).state is TerminalState.OFFLINE
+    with pytest.raises(TerminalUnavailable):
+        await terminal.collect(sale())
+    assert sim.plug() == link
+    assert exists(link)
+    assert (await terminal.status()).state is TerminalState.ONLINE
+    assert (await terminal.collect(sale())).outcome is Outcome.APPROVED
+
+
+async def test_missing_port(tmp_path: Path) -> None:
+    settings = ConcertSettings(port=str(tmp_path / "nothing"), **FAST)  # type: ignore[arg-type]
+    terminal = ConcertTerminal("lane-9", settings)
+    with pytest.raises(TerminalUnavailable):
+        await terminal.open()
+    assert (await terminal.status()).state is TerminalState.OFFLINE
+    with pytest.raises(TerminalUnavailable):
+        await terminal.collect(sale())
+    await terminal.close()
+
+
+async def test_cancel_is_not_supported(terminal: ConcertTerminal) -> None:
+    with pytest.raises(CancelNotSupported, match="on the terminal"):
+        await terminal.cancel()
+    assert not terminal.capabilities.cancel
+
+
+async def test_recover_cannot_tell(terminal: ConcertTerminal) -> None:
+    interrupted = InterruptedTransaction(
+        payment_id="pay-1",
+        amount=1250,
+        currency="EUR",
+        kind=TransactionKind.SALE,
+        started_at="2026-11-26T12:00:00.000Z",
+    )
+    assert await terminal.recover(interrupted) is None
+    assert not terminal.capabilities.recover
+
+
+async def test_refund_approved(terminal: ConcertTerminal, sim: ConcertSimulator) -> None:
+    assert terminal.capabilities.refund
+    request = TransactionRequest(
+        payment_id="pay-1", amount=700, currency="GBP", kind=TransactionKind.REFUND
+    )
+    result = await terminal.refund(request)
+    assert result.outcome is Outcome.APPROVED
+    assert result.currency == "GBP"
+    assert sim.requests[0].request.transaction_type is TransactionType.CREDIT
+
+
+async def test_short_answer(sim: ConcertSimulator) -> None:
+    terminal = await make_terminal(sim, answer_full=False)
+    try:
+        result = await terminal.collect(sale())
+        assert result.outcome is Outcome.APPROVED
+        assert result.last4 is None
+        assert not sim.requests[0].request.full_answer
+    finally:
+        await terminal.close()
+
+
+async def test_unsupported_currency_sends_nothing(
+    terminal: ConcertTerminal, sim: ConcertSimulator
+) -> None:
+    with pytest.raises(UnsupportedCurrency):
+        await terminal.collect(sale(currency="XTS"))
+    assert sim.requests == ()
+
+
+async def test_close_during_the_transaction_is_unknown(sim: ConcertSimulator) -> None:
+    terminal = await make_terminal(sim, customer_timeout=60.0)
+    sim.push(Behaviour.SILENT)
+    task = asyncio.create_task(terminal.collect(sale()))
+    await wait_for_phase(terminal, Phase.AWAITING_ANSWER)
+    await terminal.close()
+    result = await asyncio.wait_for(task, 5.0)
+    assert result.outcome is Outcome.UNKNOWN
+    assert (await terminal.status()).state is TerminalState.OFFLINE
+
+
+async def test_cancelled_caller_frees_the_terminal(sim: ConcertSimulator) -> None:
+    terminal = await make_terminal(sim, customer_timeout=60.0)
+    try:
+        sim.push(Behaviour.SILENT)
+        task = asyncio.create_task(terminal.collect(sale()))
+        await wait_for_phase(terminal, Phase.AWAITING_ANSWER)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        # The worker gives the abandoned exchange up; the next sale runs normally.
+        result = await asyncio.wait_for(terminal.collect(sale(payment_id="pay-2")), 5.0)
+        assert result.outcome is Outcome.APPROVED
+    finally:
+        await terminal.close()
+
+
+async def test_non_positive_amount_sends_nothing(
+    terminal: ConcertTerminal, sim: ConcertSimulator
+) -> None:
+    with pytest.raises(RequestError):
+        await terminal.collect(sale(amount=0))
+    assert sim.requests == ()
+
+
+async def test_no_pan_in_any_log(
+    terminal: ConcertTerminal, sim: ConcertSimulator, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    sim.push(Behaviour.CORRUPT_LRC, Behaviour.NOISE)
+    await terminal.collect(sale())
+    await terminal.collect(sale())
+    assert caplog.records
+    for record in caplog.records:
+        assert TEST_CARD not in record.getMessage()
+
+
+def test_settings_validation() -> None:
+    assert ConcertSettings(port="/dev/ttyACM0").bytesize == 8
+    seven = ConcertSettings(port="/dev/ttyS0", line="7E1")
+    assert (seven.bytesize, seven.parity, seven.stopbits) == (7, "E", 1)
+    for bad in (
+        {"line": "8E2"},
+        {"ack_timeout": 0},
+        {"pos_number": 0},
+        {"max_retransmissions": -1},
+        {"baudrate": 0},
+    ):
+        with pytest.raises(ConcertConfigError):
+            ConcertSettings(port="/dev/ttyACM0", **bad)
+
+
+def test_run_cli_rejects_unknown_behaviour() -> None:
+    assert run_cli(None, "explode") == 2
+    with pytest.raises(SystemExit):
+        main(["--behaviour", "explode"])
+
+
+def test_simulator_command_prints_the_link_and_stops_on_sigterm(tmp_path: Path) -> None:
+    link = tmp_path / "concert-cli"
+    root = Path(__file__).resolve().parent.parent
+    proc = subprocess.Popen(  # noqa: S603 - our own interpreter and module
+        [sys.executable, "-m", "drivers.simulators.concert", "--pty", "--link", str(link)],
+        cwd=root,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline().strip() == str(link)
+        assert os.path.islink(link)
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
+        assert not os.path.exists(link)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
