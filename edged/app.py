@@ -51,6 +51,7 @@ def build_web_app(services: Services) -> web.Application:
 class Daemon:
     cfg: Config
     clock: Clock
+    shutdown_grace: float = SHUTDOWN_GRACE
 
     def __post_init__(self) -> None:
         self.db = Database(self.cfg.data_dir / "edged.db")
@@ -83,7 +84,7 @@ class Daemon:
         if settled:
             log.warning("%d payments were interrupted by the last stop", settled)
         self._runner = web.AppRunner(self.app, access_log=None,
-                                     shutdown_timeout=SHUTDOWN_GRACE)
+                                     shutdown_timeout=self.shutdown_grace)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.cfg.api.host, self.cfg.api.port,
                                  reuse_address=True)
@@ -100,7 +101,7 @@ class Daemon:
         self.services.extras["stopping"].set()
         if self._runner is not None:
             await self._runner.cleanup()
-        await self.terminals.stop(SHUTDOWN_GRACE)
+        await self.terminals.stop(self.shutdown_grace)
         await self.db.close()
         log.info("edged stopped cleanly")
 

@@ -31,7 +31,7 @@ log = logging.getLogger(__name__)
 
 SERVICES = web.AppKey("services", Services)
 DRAINING = web.AppKey("draining", list)  # a one-element list holding a bool
-PRINCIPAL = "edged.principal"
+PRINCIPAL = web.RequestKey("principal", Principal)
 
 
 @dataclass(frozen=True, slots=True)
