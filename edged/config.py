@@ -54,6 +54,8 @@ class TerminalConfig:
     id: str
     kind: str
     options: Mapping[str, Any] = field(default_factory=dict)
+    heartbeat_seconds: float = 5.0
+    max_backoff_seconds: float = 30.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -233,9 +235,14 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
             kind = t.get("kind", str, "sim")
             if kind not in TERMINAL_KINDS:
                 raise t.fail("kind", f"must be one of {', '.join(TERMINAL_KINDS)}")
+            heartbeat = t.get("heartbeat_seconds", float, 5.0, _positive)
+            backoff = t.get("max_backoff_seconds", float, 30.0, _positive)
+            lane_keys = ("id", "kind", "heartbeat_seconds", "max_backoff_seconds")
             t.seen.update(entry)
-            options = {k: v for k, v in entry.items() if k not in ("id", "kind")}
-            parsed.append(TerminalConfig(id=tid, kind=kind, options=options))
+            options = {k: v for k, v in entry.items() if k not in lane_keys}
+            parsed.append(TerminalConfig(id=tid, kind=kind, options=options,
+                                         heartbeat_seconds=heartbeat,
+                                         max_backoff_seconds=backoff))
         ids = [p.id for p in parsed]
         if len(set(ids)) != len(ids):
             raise root.fail("terminals", "two terminals share one id")

@@ -62,16 +62,14 @@ class _Lane:
         self.last_seen: datetime | None = None
         self.busy_with: str | None = None
         self.task: asyncio.Task[None] | None = None
-        self.backoff = 1.0
+        self.backoff = min(1.0, config.max_backoff_seconds)
 
 
 class TerminalManager:
-    def __init__(self, configs: tuple[TerminalConfig, ...], bus: EventBus, clock: Clock,
-                 *, heartbeat: float = 5.0, max_backoff: float = 30.0) -> None:
+    def __init__(self, configs: tuple[TerminalConfig, ...], bus: EventBus,
+                 clock: Clock) -> None:
         self._bus = bus
         self._clock = clock
-        self._heartbeat = heartbeat
-        self._max_backoff = max_backoff
         self._lanes = {c.id: _Lane(c, build_terminal(c, clock)) for c in configs}
         self._loops: list[asyncio.Task[None]] = []
 
@@ -186,13 +184,13 @@ class TerminalManager:
         while True:
             if lane.state is TerminalState.OFFLINE and lane.busy_with is None:
                 await self._clock.sleep(lane.backoff)
-                lane.backoff = min(lane.backoff * 2, self._max_backoff)
+                lane.backoff = min(lane.backoff * 2, lane.config.max_backoff_seconds)
                 if lane.busy_with is None:
                     await self._try_open(lane)
                 if lane.state is not TerminalState.OFFLINE:
-                    lane.backoff = 1.0
+                    lane.backoff = min(1.0, lane.config.max_backoff_seconds)
                 continue
-            await self._clock.sleep(self._heartbeat)
+            await self._clock.sleep(lane.config.heartbeat_seconds)
             if lane.busy_with is not None:
                 continue
             try:
