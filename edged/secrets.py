@@ -11,7 +11,9 @@ enters the database:
 * **Key file formats accepted** (both places): exactly 32 raw bytes; or text holding 64 hex
   digits; or text holding the standard or URL-safe base64 of 32 bytes (44 characters with
   ``=`` padding, or 43 without). Surrounding whitespace and a trailing newline are ignored
-  in the text forms. A key file this module creates holds 32 raw bytes. A credential can be
+  in the text forms. A file of exactly 32 bytes is always taken as raw bytes (so 32 hex
+  digits without a newline are a raw key, not 16 decoded bytes). A key file this module
+  creates holds 32 raw bytes. A credential can be
   made with ``head -c 32 /dev/urandom > edged.key`` or ``openssl rand -hex 32``.
 * **What is stored.** ``ciphertext`` = 12-byte random nonce || AES-GCM ciphertext and tag.
   The secret's name is the associated data, so a ciphertext copied to another name's row
