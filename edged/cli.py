@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
     imp.add_argument("file")
     common(imp)
 
+    sec = sub.add_parser("secret", help="encrypted credentials")
+    ssub = sec.add_subparsers(dest="action", required=True)
+    sset = ssub.add_parser("set", help="store NAME, the value read from standard input")
+    sset.add_argument("name")
+    common(sset)
+
     aud = sub.add_parser("audit", help="the audit chain")
     asub = aud.add_subparsers(dest="action", required=True)
     ver = asub.add_parser("verify", help="check the hash chain")
@@ -109,6 +115,15 @@ def _dispatch(args: argparse.Namespace) -> int:
         conn.execute("COMMIT")
         conn.close()
         print(f"imported {count} items from {path}")
+        return 0
+    if args.command == "secret":
+        from edged import secrets  # noqa: PLC0415  (cryptography only when needed)
+
+        try:
+            print(secrets.cli_set(_config(args).data_dir, args.name, sys.stdin))
+        except secrets.SecretError as exc:
+            print(f"edged: {exc}", file=sys.stderr)
+            return 1
         return 0
     if args.command == "audit":
         conn = open_sync(_db_path(args))

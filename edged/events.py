@@ -20,7 +20,7 @@ class Event:
     data: dict[str, Any]
 
 
-@dataclass(slots=True)
+@dataclass(slots=True, eq=False)
 class Subscription:
     queue: asyncio.Queue[Event]
     kinds: frozenset[str] = field(default_factory=frozenset)
