@@ -82,6 +82,23 @@ CODES: dict[str, ErrorCode] = _table(
     # 6xxx: integrations
     ErrorCode("ERR-6001", 404, "No such sync job"),
     ErrorCode("ERR-6002", 409, "The sync job is not in a state that allows this"),
+    ErrorCode("ERR-6003", 502, "Gave up after the configured number of attempts"),
+    ErrorCode("ERR-6004", 502, "The upstream refused the change for good"),
+    ErrorCode("ERR-6005", 503, "The processor is unreachable and offline acceptance is off",
+              retryable=True),
+    ErrorCode("ERR-6006", 502, "The destination's credentials are missing or refused"),
+    ErrorCode("ERR-6010", 502, "Shopify refused the change (userErrors)"),
+    ErrorCode("ERR-6011", 409, "Shopify's quantity changed since it was read (stale)"),
+    ErrorCode("ERR-6012", 502, "Shopify does not know the inventory item or location"),
+    ErrorCode("ERR-6013", 502, "Shopify saw the idempotency key with other variables"),
+    ErrorCode("ERR-6014", 502, "Shopify refused a reason or document URI"),
+    ErrorCode("ERR-6015", 502, "Shopify refused the order"),
+    ErrorCode("ERR-6016", 502, "Shopify rejected the GraphQL document"),
+    ErrorCode("ERR-6070", 502, "The processor refused the request"),
+    ErrorCode("ERR-6071", 402, "The card was declined"),
+    ErrorCode("ERR-6072", 502, "The processor refused the credentials"),
+    ErrorCode("ERR-6073", 502, "The processor saw the idempotency key with another body"),
+    ErrorCode("ERR-6074", 502, "The processor refused the refund"),
 )
 
 

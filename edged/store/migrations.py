@@ -107,9 +107,12 @@ CREATE TABLE stock_deltas (
     source        TEXT NOT NULL CHECK (source IN ('sale', 'adjustment')),
     source_id     TEXT NOT NULL,
     acknowledged  INTEGER NOT NULL DEFAULT 0,
+    acknowledged_at TEXT,
     created_at    TEXT NOT NULL
 );
 CREATE INDEX stock_deltas_open ON stock_deltas(item_id) WHERE acknowledged = 0;
+CREATE INDEX stock_deltas_acked ON stock_deltas(item_id, acknowledged_at)
+    WHERE acknowledged = 1;
 CREATE INDEX stock_deltas_source ON stock_deltas(source, source_id);
 
 CREATE TABLE outbox_batches (
@@ -135,11 +138,14 @@ CREATE TABLE outbox (
     lease_until      TEXT,
     last_error       TEXT,
     batch_id         INTEGER REFERENCES outbox_batches(id),
+    solo             INTEGER NOT NULL DEFAULT 0,
+    outcome_unknown  INTEGER NOT NULL DEFAULT 0,
     result           TEXT,
     created_at       TEXT NOT NULL,
     updated_at       TEXT NOT NULL
 );
 CREATE INDEX outbox_queue ON outbox(destination, state, id);
+CREATE INDEX outbox_batch ON outbox(batch_id);
 
 CREATE TABLE idempotency (
     scope        TEXT NOT NULL,

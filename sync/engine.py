@@ -1,0 +1,258 @@
+"""One worker per destination drains its outbox rows, as fast as upstream allows.
+
+Every call goes through, in this order: the destination's circuit breaker, a timeout,
+tenacity retries with exponential backoff and jitter for transient failures, and the
+gateway, whose HTTP calls take from the destination's rate limiter. A worker wakes at
+once on new rows, waits while its breaker is open and resumes by itself when it closes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, replace
+
+from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, \
+    wait_exponential_jitter
+
+from sync.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
+from sync.clock import Clock
+from sync.errors import BreakerOpen, OutcomeUnknown, PermanentError, Throttled, TransientError
+from sync.gateway import Gateway, RowFailure, Work, WorkResult
+from sync.outbox import OutboxStore
+
+log = logging.getLogger(__name__)
+
+
+class WorkerState(enum.StrEnum):
+    IDLE = "idle"
+    SENDING = "sending"
+    WAITING_BREAKER = "waiting_breaker"
+    BACKING_OFF = "backing_off"
+    STOPPED = "stopped"
+
+
+@dataclass(frozen=True, slots=True)
+class EngineSettings:
+    request_timeout: float = 20.0
+    quick_retries: int = 3
+    """Attempts of one work inside a single claim (tenacity), before it is put back."""
+    quick_backoff_initial: float = 0.5
+    quick_backoff_max: float = 5.0
+    idle_poll: float = 30.0
+    """Longest idle sleep: a safety net if a wake-up is missed."""
+
+
+@dataclass(frozen=True, slots=True)
+class WorkerStatus:
+    destination: str
+    state: WorkerState
+    breaker: BreakerSnapshot
+    sent: int
+    failed: int
+    last_error: str | None
+
+
+Listener = Callable[[str, str, dict[str, object]], None]
+
+
+class DestinationWorker:
+    def __init__(self, gateway: Gateway, store: OutboxStore, breaker: CircuitBreaker,
+                 clock: Clock, settings: EngineSettings, notify: Listener) -> None:
+        self.gateway = gateway
+        self.breaker = breaker
+        self._store = store
+        self._clock = clock
+        self._settings = settings
+        self._notify = notify
+        self._wake = asyncio.Event()
+        self._stop = asyncio.Event()
+        self.state = WorkerState.IDLE
+        self.sent = 0
+        self.failed = 0
+        self.last_error: str | None = None
+
+    @property
+    def destination(self) -> str:
+        return self.gateway.destination
+
+    def wake(self) -> None:
+        self._wake.set()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+
+    def status(self) -> WorkerStatus:
+        return WorkerStatus(self.destination, self.state, self.breaker.snapshot(), self.sent,
+                            self.failed, self.last_error)
+
+    async def _pause(self, seconds: float | None) -> None:
+        """Sleep on the clock until ``seconds`` pass, a wake-up or a stop."""
+        self._wake.clear()
+        timeout = self._settings.idle_poll if seconds is None else seconds
+        sleeper = asyncio.ensure_future(self._clock.sleep(timeout))
+        waker = asyncio.ensure_future(self._wake.wait())
+        try:
+            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            waker.cancel()
+
+    async def run(self) -> None:
+        try:
+            while not self._stop.is_set():
+                await self._step()
+        finally:
+            self.state = WorkerState.STOPPED
+
+    async def _step(self) -> None:
+        snap = self.breaker.snapshot()
+        if snap.state is BreakerState.OPEN:
+            self.state = WorkerState.WAITING_BREAKER
+            await self._clock.sleep(max(snap.retry_after, 0.001))
+            return
+        work = await self._store.claim(self.gateway)
+        if work is None:
+            self.state = WorkerState.IDLE
+            await self._pause(await self._store.next_due_in(self.destination))
+            return
+        try:
+            permit = self.breaker.acquire()
+        except BreakerOpen as exc:
+            await self._store.release(work)
+            self.state = WorkerState.WAITING_BREAKER
+            await self._clock.sleep(max(exc.retry_after, 0.001))
+            return
+        self.state = WorkerState.SENDING
+        try:
+            result = await self._send(work)
+        except PermanentError as exc:
+            permit.success()  # the upstream answered; it is healthy
+            failure = RowFailure(exc.code or "ERR-6004", str(exc))
+            await self._store.kill(work, failure)
+            self._failed(work, failure.message, dead=True)
+            return
+        except Throttled as exc:
+            permit.success()
+            await self._store.retry_later(work, str(exc), outcome_unknown=False,
+                                          wait=exc.wait)
+            return
+        except (TransientError, OutcomeUnknown, TimeoutError, OSError) as exc:
+            permit.failure()
+            unknown = not isinstance(exc, TransientError)
+            message = str(exc) or type(exc).__name__
+            dead = await self._store.retry_later(work, message, outcome_unknown=unknown)
+            self._failed(work, message, dead=dead)
+            return
+        except BaseException:
+            permit.cancel()
+            await self._store.retry_later(work, "interrupted", outcome_unknown=True)
+            raise
+        permit.success()
+        await self._store.complete(work, result)
+        self.sent += len(result.applied)
+        self.last_error = None
+        if result.dead or result.conflict:
+            for row_id, failure in {**result.dead, **result.conflict}.items():
+                self._failed(work, f"row {row_id}: {failure.code}: {failure.message}",
+                             dead=True)
+
+    async def _send(self, work: Work) -> WorkResult:
+        current = work
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(self._settings.quick_retries),
+            wait=wait_exponential_jitter(initial=self._settings.quick_backoff_initial,
+                                         max=self._settings.quick_backoff_max),
+            retry=retry_if_exception_type((TransientError, OutcomeUnknown, TimeoutError,
+                                           OSError)),
+            sleep=self._clock.sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                try:
+                    async with asyncio.timeout(self._settings.request_timeout):
+                        return await self.gateway.send(current)
+                except (OutcomeUnknown, TimeoutError) as exc:
+                    # whatever follows must read back before it resends
+                    current = replace(current, outcome_unknown=True,
+                                      attempt=current.attempt + 1)
+                    log.warning("%s: outcome of %s unknown (%s); reading back before any"
+                                " resend", self.destination, work.kind,
+                                str(exc) or type(exc).__name__)
+                    raise
+                except TransientError:
+                    current = replace(current, attempt=current.attempt + 1)
+                    raise
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _failed(self, work: Work, message: str, *, dead: bool) -> None:
+        self.failed += 1
+        self.last_error = message
+        if dead:
+            log.error("%s %s: gave up on %d row(s): %s", self.destination, work.kind,
+                      len(work.rows), message)
+            self._notify("alert", "sync.dead", {"destination": self.destination,
+                                                 "kind": work.kind, "message": message,
+                                                 "rows": [r.id for r in work.rows]})
+        else:
+            log.info("%s %s: will retry: %s", self.destination, work.kind, message)
+
+
+class SyncEngine:
+    """The workers, started and stopped together."""
+
+    def __init__(self, store: OutboxStore, clock: Clock,
+                 settings: EngineSettings | None = None,
+                 notify: Listener | None = None) -> None:
+        self.store = store
+        self._clock = clock
+        self._settings = settings or EngineSettings()
+        self._notify: Listener = notify or (lambda kind, event, data: None)
+        self.workers: dict[str, DestinationWorker] = {}
+        self._tasks: list[asyncio.Task[None]] = []
+
+    def add(self, gateway: Gateway, breaker: CircuitBreaker) -> DestinationWorker:
+        worker = DestinationWorker(gateway, self.store, breaker, self._clock, self._settings,
+                                   self._notify)
+        self.workers[gateway.destination] = worker
+
+        def on_change(old: BreakerState, new: BreakerState, reason: str) -> None:
+            log.warning("%s breaker %s → %s (%s)", gateway.destination, old.value, new.value,
+                        reason)
+            self._notify("sync", "breaker", {"destination": gateway.destination,
+                                             "from": old.value, "to": new.value,
+                                             "reason": reason})
+            if new is not BreakerState.OPEN:
+                worker.wake()
+
+        breaker.add_listener(on_change)
+        return worker
+
+    async def start(self) -> None:
+        await self.store.recover_leases()
+        for worker in self.workers.values():
+            self._tasks.append(asyncio.create_task(worker.run(),
+                                                   name=f"sync-{worker.destination}"))
+
+    def wake(self, destination: str | None = None) -> None:
+        for name, worker in self.workers.items():
+            if destination is None or destination == name:
+                worker.wake()
+
+    async def stop(self, grace: float = 5.0) -> None:
+        for worker in self.workers.values():
+            worker.stop()
+        if self._tasks:
+            _, pending = await asyncio.wait(self._tasks, timeout=grace)
+            for task in pending:
+                task.cancel()
+            for task in pending:
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+        for worker in self.workers.values():
+            await worker.gateway.close()

@@ -1,0 +1,338 @@
+"""The drain side of the outbox: claims with leases, fixed batches, outcomes.
+
+The daemon writes rows in the transaction of the business change (``edged.outbox``); this
+module moves them: ``pending → inflight`` under a lease, then ``done``, back to
+``pending`` with a later ``next_attempt_at``, or ``dead``. It talks SQL to the shared
+table through a :class:`TxRunner` (the daemon's store), and lets the daemon apply the
+business consequences of an outcome in the same transaction through :class:`OutboxHooks`.
+
+A batch's members, key and variables are stored in ``outbox_batches`` before its first
+send, so a retry sends identical variables under the same key. A row left ``inflight`` by
+a crash goes back to ``pending`` at start, flagged ``outcome_unknown``: the gateway reads
+back before it sends again.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import secrets
+import sqlite3
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from typing import Any, Protocol, TypeVar
+
+from sync.clock import Clock, utc_iso
+from sync.errors import SyncError
+from sync.gateway import Gateway, OutboxRow, RowFailure, Work, WorkResult
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+JOB_STATES = ("pending", "inflight", "done", "dead", "discarded")
+
+
+class TxRunner(Protocol):
+    """Runs plain functions over a sqlite3 connection: writes in a durable transaction."""
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+    async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
+
+
+class OutboxHooks(Protocol):
+    """The business side of an outcome, run inside the transaction that records it."""
+
+    def applied(self, conn: sqlite3.Connection, row: OutboxRow,
+                result: Mapping[str, Any]) -> None: ...
+
+    def failed(self, conn: sqlite3.Connection, row: OutboxRow, failure: RowFailure) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxSettings:
+    lease_seconds: float = 60.0
+    max_attempts: int = 12
+    backoff_initial: float = 2.0
+    backoff_max: float = 300.0
+
+
+def _row(r: sqlite3.Row) -> OutboxRow:
+    return OutboxRow(id=r["id"], destination=r["destination"], kind=r["kind"],
+                     subject_id=r["subject_id"], idempotency_key=r["idempotency_key"],
+                     payload=json.loads(r["payload"]), attempts=r["attempts"],
+                     last_error=r["last_error"], created_at=r["created_at"])
+
+
+def job_dict(r: sqlite3.Row) -> dict[str, Any]:
+    """A row as ``GET /v1/sync/jobs`` shows it (the payload included: it holds no secret)."""
+    return {"id": r["id"], "destination": r["destination"], "kind": r["kind"],
+            "subject_id": r["subject_id"], "state": r["state"], "attempts": r["attempts"],
+            "next_attempt_at": r["next_attempt_at"], "last_error": r["last_error"],
+            "outcome_unknown": bool(r["outcome_unknown"]), "batch_id": r["batch_id"],
+            "created_at": r["created_at"], "updated_at": r["updated_at"],
+            "payload": json.loads(r["payload"])}
+
+
+class OutboxStore:
+    def __init__(self, runner: TxRunner, clock: Clock, hooks: OutboxHooks,
+                 settings: OutboxSettings | None = None,
+                 rand: Callable[[], float] | None = None) -> None:
+        self._runner = runner
+        self._clock = clock
+        self._hooks = hooks
+        self.settings = settings or OutboxSettings()
+        self._rand = rand or random.random
+
+    def _now(self) -> str:
+        return utc_iso(self._clock.now())
+
+    def _later(self, seconds: float) -> str:
+        return utc_iso(self._clock.now() + timedelta(seconds=seconds))
+
+    # -- start ----------------------------------------------------------------------------
+
+    async def recover_leases(self) -> int:
+        """Rows a crash left in flight go back to pending; their outcome is unknown."""
+        now = self._now()
+
+        def write(conn: sqlite3.Connection) -> int:
+            cur = conn.execute(
+                "UPDATE outbox SET state = 'pending', lease_until = NULL, outcome_unknown = 1,"
+                " next_attempt_at = ?, updated_at = ? WHERE state = 'inflight'", (now, now))
+            return cur.rowcount
+
+        count = await self._runner.write(write)
+        if count:
+            log.warning("%d outbox rows were in flight at the last stop; they will be read"
+                        " back upstream before any resend", count)
+        return count
+
+    # -- claim ----------------------------------------------------------------------------
+
+    async def claim(self, gateway: Gateway) -> Work | None:
+        """The next due work of ``gateway``'s destination, leased; None when nothing is due."""
+        destination = gateway.destination
+        now = self._now()
+        lease = self._later(self.settings.lease_seconds)
+
+        def write(conn: sqlite3.Connection) -> Work | None:
+            batch = conn.execute(
+                "SELECT batch_id FROM outbox WHERE destination = ? AND state = 'pending'"
+                " AND batch_id IS NOT NULL AND next_attempt_at <= ? ORDER BY id LIMIT 1",
+                (destination, now)).fetchone()
+            if batch is not None:
+                return self._lease_batch(conn, batch[0], lease, now)
+            first = conn.execute(
+                "SELECT * FROM outbox WHERE destination = ? AND state = 'pending'"
+                " AND next_attempt_at <= ? ORDER BY id LIMIT 1", (destination, now)).fetchone()
+            if first is None:
+                return None
+            limit = gateway.batch_limit(first["kind"])
+            if limit <= 1 or first["solo"]:
+                return self._lease_single(conn, first, lease, now)
+            members = conn.execute(
+                "SELECT * FROM outbox WHERE destination = ? AND kind = ? AND state = 'pending'"
+                " AND batch_id IS NULL AND solo = 0 AND next_attempt_at <= ? ORDER BY id"
+                " LIMIT ?", (destination, first["kind"], now, limit)).fetchall()
+            rows = tuple(_row(r) for r in members)
+            payload = gateway.batch_payload(first["kind"], rows)
+            key = "edb-" + secrets.token_hex(16)
+            cur = conn.execute(
+                "INSERT INTO outbox_batches (destination, kind, idempotency_key, payload,"
+                " created_at) VALUES (?, ?, ?, ?, ?)",
+                (destination, first["kind"], key,
+                 json.dumps(payload, sort_keys=True, separators=(",", ":")), now))
+            batch_id = cur.lastrowid
+            conn.executemany("UPDATE outbox SET batch_id = ? WHERE id = ?",
+                             [(batch_id, r.id) for r in rows])
+            return self._lease_batch(conn, batch_id, lease, now)
+
+        return await self._runner.write(write)
+
+    def _lease_single(self, conn: sqlite3.Connection, r: sqlite3.Row, lease: str,
+                      now: str) -> Work:
+        conn.execute("UPDATE outbox SET state = 'inflight', lease_until = ?, updated_at = ?"
+                     " WHERE id = ?", (lease, now, r["id"]))
+        row = _row(r)
+        return Work(destination=row.destination, kind=row.kind,
+                    idempotency_key=row.idempotency_key, rows=(row,), payload=row.payload,
+                    attempt=row.attempts, outcome_unknown=bool(r["outcome_unknown"]))
+
+    def _lease_batch(self, conn: sqlite3.Connection, batch_id: Any, lease: str,
+                     now: str) -> Work:
+        b = conn.execute("SELECT * FROM outbox_batches WHERE id = ?", (batch_id,)).fetchone()
+        members = conn.execute("SELECT * FROM outbox WHERE batch_id = ? AND state = 'pending'"
+                               " ORDER BY id", (batch_id,)).fetchall()
+        conn.execute("UPDATE outbox SET state = 'inflight', lease_until = ?, updated_at = ?"
+                     " WHERE batch_id = ? AND state = 'pending'", (lease, now, batch_id))
+        rows = tuple(_row(r) for r in members)
+        return Work(destination=b["destination"], kind=b["kind"],
+                    idempotency_key=b["idempotency_key"], rows=rows,
+                    payload=json.loads(b["payload"]), batch_id=batch_id,
+                    attempt=max(r.attempts for r in rows),
+                    outcome_unknown=any(r["outcome_unknown"] for r in members))
+
+    async def next_due_in(self, destination: str) -> float | None:
+        """Seconds until the next pending row of ``destination`` is due; None if none."""
+
+        def read(conn: sqlite3.Connection) -> str | None:
+            row = conn.execute("SELECT min(next_attempt_at) FROM outbox WHERE destination = ?"
+                               " AND state = 'pending'", (destination,)).fetchone()
+            return row[0] if row else None
+
+        stamp = await self._runner.read(read)
+        if stamp is None:
+            return None
+        due = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        return max(0.0, (due - self._clock.now()).total_seconds())
+
+    # -- outcomes -------------------------------------------------------------------------
+
+    async def complete(self, work: Work, result: WorkResult) -> None:
+        now = self._now()
+        ids = {r.id for r in work.rows}
+        unaccounted = ids - set(result.applied) - set(result.dead) - set(result.conflict) \
+            - set(result.retry_apart)
+        by_id = {r.id: r for r in work.rows}
+
+        def write(conn: sqlite3.Connection) -> None:
+            for row_id, answer in result.applied.items():
+                conn.execute("UPDATE outbox SET state = 'done', result = ?, lease_until = NULL,"
+                             " outcome_unknown = 0, last_error = NULL, updated_at = ?"
+                             " WHERE id = ? AND state = 'inflight'",
+                             (json.dumps(answer, separators=(",", ":")), now, row_id))
+                self._hooks.applied(conn, by_id[row_id], answer)
+            for failures, prefix in ((result.dead, ""), (result.conflict, "conflict: ")):
+                for row_id, failure in failures.items():
+                    conn.execute("UPDATE outbox SET state = 'dead', lease_until = NULL,"
+                                 " last_error = ?, updated_at = ? WHERE id = ?",
+                                 (f"{prefix}{failure.code}: {failure.message}", now, row_id))
+                    self._hooks.failed(conn, by_id[row_id], failure)
+            for row_id in result.retry_apart:
+                conn.execute("UPDATE outbox SET state = 'pending', batch_id = NULL,"
+                             " lease_until = NULL, outcome_unknown = 0, updated_at = ?,"
+                             " next_attempt_at = ? WHERE id = ?", (now, now, row_id))
+            conn.executemany("UPDATE outbox SET solo = 1 WHERE id = ?",
+                             [(row_id,) for row_id in result.send_alone])
+            for row_id in unaccounted:
+                log.error("gateway %s left row %d without an outcome; retrying it",
+                          work.destination, row_id)
+                conn.execute("UPDATE outbox SET state = 'pending', lease_until = NULL,"
+                             " outcome_unknown = 1, updated_at = ? WHERE id = ?", (now, row_id))
+
+        await self._runner.write(write)
+
+    async def release(self, work: Work) -> None:
+        """Give the work back untouched (the breaker refused it before any send)."""
+        now = self._now()
+        ids = [r.id for r in work.rows]
+
+        def write(conn: sqlite3.Connection) -> None:
+            conn.executemany("UPDATE outbox SET state = 'pending', lease_until = NULL,"
+                             " updated_at = ? WHERE id = ? AND state = 'inflight'",
+                             [(now, i) for i in ids])
+
+        await self._runner.write(write)
+
+    async def retry_later(self, work: Work, error: str, *, outcome_unknown: bool,
+                          wait: float | None = None) -> bool:
+        """Count a failed attempt; return True when the rows went to ``dead`` instead."""
+        now = self._now()
+        attempts = work.attempt + 1
+        exhausted = attempts >= self.settings.max_attempts
+        if wait is None:
+            base = min(self.settings.backoff_max,
+                       self.settings.backoff_initial * 2 ** (attempts - 1))
+            wait = base * (0.5 + 0.5 * self._rand())
+        due = self._later(wait)
+        ids = [r.id for r in work.rows]
+        by_id = {r.id: r for r in work.rows}
+
+        def write(conn: sqlite3.Connection) -> None:
+            for row_id in ids:
+                if exhausted:
+                    conn.execute("UPDATE outbox SET state = 'dead', attempts = ?,"
+                                 " lease_until = NULL, last_error = ?, outcome_unknown = ?,"
+                                 " updated_at = ? WHERE id = ?",
+                                 (attempts, f"gave up after {attempts} attempts: {error}",
+                                  int(outcome_unknown), now, row_id))
+                    self._hooks.failed(conn, by_id[row_id],
+                                       RowFailure("ERR-6003", f"gave up: {error}"))
+                else:
+                    conn.execute("UPDATE outbox SET state = 'pending', attempts = ?,"
+                                 " lease_until = NULL, last_error = ?,"
+                                 " outcome_unknown = max(outcome_unknown, ?),"
+                                 " next_attempt_at = ?, updated_at = ? WHERE id = ?",
+                                 (attempts, error, int(outcome_unknown), due, now, row_id))
+
+        await self._runner.write(write)
+        return exhausted
+
+    async def kill(self, work: Work, failure: RowFailure) -> None:
+        """Every row of the work failed for good."""
+        await self.complete(work, WorkResult(dead={r.id: failure for r in work.rows}))
+
+    # -- jobs API -------------------------------------------------------------------------
+
+    async def jobs(self, state: str | None, destination: str | None,
+                   limit: int) -> list[dict[str, Any]]:
+        def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
+            sql = "SELECT * FROM outbox WHERE 1 = 1"
+            args: list[Any] = []
+            if state:
+                sql += " AND state = ?"
+                args.append(state)
+            if destination:
+                sql += " AND destination = ?"
+                args.append(destination)
+            sql += " ORDER BY id LIMIT ?"
+            args.append(limit)
+            return [job_dict(r) for r in conn.execute(sql, args).fetchall()]
+
+        return await self._runner.read(read)
+
+    async def retry_dead(self, job_id: int,
+                         extra: Callable[[sqlite3.Connection, dict[str, Any]], None]
+                         | None = None) -> dict[str, Any] | None:
+        """A dead job back to pending with a fresh count of attempts (same key)."""
+        return await self._move(job_id, "pending", extra)
+
+    async def discard(self, job_id: int,
+                      extra: Callable[[sqlite3.Connection, dict[str, Any]], None]
+                      | None = None) -> dict[str, Any] | None:
+        return await self._move(job_id, "discarded", extra)
+
+    async def _move(self, job_id: int, target: str,
+                    extra: Callable[[sqlite3.Connection, dict[str, Any]], None] | None,
+                    ) -> dict[str, Any] | None:
+        now = self._now()
+
+        def write(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            r = conn.execute("SELECT * FROM outbox WHERE id = ?", (job_id,)).fetchone()
+            if r is None:
+                return None
+            if r["state"] != "dead":
+                raise JobStateError(job_id, r["state"])
+            conn.execute("UPDATE outbox SET state = ?, attempts = 0, next_attempt_at = ?,"
+                         " batch_id = NULL, updated_at = ? WHERE id = ?",
+                         (target, now, now, job_id))
+            moved = job_dict(conn.execute("SELECT * FROM outbox WHERE id = ?",
+                                          (job_id,)).fetchone())
+            if extra is not None:
+                extra(conn, moved)
+            return moved
+
+        return await self._runner.write(write)
+
+
+class JobStateError(SyncError):
+    """Only a dead job can be retried or discarded."""
+
+    def __init__(self, job_id: int, state: str) -> None:
+        super().__init__(f"job {job_id} is {state}, not dead")
+        self.job_id = job_id
+        self.state = state
