@@ -96,9 +96,15 @@ def parse(path: Path) -> list[CatalogueRow]:
     return rows
 
 
-def apply(conn: sqlite3.Connection, rows: list[CatalogueRow], source: str) -> int:
-    """Upsert by SKU in the caller's transaction; return how many rows were written."""
+def apply(conn: sqlite3.Connection, rows: list[CatalogueRow], source: str,
+          reported_at: str | None = None) -> int:
+    """Upsert by SKU in the caller's transaction; return how many rows were written.
+
+    ``reported_at`` is when the quantities were read (a pull's start); deltas acknowledged
+    after it still count on top of them.
+    """
     now = utc_iso(datetime.now(UTC))
+    reported = reported_at or now
     for row in rows:
         conn.execute(
             "INSERT INTO items (sku, barcode, title, price, variant_id, inventory_item_id,"
@@ -114,6 +120,7 @@ def apply(conn: sqlite3.Connection, rows: list[CatalogueRow], source: str) -> in
                 "INSERT INTO inventory_levels (item_id, reported_quantity, reported_at)"
                 " VALUES (?, ?, ?) ON CONFLICT(item_id) DO UPDATE SET"
                 " reported_quantity = excluded.reported_quantity,"
-                " reported_at = excluded.reported_at", (item_id, row.quantity, now))
-    audit.append(conn, "cli", "catalogue.imported", source, {"rows": len(rows)})
+                " reported_at = excluded.reported_at", (item_id, row.quantity, reported))
+    if source != "shopify-pull":  # a pull is not a change made in the store
+        audit.append(conn, "cli", "catalogue.imported", source, {"rows": len(rows)})
     return len(rows)

@@ -223,12 +223,12 @@ class InventoryService:
                          " VALUES (?, ?, ?, ?)", (adjustment_id, reason, reference, now))
             result = []
             for ch, item in zip(changes, items, strict=True):
-                conn.execute("INSERT INTO stock_deltas (item_id, delta, source, source_id,"
-                             " created_at) VALUES (?, ?, 'adjustment', ?, ?)",
-                             (item["id"], ch.delta, adjustment_id, now))
+                cur = conn.execute("INSERT INTO stock_deltas (item_id, delta, source,"
+                                   " source_id, created_at) VALUES (?, ?, 'adjustment', ?, ?)",
+                                   (item["id"], ch.delta, adjustment_id, now))
                 if self._cfg.shopify is not None:
                     outbox.enqueue(conn, "shopify", outbox.INVENTORY_ADJUST, adjustment_id, {
-                        "adjustment_id": adjustment_id,
+                        "adjustment_id": adjustment_id, "delta_id": cur.lastrowid,
                         "inventory_item_id": item["inventory_item_id"],
                         "delta": ch.delta, "reason": reason, "reference_uri": uri,
                     })

@@ -22,7 +22,7 @@ from drivers.base import (
     TransactionRequest,
     TransactionResult,
 )
-from edged import audit, idempotency, records
+from edged import audit, idempotency, outbox, records
 from edged.config import Config
 from edged.errors import ApiError
 from edged.events import EventBus
@@ -67,6 +67,8 @@ class PaymentService:
         self._bus = bus
         self._terminals = terminals
         self._clock = clock
+        # Tells whether a destination's link is down (its breaker open); set by the app.
+        self.link_down: Callable[[str], bool] = lambda destination: False
 
     def _now(self) -> str:
         return utc_iso(self._clock.now())
@@ -78,11 +80,53 @@ class PaymentService:
             return await self._create_cash(new, idem, actor)
         if new.method == "card_present":
             return await self._create_card_present(new, idem, actor)
-        if new.processor is None or new.processor not in self._cfg.destinations:
-            raise ApiError("ERR-2009", "token payments need a processor (stripe or square)"
-                           " configured on this daemon; none is")
-        raise ApiError("ERR-2009", f"token payments through {new.processor} are not"
-                       " available in this build")
+        return await self._create_token(new, idem, actor)
+
+    async def _create_token(self, new: NewPayment, idem: IdemRecord, actor: str) -> Answer:
+        """Forward through the processor's outbox; stored within the caps if offline."""
+        processor = new.processor
+        if processor is None or processor not in self._cfg.destinations:
+            raise ApiError("ERR-2009", f"token payments need processor stripe or square"
+                           f" configured on this daemon (configured:"
+                           f" {', '.join(self._cfg.destinations) or 'none'})")
+        offline = self._cfg.offline
+        stored = self.link_down(processor)
+        if stored and not offline.enabled:
+            raise ApiError("ERR-6005", f"{processor} is unreachable and offline acceptance is"
+                           " off ([offline] enabled = false); take another means of payment")
+        if stored and new.amount > offline.max_payment:
+            raise ApiError("ERR-2010", f"{processor} is unreachable; offline, one payment may"
+                           f" not exceed {offline.max_payment} minor units")
+        payment_id = new_id("pay")
+        now = self._now()
+
+        def write(conn: sqlite3.Connection) -> Answer:
+            if stored:
+                total = conn.execute("SELECT coalesce(sum(amount), 0) FROM payments WHERE"
+                                     " state = 'stored' AND currency = ?",
+                                     (new.currency,)).fetchone()[0]
+                if total + new.amount > offline.max_stored_total:
+                    raise ApiError("ERR-2011", f"{processor} is unreachable and the payments"
+                                   f" stored offline already hold {total} {new.currency} of"
+                                   f" the {offline.max_stored_total} allowed")
+            state = "stored" if stored else "pending"
+            conn.execute(
+                "INSERT INTO payments (id, method, state, amount, currency, reference,"
+                " processor, token, created_at, updated_at) VALUES (?, 'token', ?, ?, ?, ?, ?,"
+                " ?, ?, ?)",
+                (payment_id, state, new.amount, new.currency, new.reference, processor,
+                 new.token, now, now))
+            outbox.enqueue(conn, processor, outbox.PAYMENT_FORWARD, payment_id, {
+                "payment_id": payment_id, "amount": new.amount, "currency": new.currency,
+                "token": new.token, "reference": new.reference, "created_at": now})
+            audit.append(conn, actor, f"payment.{state}", payment_id,
+                         {"method": "token", "processor": processor, "amount": new.amount,
+                          "currency": new.currency})
+            return self._answer_with(conn, idem, 201 if stored else 202, payment_id)
+
+        answer = await self._db.write(write)
+        self._bus.publish("payment", answer.body)
+        return answer
 
     async def _create_cash(self, new: NewPayment, idem: IdemRecord, actor: str) -> Answer:
         payment_id = new_id("pay")
@@ -266,6 +310,7 @@ class PaymentService:
         refund_id = new_id("ref")
         now = self._now()
         on_terminal = payment["method"] == "card_present"
+        via_processor = payment["method"] == "token"
         terminal_id = payment["terminal_id"]
         if on_terminal:
             driver = self._terminals.driver(terminal_id)
@@ -282,7 +327,7 @@ class PaymentService:
             if amount > left:
                 raise ApiError("ERR-2007", f"refund of {amount} asked, {left} {row['currency']}"
                                f" left to refund on payment {payment_id}")
-            state = "pending" if on_terminal else "succeeded"
+            state = "pending" if on_terminal else "queued" if via_processor else "succeeded"
             conn.execute(
                 "INSERT INTO refunds (id, payment_id, amount, currency, reason, state,"
                 " terminal_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -291,8 +336,13 @@ class PaymentService:
             audit.append(conn, actor, f"refund.{state}", refund_id,
                          {"payment": payment_id, "amount": amount, "currency": row["currency"],
                           "reason": reason})
+            if via_processor:
+                outbox.enqueue(conn, row["processor"], outbox.REFUND_CREATE, refund_id, {
+                    "refund_id": refund_id, "payment_id": payment_id,
+                    "processor_ref": row["processor_ref"], "amount": amount,
+                    "currency": row["currency"], "reason": reason})
             body = records.refund_dict(records.refund_row(conn, refund_id))  # type: ignore[arg-type]
-            status = 202 if on_terminal else 201
+            status = 202 if on_terminal or via_processor else 201
             idempotency.save(conn, idem, status, body)
             return Answer(status, body)
 

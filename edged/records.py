@@ -76,13 +76,21 @@ def get_order(conn: sqlite3.Connection, order_id: str) -> dict[str, Any] | None:
 
 
 def local_stock(conn: sqlite3.Connection, item_id: int) -> tuple[int, int, str | None]:
-    """(local quantity, pending deltas, reported_at): reported + unacknowledged deltas."""
+    """(local quantity, deltas not yet in a report, reported_at).
+
+    Local stock = the last quantity Shopify reported + the deltas that report does not
+    include yet: those Shopify has not acknowledged, and those it acknowledged after the
+    report was read (the next pull includes them and replaces the first term).
+    """
     level = conn.execute("SELECT reported_quantity, reported_at FROM inventory_levels"
                          " WHERE item_id = ?", (item_id,)).fetchone()
-    pending = conn.execute("SELECT coalesce(sum(delta), 0) FROM stock_deltas"
-                           " WHERE item_id = ? AND acknowledged = 0", (item_id,)).fetchone()[0]
+    reported_at = level["reported_at"] if level else None
+    pending = conn.execute(
+        "SELECT coalesce(sum(delta), 0) FROM stock_deltas WHERE item_id = ? AND"
+        " (acknowledged = 0 OR (acknowledged = 1 AND acknowledged_at > coalesce(?, '')))",
+        (item_id, reported_at)).fetchone()[0]
     reported = level["reported_quantity"] if level else 0
-    return reported + pending, pending, level["reported_at"] if level else None
+    return reported + pending, pending, reported_at
 
 
 def item_dict(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:

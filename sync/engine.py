@@ -15,8 +15,12 @@ import logging
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 
-from tenacity import AsyncRetrying, retry_if_exception_type, stop_after_attempt, \
-    wait_exponential_jitter
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    stop_after_attempt,
+    wait_exponential_jitter,
+)
 
 from sync.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
 from sync.clock import Clock
@@ -113,7 +117,7 @@ class DestinationWorker:
         snap = self.breaker.snapshot()
         if snap.state is BreakerState.OPEN:
             self.state = WorkerState.WAITING_BREAKER
-            await self._clock.sleep(max(snap.retry_after, 0.001))
+            await self._pause(max(snap.retry_after, 0.001))
             return
         work = await self._store.claim(self.gateway)
         if work is None:
@@ -125,14 +129,14 @@ class DestinationWorker:
         except BreakerOpen as exc:
             await self._store.release(work)
             self.state = WorkerState.WAITING_BREAKER
-            await self._clock.sleep(max(exc.retry_after, 0.001))
+            await self._pause(max(exc.retry_after, 0.001))
             return
         self.state = WorkerState.SENDING
         try:
             result = await self._send(work)
         except PermanentError as exc:
             permit.success()  # the upstream answered; it is healthy
-            failure = RowFailure(exc.code or "ERR-6004", str(exc))
+            failure = RowFailure(exc.code or "ERR-6004", exc.message)
             await self._store.kill(work, failure)
             self._failed(work, failure.message, dead=True)
             return
@@ -165,7 +169,7 @@ class DestinationWorker:
         current = work
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._settings.quick_retries),
-            wait=wait_exponential_jitter(initial=self._settings.quick_backoff_initial,
+            wait=wait_exponential_jitter(multiplier=self._settings.quick_backoff_initial,
                                          max=self._settings.quick_backoff_max),
             retry=retry_if_exception_type((TransientError, OutcomeUnknown, TimeoutError,
                                            OSError)),
@@ -193,12 +197,9 @@ class DestinationWorker:
     def _failed(self, work: Work, message: str, *, dead: bool) -> None:
         self.failed += 1
         self.last_error = message
-        if dead:
+        if dead:  # the outbox hooks raise the alert with the row's business meaning
             log.error("%s %s: gave up on %d row(s): %s", self.destination, work.kind,
                       len(work.rows), message)
-            self._notify("alert", "sync.dead", {"destination": self.destination,
-                                                 "kind": work.kind, "message": message,
-                                                 "rows": [r.id for r in work.rows]})
         else:
             log.info("%s %s: will retry: %s", self.destination, work.kind, message)
 

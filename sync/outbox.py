@@ -43,13 +43,20 @@ class TxRunner(Protocol):
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T: ...
 
 
+Event = tuple[str, dict[str, Any]]
+
+
 class OutboxHooks(Protocol):
-    """The business side of an outcome, run inside the transaction that records it."""
+    """The business side of an outcome, run inside the transaction that records it.
+
+    Each returns the events to publish; they are published only after the commit.
+    """
 
     def applied(self, conn: sqlite3.Connection, row: OutboxRow,
-                result: Mapping[str, Any]) -> None: ...
+                result: Mapping[str, Any]) -> list[Event]: ...
 
-    def failed(self, conn: sqlite3.Connection, row: OutboxRow, failure: RowFailure) -> None: ...
+    def failed(self, conn: sqlite3.Connection, row: OutboxRow,
+               failure: RowFailure) -> list[Event]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,10 +87,12 @@ def job_dict(r: sqlite3.Row) -> dict[str, Any]:
 class OutboxStore:
     def __init__(self, runner: TxRunner, clock: Clock, hooks: OutboxHooks,
                  settings: OutboxSettings | None = None,
-                 rand: Callable[[], float] | None = None) -> None:
+                 rand: Callable[[], float] | None = None,
+                 publish: Callable[[str, dict[str, Any]], object] | None = None) -> None:
         self._runner = runner
         self._clock = clock
         self._hooks = hooks
+        self._publish = publish
         self.settings = settings or OutboxSettings()
         self._rand = rand or random.random
 
@@ -199,19 +208,20 @@ class OutboxStore:
             - set(result.retry_apart)
         by_id = {r.id: r for r in work.rows}
 
-        def write(conn: sqlite3.Connection) -> None:
+        def write(conn: sqlite3.Connection) -> list[Event]:
+            events: list[Event] = []
             for row_id, answer in result.applied.items():
                 conn.execute("UPDATE outbox SET state = 'done', result = ?, lease_until = NULL,"
                              " outcome_unknown = 0, last_error = NULL, updated_at = ?"
                              " WHERE id = ? AND state = 'inflight'",
                              (json.dumps(answer, separators=(",", ":")), now, row_id))
-                self._hooks.applied(conn, by_id[row_id], answer)
+                events += self._hooks.applied(conn, by_id[row_id], answer)
             for failures, prefix in ((result.dead, ""), (result.conflict, "conflict: ")):
                 for row_id, failure in failures.items():
                     conn.execute("UPDATE outbox SET state = 'dead', lease_until = NULL,"
                                  " last_error = ?, updated_at = ? WHERE id = ?",
                                  (f"{prefix}{failure.code}: {failure.message}", now, row_id))
-                    self._hooks.failed(conn, by_id[row_id], failure)
+                    events += self._hooks.failed(conn, by_id[row_id], failure)
             for row_id in result.retry_apart:
                 conn.execute("UPDATE outbox SET state = 'pending', batch_id = NULL,"
                              " lease_until = NULL, outcome_unknown = 0, updated_at = ?,"
@@ -223,8 +233,14 @@ class OutboxStore:
                           work.destination, row_id)
                 conn.execute("UPDATE outbox SET state = 'pending', lease_until = NULL,"
                              " outcome_unknown = 1, updated_at = ? WHERE id = ?", (now, row_id))
+            return events
 
-        await self._runner.write(write)
+        self._emit(await self._runner.write(write))
+
+    def _emit(self, events: list[Event]) -> None:
+        if self._publish is not None:
+            for kind, data in events:
+                self._publish(kind, data)
 
     async def release(self, work: Work) -> None:
         """Give the work back untouched (the breaker refused it before any send)."""
@@ -252,7 +268,8 @@ class OutboxStore:
         ids = [r.id for r in work.rows]
         by_id = {r.id: r for r in work.rows}
 
-        def write(conn: sqlite3.Connection) -> None:
+        def write(conn: sqlite3.Connection) -> list[Event]:
+            events: list[Event] = []
             for row_id in ids:
                 if exhausted:
                     conn.execute("UPDATE outbox SET state = 'dead', attempts = ?,"
@@ -260,16 +277,17 @@ class OutboxStore:
                                  " updated_at = ? WHERE id = ?",
                                  (attempts, f"gave up after {attempts} attempts: {error}",
                                   int(outcome_unknown), now, row_id))
-                    self._hooks.failed(conn, by_id[row_id],
-                                       RowFailure("ERR-6003", f"gave up: {error}"))
+                    events += self._hooks.failed(conn, by_id[row_id],
+                                                 RowFailure("ERR-6003", f"gave up: {error}"))
                 else:
                     conn.execute("UPDATE outbox SET state = 'pending', attempts = ?,"
                                  " lease_until = NULL, last_error = ?,"
                                  " outcome_unknown = max(outcome_unknown, ?),"
                                  " next_attempt_at = ?, updated_at = ? WHERE id = ?",
                                  (attempts, error, int(outcome_unknown), due, now, row_id))
+            return events
 
-        await self._runner.write(write)
+        self._emit(await self._runner.write(write))
         return exhausted
 
     async def kill(self, work: Work, failure: RowFailure) -> None:

@@ -122,7 +122,12 @@ SYNC = _obj({"destinations": {"type": "array", "items": {"type": "object", "prop
     "destination": _S, "pending": _I, "inflight": _I, "dead": _I,
     "oldest_pending_at": _SN, "oldest_pending_age_seconds": {"type": ["number", "null"]},
     "breaker": {"type": ["object", "null"]}}}}}, "SyncStatus")
-JOBS = _obj({"data": {"type": "array", "items": {"type": "object"}}}, "SyncJobs")
+JOB = _obj({"id": _I, "destination": _S, "kind": _S, "subject_id": _S,
+            "state": {"enum": ["pending", "inflight", "done", "dead", "discarded"]},
+            "attempts": _I, "next_attempt_at": _SN, "last_error": _SN,
+            "outcome_unknown": {"type": "boolean"}, "batch_id": {"type": ["integer", "null"]},
+            "created_at": _S, "updated_at": _S, "payload": {"type": "object"}}, "SyncJob")
+JOBS = _obj({"data": {"type": "array", "items": JOB.schema}}, "SyncJobs")
 ERROR = _obj({"error": {"type": "object", "required": ["code", "message", "retryable"],
                         "properties": {"code": {"type": "string", "pattern": "^ERR-[0-9]{4}$"},
                                        "message": _S, "retryable": {"type": "boolean"},

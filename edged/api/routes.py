@@ -4,17 +4,20 @@ from __future__ import annotations
 
 import asyncio
 import json
+import sqlite3
 from datetime import datetime
 from typing import Any
 
 from aiohttp import web
 
+from edged import audit, idempotency
 from edged.api import models
 from edged.api.http import DRAINING, Ctx, Route, json_response
 from edged.errors import ApiError
 from edged.inventory import ItemRef, OrderLine, StockChange
 from edged.payments import Answer, NewPayment
 from edged.records import FINAL_PAYMENT_STATES
+from sync.outbox import JOB_STATES, JobStateError, OutboxStore
 
 _BODY_ERRORS = ("ERR-1001", "ERR-1002", "ERR-1003", "ERR-1004", "ERR-1005", "ERR-1006",
                 "ERR-1007", "ERR-1008", "ERR-1009", "ERR-1010", "ERR-1014")
@@ -131,6 +134,52 @@ async def sync_status(ctx: Ctx) -> Answer:
     return Answer(200, await ctx.services.sync_status())
 
 
+def _outbox(ctx: Ctx) -> OutboxStore:
+    store: OutboxStore = ctx.services.extras["outbox"]
+    return store
+
+
+async def list_jobs(ctx: Ctx) -> Answer:
+    state = ctx.request.query.get("state") or None
+    if state is not None and state not in JOB_STATES:
+        raise ApiError("ERR-1013", f"state must be one of {', '.join(JOB_STATES)}")
+    destination = ctx.request.query.get("destination") or None
+    limit = ctx.query_int("limit", 100, 1, 500)
+    return Answer(200, {"data": await _outbox(ctx).jobs(state, destination, limit)})
+
+
+async def retry_job(ctx: Ctx) -> Answer:
+    return await _move_job(ctx, "retry")
+
+
+async def discard_job(ctx: Ctx) -> Answer:
+    return await _move_job(ctx, "discard")
+
+
+async def _move_job(ctx: Ctx, action: str) -> Answer:
+    raw = ctx.match("id")
+    if not raw.isdigit():
+        raise ApiError("ERR-6001", f"no sync job {raw!r}")
+
+    def record(conn: sqlite3.Connection, job: dict[str, Any]) -> None:
+        audit.append(conn, ctx.actor, f"sync.job.{action}", str(job["id"]),
+                     {"destination": job["destination"], "kind": job["kind"]})
+        assert ctx.idem is not None
+        idempotency.save(conn, ctx.idem, 200, job)
+
+    store = _outbox(ctx)
+    try:
+        job = await (store.retry_dead(int(raw), record) if action == "retry"
+                     else store.discard(int(raw), record))
+    except JobStateError as exc:
+        raise ApiError("ERR-6002", f"job {raw} is {exc.state}; only a dead job can be"
+                       f" {'retried' if action == 'retry' else 'discarded'}") from None
+    if job is None:
+        raise ApiError("ERR-6001", f"no sync job {raw}")
+    ctx.services.bus.publish("sync", {"event": f"job.{action}", "job": job["id"]})
+    return Answer(200, job)
+
+
 async def events(ctx: Ctx) -> web.StreamResponse:
     """Server-sent events; ``?kinds=payment,terminal`` filters."""
     raw = ctx.request.query.get("kinds", "")
@@ -233,6 +282,15 @@ ROUTES: tuple[Route, ...] = (
           errors=("ERR-3006",), tag="terminals"),
     Route("GET", "/v1/sync", sync_status, "Per destination: queue depth, oldest pending age,"
           " breaker", models.SYNC, tag="sync"),
+    Route("GET", "/v1/sync/jobs", list_jobs, "Outbox rows, e.g. ?state=dead", models.JOBS,
+          query={"state": "pending|inflight|done|dead|discarded", "destination": "shopify…",
+                 "limit": "1-500 (100)"}, errors=("ERR-1013",), tag="sync"),
+    Route("POST", "/v1/sync/jobs/{id}/retry", retry_job, "Send a dead job again (same"
+          " idempotency key), with an audit entry", models.JOB, 200, models.EMPTY,
+          _BODY_ERRORS + ("ERR-6001", "ERR-6002"), scope="manager", tag="sync"),
+    Route("POST", "/v1/sync/jobs/{id}/discard", discard_job, "Give up a dead job for good,"
+          " with an audit entry", models.JOB, 200, models.EMPTY,
+          _BODY_ERRORS + ("ERR-6001", "ERR-6002"), scope="manager", tag="sync"),
     Route("GET", "/v1/events", events, "Server-sent events: payment, refund, order,"
           " inventory, terminal, sync, alert", models.EVENT_STREAM, query={
               "kinds": "comma-separated kinds to receive (all by default)"},

@@ -1,0 +1,236 @@
+"""The outbox drain with a scripted gateway: batches, leases, breaker, dead rows.
+
+Time is a manual clock; the store is a real SQLite file with the daemon's schema.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+from collections.abc import AsyncIterator, Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from edged import outbox
+from edged.store import Database
+from edged.sync_hooks import StoreHooks
+from sync.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from sync.engine import EngineSettings, SyncEngine
+from sync.errors import OutcomeUnknown, PermanentError, TransientError
+from sync.gateway import OutboxRow, RowFailure, Work, WorkResult
+from sync.outbox import OutboxSettings, OutboxStore
+from tests.clock import ManualClock
+
+Script = Callable[[Work], WorkResult]
+
+
+class ScriptedGateway:
+    """Applies rows like an idempotent upstream; a test can make calls fail."""
+
+    destination = "shopify"
+
+    def __init__(self) -> None:
+        self.calls: list[Work] = []
+        self.applied: dict[str, Mapping[str, Any]] = {}  # key -> payload applied under it
+        self.failures: list[BaseException | Script] = []
+        self.down = False
+
+    def batch_limit(self, kind: str) -> int:
+        return 3 if kind == "inventory.adjust" else 1
+
+    def batch_payload(self, kind: str, rows: tuple[OutboxRow, ...]) -> Mapping[str, Any]:
+        return {"changes": [{"item": r.payload["inventory_item_id"], "delta": r.payload["delta"]}
+                            for r in rows]}
+
+    async def send(self, work: Work) -> WorkResult:
+        self.calls.append(work)
+        if self.down:
+            raise TransientError("connection refused")
+        if self.failures:
+            failure = self.failures.pop(0)
+            if isinstance(failure, BaseException):
+                if isinstance(failure, OutcomeUnknown):  # applied, but the answer was lost
+                    self.applied.setdefault(work.idempotency_key, work.payload)
+                raise failure
+            return failure(work)
+        first = self.applied.setdefault(work.idempotency_key, work.payload)
+        assert first == work.payload, "same key, other variables"
+        return WorkResult(applied={r.id: {"ok": True} for r in work.rows})
+
+    async def close(self) -> None:
+        pass
+
+
+@pytest.fixture
+async def db(tmp_path: Path) -> AsyncIterator[Database]:
+    database = Database(tmp_path / "edged.db")
+    await database.open()
+    yield database
+    await database.close()
+
+
+def _enqueue(db_path: Path, n: int, kind: str = outbox.INVENTORY_ADJUST) -> None:
+    conn = sqlite3.connect(db_path)
+    conn.execute("BEGIN")
+    for i in range(n):
+        outbox.enqueue(conn, "shopify", kind, f"adj_{i}",
+                       {"inventory_item_id": f"gid://shopify/InventoryItem/{i}", "delta": i + 1,
+                        "delta_id": i + 1})
+    conn.execute("COMMIT")
+    conn.close()
+
+
+def _states(db_path: Path) -> dict[str, int]:
+    conn = sqlite3.connect(db_path)
+    rows = dict(conn.execute("SELECT state, count(*) FROM outbox GROUP BY state").fetchall())
+    conn.close()
+    return rows
+
+
+async def _until(cond: Callable[[], bool], clock: ManualClock, step: float = 0.5,
+                 limit: int = 2000) -> None:
+    """Let the workers run, moving the manual clock, until ``cond`` holds."""
+    for _ in range(limit):
+        if cond():
+            return
+        await asyncio.sleep(0.002)  # real I/O (the database threads) needs a moment
+        clock.advance(step)
+    raise AssertionError("condition not reached")
+
+
+def _engine(db: Database, clock: ManualClock, gateway: ScriptedGateway,
+            breaker: CircuitBreaker | None = None, max_attempts: int = 12,
+            ) -> tuple[SyncEngine, CircuitBreaker]:
+    store = OutboxStore(db, clock, StoreHooks(clock), OutboxSettings(max_attempts=max_attempts),
+                        rand=lambda: 1.0)
+    engine = SyncEngine(store, clock, EngineSettings(quick_retries=2))
+    breaker = breaker or CircuitBreaker("shopify", BreakerSettings.shopify(), clock)
+    engine.add(gateway, breaker)
+    return engine, breaker
+
+
+async def test_rows_drain_in_fixed_batches_exactly_once(db: Database) -> None:
+    clock = ManualClock()
+    _enqueue(db.path, 7)
+    gateway = ScriptedGateway()
+    engine, _ = _engine(db, clock, gateway)
+    await engine.start()
+    await _until(lambda: _states(db.path) == {"done": 7}, clock)
+    await engine.stop()
+    assert [len(w.rows) for w in gateway.calls] == [3, 3, 1]
+    assert sum(len(p["changes"]) for p in gateway.applied.values()) == 7
+
+
+async def test_a_lost_answer_is_resent_with_the_same_key_and_variables(db: Database) -> None:
+    clock = ManualClock()
+    _enqueue(db.path, 2)
+    gateway = ScriptedGateway()
+    gateway.failures = [OutcomeUnknown("HTTP 500 after apply")]
+    engine, _ = _engine(db, clock, gateway)
+    await engine.start()
+    await _until(lambda: _states(db.path) == {"done": 2}, clock)
+    await engine.stop()
+    first, second = gateway.calls
+    assert first.idempotency_key == second.idempotency_key
+    assert first.payload == second.payload
+    assert second.outcome_unknown is True
+    assert len(gateway.applied) == 1
+
+
+async def test_membership_survives_a_crash_mid_send(db: Database, tmp_path: Path) -> None:
+    clock = ManualClock()
+    _enqueue(db.path, 3)
+    gateway = ScriptedGateway()
+    store = OutboxStore(db, clock, StoreHooks(clock))
+    work = await store.claim(gateway)  # leased, then the process "dies"
+    assert work is not None
+    assert _states(db.path) == {"inflight": 3}
+    # a new process starts: leases go back to pending, flagged unknown
+    engine, _ = _engine(db, clock, gateway)
+    await engine.start()
+    await _until(lambda: _states(db.path) == {"done": 3}, clock)
+    await engine.stop()
+    (resent,) = gateway.calls
+    assert resent.idempotency_key == work.idempotency_key
+    assert resent.payload == work.payload
+    assert resent.outcome_unknown is True
+
+
+async def test_breaker_opens_waits_and_resumes_by_itself(db: Database) -> None:
+    clock = ManualClock()
+    _enqueue(db.path, 9, kind=outbox.ORDER_CREATE)
+    gateway = ScriptedGateway()
+    gateway.down = True
+    settings = BreakerSettings(failure_ratio=0.5, sampling_window=30, minimum_throughput=3,
+                               break_duration=30)
+    breaker = CircuitBreaker("shopify", settings, clock)
+    engine, _ = _engine(db, clock, gateway, breaker)
+    await engine.start()
+    await _until(lambda: breaker.state is BreakerState.OPEN, clock, step=0.1)
+    calls_when_open = len(gateway.calls)
+    clock.advance(10)  # inside the break: nothing is sent
+    await asyncio.sleep(0.05)
+    assert len(gateway.calls) == calls_when_open
+    assert engine.workers["shopify"].status().state.value == "waiting_breaker"
+    gateway.down = False
+    await _until(lambda: _states(db.path) == {"done": 9}, clock, step=1.0)
+    await engine.stop()
+    assert breaker.state is BreakerState.CLOSED
+    assert _states(db.path) == {"done": 9}
+
+
+async def test_permanent_failure_kills_its_row_and_the_rest_flows(db: Database) -> None:
+    clock = ManualClock()
+    _enqueue(db.path, 3, kind=outbox.ORDER_CREATE)
+    gateway = ScriptedGateway()
+    gateway.failures = [PermanentError("lineItems[0]: variant does not exist", "ERR-6015")]
+    engine, _ = _engine(db, clock, gateway)
+    await engine.start()
+    await _until(lambda: _states(db.path) == {"dead": 1, "done": 2}, clock)
+    await engine.stop()
+    conn = sqlite3.connect(db.path)
+    (error,) = conn.execute("SELECT last_error FROM outbox WHERE state = 'dead'").fetchone()
+    assert error == "ERR-6015: lineItems[0]: variant does not exist"
+
+
+async def test_a_refused_batch_kills_the_culprit_and_rebatches_the_rest(db: Database) -> None:
+    clock = ManualClock()
+    _enqueue(db.path, 3)
+    gateway = ScriptedGateway()
+
+    def refuse_second(work: Work) -> WorkResult:
+        bad, *good = work.rows[1:2] + work.rows[:1] + work.rows[2:]
+        return WorkResult(dead={bad.id: RowFailure("ERR-6012", "unknown inventory item")},
+                          retry_apart=tuple(r.id for r in good))
+
+    gateway.failures = [refuse_second]
+    engine, _ = _engine(db, clock, gateway)
+    await engine.start()
+    await _until(lambda: _states(db.path) == {"dead": 1, "done": 2}, clock)
+    await engine.stop()
+    first, second = gateway.calls
+    assert len(second.rows) == 2
+    assert second.idempotency_key != first.idempotency_key  # a new batch, a new key
+
+
+async def test_rows_go_dead_after_max_attempts(db: Database) -> None:
+    clock = ManualClock()
+    _enqueue(db.path, 1, kind=outbox.ORDER_CREATE)
+    gateway = ScriptedGateway()
+    gateway.down = True
+    never = BreakerSettings(failure_ratio=1.0, sampling_window=1, minimum_throughput=1000,
+                            break_duration=1)
+    engine, _ = _engine(db, clock, gateway, CircuitBreaker("shopify", never, clock),
+                        max_attempts=3)
+    await engine.start()
+    await _until(lambda: _states(db.path) == {"dead": 1}, clock, step=5.0)
+    await engine.stop()
+    conn = sqlite3.connect(db.path)
+    attempts, error = conn.execute("SELECT attempts, last_error FROM outbox").fetchone()
+    assert attempts == 3
+    assert "gave up after 3 attempts" in error
+    jobs = await OutboxStore(db, clock, StoreHooks(clock)).jobs("dead", None, 10)
+    assert json.dumps(jobs[0]["payload"])  # listed with its payload for the manager
