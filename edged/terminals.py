@@ -132,12 +132,28 @@ class TerminalManager:
                 result = TransactionResult(Outcome.UNKNOWN, 0, "", detail="driver error")
             try:
                 await done(result, subject_id)
+                if result is not None and result.outcome is Outcome.UNKNOWN:
+                    await self._recheck(lane)
             finally:
                 if lane.state is not TerminalState.OFFLINE:
                     lane.last_seen = self._clock.now()
                 self.release(terminal_id, subject_id)
 
         lane.task = asyncio.create_task(_go(), name=f"txn-{subject_id}")
+
+    async def _recheck(self, lane: _Lane) -> None:
+        """After an unknown ending (silence, a lost line), probe before freeing the lane.
+
+        Otherwise ``release`` would call the lane online until the next heartbeat, even
+        when its port has just vanished. The lane stays claimed meanwhile.
+        """
+        try:
+            status = await lane.driver.status()
+        except DriverError as exc:
+            self._set_state(lane, TerminalState.OFFLINE, str(exc))
+            return
+        if status.state is TerminalState.OFFLINE:
+            self._set_state(lane, TerminalState.OFFLINE, status.detail)
 
     async def cancel(self, terminal_id: str) -> None:
         lane = self._lanes[terminal_id]
