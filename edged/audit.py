@@ -25,7 +25,13 @@ def _digest(prev: str, at: str, actor: str, action: str, subject: str, data: str
 
 def append(conn: sqlite3.Connection, actor: str, action: str, subject: str,
            data: dict[str, Any], at: datetime | None = None) -> None:
-    """Append one entry; call inside the write transaction of the change it records."""
+    """Append one entry; call inside the write transaction of the change it records.
+
+    Reading the last hash and inserting must be one transaction, or two writers could
+    chain onto the same entry (the unique index on ``prev_hash`` refuses that anyway).
+    """
+    if not conn.in_transaction:
+        raise RuntimeError("audit.append needs the caller's write transaction")
     row = conn.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     prev = row[0] if row else GENESIS
     stamp = utc_iso(at or datetime.now(UTC))

@@ -95,8 +95,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "token":
         conn = open_sync(_db_path(args))
+        conn.execute("BEGIN IMMEDIATE")
         token = tokens.create(conn, args.name, args.scope)
         audit.append(conn, "cli", "token.created", args.name, {"scope": args.scope})
+        conn.execute("COMMIT")
         conn.close()
         print(token)
         print(f"token for {args.name} ({args.scope}); shown once, keep it safe",

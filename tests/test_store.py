@@ -38,8 +38,8 @@ async def test_concurrent_writes_share_commits_and_fail_alone(tmp_path: Path) ->
 
     def insert(n: int):  # type: ignore[no-untyped-def]
         def write(conn: sqlite3.Connection) -> int:
-            conn.execute("INSERT INTO audit (at, actor, action, subject, data, prev_hash, hash)"
-                         " VALUES ('t', 'a', 'x', ?, '{}', '', '')", (str(n),))
+            conn.execute("INSERT INTO tokens (name, scope, token_hash, created_at)"
+                         " VALUES (?, 'register', ?, 't')", (str(n), f"h{n}"))
             if n % 10 == 3:
                 raise ValueError(f"write {n} fails")
             return n
@@ -52,14 +52,16 @@ async def test_concurrent_writes_share_commits_and_fail_alone(tmp_path: Path) ->
     assert len(failed) == 10
     assert db.stats.commits < db.stats.writes  # some commits carried several writes
     conn = sqlite3.connect(tmp_path / "edged.db")
-    subjects = {int(r[0]) for r in conn.execute("SELECT subject FROM audit")}
+    subjects = {int(r[0]) for r in conn.execute("SELECT name FROM tokens")}
     assert subjects == {n for n in range(100) if n % 10 != 3}
 
 
 def test_audit_chain_detects_tampering(tmp_path: Path) -> None:
     conn = open_sync(tmp_path / "edged.db")
     for i in range(5):
+        conn.execute("BEGIN IMMEDIATE")
         audit.append(conn, "test", "payment.approved", f"pay_{i}", {"amount": 100 + i})
+        conn.execute("COMMIT")
     assert audit.verify(conn).ok
     assert audit.verify(conn).entries == 5
     conn.execute("UPDATE audit SET data = '{\"amount\":999}' WHERE seq = 3")
@@ -67,6 +69,33 @@ def test_audit_chain_detects_tampering(tmp_path: Path) -> None:
     assert not result.ok
     assert result.broken_at == 3
 
+
+def test_audit_entries_cannot_fork_the_chain(tmp_path: Path) -> None:
+    conn = open_sync(tmp_path / "edged.db")
+    with pytest.raises(RuntimeError):
+        audit.append(conn, "test", "x", "outside a transaction", {})
+    conn.execute("BEGIN IMMEDIATE")
+    audit.append(conn, "test", "x", "a", {})
+    conn.execute("COMMIT")
+    conn.execute("BEGIN IMMEDIATE")
+    with pytest.raises(sqlite3.IntegrityError):  # a second entry after the genesis
+        conn.execute("INSERT INTO audit (at, actor, action, subject, data, prev_hash, hash)"
+                     " VALUES ('t', 'a', 'x', 'b', '{}', ?, 'h')", (audit.GENESIS,))
+    conn.execute("ROLLBACK")
+
+
+def test_concurrent_token_creation_keeps_the_chain(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    data = str(tmp_path / "data")
+    procs = [subprocess.Popen([sys.executable, "-m", "edged", "token", "create", f"t{i}",
+                               "--data-dir", data], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL) for i in range(8)]
+    assert [p.wait(60) for p in procs] == [0] * 8
+    conn = open_sync(tmp_path / "data" / "edged.db")
+    result = audit.verify(conn)
+    assert (result.ok, result.entries) == (True, 8)
 
 async def test_a_closed_store_refuses_writes(tmp_path: Path) -> None:
     from edged.errors import StoreError

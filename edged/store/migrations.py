@@ -169,6 +169,7 @@ CREATE TABLE audit (
     prev_hash    TEXT NOT NULL,
     hash         TEXT NOT NULL
 );
+CREATE UNIQUE INDEX audit_chain ON audit(prev_hash);
 
 CREATE TABLE tokens (
     id           INTEGER PRIMARY KEY,
