@@ -17,7 +17,7 @@ from dataclasses import dataclass, replace
 
 from tenacity import (
     AsyncRetrying,
-    retry_if_exception_type,
+    retry_if_exception,
     stop_after_attempt,
     wait_exponential_jitter,
 )
@@ -63,6 +63,13 @@ class WorkerStatus:
 Listener = Callable[[str, str, dict[str, object]], None]
 
 
+def _quick_retry(exc: BaseException) -> bool:
+    """Retry at once what may pass in a moment; a throttle goes back with its exact wait."""
+    if isinstance(exc, Throttled):
+        return False
+    return isinstance(exc, TransientError | OutcomeUnknown | TimeoutError | OSError)
+
+
 class DestinationWorker:
     def __init__(self, gateway: Gateway, store: OutboxStore, breaker: CircuitBreaker,
                  clock: Clock, settings: EngineSettings, notify: Listener) -> None:
@@ -96,7 +103,9 @@ class DestinationWorker:
 
     async def _pause(self, seconds: float | None) -> None:
         """Sleep on the clock until ``seconds`` pass, a wake-up or a stop."""
-        self._wake.clear()
+        if self._wake.is_set() or self._stop.is_set():  # woken while busy: go on at once
+            self._wake.clear()
+            return
         timeout = self._settings.idle_poll if seconds is None else seconds
         sleeper = asyncio.ensure_future(self._clock.sleep(timeout))
         waker = asyncio.ensure_future(self._wake.wait())
@@ -105,6 +114,7 @@ class DestinationWorker:
         finally:
             sleeper.cancel()
             waker.cancel()
+            self._wake.clear()
 
     async def run(self) -> None:
         try:
@@ -171,15 +181,15 @@ class DestinationWorker:
             stop=stop_after_attempt(self._settings.quick_retries),
             wait=wait_exponential_jitter(multiplier=self._settings.quick_backoff_initial,
                                          max=self._settings.quick_backoff_max),
-            retry=retry_if_exception_type((TransientError, OutcomeUnknown, TimeoutError,
-                                           OSError)),
+            retry=retry_if_exception(_quick_retry),
             sleep=self._clock.sleep,
             reraise=True,
         )
         async for attempt in retrying:
             with attempt:
                 try:
-                    async with asyncio.timeout(self._settings.request_timeout):
+                    # a margin over the gateways' own HTTP timeout, which classifies better
+                    async with asyncio.timeout(self._settings.request_timeout + 5.0):
                         return await self.gateway.send(current)
                 except (OutcomeUnknown, TimeoutError) as exc:
                     # whatever follows must read back before it resends
