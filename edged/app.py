@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edged import outbox
+from edged import outbox, sync_setup
 from edged.api.http import (
     DRAINING,
     SERVICES,
@@ -29,8 +29,10 @@ from edged.metrics import Metrics
 from edged.payments import PaymentService
 from edged.services import Services
 from edged.store import Database
+from edged.sync_hooks import StoreHooks
 from edged.terminals import TerminalManager
 from sync.clock import Clock, SystemClock
+from sync.outbox import OutboxStore
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +62,11 @@ class Daemon:
         self.terminals = TerminalManager(self.cfg.terminals, self.bus, self.clock)
         self.payments = PaymentService(self.cfg, self.db, self.bus, self.terminals, self.clock)
         self.inventory = InventoryService(self.cfg, self.db, self.bus, self.clock)
+        self.sync = sync_setup.build(self.cfg, self.db, self.bus, self.clock)
+        if self.sync is not None:
+            self.payments.link_down = self.sync.link_down
+        self.outbox = self.sync.engine.store if self.sync is not None else OutboxStore(
+            self.db, self.clock, StoreHooks(self.clock), publish=self.bus.publish)
         self.services = Services(
             cfg=self.cfg, clock=self.clock, db=self.db, bus=self.bus, metrics=self.metrics,
             terminals=self.terminals, payments=self.payments, inventory=self.inventory,
@@ -70,6 +77,7 @@ class Daemon:
             sync_status=self.sync_status,
         )
         self.services.extras["stopping"] = asyncio.Event()
+        self.services.extras["outbox"] = self.outbox
         self.app = build_web_app(self.services)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -83,6 +91,8 @@ class Daemon:
         settled = await self.payments.recover_interrupted()
         if settled:
             log.warning("%d payments were interrupted by the last stop", settled)
+        if self.sync is not None:
+            await sync_setup.start(self.sync, self.cfg, self.db, self.bus, self.clock)
         self._runner = web.AppRunner(self.app, access_log=None,
                                      shutdown_timeout=self.shutdown_grace)
         await self._runner.setup()
@@ -101,6 +111,8 @@ class Daemon:
         self.services.extras["stopping"].set()
         if self._runner is not None:
             await self._runner.cleanup()
+        if self.sync is not None:
+            await self.sync.stop()
         await self.terminals.stop(self.shutdown_grace)
         await self.db.close()
         log.info("edged stopped cleanly")
@@ -108,11 +120,26 @@ class Daemon:
     async def sync_status(self) -> dict[str, Any]:
         depths = await self.db.read(lambda c: outbox.depths(c, self.cfg.destinations))
         now = self.clock.now()
-        return {"destinations": [
-            {"destination": d.destination, "pending": d.pending, "inflight": d.inflight,
-             "dead": d.dead, "oldest_pending_at": d.oldest_pending_at,
-             "oldest_pending_age_seconds": _age(d.oldest_pending_at, now), "breaker": None}
-            for d in depths]}
+        workers = self.sync.engine.workers if self.sync is not None else {}
+        out = []
+        for d in depths:
+            entry: dict[str, Any] = {
+                "destination": d.destination, "pending": d.pending, "inflight": d.inflight,
+                "dead": d.dead, "oldest_pending_at": d.oldest_pending_at,
+                "oldest_pending_age_seconds": _age(d.oldest_pending_at, now),
+                "breaker": None, "worker": None, "last_error": None}
+            worker = workers.get(d.destination)
+            if worker is not None:
+                status = worker.status()
+                snap = status.breaker
+                entry["breaker"] = {"state": snap.state.value,
+                                    "failure_ratio": round(snap.failure_ratio, 3),
+                                    "calls": snap.calls, "failures": snap.failures,
+                                    "retry_after_seconds": round(snap.retry_after, 3)}
+                entry["worker"] = status.state.value
+                entry["last_error"] = status.last_error
+            out.append(entry)
+        return {"destinations": out}
 
     def _collect(self, metrics: Metrics) -> None:
         stats = self.db.stats
@@ -123,6 +150,17 @@ class Daemon:
             metrics.set("edged_terminal_up", "1 when the terminal answers", 0 if
                         view.state == "offline" else 1, terminal=view.id)
         metrics.set("edged_event_subscribers", "Open event streams", self.bus.subscribers)
+        if self.sync is not None:
+            for name, worker in self.sync.engine.workers.items():
+                snap = worker.breaker.snapshot()
+                for state in ("closed", "open", "half_open"):
+                    metrics.set("edged_breaker_state", "1 for the breaker's current state",
+                                1 if snap.state.value == state else 0, destination=name,
+                                state=state)
+                metrics.set("edged_sync_sent", "Rows applied upstream since start",
+                            worker.sent, destination=name)
+                metrics.set("edged_sync_failed", "Failed attempts since start", worker.failed,
+                            destination=name)
 
 
 def _age(stamp: str | None, now: datetime) -> float | None:

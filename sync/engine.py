@@ -24,7 +24,14 @@ from tenacity import (
 
 from sync.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
 from sync.clock import Clock
-from sync.errors import BreakerOpen, OutcomeUnknown, PermanentError, Throttled, TransientError
+from sync.errors import (
+    BreakerOpen,
+    CredentialsRequired,
+    OutcomeUnknown,
+    PermanentError,
+    Throttled,
+    TransientError,
+)
 from sync.gateway import Gateway, RowFailure, Work, WorkResult
 from sync.outbox import OutboxStore
 
@@ -35,6 +42,7 @@ class WorkerState(enum.StrEnum):
     IDLE = "idle"
     SENDING = "sending"
     WAITING_BREAKER = "waiting_breaker"
+    WAITING_CREDENTIALS = "waiting_credentials"
     BACKING_OFF = "backing_off"
     STOPPED = "stopped"
 
@@ -48,6 +56,8 @@ class EngineSettings:
     quick_backoff_max: float = 5.0
     idle_poll: float = 30.0
     """Longest idle sleep: a safety net if a wake-up is missed."""
+    credentials_poll: float = 30.0
+    """How often a worker without valid credentials looks again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,7 +75,7 @@ Listener = Callable[[str, str, dict[str, object]], None]
 
 def _quick_retry(exc: BaseException) -> bool:
     """Retry at once what may pass in a moment; a throttle goes back with its exact wait."""
-    if isinstance(exc, Throttled):
+    if isinstance(exc, Throttled | CredentialsRequired):
         return False
     return isinstance(exc, TransientError | OutcomeUnknown | TimeoutError | OSError)
 
@@ -149,6 +159,14 @@ class DestinationWorker:
             failure = RowFailure(exc.code or "ERR-6004", exc.message)
             await self._store.kill(work, failure)
             self._failed(work, failure.message, dead=True)
+            return
+        except CredentialsRequired as exc:
+            permit.cancel()  # says nothing about the link's health
+            await self._store.release(work)
+            self.state = WorkerState.WAITING_CREDENTIALS
+            self.last_error = str(exc)
+            log.warning("%s: %s", self.destination, exc)
+            await self._pause(self._settings.credentials_poll)
             return
         except Throttled as exc:
             permit.success()

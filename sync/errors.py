@@ -77,3 +77,11 @@ class OutcomeUnknown(SyncError):
 
     def __str__(self) -> str:
         return self.message
+
+
+class CredentialsRequired(TransientError):
+    """The destination's credentials are missing or refused: nothing was applied.
+
+    Rows wait without using up attempts until a technician sets a valid secret;
+    the worker shows the message on ``/v1/sync``.
+    """

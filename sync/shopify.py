@@ -65,7 +65,14 @@ from typing import Any
 import aiohttp
 
 from sync.clock import Clock
-from sync.errors import OutcomeUnknown, PermanentError, SyncError, Throttled, TransientError
+from sync.errors import (
+    CredentialsRequired,
+    OutcomeUnknown,
+    PermanentError,
+    SyncError,
+    Throttled,
+    TransientError,
+)
 from sync.gateway import OutboxRow, RowFailure, Work, WorkResult
 from sync.limiter import ShopifyCostBucket, ThrottleStatus, retry_after_seconds
 
@@ -275,7 +282,7 @@ def graphql_error(errors: Sequence[Mapping[str, Any]], *, operation: str,
     codes = {_error_code(e) for e in errors}
     detail = _messages(errors)
     if codes & _AUTH_CODES:
-        return TransientError(f"{ERR_CREDENTIALS}: Shopify refused access for {operation}: "
+        return CredentialsRequired(f"{ERR_CREDENTIALS}: Shopify refused access for {operation}: "
                               f"{detail}; check the app's access scopes, or {TOKEN_HINT}")
     if codes & _UNKNOWN_CODES or not errors:
         message = f"Shopify failed inside {operation}: {detail or 'no data and no error'}"
@@ -343,7 +350,7 @@ class ShopifyClient:
         """
         token = self._token_provider()
         if not token:
-            raise TransientError(f"{ERR_CREDENTIALS}: no Shopify access token is configured; "
+            raise CredentialsRequired(f"{ERR_CREDENTIALS}: no Shopify access token is configured; "
                                  f"{TOKEN_HINT}. The rows wait until it is set")
         estimate = self.estimate(operation, cost)
         await self.bucket.acquire(estimate)
@@ -378,7 +385,7 @@ class ShopifyClient:
     def _answer(self, operation: str, costs: tuple[float, float], mutation: bool, status: int,
                 retry_after: str | None, raw: bytes) -> GraphQLAnswer:
         if status in (401, 403):
-            raise TransientError(f"{ERR_CREDENTIALS}: Shopify refused the access token "
+            raise CredentialsRequired(f"{ERR_CREDENTIALS}: Shopify refused the access token "
                                  f"(HTTP {status}) for {operation}; check the app's access "
                                  f"scopes, or {TOKEN_HINT}")
         try:

@@ -63,7 +63,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sync.clock import Clock
-from sync.errors import OutcomeUnknown, PermanentError, Throttled, TransientError
+from sync.errors import (
+    CredentialsRequired,
+    OutcomeUnknown,
+    PermanentError,
+    Throttled,
+    TransientError,
+)
 from sync.gateway import OutboxRow, RowFailure, Work, WorkResult
 from sync.limiter import TokenBucket, TokenBucketSettings, retry_after_seconds
 
@@ -171,7 +177,7 @@ class SquareGateway:
         row = work.rows[0]
         token = self._token_provider()
         if not token:
-            raise TransientError("ERR-6006: no Square access token is set; set it with "
+            raise CredentialsRequired("ERR-6006: no Square access token is set; set it with "
                                  "`edged secret set square.token`")
         self._token = token
         if work.kind == "payment.forward":
@@ -362,7 +368,7 @@ class SquareGateway:
             return Throttled(wait, f"square rate-limited the call to {what} (429)")
         self.bucket.on_success()
         if status in (401, 403):
-            return TransientError(
+            return CredentialsRequired(
                 f"ERR-6072: Square refused the access token ({status}) when asked to {what};"
                 " set a valid one with `edged secret set square.token`")
         if status is None or status < 400 or status >= 500 or status in (408, 409):

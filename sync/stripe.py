@@ -63,7 +63,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sync.clock import Clock
-from sync.errors import OutcomeUnknown, PermanentError, Throttled, TransientError
+from sync.errors import (
+    CredentialsRequired,
+    OutcomeUnknown,
+    PermanentError,
+    Throttled,
+    TransientError,
+)
 from sync.gateway import OutboxRow, RowFailure, Work, WorkResult
 from sync.limiter import TokenBucket, TokenBucketSettings, retry_after_seconds
 
@@ -407,7 +413,7 @@ class StripeGateway:
 
         key = self._key_provider()
         if not key:
-            raise TransientError("ERR-6006: no Stripe secret key is set; set it with "
+            raise CredentialsRequired("ERR-6006: no Stripe secret key is set; set it with "
                                  "`edged secret set stripe.key`")
         if self._client is None or key != self._client_key:
             self._client = stripe.StripeClient(
@@ -435,7 +441,7 @@ class StripeGateway:
             raise Throttled(wait, f"stripe rate-limited the call to {what} (429)") from None
         except (stripe.AuthenticationError, stripe.PermissionError) as exc:
             self.bucket.on_success()
-            raise TransientError(
+            raise CredentialsRequired(
                 f"ERR-6072: Stripe refused the secret key ({exc.http_status}) when asked to "
                 f"{what}; set a valid one with `edged secret set stripe.key`") from None
         except stripe.IdempotencyError as exc:

@@ -234,3 +234,22 @@ async def test_rows_go_dead_after_max_attempts(db: Database) -> None:
     assert "gave up after 3 attempts" in error
     jobs = await OutboxStore(db, clock, StoreHooks(clock)).jobs("dead", None, 10)
     assert json.dumps(jobs[0]["payload"])  # listed with its payload for the manager
+
+
+async def test_missing_credentials_wait_without_using_attempts(db: Database) -> None:
+    from sync.errors import CredentialsRequired
+
+    clock = ManualClock()
+    _enqueue(db.path, 2, kind=outbox.ORDER_CREATE)
+    gateway = ScriptedGateway()
+    gateway.failures = [CredentialsRequired("ERR-6006: no token; edged secret set shopify.token")]
+    engine, breaker = _engine(db, clock, gateway)
+    await engine.start()
+    worker = engine.workers["shopify"]
+    await _until(lambda: worker.status().state.value == "waiting_credentials", clock, step=0.0)
+    conn = sqlite3.connect(db.path)
+    assert conn.execute("SELECT max(attempts) FROM outbox").fetchone()[0] == 0
+    assert "edged secret set" in (worker.status().last_error or "")
+    await _until(lambda: _states(db.path) == {"done": 2}, clock, step=5.0)
+    await engine.stop()
+    assert breaker.state is BreakerState.CLOSED

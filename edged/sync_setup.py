@@ -1,0 +1,204 @@
+"""Builds the sync engine for the configured destinations, and the catalogue pull.
+
+The cloud SDKs and gateways are imported here only for the destinations that are
+configured, so a daemon with no cloud account never loads them (idle memory target).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sqlite3
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from edged import catalog_import
+from edged.config import Config
+from edged.events import EventBus
+from edged.store import Database
+from edged.sync_hooks import StoreHooks
+from sync.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from sync.clock import Clock, utc_iso
+from sync.engine import EngineSettings, SyncEngine
+from sync.outbox import OutboxSettings, OutboxStore
+
+log = logging.getLogger(__name__)
+
+SECRET_NAMES = {"shopify": "shopify.token", "stripe": "stripe.key", "square": "square.token"}
+SECRET_REFRESH_SECONDS = 30.0
+
+
+class SecretCache:
+    """Decrypted credentials in memory, re-read now and then so `edged secret set` takes
+    effect without a restart. Values never leave through logs or the API."""
+
+    def __init__(self, cfg: Config, db: Database) -> None:
+        self._cfg = cfg
+        self._db = db
+        self._values: dict[str, str] = {}
+
+    async def refresh(self) -> None:
+        from edged.secrets import SecretError, SecretStore  # noqa: PLC0415
+
+        try:
+            store = SecretStore(SecretStore.load_key(self._cfg.data_dir))
+        except SecretError as exc:
+            log.error("cannot read the secrets key: %s", exc)
+            return
+
+        def read(conn: sqlite3.Connection) -> dict[str, str]:
+            values = {}
+            for name in SECRET_NAMES.values():
+                try:
+                    value = store.get(conn, name)
+                except SecretError as exc:
+                    log.error("secret %s cannot be read: %s", name, exc)
+                    continue
+                if value is not None:
+                    values[name] = value
+            return values
+
+        self._values = await self._db.read(read)
+
+    def provider(self, name: str) -> Callable[[], str | None]:
+        return lambda: self._values.get(name)
+
+
+@dataclass
+class SyncRuntime:
+    engine: SyncEngine
+    secrets: SecretCache
+    tasks: list[asyncio.Task[None]]
+    scheduler: Any = None
+
+    def link_down(self, destination: str) -> bool:
+        worker = self.engine.workers.get(destination)
+        return worker is not None and worker.breaker.state is BreakerState.OPEN
+
+    async def stop(self) -> None:
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        for task in self.tasks:
+            task.cancel()
+        await asyncio.gather(*self.tasks, return_exceptions=True)
+        await self.engine.stop()
+
+
+def build(cfg: Config, db: Database, bus: EventBus, clock: Clock) -> SyncRuntime | None:
+    if not cfg.destinations:
+        return None
+    store = OutboxStore(db, clock, StoreHooks(clock),
+                        OutboxSettings(lease_seconds=cfg.sync.lease_seconds,
+                                       max_attempts=cfg.sync.max_attempts),
+                        publish=bus.publish)
+
+    def notify(kind: str, event: str, data: dict[str, object]) -> None:
+        bus.publish(kind, {"event": event, **data})
+
+    engine = SyncEngine(store, clock, EngineSettings(request_timeout=cfg.sync.request_timeout),
+                        notify)
+    secrets = SecretCache(cfg, db)
+    if cfg.shopify is not None:
+        from sync.shopify import ShopifyGateway, ShopifySettings  # noqa: PLC0415
+
+        shop = cfg.shopify
+        engine.add(ShopifyGateway(ShopifySettings(shop=shop.shop, api_version=shop.api_version,
+                                                  location_id=shop.location_id,
+                                                  admin_url=shop.admin_url,
+                                                  timeout=cfg.sync.request_timeout),
+                                  secrets.provider(SECRET_NAMES["shopify"]), clock),
+                   CircuitBreaker("shopify", BreakerSettings.shopify(), clock))
+    if cfg.stripe is not None:
+        from sync.stripe import StripeGateway, StripeSettings  # noqa: PLC0415
+
+        engine.add(StripeGateway(StripeSettings(base_url=cfg.stripe.base_url,
+                                                timeout=cfg.sync.request_timeout),
+                                 secrets.provider(SECRET_NAMES["stripe"]), clock),
+                   CircuitBreaker("stripe", BreakerSettings.processors(), clock))
+    if cfg.square is not None:
+        from sync.square import SquareGateway, SquareSettings  # noqa: PLC0415
+
+        engine.add(SquareGateway(SquareSettings(base_url=cfg.square.base_url,
+                                                location_id=cfg.square.location_id,
+                                                timeout=cfg.sync.request_timeout),
+                                 secrets.provider(SECRET_NAMES["square"]), clock),
+                   CircuitBreaker("square", BreakerSettings.processors(), clock))
+    return SyncRuntime(engine, secrets, [])
+
+
+async def start(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventBus,
+                clock: Clock) -> None:
+    await runtime.secrets.refresh()
+    await runtime.engine.start()
+    runtime.tasks.append(asyncio.create_task(_wake_on_writes(runtime.engine, bus),
+                                             name="sync-wake"))
+    runtime.tasks.append(asyncio.create_task(_refresh_secrets(runtime, clock),
+                                             name="sync-secrets"))
+    if cfg.shopify is not None:
+        runtime.scheduler = _schedule_pull(runtime, cfg, db, bus, clock)
+
+
+async def _wake_on_writes(engine: SyncEngine, bus: EventBus) -> None:
+    """New outbox rows come with these events: wake the workers at once."""
+    sub = bus.subscribe(frozenset({"payment", "refund", "order", "inventory"}))
+    try:
+        while True:
+            await sub.queue.get()
+            engine.wake()
+    finally:
+        bus.unsubscribe(sub)
+
+
+async def _refresh_secrets(runtime: SyncRuntime, clock: Clock) -> None:
+    while True:
+        await clock.sleep(SECRET_REFRESH_SECONDS)
+        await runtime.secrets.refresh()
+        runtime.engine.wake()
+
+
+def _schedule_pull(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventBus,
+                   clock: Clock) -> Any:
+    from apscheduler.schedulers.asyncio import AsyncIOScheduler  # noqa: PLC0415
+
+    scheduler = AsyncIOScheduler(timezone="UTC")
+    scheduler.add_job(pull_once, "interval", args=(runtime, cfg, db, bus),
+                      seconds=cfg.sync.pull_interval_seconds, next_run_time=clock.now(),
+                      max_instances=1, coalesce=True, id="shopify-pull")
+    scheduler.start()
+    return scheduler
+
+
+async def pull_once(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventBus) -> int:
+    """Pull the catalogue and stock from Shopify into the local catalogue.
+
+    The pull replaces the reported quantity only (the first term of local stock), never
+    the deltas not yet acknowledged, and never queues anything back to Shopify.
+    """
+    from sync.shopify_pull import pull_catalogue  # noqa: PLC0415
+
+    from sync.errors import SyncError  # noqa: PLC0415
+
+    worker = runtime.engine.workers.get("shopify")
+    if worker is None or cfg.shopify is None:
+        return 0
+    if worker.breaker.state is BreakerState.OPEN:
+        log.info("catalogue pull skipped: the Shopify breaker is open")
+        return 0
+    try:
+        pulled = await pull_catalogue(worker.gateway, cfg.shopify.location_id)
+    except SyncError as exc:
+        log.warning("catalogue pull failed: %s", exc)
+        return 0
+    entries, pulled_at = pulled.entries, pulled.pulled_at
+    rows = [catalog_import.CatalogueRow(
+        sku=e.sku, barcode=e.barcode, title=e.title, price=e.price, variant_id=e.variant_id,
+        inventory_item_id=e.inventory_item_id, quantity=e.available)
+        for e in entries if e.sku]
+    stamp = utc_iso(pulled_at) if isinstance(pulled_at, datetime) else str(pulled_at)
+    count = await db.write(lambda c: catalog_import.apply(c, rows, "shopify-pull",
+                                                          reported_at=stamp))
+    log.info("catalogue pull: %d items from Shopify", count)
+    bus.publish("sync", {"event": "pull", "destination": "shopify", "items": count})
+    return count
