@@ -176,9 +176,8 @@ async def pull_once(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventB
     The pull replaces the reported quantity only (the first term of local stock), never
     the deltas not yet acknowledged, and never queues anything back to Shopify.
     """
-    from sync.shopify_pull import pull_catalogue  # noqa: PLC0415
-
     from sync.errors import SyncError  # noqa: PLC0415
+    from sync.shopify_pull import pull_catalogue  # noqa: PLC0415
 
     worker = runtime.engine.workers.get("shopify")
     if worker is None or cfg.shopify is None:
