@@ -58,7 +58,8 @@ def _parser() -> argparse.ArgumentParser:
     sim.add_argument("kind", choices=("concert",))
     sim.add_argument("--pty", action="store_true", help="serve on a new pseudo-terminal")
     sim.add_argument("--link", metavar="PATH", help="keep a stable symlink to the pty here")
-    sim.add_argument("--behaviour", default="approve")
+    sim.add_argument("--behaviour", default="auto",
+                     help="auto (approve; amounts ending in 13 decline), approve, decline, …")
     sim.add_argument("--data-dir", metavar="DIR")
     return p
 
