@@ -34,6 +34,7 @@ from sync.errors import (
 )
 from sync.gateway import Gateway, RowFailure, Work, WorkResult
 from sync.outbox import OutboxStore
+from sync.quiet_log import RepeatFilter
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +96,7 @@ class DestinationWorker:
         self.sent = 0
         self.failed = 0
         self.last_error: str | None = None
+        self._quiet = RepeatFilter(log)
 
     @property
     def destination(self) -> str:
@@ -165,7 +167,7 @@ class DestinationWorker:
             await self._store.release(work)
             self.state = WorkerState.WAITING_CREDENTIALS
             self.last_error = str(exc)
-            log.warning("%s: %s", self.destination, exc)
+            self._quiet.log("credentials", logging.WARNING, "%s: %s", self.destination, exc)
             await self._pause(self._settings.credentials_poll)
             return
         except Throttled as exc:
@@ -188,6 +190,8 @@ class DestinationWorker:
         await self._store.complete(work, result)
         self.sent += len(result.applied)
         self.last_error = None
+        self._quiet.clear("credentials", "%s: credentials accepted", self.destination)
+        self._quiet.clear("retry", "%s: sending again after failures", self.destination)
         if result.dead or result.conflict:
             for row_id, failure in {**result.dead, **result.conflict}.items():
                 self._failed(work, f"row {row_id}: {failure.code}: {failure.message}",
@@ -229,7 +233,8 @@ class DestinationWorker:
             log.error("%s %s: gave up on %d row(s): %s", self.destination, work.kind,
                       len(work.rows), message)
         else:
-            log.info("%s %s: will retry: %s", self.destination, work.kind, message)
+            self._quiet.log("retry", logging.WARNING, "%s %s: will retry: %s",
+                            self.destination, work.kind, message)
 
 
 class SyncEngine:

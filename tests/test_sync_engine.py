@@ -253,3 +253,18 @@ async def test_missing_credentials_wait_without_using_attempts(db: Database) -> 
     await _until(lambda: _states(db.path) == {"done": 2}, clock, step=5.0)
     await engine.stop()
     assert breaker.state is BreakerState.CLOSED
+
+
+def test_a_repeated_error_is_logged_once_loudly(caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    from sync.quiet_log import RepeatFilter
+
+    caplog.set_level(logging.DEBUG, logger="test.quiet")
+    quiet = RepeatFilter(logging.getLogger("test.quiet"))
+    for _ in range(5):
+        quiet.log("link", logging.WARNING, "shopify: %s", "connection refused")
+    quiet.clear("link", "shopify: back")
+    quiet.log("link", logging.WARNING, "shopify: %s", "connection refused")
+    levels = [r.levelname for r in caplog.records]
+    assert levels == ["WARNING", "DEBUG", "DEBUG", "DEBUG", "DEBUG", "INFO", "WARNING"]
