@@ -139,7 +139,27 @@ class Daemon:
                 entry["worker"] = status.state.value
                 entry["last_error"] = status.last_error
             out.append(entry)
-        return {"destinations": out}
+        return {"destinations": out, "offline": await self._offline_summary(now)}
+
+    async def _offline_summary(self, now: datetime) -> dict[str, Any]:
+        """Token payments accepted while the link was down, against their caps."""
+        offline = self.cfg.offline
+
+        def read(conn: Any) -> list[Any]:
+            return list(conn.execute(
+                "SELECT currency, count(*), sum(amount), min(created_at) FROM payments"
+                " WHERE state = 'stored' GROUP BY currency").fetchall())
+
+        stored = []
+        for currency, count, total, oldest in await self.db.read(read):
+            age = _age(oldest, now) or 0.0
+            stored.append({"currency": currency, "count": count, "total": total,
+                           "cap": offline.max_stored_total, "oldest_at": oldest,
+                           "oldest_age_seconds": age,
+                           "over_max_age": age > offline.max_age_hours * 3600})
+        return {"enabled": offline.enabled, "max_payment": offline.max_payment,
+                "max_stored_total": offline.max_stored_total,
+                "max_age_hours": offline.max_age_hours, "stored": stored}
 
     def _collect(self, metrics: Metrics) -> None:
         stats = self.db.stats

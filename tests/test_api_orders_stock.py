@@ -153,7 +153,9 @@ async def test_without_shopify_no_rows_are_queued(api: Api) -> None:
     assert api.count("outbox") == 0
     assert await _stock(api, "TEA-1") == 39
     _, sync = await api.get("/v1/sync")
-    assert sync == {"destinations": []}
+    assert sync["destinations"] == []
+    assert sync["offline"]["enabled"] is False
+    assert sync["offline"]["stored"] == []
 
 
 async def test_item_lookup_errors(api: Api) -> None:

@@ -121,7 +121,11 @@ TERMINAL_LIST = _obj({"data": {"type": "array", "items": TERMINAL.schema}}, "Ter
 SYNC = _obj({"destinations": {"type": "array", "items": {"type": "object", "properties": {
     "destination": _S, "pending": _I, "inflight": _I, "dead": _I,
     "oldest_pending_at": _SN, "oldest_pending_age_seconds": {"type": ["number", "null"]},
-    "breaker": {"type": ["object", "null"]}}}}}, "SyncStatus")
+    "breaker": {"type": ["object", "null"]}, "worker": _SN, "last_error": _SN}}},
+    "offline": {"type": "object", "properties": {
+        "enabled": {"type": "boolean"}, "max_payment": _I, "max_stored_total": _I,
+        "max_age_hours": _I, "stored": {"type": "array", "items": {"type": "object"}}}}},
+    "SyncStatus")
 JOB = _obj({"id": _I, "destination": _S, "kind": _S, "subject_id": _S,
             "state": {"enum": ["pending", "inflight", "done", "dead", "discarded"]},
             "attempts": _I, "next_attempt_at": _SN, "last_error": _SN,
