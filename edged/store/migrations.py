@@ -206,13 +206,16 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
     )
-    done = {row[0] for row in conn.execute("SELECT version FROM schema_migrations")}
     applied = []
     for version, name, sql in MIGRATIONS:
-        if version in done:
-            continue
+        # check and apply under one write lock: two processes starting on a new file
+        # (the daemon and `edged token create`) must not both run a migration
         conn.execute("BEGIN IMMEDIATE")
         try:
+            if conn.execute("SELECT 1 FROM schema_migrations WHERE version = ?",
+                            (version,)).fetchone():
+                conn.execute("COMMIT")
+                continue
             for statement in sql.split(";"):
                 if statement.strip():
                     conn.execute(statement)
