@@ -86,6 +86,10 @@ class SyncConfig:
     lease_seconds: float = 60.0
     request_timeout: float = 20.0
     pull_interval_seconds: float = 900.0
+    breaker_break_seconds: float | None = None
+    """How long an open breaker refuses calls; None: DESIGN §5 (Shopify 30 s, processors 60 s)."""
+    quick_retries: int = 3
+    """Attempts of one upstream call inside a claim before the row goes back with a backoff."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -282,6 +286,8 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
             request_timeout=t.get("request_timeout", float, sync.request_timeout, _positive),
             pull_interval_seconds=t.get("pull_interval_seconds", float,
                                         sync.pull_interval_seconds, _positive),
+            breaker_break_seconds=t.get("breaker_break_seconds", float, 0.0, _positive) or None,
+            quick_retries=t.get("quick_retries", int, sync.quick_retries, _positive),
         )
         t.done()
     log_level = "INFO"

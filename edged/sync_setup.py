@@ -10,7 +10,7 @@ import asyncio
 import logging
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
 
@@ -97,8 +97,15 @@ def build(cfg: Config, db: Database, bus: EventBus, clock: Clock) -> SyncRuntime
     def notify(kind: str, event: str, data: dict[str, object]) -> None:
         bus.publish(kind, {"event": event, **data})
 
-    engine = SyncEngine(store, clock, EngineSettings(request_timeout=cfg.sync.request_timeout),
+    engine = SyncEngine(store, clock, EngineSettings(request_timeout=cfg.sync.request_timeout,
+                                                     quick_retries=cfg.sync.quick_retries),
                         notify)
+
+    def breaker(name: str, defaults: BreakerSettings) -> CircuitBreaker:
+        brk = cfg.sync.breaker_break_seconds
+        settings = defaults if brk is None else replace(defaults, break_duration=brk)
+        return CircuitBreaker(name, settings, clock)
+
     secrets = SecretCache(cfg, db)
     if cfg.shopify is not None:
         from sync.shopify import ShopifyGateway, ShopifySettings  # noqa: PLC0415
@@ -109,14 +116,14 @@ def build(cfg: Config, db: Database, bus: EventBus, clock: Clock) -> SyncRuntime
                                                   admin_url=shop.admin_url,
                                                   timeout=cfg.sync.request_timeout),
                                   secrets.provider(SECRET_NAMES["shopify"]), clock),
-                   CircuitBreaker("shopify", BreakerSettings.shopify(), clock))
+                   breaker("shopify", BreakerSettings.shopify()))
     if cfg.stripe is not None:
         from sync.stripe import StripeGateway, StripeSettings  # noqa: PLC0415
 
         engine.add(StripeGateway(StripeSettings(base_url=cfg.stripe.base_url,
                                                 timeout=cfg.sync.request_timeout),
                                  secrets.provider(SECRET_NAMES["stripe"]), clock),
-                   CircuitBreaker("stripe", BreakerSettings.processors(), clock))
+                   breaker("stripe", BreakerSettings.processors()))
     if cfg.square is not None:
         from sync.square import SquareGateway, SquareSettings  # noqa: PLC0415
 
@@ -124,7 +131,7 @@ def build(cfg: Config, db: Database, bus: EventBus, clock: Clock) -> SyncRuntime
                                                 location_id=cfg.square.location_id,
                                                 timeout=cfg.sync.request_timeout),
                                  secrets.provider(SECRET_NAMES["square"]), clock),
-                   CircuitBreaker("square", BreakerSettings.processors(), clock))
+                   breaker("square", BreakerSettings.processors()))
     return SyncRuntime(engine, secrets, [])
 
 
@@ -141,8 +148,9 @@ async def start(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventBus,
 
 
 async def _wake_on_writes(engine: SyncEngine, bus: EventBus) -> None:
-    """New outbox rows come with these events: wake the workers at once."""
-    sub = bus.subscribe(frozenset({"payment", "refund", "order", "inventory"}))
+    """New outbox rows, and dead rows a manager retries ("sync"), come with these events:
+    wake the workers at once."""
+    sub = bus.subscribe(frozenset({"payment", "refund", "order", "inventory", "sync"}))
     try:
         while True:
             await sub.queue.get()
