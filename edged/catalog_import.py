@@ -17,7 +17,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from edged import audit
+from edged import audit, records
 from edged.errors import EdgedError
 from edged.inventory import inventory_item_gid, variant_gid
 from sync.clock import utc_iso
@@ -105,6 +105,7 @@ def apply(conn: sqlite3.Connection, rows: list[CatalogueRow], source: str,
     """
     now = utc_iso(datetime.now(UTC))
     reported = reported_at or now
+    doubtful = records.items_in_doubt(conn, reported_at) if reported_at else set()
     for row in rows:
         conn.execute(
             "INSERT INTO items (sku, barcode, title, price, variant_id, inventory_item_id,"
@@ -116,6 +117,8 @@ def apply(conn: sqlite3.Connection, rows: list[CatalogueRow], source: str,
              row.inventory_item_id, now))
         if row.quantity is not None:
             item_id = conn.execute("SELECT id FROM items WHERE sku = ?", (row.sku,)).fetchone()[0]
+            if item_id in doubtful:
+                continue  # a change in flight: keep the older report until the next pull
             conn.execute(
                 "INSERT INTO inventory_levels (item_id, reported_quantity, reported_at)"
                 " VALUES (?, ?, ?) ON CONFLICT(item_id) DO UPDATE SET"

@@ -102,3 +102,24 @@ def item_dict(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
         "stock": {"quantity": quantity, "unsynced_delta": pending,
                   "reported": quantity - pending, "reported_at": reported_at},
     }
+
+
+def items_in_doubt(conn: sqlite3.Connection, read_at: str) -> set[int]:
+    """Items whose Shopify quantity, read at ``read_at``, may or may not include a delta.
+
+    A delta acknowledged after the read, or sent but not acknowledged, may have been
+    applied before the read or after it; a pull must not replace such an item's reported
+    quantity (the next pull will), or local stock could count that delta twice.
+    """
+    acked_late = conn.execute(
+        "SELECT DISTINCT item_id FROM stock_deltas WHERE acknowledged = 1"
+        " AND acknowledged_at >= ?", (read_at,)).fetchall()
+    in_flight = conn.execute(
+        "SELECT DISTINCT d.item_id FROM outbox o JOIN stock_deltas d ON"
+        " (o.kind = 'inventory.adjust' AND d.id = json_extract(o.payload, '$.delta_id'))"
+        " OR (o.kind = 'order.create' AND d.source = 'sale' AND d.source_id = o.subject_id)"
+        " WHERE o.destination = 'shopify' AND d.acknowledged = 0"
+        " AND o.state IN ('pending', 'inflight', 'dead')"
+        " AND (o.state = 'inflight' OR o.attempts > 0 OR o.outcome_unknown = 1"
+        " OR o.batch_id IS NOT NULL)").fetchall()
+    return {r[0] for r in acked_late} | {r[0] for r in in_flight}

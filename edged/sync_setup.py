@@ -97,7 +97,7 @@ def build(cfg: Config, db: Database, bus: EventBus, clock: Clock) -> SyncRuntime
     def notify(kind: str, event: str, data: dict[str, object]) -> None:
         bus.publish(kind, {"event": event, **data})
 
-    engine = SyncEngine(store, clock, EngineSettings(request_timeout=cfg.sync.request_timeout,
+    engine = SyncEngine(store, clock, EngineSettings(
                                                      quick_retries=cfg.sync.quick_retries),
                         notify)
 

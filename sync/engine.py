@@ -50,7 +50,8 @@ class WorkerState(enum.StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class EngineSettings:
-    request_timeout: float = 20.0
+    work_timeout: float = 600.0
+    """Longest one work may take, limiter waits included (the gateways time each call)."""
     quick_retries: int = 3
     """Attempts of one work inside a single claim (tenacity), before it is put back."""
     quick_backoff_initial: float = 0.5
@@ -108,6 +109,16 @@ class DestinationWorker:
     def stop(self) -> None:
         self._stop.set()
         self._wake.set()
+
+    async def _pause_for(self, seconds: float) -> None:
+        """Sleep ``seconds`` on the clock whatever wakes come (only a stop ends it early)."""
+        sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
+        stopper = asyncio.ensure_future(self._stop.wait())
+        try:
+            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleeper.cancel()
+            stopper.cancel()
 
     def status(self) -> WorkerStatus:
         return WorkerStatus(self.destination, self.state, self.breaker.snapshot(), self.sent,
@@ -173,7 +184,9 @@ class DestinationWorker:
         except Throttled as exc:
             permit.success()
             await self._store.retry_later(work, str(exc), outcome_unknown=False,
-                                          wait=exc.wait)
+                                          wait=exc.wait, counts=False)
+            self.state = WorkerState.BACKING_OFF
+            await self._pause_for(exc.wait)  # the whole destination waits, not just the row
             return
         except (TransientError, OutcomeUnknown, TimeoutError, OSError) as exc:
             permit.failure()
@@ -210,8 +223,9 @@ class DestinationWorker:
         async for attempt in retrying:
             with attempt:
                 try:
-                    # a margin over the gateways' own HTTP timeout, which classifies better
-                    async with asyncio.timeout(self._settings.request_timeout + 5.0):
+                    # a safety net only: each HTTP call has the gateway's own timeout, and a
+                    # batch may legitimately wait on the rate limiter between its calls
+                    async with asyncio.timeout(self._settings.work_timeout):
                         return await self.gateway.send(current)
                 except (OutcomeUnknown, TimeoutError) as exc:
                     # whatever follows must read back before it resends

@@ -255,11 +255,15 @@ class OutboxStore:
         await self._runner.write(write)
 
     async def retry_later(self, work: Work, error: str, *, outcome_unknown: bool,
-                          wait: float | None = None) -> bool:
-        """Count a failed attempt; return True when the rows went to ``dead`` instead."""
+                          wait: float | None = None, counts: bool = True) -> bool:
+        """Put the work back for later; return True when the rows went to ``dead`` instead.
+
+        ``counts=False`` (a throttle: the upstream is healthy and asked us to wait) does
+        not use up an attempt.
+        """
         now = self._now()
-        attempts = work.attempt + 1
-        exhausted = attempts >= self.settings.max_attempts
+        attempts = work.attempt + 1 if counts else work.attempt
+        exhausted = counts and attempts >= self.settings.max_attempts
         if wait is None:
             base = min(self.settings.backoff_max,
                        self.settings.backoff_initial * 2 ** (attempts - 1))
@@ -335,9 +339,12 @@ class OutboxStore:
                 return None
             if r["state"] != "dead":
                 raise JobStateError(job_id, r["state"])
+            # A row whose last send may have been applied goes out again in its batch, under
+            # the batch's key and variables (the upstream replays it); a row refused for
+            # sure is batched anew under a new key (the old key would replay the refusal).
             conn.execute("UPDATE outbox SET state = ?, attempts = 0, next_attempt_at = ?,"
-                         " batch_id = NULL, updated_at = ? WHERE id = ?",
-                         (target, now, now, job_id))
+                         " batch_id = CASE WHEN outcome_unknown = 1 THEN batch_id END,"
+                         " updated_at = ? WHERE id = ?", (target, now, now, job_id))
             moved = job_dict(conn.execute("SELECT * FROM outbox WHERE id = ?",
                                           (job_id,)).fetchone())
             if extra is not None:
