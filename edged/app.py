@@ -92,7 +92,8 @@ class Daemon:
         if settled:
             log.warning("%d payments were interrupted by the last stop", settled)
         if self.sync is not None:
-            await sync_setup.start(self.sync, self.cfg, self.db, self.bus, self.clock)
+            await sync_setup.start(self.sync, self.cfg, self.db, self.bus, self.clock,
+                                   self.payments.store_pending)
         self._runner = web.AppRunner(self.app, access_log=None,
                                      shutdown_timeout=self.shutdown_grace)
         await self._runner.setup()

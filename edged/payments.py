@@ -234,6 +234,45 @@ class PaymentService:
                      {"amount": row["amount"], "currency": row["currency"],
                       "terminal": row["terminal_id"], "detail": failure})
 
+    async def store_pending(self, processor: str) -> int:
+        """The processor's link went down: accept its pending token payments offline.
+
+        Oldest first, each within the offline caps; one that does not fit stays pending
+        and is forwarded when the link returns. Returns how many were stored.
+        """
+        offline = self._cfg.offline
+        if not offline.enabled:
+            return 0
+        now = self._now()
+
+        def write(conn: sqlite3.Connection) -> list[str]:
+            stored: list[str] = []
+            totals = dict(conn.execute("SELECT currency, sum(amount) FROM payments WHERE"
+                                       " state = 'stored' GROUP BY currency").fetchall())
+            for row in conn.execute("SELECT id, amount, currency FROM payments WHERE state ="
+                                    " 'pending' AND method = 'token' AND processor = ?"
+                                    " ORDER BY n", (processor,)).fetchall():
+                total = totals.get(row["currency"], 0)
+                if row["amount"] > offline.max_payment or \
+                        total + row["amount"] > offline.max_stored_total:
+                    continue
+                totals[row["currency"]] = total + row["amount"]
+                conn.execute("UPDATE payments SET state = 'stored', updated_at = ? WHERE id = ?",
+                             (now, row["id"]))
+                audit.append(conn, "sync", "payment.stored", row["id"],
+                             {"processor": processor, "amount": row["amount"],
+                              "currency": row["currency"], "why": "link down"})
+                stored.append(row["id"])
+            return stored
+
+        ids = await self._db.write(write)
+        for payment_id in ids:
+            self._bus.publish("payment", await self.get(payment_id))
+        if ids:
+            log.warning("%s is unreachable: %d pending token payments stored offline",
+                        processor, len(ids))
+        return len(ids)
+
     # -- read -----------------------------------------------------------------------------
 
     async def get(self, payment_id: str) -> dict[str, Any]:

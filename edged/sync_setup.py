@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from typing import Any
@@ -136,13 +136,15 @@ def build(cfg: Config, db: Database, bus: EventBus, clock: Clock) -> SyncRuntime
 
 
 async def start(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventBus,
-                clock: Clock) -> None:
+                clock: Clock, on_link_down: Callable[[str], Awaitable[object]]) -> None:
     await runtime.secrets.refresh()
     await runtime.engine.start()
     runtime.tasks.append(asyncio.create_task(_wake_on_writes(runtime.engine, bus),
                                              name="sync-wake"))
     runtime.tasks.append(asyncio.create_task(_refresh_secrets(runtime, clock),
                                              name="sync-secrets"))
+    runtime.tasks.append(asyncio.create_task(_watch_links(bus, on_link_down),
+                                             name="sync-links"))
     if cfg.shopify is not None:
         runtime.scheduler = _schedule_pull(runtime, cfg, db, bus, clock)
 
@@ -155,6 +157,22 @@ async def _wake_on_writes(engine: SyncEngine, bus: EventBus) -> None:
         while True:
             await sub.queue.get()
             engine.wake()
+    finally:
+        bus.unsubscribe(sub)
+
+
+async def _watch_links(bus: EventBus, on_link_down: Callable[[str], Awaitable[object]]) -> None:
+    """Tell the daemon when a destination's breaker opens (its link is down)."""
+    sub = bus.subscribe(frozenset({"sync"}))
+    try:
+        while True:
+            event = await sub.queue.get()
+            data = event.data
+            if data.get("event") == "breaker" and data.get("to") == "open":
+                try:
+                    await on_link_down(str(data.get("destination")))
+                except Exception:  # a failed reaction must not stop the watching
+                    log.exception("reacting to %s going down failed", data.get("destination"))
     finally:
         bus.unsubscribe(sub)
 

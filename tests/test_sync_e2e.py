@@ -768,7 +768,8 @@ async def test_token_payments_online_declined_offline_and_forwarded(tmp_path: Pa
             assert stripe.replays[keys_after[-1]] == 1
             assert await payment_state(api, declined) == "declined"
 
-            # Stripe down: pending payments fail, the breaker opens, then payments are stored
+            # Stripe down: pending payments wait; once the breaker opens they are accepted
+            # offline (stored, within the caps), and new ones are stored at once
             await stripe.faults.refuse()
             waiting = []
             for amount in (1000, 1100, 1300):
@@ -780,16 +781,20 @@ async def test_token_payments_online_declined_offline_and_forwarded(tmp_path: Pa
                 await until(lambda: _open_for(api, "stripe", 0.5), "an open Stripe breaker")
                 return await token_payment(api, amount, method)
 
-            status, body = await while_open(4000)
+            for pid in waiting:
+                await until(partial(reaches, api, pid, "stored"), f"{pid} stored offline")
+            status, body = await while_open(4000)  # 3400 + 4000 stored
             assert status == 201 and body["state"] == "stored", body
             stored = body["id"]
             status, body = await while_open(6000)
             assert status == 422 and body["error"]["code"] == "ERR-2010", body
-            status, body = await while_open(3000, "pm_card_chargeDeclined")
+            status, body = await while_open(500, "pm_card_chargeDeclined")  # 7900 stored
             assert status == 201 and body["state"] == "stored", body
             stored_declined = body["id"]
-            status, body = await while_open(2000)  # 4000 + 3000 stored; 8000 allowed
+            status, body = await while_open(200)  # 8100 > the 8000 allowed
             assert status == 422 and body["error"]["code"] == "ERR-2011", body
+            _, summary = await api.get("/v1/sync")
+            assert summary["offline"]["stored"][0]["total"] == 7900
             entry = await sync_entry(api, "stripe")
             assert entry["pending"] + entry["inflight"] == 5
 
