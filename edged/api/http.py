@@ -50,26 +50,20 @@ class Ctx:
         return self.request.match_info[name]
 
     def query_int(self, name: str, default: int, low: int, high: int) -> int:
-        raw = self.request.query.get(name)
-        if raw is None or raw == "":
-            return default
-        try:
-            value = int(raw)
-        except ValueError:
-            raise ApiError("ERR-1013", f"query parameter {name} must be a whole number,"
-                           f" not {raw!r}") from None
-        if not low <= value <= high:
-            raise ApiError("ERR-1013", f"query parameter {name} must be from {low} to {high}")
-        return value
+        return int(self._query_number(name, default, low, high, int, "a whole number"))
 
     def query_float(self, name: str, default: float, low: float, high: float) -> float:
+        return self._query_number(name, default, low, high, float, "a number of seconds")
+
+    def _query_number(self, name: str, default: float, low: float, high: float,
+                      parse: Callable[[str], float], what: str) -> float:
         raw = self.request.query.get(name)
         if raw is None or raw == "":
             return default
         try:
-            value = float(raw)
+            value = parse(raw)
         except ValueError:
-            raise ApiError("ERR-1013", f"query parameter {name} must be a number of seconds,"
+            raise ApiError("ERR-1013", f"query parameter {name} must be {what},"
                            f" not {raw!r}") from None
         if not low <= value <= high:
             raise ApiError("ERR-1013", f"query parameter {name} must be from {low} to {high}")
