@@ -36,7 +36,7 @@ class EventBus:
         self._queue_size = queue_size
         self._recent: list[Event] = []
         self._recent_max = recent
-        self._watchers: dict[str, set[asyncio.Event]] = {}
+        self._watchers: dict[str, set[asyncio.Future[dict[str, Any]]]] = {}
 
     def publish(self, kind: str, data: dict[str, Any]) -> Event:
         event = Event(next(self._ids), kind, data)
@@ -55,7 +55,8 @@ class EventBus:
         subject = data.get("id")
         if isinstance(subject, str):
             for waiter in self._watchers.pop(subject, set()):
-                waiter.set()
+                if not waiter.done():
+                    waiter.set_result(data)
         return event
 
     def subscribe(self, kinds: frozenset[str] = frozenset()) -> Subscription:
@@ -69,16 +70,17 @@ class EventBus:
     def recent(self, kind: str | None = None) -> list[Event]:
         return [e for e in self._recent if kind is None or e.kind == kind]
 
-    def watch(self, subject_id: str) -> asyncio.Event:
-        """An asyncio.Event set at the next event about ``subject_id``."""
-        waiter = asyncio.Event()
+    def watch(self, subject_id: str) -> asyncio.Future[dict[str, Any]]:
+        """A future holding the data of the next event about ``subject_id``."""
+        waiter: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._watchers.setdefault(subject_id, set()).add(waiter)
         return waiter
 
-    def unwatch(self, subject_id: str, waiter: asyncio.Event) -> None:
+    def unwatch(self, subject_id: str, waiter: asyncio.Future[dict[str, Any]]) -> None:
         waiters = self._watchers.get(subject_id)
         if waiters is not None:
             waiters.discard(waiter)
+            waiter.cancel()
             if not waiters:
                 del self._watchers[subject_id]
 

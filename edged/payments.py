@@ -292,9 +292,11 @@ class PaymentService:
                 if body["state"] in records.FINAL_PAYMENT_STATES or remaining <= 0:
                     return body
                 try:
-                    await asyncio.wait_for(waiter.wait(), remaining)
+                    data = await asyncio.wait_for(waiter, remaining)
                 except TimeoutError:
                     return await self.get(payment_id)
+                if "refunds" in data and data["state"] in records.FINAL_PAYMENT_STATES:
+                    return data  # the full payment as committed: no need to read it back
             finally:
                 self._bus.unwatch(payment_id, waiter)
 
