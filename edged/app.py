@@ -75,9 +75,8 @@ class Daemon:
             payment_limits=ClientBuckets(self.cfg.api.payment_rate_per_second,
                                          self.cfg.api.payment_rate_burst, self.clock),
             sync_status=self.sync_status,
+            outbox=self.outbox,
         )
-        self.services.extras["stopping"] = asyncio.Event()
-        self.services.extras["outbox"] = self.outbox
         self.app = build_web_app(self.services)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -109,7 +108,7 @@ class Daemon:
     async def stop(self) -> None:
         """Refuse new requests, finish those in flight, close the lines and the database."""
         self.app[DRAINING][0] = True
-        self.services.extras["stopping"].set()
+        self.services.stopping.set()
         if self._runner is not None:
             await self._runner.cleanup()
         if self.sync is not None:

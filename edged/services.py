@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,6 +18,7 @@ from edged.payments import PaymentService
 from edged.store import Database
 from edged.terminals import TerminalManager
 from sync.clock import Clock
+from sync.outbox import OutboxStore
 
 TOKEN_CACHE_SECONDS = 10.0
 
@@ -36,9 +38,10 @@ class Services:
     limits: ClientBuckets
     payment_limits: ClientBuckets
     sync_status: SyncStatus
+    outbox: OutboxStore
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
     allowed_hosts: frozenset[str] = frozenset()
     key_locks: KeyLocks = field(default_factory=KeyLocks)
-    extras: dict[str, Any] = field(default_factory=dict)
     _tokens: dict[str, tuple[tokens.Principal, float]] = field(default_factory=dict)
 
     async def principal(self, token: str) -> tokens.Principal | None:

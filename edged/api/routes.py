@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import json
 import sqlite3
-from datetime import datetime
 from typing import Any
 
 from aiohttp import web
@@ -17,7 +16,7 @@ from edged.errors import ApiError
 from edged.inventory import ItemRef, OrderLine, StockChange
 from edged.payments import Answer, NewPayment
 from edged.records import FINAL_PAYMENT_STATES
-from sync.outbox import JOB_STATES, JobStateError, OutboxStore
+from sync.outbox import JOB_STATES, JobStateError
 
 _BODY_ERRORS = ("ERR-1001", "ERR-1002", "ERR-1003", "ERR-1004", "ERR-1005", "ERR-1006",
                 "ERR-1007", "ERR-1008", "ERR-1009", "ERR-1010", "ERR-1014")
@@ -134,18 +133,13 @@ async def sync_status(ctx: Ctx) -> Answer:
     return Answer(200, await ctx.services.sync_status())
 
 
-def _outbox(ctx: Ctx) -> OutboxStore:
-    store: OutboxStore = ctx.services.extras["outbox"]
-    return store
-
-
 async def list_jobs(ctx: Ctx) -> Answer:
     state = ctx.request.query.get("state") or None
     if state is not None and state not in JOB_STATES:
         raise ApiError("ERR-1013", f"state must be one of {', '.join(JOB_STATES)}")
     destination = ctx.request.query.get("destination") or None
     limit = ctx.query_int("limit", 100, 1, 500)
-    return Answer(200, {"data": await _outbox(ctx).jobs(state, destination, limit)})
+    return Answer(200, {"data": await ctx.services.outbox.jobs(state, destination, limit)})
 
 
 async def retry_job(ctx: Ctx) -> Answer:
@@ -167,7 +161,7 @@ async def _move_job(ctx: Ctx, action: str) -> Answer:
         assert ctx.idem is not None
         idempotency.save(conn, ctx.idem, 200, job)
 
-    store = _outbox(ctx)
+    store = ctx.services.outbox
     try:
         job = await (store.retry_dead(int(raw), record) if action == "retry"
                      else store.discard(int(raw), record))
@@ -190,7 +184,7 @@ async def events(ctx: Ctx) -> web.StreamResponse:
                                            "X-Accel-Buffering": "no"})
     await response.prepare(ctx.request)
     sub = bus.subscribe(kinds)
-    stopping: asyncio.Event = ctx.services.extras["stopping"]
+    stopping = ctx.services.stopping
     try:
         await response.write(b": edged events\n\n")
         while not stopping.is_set() and not sub.dropped:
@@ -235,13 +229,6 @@ async def metrics(ctx: Ctx) -> web.StreamResponse:
     text = ctx.services.metrics.render()
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Version": "0.0.4"})
-
-
-def _age(stamp: str | None, now: datetime) -> float | None:
-    if stamp is None:
-        return None
-    return round((now - datetime.fromisoformat(stamp.replace("Z", "+00:00"))).total_seconds(),
-                 3)
 
 
 ROUTES: tuple[Route, ...] = (
