@@ -134,6 +134,11 @@ class TerminalManager:
                 await done(result, subject_id)
                 if result is not None and result.outcome is Outcome.UNKNOWN:
                     await self._recheck(lane)
+            except Exception:  # e.g. the disk is full: the row stays in progress
+                log.exception("terminal %s: the outcome of %s (%s) could not be recorded; it"
+                              " stays in progress and becomes unknown at the next start",
+                              terminal_id, subject_id,
+                              result.outcome.value if result else "not sent")
             finally:
                 if lane.state is not TerminalState.OFFLINE:
                     lane.last_seen = self._clock.now()

@@ -110,15 +110,19 @@ class DestinationWorker:
         self._stop.set()
         self._wake.set()
 
-    async def _pause_for(self, seconds: float) -> None:
-        """Sleep ``seconds`` on the clock whatever wakes come (only a stop ends it early)."""
+    async def _sleep(self, seconds: float, until: asyncio.Event) -> None:
+        """Sleep ``seconds`` on the clock, or less if ``until`` is set meanwhile."""
         sleeper = asyncio.ensure_future(self._clock.sleep(seconds))
-        stopper = asyncio.ensure_future(self._stop.wait())
+        waiter = asyncio.ensure_future(until.wait())
         try:
-            await asyncio.wait({sleeper, stopper}, return_when=asyncio.FIRST_COMPLETED)
+            await asyncio.wait({sleeper, waiter}, return_when=asyncio.FIRST_COMPLETED)
         finally:
             sleeper.cancel()
-            stopper.cancel()
+            waiter.cancel()
+
+    async def _pause_for(self, seconds: float) -> None:
+        """Sleep ``seconds`` whatever wakes come (only a stop ends it early)."""
+        await self._sleep(seconds, self._stop)
 
     def status(self) -> WorkerStatus:
         return WorkerStatus(self.destination, self.state, self.breaker.snapshot(), self.sent,
@@ -130,13 +134,9 @@ class DestinationWorker:
             self._wake.clear()
             return
         timeout = self._settings.idle_poll if seconds is None else seconds
-        sleeper = asyncio.ensure_future(self._clock.sleep(timeout))
-        waker = asyncio.ensure_future(self._wake.wait())
         try:
-            await asyncio.wait({sleeper, waker}, return_when=asyncio.FIRST_COMPLETED)
+            await self._sleep(timeout, self._wake)  # stop() sets the wake-up too
         finally:
-            sleeper.cancel()
-            waker.cancel()
             self._wake.clear()
 
     async def run(self) -> None:
