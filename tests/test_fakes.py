@@ -150,8 +150,8 @@ def test_schema_missing_fails_with_a_clear_message(monkeypatch: pytest.MonkeyPat
     with pytest.raises(SchemaMissingError, match="EDGED_SHOPIFY_SCHEMA"):
         load_admin_schema()
     monkeypatch.delenv("EDGED_SHOPIFY_SCHEMA")
-    assert shopify_fake.schema_path() == Path(__file__).resolve().parents[1].parent / \
-        "shared" / "shopify" / "admin.graphql"
+    assert shopify_fake.schema_path() == Path(__file__).resolve().parent / "fixtures" / \
+        "shopify" / "admin.graphql"
 
 
 async def test_shopify_pull_shapes_paginate(shop: FakeShopify,

@@ -172,7 +172,7 @@ from .base import Clock, FakeServer, canonical, json_response
 
 SCHEMA_ENV = "EDGED_SHOPIFY_SCHEMA"
 REPO_ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_SCHEMA_PATH = REPO_ROOT.parent / "shared" / "shopify" / "admin.graphql"
+DEFAULT_SCHEMA_PATH = REPO_ROOT / "tests" / "fixtures" / "shopify" / "admin.graphql"
 
 #: A recent API version for tests (the fake accepts any ``YYYY-MM`` and ``unstable``).
 API_VERSION = "2026-10"
@@ -183,7 +183,7 @@ class SchemaMissingError(FileNotFoundError):
 
 
 def schema_path() -> Path:
-    """``$EDGED_SHOPIFY_SCHEMA`` or ``<repo>/../shared/shopify/admin.graphql``."""
+    """``$EDGED_SHOPIFY_SCHEMA`` or the project's copy in ``tests/fixtures/shopify/``."""
     env = os.environ.get(SCHEMA_ENV)
     return Path(env) if env else DEFAULT_SCHEMA_PATH
 
@@ -194,9 +194,9 @@ def _build(path: str) -> GraphQLSchema:
     if not p.is_file():
         raise SchemaMissingError(
             f"Shopify Admin GraphQL schema not found at {p}. The Shopify fake validates every "
-            f"document against Shopify's published SDL, expected at ../shared/shopify/"
-            f"admin.graphql relative to the repository root ({REPO_ROOT}); set {SCHEMA_ENV} "
-            f"to its path if it lives elsewhere. It is not copied into the project."
+            f"document against Shopify's published SDL, kept in the repository at "
+            f"tests/fixtures/shopify/admin.graphql ({REPO_ROOT}); set {SCHEMA_ENV} "
+            f"to its path if it lives elsewhere."
         )
     # Shopify's SDL trips one of graphql-core's own schema rules: assume it valid.
     return build_schema(p.read_text(encoding="utf-8"), assume_valid=True)
