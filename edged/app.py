@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edged import outbox, sync_setup
+from edged import sync_setup
 from edged.api.http import (
     DRAINING,
     SERVICES,
@@ -31,6 +31,7 @@ from edged.services import Services
 from edged.store import Database
 from edged.sync_hooks import StoreHooks
 from edged.terminals import TerminalManager
+from sync import outbox
 from sync.clock import Clock, SystemClock
 from sync.outbox import OutboxStore
 

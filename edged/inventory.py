@@ -11,7 +11,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from edged import audit, idempotency, outbox, records
+from edged import audit, idempotency, records
 from edged.config import Config
 from edged.errors import ApiError
 from edged.events import EventBus
@@ -19,6 +19,7 @@ from edged.idempotency import IdemRecord
 from edged.ids import new_id
 from edged.payments import Answer
 from edged.store import Database
+from sync import contract, outbox
 from sync.clock import Clock, utc_iso
 
 MAX_DELTA = 1_000_000
@@ -163,8 +164,7 @@ class InventoryService:
             body = records.get_order(conn, order_id)
             assert body is not None
             if self._cfg.shopify is not None:
-                outbox.enqueue(conn, "shopify", outbox.ORDER_CREATE, order_id,
-                               self._order_payload(body, items, payments))
+                outbox.enqueue(conn, "shopify", self._order_payload(body, items, payments), now)
             idempotency.save(conn, idem, 201, body)
             return Answer(201, body)
 
@@ -191,22 +191,21 @@ class InventoryService:
         return rows
 
     def _order_payload(self, order: dict[str, Any], items: list[sqlite3.Row],
-                       payments: list[sqlite3.Row]) -> dict[str, Any]:
+                       payments: list[sqlite3.Row]) -> contract.OrderCreate:
         """Everything Shopify's orderCreate needs, fixed at the time of sale."""
-        return {
-            "order_id": order["id"], "reference": order["reference"],
-            "currency": order["currency"], "processed_at": order["created_at"],
-            "source_identifier": self._store_uri("orders", order["id"]),
-            "lines": [{"variant_id": item["variant_id"], "sku": item["sku"],
-                       "title": item["title"], "quantity": ln["quantity"],
-                       "price": ln["price"]} for ln, item in zip(order["lines"], items,
-                                                                  strict=True)],
-            "transactions": [{"payment_id": p["id"], "method": p["method"],
-                              "gateway": p["processor"] or p["method"], "amount": p["amount"],
-                              "currency": p["currency"], "auth_code": p["auth_code"],
-                              "processed_at": p["finished_at"] or p["created_at"]}
-                             for p in payments],
-        }
+        return contract.OrderCreate(
+            order_id=order["id"], reference=order["reference"],
+            currency=order["currency"], processed_at=order["created_at"],
+            source_identifier=self._store_uri("orders", order["id"]),
+            lines=tuple(contract.OrderLine(variant_id=item["variant_id"], sku=item["sku"],
+                                           title=item["title"], quantity=ln["quantity"],
+                                           price=ln["price"])
+                        for ln, item in zip(order["lines"], items, strict=True)),
+            transactions=tuple(contract.OrderTransaction(
+                payment_id=p["id"], method=p["method"], gateway=p["processor"] or p["method"],
+                amount=p["amount"], currency=p["currency"], auth_code=p["auth_code"],
+                processed_at=p["finished_at"] or p["created_at"]) for p in payments),
+        )
 
     # -- adjustments ----------------------------------------------------------------------
 
@@ -227,11 +226,11 @@ class InventoryService:
                                    " source_id, created_at) VALUES (?, ?, 'adjustment', ?, ?)",
                                    (item["id"], ch.delta, adjustment_id, now))
                 if self._cfg.shopify is not None:
-                    outbox.enqueue(conn, "shopify", outbox.INVENTORY_ADJUST, adjustment_id, {
-                        "adjustment_id": adjustment_id, "delta_id": cur.lastrowid,
-                        "inventory_item_id": item["inventory_item_id"],
-                        "delta": ch.delta, "reason": reason, "reference_uri": uri,
-                    })
+                    assert cur.lastrowid is not None
+                    outbox.enqueue(conn, "shopify", contract.InventoryAdjust(
+                        adjustment_id=adjustment_id, delta_id=cur.lastrowid,
+                        inventory_item_id=item["inventory_item_id"], delta=ch.delta,
+                        reason=reason, reference_uri=uri), now)
                 quantity, _, _ = records.local_stock(conn, item["id"])
                 result.append({"sku": item["sku"], "inventory_item_id":
                                item["inventory_item_id"], "delta": ch.delta,

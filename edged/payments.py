@@ -22,7 +22,7 @@ from drivers.base import (
     TransactionRequest,
     TransactionResult,
 )
-from edged import audit, idempotency, outbox, records
+from edged import audit, idempotency, records
 from edged.config import Config
 from edged.errors import ApiError
 from edged.events import EventBus
@@ -30,7 +30,9 @@ from edged.idempotency import IdemRecord
 from edged.ids import new_id
 from edged.store import Database
 from edged.terminals import TerminalManager
+from sync import outbox
 from sync.clock import Clock, utc_iso
+from sync.contract import PaymentForward, RefundCreate
 
 log = logging.getLogger(__name__)
 
@@ -84,7 +86,9 @@ class PaymentService:
 
     async def _create_token(self, new: NewPayment, idem: IdemRecord, actor: str) -> Answer:
         """Forward through the processor's outbox; stored within the caps if offline."""
-        processor = new.processor
+        processor, token = new.processor, new.token
+        if token is None:
+            raise ApiError("ERR-2004", "method token needs a token")
         if processor is None or processor not in self._cfg.destinations:
             raise ApiError("ERR-2009", f"token payments need processor stripe or square"
                            f" configured on this daemon (configured:"
@@ -116,9 +120,9 @@ class PaymentService:
                 " ?, ?, ?)",
                 (payment_id, state, new.amount, new.currency, new.reference, processor,
                  new.token, now, now))
-            outbox.enqueue(conn, processor, outbox.PAYMENT_FORWARD, payment_id, {
-                "payment_id": payment_id, "amount": new.amount, "currency": new.currency,
-                "token": new.token, "reference": new.reference, "created_at": now})
+            outbox.enqueue(conn, processor, PaymentForward(
+                payment_id=payment_id, amount=new.amount, currency=new.currency,
+                token=token, reference=new.reference, created_at=now), now)
             audit.append(conn, actor, f"payment.{state}", payment_id,
                          {"method": "token", "processor": processor, "amount": new.amount,
                           "currency": new.currency})
@@ -378,10 +382,10 @@ class PaymentService:
                          {"payment": payment_id, "amount": amount, "currency": row["currency"],
                           "reason": reason})
             if via_processor:
-                outbox.enqueue(conn, row["processor"], outbox.REFUND_CREATE, refund_id, {
-                    "refund_id": refund_id, "payment_id": payment_id,
-                    "processor_ref": row["processor_ref"], "amount": amount,
-                    "currency": row["currency"], "reason": reason})
+                outbox.enqueue(conn, row["processor"], RefundCreate(
+                    refund_id=refund_id, payment_id=payment_id,
+                    processor_ref=row["processor_ref"], amount=amount,
+                    currency=row["currency"], reason=reason), now)
             body = records.refund_dict(records.refund_row(conn, refund_id))  # type: ignore[arg-type]
             status = 202 if on_terminal or via_processor else 201
             idempotency.save(conn, idem, status, body)

@@ -11,8 +11,9 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from edged import audit, outbox
+from edged import audit
 from sync.clock import Clock, utc_iso
+from sync.contract import InventoryAdjust, InventorySet, OutboxKind, PaymentForward, decode
 from sync.gateway import OutboxRow, RowFailure
 
 log = logging.getLogger(__name__)
@@ -34,16 +35,17 @@ class StoreHooks:
     def applied(self, conn: sqlite3.Connection, row: OutboxRow,
                 result: Mapping[str, Any]) -> list[Event]:
         now = self._now()
-        if row.kind == outbox.ORDER_CREATE:
+        payload = decode(row.kind, row.payload)
+        if row.kind == OutboxKind.ORDER_CREATE:
             conn.execute("UPDATE stock_deltas SET acknowledged = 1, acknowledged_at = ?"
                          " WHERE source = 'sale' AND source_id = ? AND acknowledged = 0",
                          (now, row.subject_id))
-        elif row.kind == outbox.INVENTORY_ADJUST:
+        elif isinstance(payload, InventoryAdjust | InventorySet):
             conn.execute("UPDATE stock_deltas SET acknowledged = 1, acknowledged_at = ?"
-                         " WHERE id = ? AND acknowledged = 0", (now, row.payload["delta_id"]))
-        elif row.kind == outbox.PAYMENT_FORWARD:
-            return self._payment_forwarded(conn, row, result, now)
-        elif row.kind == outbox.REFUND_CREATE:
+                         " WHERE id = ? AND acknowledged = 0", (now, payload.delta_id))
+        elif isinstance(payload, PaymentForward):
+            return self._payment_forwarded(conn, row, payload, result, now)
+        elif row.kind == OutboxKind.REFUND_CREATE:
             conn.execute("UPDATE refunds SET state = 'succeeded', processor_ref = ?,"
                          " updated_at = ? WHERE id = ? AND state = 'queued'",
                          (result.get("processor_ref"), now, row.subject_id))
@@ -53,7 +55,8 @@ class StoreHooks:
         return []
 
     def _payment_forwarded(self, conn: sqlite3.Connection, row: OutboxRow,
-                           result: Mapping[str, Any], now: str) -> list[Event]:
+                           payload: PaymentForward, result: Mapping[str, Any],
+                           now: str) -> list[Event]:
         conn.execute(
             "UPDATE payments SET state = 'approved', processor_ref = ?, brand ="
             " coalesce(?, brand), last4 = coalesce(?, last4), updated_at = ?,"
@@ -62,15 +65,14 @@ class StoreHooks:
              row.subject_id))
         audit.append(conn, row.destination, "payment.approved", row.subject_id,
                      {"processor_ref": result.get("processor_ref"),
-                      "amount": row.payload.get("amount"),
-                      "currency": row.payload.get("currency")})
+                      "amount": payload.amount, "currency": payload.currency})
         return [("payment", {"id": row.subject_id, "state": "approved"})]
 
     def failed(self, conn: sqlite3.Connection, row: OutboxRow,
                failure: RowFailure) -> list[Event]:
         now = self._now()
         events: list[Event] = []
-        if row.kind == outbox.PAYMENT_FORWARD:
+        if row.kind == OutboxKind.PAYMENT_FORWARD:
             current = conn.execute("SELECT state FROM payments WHERE id = ?",
                                    (row.subject_id,)).fetchone()
             state: str | None = current[0] if current else None
@@ -91,7 +93,7 @@ class StoreHooks:
                 events.append(("alert", {"kind": "payment.forward_failed",
                                          "payment": row.subject_id, "state": new,
                                          "message": failure.message}))
-        elif row.kind == outbox.REFUND_CREATE:
+        elif row.kind == OutboxKind.REFUND_CREATE:
             conn.execute("UPDATE refunds SET state = 'failed', failure = ?, updated_at = ?"
                          " WHERE id = ? AND state = 'queued'",
                          (f"{failure.code}: {failure.message}", now, row.subject_id))

@@ -1,10 +1,9 @@
-"""The drain side of the outbox: claims with leases, fixed batches, outcomes.
-
-The daemon writes rows in the transaction of the business change (``edged.outbox``); this
-module moves them: ``pending → inflight`` under a lease, then ``done``, back to
-``pending`` with a later ``next_attempt_at``, or ``dead``. It talks SQL to the shared
-table through a :class:`TxRunner` (the daemon's store), and lets the daemon apply the
-business consequences of an outcome in the same transaction through :class:`OutboxHooks`.
+"""The outbox: the daemon writes rows with :func:`enqueue` in the transaction of the
+business change (payloads are the dataclasses of ``sync.contract``); this module then moves
+them: ``pending → inflight`` under a lease, then ``done``, back to ``pending`` with a later
+``next_attempt_at``, or ``dead``. It talks SQL to the shared table through a
+:class:`TxRunner` (the daemon's store), and lets the daemon apply the business consequences
+of an outcome in the same transaction through :class:`OutboxHooks`.
 
 A batch's members, key and variables are stored in ``outbox_batches`` before its first
 send, so a retry sends identical variables under the same key. A row left ``inflight`` by
@@ -25,6 +24,7 @@ from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
 from sync.clock import Clock, utc_iso
+from sync.contract import Payload, redacted
 from sync.errors import SyncError
 from sync.gateway import Gateway, OutboxRow, RowFailure, Work, WorkResult
 
@@ -33,6 +33,53 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 JOB_STATES = ("pending", "inflight", "done", "dead", "discarded")
+
+
+def new_key() -> str:
+    """35 characters: inside every upstream's limit (Square refunds: 45)."""
+    return "ed-" + secrets.token_hex(16)
+
+
+def enqueue(conn: sqlite3.Connection, destination: str, payload: Payload, now: str) -> int:
+    """Queue ``payload`` for ``destination`` in the caller's transaction; the row's id.
+
+    The row's kind and subject come from the payload; its idempotency key is fixed here,
+    for every attempt, forever. ``now`` (UTC ISO, from the caller's clock) is when it is due.
+    """
+    cur = conn.execute(
+        "INSERT INTO outbox (destination, kind, subject_id, idempotency_key, payload,"
+        " created_at, updated_at, next_attempt_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+        (destination, payload.KIND.value, payload.subject, new_key(),
+         json.dumps(payload.to_json(), sort_keys=True, separators=(",", ":")), now, now, now),
+    )
+    assert cur.lastrowid is not None
+    return cur.lastrowid
+
+
+@dataclass(frozen=True, slots=True)
+class QueueDepth:
+    destination: str
+    pending: int
+    inflight: int
+    dead: int
+    oldest_pending_at: str | None
+
+
+def depths(conn: sqlite3.Connection, destinations: tuple[str, ...]) -> list[QueueDepth]:
+    """Per destination: rows waiting, in flight and dead, and the oldest one waiting."""
+    counts: dict[tuple[str, str], int] = {}
+    for row in conn.execute(
+        "SELECT destination, state, count(*) FROM outbox"
+        " WHERE state IN ('pending', 'inflight', 'dead') GROUP BY destination, state"
+    ):
+        counts[(row[0], row[1])] = row[2]
+    oldest = dict(conn.execute(
+        "SELECT destination, min(created_at) FROM outbox"
+        " WHERE state IN ('pending', 'inflight') GROUP BY destination"
+    ).fetchall())
+    names = sorted(set(destinations) | {d for d, _ in counts})
+    return [QueueDepth(d, counts.get((d, "pending"), 0), counts.get((d, "inflight"), 0),
+                       counts.get((d, "dead"), 0), oldest.get(d)) for d in names]
 
 
 class TxRunner(Protocol):
@@ -74,14 +121,18 @@ def _row(r: sqlite3.Row) -> OutboxRow:
                      last_error=r["last_error"], created_at=r["created_at"])
 
 
-def job_dict(r: sqlite3.Row) -> dict[str, Any]:
-    """A row as ``GET /v1/sync/jobs`` shows it (the payload included: it holds no secret)."""
+def job_dict(r: sqlite3.Row, *, secrets_shown: bool = True) -> dict[str, Any]:
+    """A row as ``GET /v1/sync/jobs`` shows it; without ``secrets_shown`` the payload's
+    secret fields (``sync.contract.SECRET_FIELDS``: payment-method tokens) are redacted."""
+    payload = json.loads(r["payload"])
+    if not secrets_shown and isinstance(payload, dict):
+        payload = redacted(r["kind"], payload)
     return {"id": r["id"], "destination": r["destination"], "kind": r["kind"],
             "subject_id": r["subject_id"], "state": r["state"], "attempts": r["attempts"],
             "next_attempt_at": r["next_attempt_at"], "last_error": r["last_error"],
             "outcome_unknown": bool(r["outcome_unknown"]), "batch_id": r["batch_id"],
             "created_at": r["created_at"], "updated_at": r["updated_at"],
-            "payload": json.loads(r["payload"])}
+            "payload": payload}
 
 
 class OutboxStore:

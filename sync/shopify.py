@@ -64,6 +64,14 @@ from typing import Any
 import aiohttp
 
 from sync.clock import Clock
+from sync.contract import (
+    ContractError,
+    InventoryAdjust,
+    InventorySet,
+    OrderCreate,
+    OutboxKind,
+    decode,
+)
 from sync.errors import (
     CredentialsRequired,
     OutcomeUnknown,
@@ -84,9 +92,9 @@ from sync.money import (
 logger = logging.getLogger(__name__)
 
 DESTINATION = "shopify"
-INVENTORY_ADJUST = "inventory.adjust"
-INVENTORY_SET = "inventory.set"
-ORDER_CREATE = "order.create"
+INVENTORY_ADJUST = OutboxKind.INVENTORY_ADJUST
+INVENTORY_SET = OutboxKind.INVENTORY_SET
+ORDER_CREATE = OutboxKind.ORDER_CREATE
 
 #: Shopify's array inputs hold at most 250 items: the most rows one batch may carry.
 MAX_BATCH = 250
@@ -441,42 +449,22 @@ _GROUP_SELECTION = """{
   }"""
 
 
-def _text(payload: Mapping[str, Any], key: str, *, optional: bool = False) -> str | None:
-    value = payload.get(key)
-    if value is None and optional:
-        return None
-    if not isinstance(value, str) or not value:
-        raise ValueError(f"payload field {key!r} must be a non-empty string, got {value!r}")
-    return value
-
-
-def _integer(payload: Mapping[str, Any], key: str, *, optional: bool = False) -> int | None:
-    value = payload.get(key)
-    if value is None and optional:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ValueError(f"payload field {key!r} must be an integer, got {value!r}")
-    return value
-
-
-def _inventory_entry(kind: str, payload: Mapping[str, Any],
+def _inventory_entry(kind: str, stored: Mapping[str, Any],
                      location_id: str) -> tuple[str, str | None, str, dict[str, Any]]:
     """(reason, reference URI, item id, the change/quantity input) of one row."""
-    item = _text(payload, "inventory_item_id")
-    reason = _text(payload, "reason")
-    reference = _text(payload, "reference_uri", optional=True)
-    location = _text(payload, "location_id", optional=True) or location_id
-    assert item is not None and reason is not None
-    if kind == INVENTORY_ADJUST:
-        change: dict[str, Any] = {"inventoryItemId": item, "locationId": location,
-                                  "delta": _integer(payload, "delta"),
-                                  "changeFromQuantity": None}
+    payload = decode(kind, stored)
+    assert isinstance(payload, InventoryAdjust | InventorySet)
+    item = payload.inventory_item_id
+    if not item or not payload.reason:
+        raise ContractError("inventory_item_id and reason must not be empty")
+    location = payload.location_id or location_id
+    change: dict[str, Any] = {"inventoryItemId": item, "locationId": location}
+    if isinstance(payload, InventoryAdjust):
+        change.update(delta=payload.delta, changeFromQuantity=None)
     else:
-        change = {"inventoryItemId": item, "locationId": location,
-                  "quantity": _integer(payload, "quantity"),
-                  "changeFromQuantity": _integer(payload, "last_known_quantity",
-                                                 optional=True)}
-    return reason, reference, item, change
+        change.update(quantity=payload.quantity,
+                      changeFromQuantity=payload.last_known_quantity)
+    return payload.reason, payload.reference_uri, item, change
 
 
 def plan_inventory(kind: str, rows: Sequence[OutboxRow], location_id: str) -> dict[str, Any]:
@@ -494,8 +482,8 @@ def plan_inventory(kind: str, rows: Sequence[OutboxRow], location_id: str) -> di
     for row in rows:
         try:
             reason, reference, item, change = _inventory_entry(kind, row.payload, location_id)
-        except ValueError as exc:
-            invalid.append({"row": row.id, "message": str(exc)})
+        except ContractError as exc:
+            invalid.append({"row": row.id, "message": exc.message})
             continue
         key = (reason, reference)
         group = open_groups.get(key)
@@ -708,56 +696,45 @@ def order_search_query(source_identifier: str) -> str:
     return f'source_identifier:"{escaped}"'
 
 
-def build_order(payload: Mapping[str, Any], settings: ShopifySettings) -> dict[str, Any]:
-    """``orderCreate``'s variables for an ``order.create`` row; ``ValueError`` if unusable.
+def build_order(stored: Mapping[str, Any], settings: ShopifySettings) -> dict[str, Any]:
+    """``orderCreate``'s variables for an ``order.create`` row; ``ContractError`` if unusable.
 
     Prices and amounts are minor units in the payload and decimal strings for Shopify.
     The sale is fulfilled at the store's location (the goods left with the customer), so
     ``DECREMENT_IGNORING_POLICY`` takes its stock off that location, never another one.
     """
-    currency = _text(payload, "currency")
-    source_identifier = _text(payload, "source_identifier")
-    processed_at = _text(payload, "processed_at")
-    assert currency is not None and source_identifier is not None
-    currency = currency.upper()
+    payload = OrderCreate.from_json(stored)
+    currency = payload.currency.upper()
+    source_identifier, processed_at = payload.source_identifier, payload.processed_at
+    reference = payload.reference
     currency_exponent(currency)
-    reference = payload.get("reference")
-    lines_in = payload.get("lines")
-    if not isinstance(lines_in, list) or not lines_in:
-        raise ValueError("an order needs at least one line")
+    if not payload.lines:
+        raise ContractError("an order needs at least one line")
     lines: list[dict[str, Any]] = []
-    for i, line in enumerate(lines_in):
-        if not isinstance(line, Mapping):
-            raise ValueError(f"lines[{i}] is not an object")
-        quantity = _integer(line, "quantity")
-        price = _integer(line, "price")
-        assert quantity is not None and price is not None
-        item: dict[str, Any] = {"quantity": quantity, "priceSet": _money(price, currency)}
-        variant = line.get("variant_id")
-        if isinstance(variant, str) and variant:
-            item["variantId"] = variant
+    for i, line in enumerate(payload.lines):
+        item: dict[str, Any] = {"quantity": line.quantity,
+                                "priceSet": _money(line.price, currency)}
+        if line.variant_id:
+            item["variantId"] = line.variant_id
         else:  # an item Shopify does not know: a custom line
-            item["title"] = _text(line, "title")
-            sku = line.get("sku")
-            if isinstance(sku, str) and sku:
-                item["sku"] = sku
+            if not line.title:
+                raise ContractError(f"lines[{i}] has neither a variant_id nor a title")
+            item["title"] = line.title
+            if line.sku:
+                item["sku"] = line.sku
             item["requiresShipping"] = False
         lines.append(item)
     transactions: list[dict[str, Any]] = []
-    for i, txn in enumerate(payload.get("transactions") or ()):
-        if not isinstance(txn, Mapping):
-            raise ValueError(f"transactions[{i}] is not an object")
-        amount = _integer(txn, "amount")
-        assert amount is not None
-        gateway = txn.get("gateway") or txn.get("method") or "manual"
+    for txn in payload.transactions:
         entry: dict[str, Any] = {
-            "kind": "SALE", "status": "SUCCESS", "gateway": str(gateway),
-            "amountSet": _money(amount, str(txn.get("currency") or currency)),
-            "processedAt": txn.get("processed_at") or processed_at,
+            "kind": "SALE", "status": "SUCCESS",
+            "gateway": txn.gateway or txn.method or "manual",
+            "amountSet": _money(txn.amount, txn.currency or currency),
+            "processedAt": txn.processed_at or processed_at,
             "locationId": settings.location_id,
         }
-        if txn.get("auth_code"):
-            entry["authorizationCode"] = str(txn["auth_code"])
+        if txn.auth_code:
+            entry["authorizationCode"] = txn.auth_code
         transactions.append(entry)
     note = f"edged sale {reference} ({source_identifier})" if reference else \
         f"edged sale ({source_identifier})"
@@ -903,8 +880,8 @@ class ShopifyGateway:
         row = work.rows[0]
         try:
             variables = build_order(work.payload, self.settings)
-        except ValueError as exc:
-            raise PermanentError(f"unusable order.create row: {exc}", ERR_REFUSED) from exc
+        except ValueError as exc:  # an amount in a currency Shopify's money cannot carry
+            raise ContractError(f"unusable order.create row: {exc}") from exc
         marker: str = variables["order"]["sourceIdentifier"]
         key = work.idempotency_key
         if work.attempt > 0 or work.outcome_unknown:

@@ -63,6 +63,13 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sync.clock import Clock
+from sync.contract import (
+    OutboxKind,
+    PaymentCancel,
+    PaymentCapture,
+    PaymentForward,
+    RefundCreate,
+)
 from sync.errors import (
     CredentialsRequired,
     OutcomeUnknown,
@@ -123,22 +130,6 @@ def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
     return None
 
 
-def _text(payload: Mapping[str, Any], name: str) -> str:
-    value = payload.get(name)
-    if not isinstance(value, str) or not value:
-        raise PermanentError(f"the outbox payload has no {name!r}")
-    return value
-
-
-def _amount(payload: Mapping[str, Any], *, required: bool = True) -> int | None:
-    value = payload.get("amount")
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise PermanentError(f"the outbox payload has no positive integer 'amount': {value!r}")
-    return value
-
-
 class SquareGateway:
     """The ``square`` destination (see the module docstring)."""
 
@@ -180,13 +171,13 @@ class SquareGateway:
             raise CredentialsRequired("ERR-6006: no Square access token is set; set it with "
                                  "`edged secret set square.token`")
         self._token = token
-        if work.kind == "payment.forward":
+        if work.kind == OutboxKind.PAYMENT_FORWARD:
             return await self._forward(work, row)
-        if work.kind == "refund.create":
+        if work.kind == OutboxKind.REFUND_CREATE:
             return await self._refund(work, row)
-        if work.kind == "payment.cancel":
+        if work.kind == OutboxKind.PAYMENT_CANCEL:
             return await self._cancel(work, row)
-        if work.kind == "payment.capture":
+        if work.kind == OutboxKind.PAYMENT_CAPTURE:
             return await self._capture(work, row)
         raise PermanentError(f"square does not carry outbox rows of kind {work.kind!r}")
 
@@ -196,20 +187,17 @@ class SquareGateway:
     # -- kinds --------------------------------------------------------------------------
 
     async def _forward(self, work: Work, row: OutboxRow) -> WorkResult:
-        p = work.payload
-        payment_id = _text(p, "payment_id")
-        amount = _amount(p)
-        currency = _text(p, "currency").upper()
-        token = _text(p, "token")
+        p = PaymentForward.from_json(work.payload)
+        payment_id, amount, token, reference = p.payment_id, p.amount, p.token, p.reference
+        currency = p.currency.upper()
         key = square_key(work.idempotency_key)
-        reference = p.get("reference")
         if work.outcome_unknown:
             log.warning("square: outcome of payment %s unknown; asking again under its key %s"
                         " (Square answers the first answer again)", payment_id, key)
         extra: dict[str, Any] = {}
         if self.settings.location_id:
             extra["location_id"] = self.settings.location_id
-        if isinstance(reference, str) and reference:
+        if reference:
             extra["reference_id"] = reference[:40]
         try:
             answer = await self._call(
@@ -241,19 +229,16 @@ class SquareGateway:
         return WorkResult(applied={row.id: result})
 
     async def _refund(self, work: Work, row: OutboxRow) -> WorkResult:
-        p = work.payload
-        refund_id = _text(p, "refund_id")
-        payment_ref = _text(p, "processor_ref")
-        amount = _amount(p)
-        currency = _text(p, "currency").upper()
+        p = RefundCreate.from_json(work.payload)
+        refund_id, payment_ref, amount = p.refund_id, p.processor_ref, p.amount
+        currency = p.currency.upper()
         key = square_key(work.idempotency_key)
         if work.outcome_unknown:
             log.warning("square: outcome of refund %s unknown; asking again under its key %s",
                         refund_id, key)
         extra: dict[str, Any] = {}
-        reason = p.get("reason")
-        if isinstance(reason, str) and reason:
-            extra["reason"] = reason[:192]
+        if p.reason:
+            extra["reason"] = p.reason[:192]
         try:
             answer = await self._call(
                 "refund the payment", work,
@@ -269,7 +254,7 @@ class SquareGateway:
         return self._settle_refund(row, refund)
 
     async def _cancel(self, work: Work, row: OutboxRow) -> WorkResult:
-        payment_ref = _text(work.payload, "processor_ref")
+        payment_ref = PaymentCancel.from_json(work.payload).processor_ref
         try:
             if work.outcome_unknown:
                 current = await self._get(work, payment_ref)
@@ -285,8 +270,8 @@ class SquareGateway:
         return self._applied_payment(row, answer.payment)
 
     async def _capture(self, work: Work, row: OutboxRow) -> WorkResult:
-        payment_ref = _text(work.payload, "processor_ref")
-        amount = _amount(work.payload, required=False)
+        capture = PaymentCapture.from_json(work.payload)
+        payment_ref, amount = capture.processor_ref, capture.amount
         try:
             if work.outcome_unknown or amount is not None:
                 current = await self._get(work, payment_ref)

@@ -63,6 +63,13 @@ from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sync.clock import Clock
+from sync.contract import (
+    OutboxKind,
+    PaymentCancel,
+    PaymentCapture,
+    PaymentForward,
+    RefundCreate,
+)
 from sync.errors import (
     CredentialsRequired,
     OutcomeUnknown,
@@ -114,22 +121,6 @@ def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
         if key.lower() == name:
             return value
     return None
-
-
-def _text(payload: Mapping[str, Any], name: str) -> str:
-    value = payload.get(name)
-    if not isinstance(value, str) or not value:
-        raise PermanentError(f"the outbox payload has no {name!r}")
-    return value
-
-
-def _amount(payload: Mapping[str, Any], *, required: bool = True) -> int | None:
-    value = payload.get("amount")
-    if value is None and not required:
-        return None
-    if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
-        raise PermanentError(f"the outbox payload has no positive integer 'amount': {value!r}")
-    return value
 
 
 def _search_literal(value: str) -> str:
@@ -190,13 +181,13 @@ class StripeGateway:
             raise PermanentError(f"stripe rows are sent one by one, got {len(work.rows)}")
         row = work.rows[0]
         client = self._stripe_client()
-        if work.kind == "payment.forward":
+        if work.kind == OutboxKind.PAYMENT_FORWARD:
             return await self._forward(client, work, row)
-        if work.kind == "refund.create":
+        if work.kind == OutboxKind.REFUND_CREATE:
             return await self._refund(client, work, row)
-        if work.kind == "payment.cancel":
+        if work.kind == OutboxKind.PAYMENT_CANCEL:
             return await self._cancel(client, work, row)
-        if work.kind == "payment.capture":
+        if work.kind == OutboxKind.PAYMENT_CAPTURE:
             return await self._capture(client, work, row)
         raise PermanentError(f"stripe does not carry outbox rows of kind {work.kind!r}")
 
@@ -207,12 +198,9 @@ class StripeGateway:
 
     async def _forward(self, client: stripe.StripeClient, work: Work,
                        row: OutboxRow) -> WorkResult:
-        p = work.payload
-        payment_id = _text(p, "payment_id")
-        amount = _amount(p)
-        assert amount is not None
-        currency = _text(p, "currency").lower()
-        token = _text(p, "token")
+        p = PaymentForward.from_json(work.payload)
+        payment_id, amount, token = p.payment_id, p.amount, p.token
+        currency = p.currency.lower()
         if work.outcome_unknown:
             found = await self._find_payment(client, payment_id)
             if found is not None:
@@ -233,9 +221,8 @@ class StripeGateway:
             "metadata": {"edged_payment_id": payment_id},
             "expand": ["latest_charge"],
         }
-        reference = p.get("reference")
-        if isinstance(reference, str) and reference:
-            params["description"] = reference
+        if p.reference:
+            params["description"] = p.reference
         try:
             pi = await self._call(
                 "create the PaymentIntent", work,
@@ -253,12 +240,9 @@ class StripeGateway:
 
     async def _refund(self, client: stripe.StripeClient, work: Work,
                       row: OutboxRow) -> WorkResult:
-        p = work.payload
-        refund_id = _text(p, "refund_id")
-        payment_id = _text(p, "payment_id")
-        intent = _text(p, "processor_ref")
-        amount = _amount(p)
-        assert amount is not None
+        p = RefundCreate.from_json(work.payload)
+        refund_id, payment_id, intent, amount = (p.refund_id, p.payment_id, p.processor_ref,
+                                                  p.amount)
         if work.outcome_unknown:
             found = await self._find_refund(client, intent, refund_id)
             if found is not None:
@@ -268,8 +252,8 @@ class StripeGateway:
         metadata = {"edged_refund_id": refund_id, "edged_payment_id": payment_id}
         params: RefundCreateParams = {"payment_intent": intent, "amount": amount,
                                       "metadata": metadata}
-        reason = p.get("reason")
-        if isinstance(reason, str) and reason:
+        reason = p.reason
+        if reason:
             if reason in REFUND_REASONS:
                 params["reason"] = reason
             else:
@@ -285,7 +269,7 @@ class StripeGateway:
 
     async def _cancel(self, client: stripe.StripeClient, work: Work,
                       row: OutboxRow) -> WorkResult:
-        intent = _text(work.payload, "processor_ref")
+        intent = PaymentCancel.from_json(work.payload).processor_ref
         try:
             if work.outcome_unknown:
                 pi = await self._retrieve(client, work, intent)
@@ -301,8 +285,8 @@ class StripeGateway:
 
     async def _capture(self, client: stripe.StripeClient, work: Work,
                        row: OutboxRow) -> WorkResult:
-        intent = _text(work.payload, "processor_ref")
-        amount = _amount(work.payload, required=False)
+        capture = PaymentCapture.from_json(work.payload)
+        intent, amount = capture.processor_ref, capture.amount
         params: PaymentIntentCaptureParams = {}
         if amount is not None:
             params["amount_to_capture"] = amount

@@ -102,7 +102,8 @@ def adjust(item: str, delta: int, adj: str = "adj_1", reason: str = "received",
 
 
 def count(item: str, quantity: int, last_known: int | None, ref: str = "cnt_1") -> OutboxRow:
-    return row(SET, {"inventory_item_id": item, "quantity": quantity,
+    return row(SET, {"count_id": ref, "delta_id": next(_ids), "inventory_item_id": item,
+                     "quantity": quantity,
                      "last_known_quantity": last_known, "reason": "correction",
                      "reference_uri": f"edged://store-1/counts/{ref}"})
 

@@ -14,10 +14,12 @@ from typing import Any
 
 import pytest
 
-from edged import outbox
 from edged.store import Database
 from edged.sync_hooks import StoreHooks
+from sync import outbox
 from sync.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from sync.contract import InventoryAdjust, OrderCreate, OrderLine, OutboxKind, Payload
+from sync.clock import utc_iso
 from sync.engine import EngineSettings, SyncEngine
 from sync.errors import OutcomeUnknown, PermanentError, TransientError
 from sync.gateway import OutboxRow, RowFailure, Work, WorkResult
@@ -72,13 +74,20 @@ async def db(tmp_path: Path) -> AsyncIterator[Database]:
     await database.close()
 
 
-def _enqueue(db_path: Path, n: int, kind: str = outbox.INVENTORY_ADJUST) -> None:
+def _payload(kind: OutboxKind, i: int) -> Payload:
+    if kind is OutboxKind.ORDER_CREATE:
+        return OrderCreate(order_id=f"ord_{i}", currency="EUR", processed_at="2026-01-01T00:00:00Z",
+                           source_identifier=f"edged://test/orders/ord_{i}",
+                           lines=(OrderLine(quantity=1, price=100, title="Tea"),))
+    return InventoryAdjust(adjustment_id=f"adj_{i}", delta_id=i + 1, reason="correction",
+                           inventory_item_id=f"gid://shopify/InventoryItem/{i}", delta=i + 1)
+
+
+def _enqueue(db_path: Path, n: int, kind: OutboxKind = OutboxKind.INVENTORY_ADJUST) -> None:
     conn = sqlite3.connect(db_path)
     conn.execute("BEGIN")
     for i in range(n):
-        outbox.enqueue(conn, "shopify", kind, f"adj_{i}",
-                       {"inventory_item_id": f"gid://shopify/InventoryItem/{i}", "delta": i + 1,
-                        "delta_id": i + 1})
+        outbox.enqueue(conn, "shopify", _payload(kind, i), utc_iso(ManualClock().now()))
     conn.execute("COMMIT")
     conn.close()
 
@@ -161,7 +170,7 @@ async def test_membership_survives_a_crash_mid_send(db: Database, tmp_path: Path
 
 async def test_breaker_opens_waits_and_resumes_by_itself(db: Database) -> None:
     clock = ManualClock()
-    _enqueue(db.path, 9, kind=outbox.ORDER_CREATE)
+    _enqueue(db.path, 9, kind=OutboxKind.ORDER_CREATE)
     gateway = ScriptedGateway()
     gateway.down = True
     settings = BreakerSettings(failure_ratio=0.5, sampling_window=30, minimum_throughput=3,
@@ -184,7 +193,7 @@ async def test_breaker_opens_waits_and_resumes_by_itself(db: Database) -> None:
 
 async def test_permanent_failure_kills_its_row_and_the_rest_flows(db: Database) -> None:
     clock = ManualClock()
-    _enqueue(db.path, 3, kind=outbox.ORDER_CREATE)
+    _enqueue(db.path, 3, kind=OutboxKind.ORDER_CREATE)
     gateway = ScriptedGateway()
     gateway.failures = [PermanentError("lineItems[0]: variant does not exist", "ERR-6015")]
     engine, _ = _engine(db, clock, gateway)
@@ -218,7 +227,7 @@ async def test_a_refused_batch_kills_the_culprit_and_rebatches_the_rest(db: Data
 
 async def test_rows_go_dead_after_max_attempts(db: Database) -> None:
     clock = ManualClock()
-    _enqueue(db.path, 1, kind=outbox.ORDER_CREATE)
+    _enqueue(db.path, 1, kind=OutboxKind.ORDER_CREATE)
     gateway = ScriptedGateway()
     gateway.down = True
     never = BreakerSettings(failure_ratio=1.0, sampling_window=1, minimum_throughput=1000,
@@ -240,7 +249,7 @@ async def test_missing_credentials_wait_without_using_attempts(db: Database) -> 
     from sync.errors import CredentialsRequired
 
     clock = ManualClock()
-    _enqueue(db.path, 2, kind=outbox.ORDER_CREATE)
+    _enqueue(db.path, 2, kind=OutboxKind.ORDER_CREATE)
     gateway = ScriptedGateway()
     gateway.failures = [CredentialsRequired("ERR-6006: no token; edged secret set shopify.token")]
     engine, breaker = _engine(db, clock, gateway)
