@@ -30,6 +30,8 @@ REASONS = ("correction", "cycle_count_available", "damaged", "movement_created",
            "movement_updated", "movement_received", "movement_canceled", "other", "promotion",
            "quality_control", "received", "reservation_created", "reservation_deleted",
            "reservation_updated", "restock", "safety_stock", "shrinkage")
+#: The reason of a stock count that names none.
+COUNT_REASON = "cycle_count_available"
 
 
 def variant_gid(value: str) -> str:
@@ -73,6 +75,13 @@ class OrderLine:
 class StockChange:
     item: ItemRef
     delta: int
+
+
+@dataclass(frozen=True, slots=True)
+class StockCount:
+    item: ItemRef
+    quantity: int
+    """What is on the shelf: local stock becomes this."""
 
 
 def find_item(conn: sqlite3.Connection, ref: ItemRef) -> sqlite3.Row | None:
@@ -239,6 +248,62 @@ class InventoryService:
                          {"reason": reason, "reference": reference,
                           "changes": [{"sku": r["sku"], "delta": r["delta"]} for r in result]})
             body = {"id": adjustment_id, "reason": reason, "reference": reference,
+                    "created_at": now, "changes": result}
+            idempotency.save(conn, idem, 201, body)
+            return Answer(201, body)
+
+        answer = await self._db.write(write)
+        self._bus.publish("inventory", answer.body)
+        return answer
+
+    # -- counts ---------------------------------------------------------------------------
+
+    async def count(self, reason: str, reference: str | None, counts: list[StockCount],
+                    idem: IdemRecord, actor: str) -> Answer:
+        """A stock count: local stock becomes the counted quantity.
+
+        Recorded as an adjustment whose delta is the difference from local stock, and sent
+        to Shopify as ``inventorySetQuantities`` with that local stock as
+        ``changeFromQuantity``: if Shopify holds another quantity by then (a sale online, a
+        change made in the admin), the count is refused there (ERR-6011, dead, with an
+        alert) instead of erasing that change.
+        """
+        count_id = new_id("cnt")
+        now = utc_iso(self._clock.now())
+        uri = self._store_uri("counts", count_id)
+
+        def write(conn: sqlite3.Connection) -> Answer:
+            items = [self._require_item(conn, c.item, f"changes[{i}]")
+                     for i, c in enumerate(counts)]
+            seen: set[int] = set()
+            for i, item in enumerate(items):
+                if item["id"] in seen:
+                    raise ApiError("ERR-1005", f"body.changes[{i}]: the item is counted twice",
+                                   details={"field": f"changes[{i}]"})
+                seen.add(item["id"])
+            conn.execute("INSERT INTO adjustments (id, reason, reference, created_at)"
+                         " VALUES (?, ?, ?, ?)", (count_id, reason, reference, now))
+            result = []
+            for c, item in zip(counts, items, strict=True):
+                before, _, _ = records.local_stock(conn, item["id"])
+                delta = c.quantity - before
+                cur = conn.execute("INSERT INTO stock_deltas (item_id, delta, source,"
+                                   " source_id, created_at) VALUES (?, ?, 'adjustment', ?, ?)",
+                                   (item["id"], delta, count_id, now))
+                if self._cfg.shopify is not None:
+                    assert cur.lastrowid is not None
+                    outbox.enqueue(conn, "shopify", contract.InventorySet(
+                        count_id=count_id, delta_id=cur.lastrowid,
+                        inventory_item_id=item["inventory_item_id"], quantity=c.quantity,
+                        last_known_quantity=before, reason=reason, reference_uri=uri), now)
+                result.append({"sku": item["sku"], "inventory_item_id":
+                               item["inventory_item_id"], "quantity": c.quantity,
+                               "previous": before, "delta": delta})
+            audit.append(conn, actor, "inventory.counted", count_id,
+                         {"reason": reason, "reference": reference,
+                          "changes": [{"sku": r["sku"], "quantity": r["quantity"],
+                                       "delta": r["delta"]} for r in result]})
+            body = {"id": count_id, "reason": reason, "reference": reference,
                     "created_at": now, "changes": result}
             idempotency.save(conn, idem, 201, body)
             return Answer(201, body)

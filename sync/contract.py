@@ -10,7 +10,8 @@ Kinds and destinations:
 
 - ``order.create`` (shopify): a sale with its transactions; decrements stock through the order.
 - ``inventory.adjust`` (shopify): one stock delta (``POST /v1/inventory/adjustments``).
-- ``inventory.set`` (shopify): one stock count, compare-and-swap on the last known quantity
+- ``inventory.set`` (shopify): one stock count, compare-and-swap on the local quantity it
+  replaces
   (``POST /v1/inventory/counts``).
 - ``payment.forward`` (stripe, square): a token payment.
 - ``refund.create`` (stripe, square): a refund of a forwarded token payment.

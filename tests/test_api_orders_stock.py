@@ -209,3 +209,43 @@ async def test_health_and_metrics(api: Api) -> None:
     assert "# TYPE edged_http_requests_total counter" in text
     assert 'edged_terminal_up{terminal="sim-1"} 1' in text
     assert "edged_db_commits" in text
+
+
+async def test_a_count_sets_local_stock_and_queues_a_compare_and_swap(shop: Api) -> None:
+    await shop.post("/v1/inventory/adjustments",
+                    {"reason": "received", "changes": [{"sku": "TEA-1", "delta": 5}]})
+    body = {"reference": "shelf-3", "changes": [{"sku": "TEA-1", "quantity": 41},
+                                                {"barcode": "4006381333948", "quantity": 10}]}
+    status, count = await shop.post("/v1/inventory/counts", body, key="count-1")
+    assert status == 201, count
+    assert count["reason"] == "cycle_count_available"
+    assert [(c["sku"], c["previous"], c["quantity"], c["delta"]) for c in count["changes"]] \
+        == [("TEA-1", 45, 41, -4), ("MUG-1", 10, 10, 0)]
+    assert await _stock(shop, "TEA-1") == 41
+    assert await _stock(shop, "MUG-1") == 10
+    conn = sqlite3.connect(shop.daemon.db.path)
+    payloads = [json.loads(r[0]) for r in conn.execute(
+        "SELECT payload FROM outbox WHERE kind = 'inventory.set' ORDER BY id")]
+    conn.close()
+    assert [(p["inventory_item_id"], p["quantity"], p["last_known_quantity"])
+            for p in payloads] == [("gid://shopify/InventoryItem/2001", 41, 45),
+                                   ("gid://shopify/InventoryItem/2002", 10, 10)]
+    assert {p["reference_uri"] for p in payloads} == {f"edged://store-1/counts/{count['id']}"}
+    again = await shop.post("/v1/inventory/counts", body, key="count-1")
+    assert again == (201, count)
+    assert shop.count("outbox", "kind = 'inventory.set'") == 2
+
+
+@pytest.mark.parametrize(("body", "code"), [
+    ({"changes": [{"sku": "TEA-1", "quantity": -1}]}, "ERR-1005"),
+    ({"changes": [{"sku": "TEA-1", "quantity": 1}, {"sku": "TEA-1", "quantity": 2}]},
+     "ERR-1005"),
+    ({"changes": [{"sku": "NOPE", "quantity": 1}]}, "ERR-4001"),
+    ({"reason": "stolen-by-aliens", "changes": [{"sku": "TEA-1", "quantity": 1}]}, "ERR-1005"),
+    ({"changes": []}, "ERR-1005"),
+])
+async def test_bad_counts_change_nothing(shop: Api, body: dict[str, object], code: str) -> None:
+    status, answer = await shop.post("/v1/inventory/counts", body)
+    assert (status, answer["error"]["code"]) == (422, code)
+    assert shop.count("stock_deltas") == 0
+    assert shop.count("outbox") == 0

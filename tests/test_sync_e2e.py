@@ -902,3 +902,29 @@ async def test_pull_during_an_applied_send_counts_the_sale_once(
             local = await stock(api, "TEA")
             if local["quantity"] != 37:
                 raise KnownBug(f"Shopify has 37, the register is told {local}")
+
+
+# -- stock counts ---------------------------------------------------------------------------
+
+
+async def test_a_count_reaches_shopify_and_a_stale_one_is_refused(
+        tmp_path: Path, admin_schema: GraphQLSchema) -> None:
+    async with FakeShopify(schema=admin_schema) as shop:
+        variants = seed_shop(shop, {"TEA": 40, "MUG": 10})
+        tea, mug = variants["TEA"].inventory_item_id, variants["MUG"].inventory_item_id
+        cfg = e2e_config(tmp_path / "data", shop)
+        prepare(cfg, catalogue_csv(variants, {"TEA": 40, "MUG": 10}))
+        async with running(cfg) as api:
+            shop.set_quantity(mug, quantity=12)  # changed in Shopify's admin, not pulled yet
+            status, body = await api.post("/v1/inventory/counts", {
+                "changes": [{"sku": "TEA", "quantity": 37}, {"sku": "MUG", "quantity": 9}]})
+            assert status == 201, body
+            await until(lambda: drained(api, "shopify"), "the count to be sent")
+            assert shop.quantity(tea) == 37  # compare-and-swap on 40 held
+            assert shop.quantity(mug) == 12  # 10 was stale: the admin's change is kept
+            (dead,) = await jobs(api, "dead", "shopify")
+            assert dead["kind"] == "inventory.set" and "ERR-6011" in dead["last_error"]
+            assert api.count("stock_deltas", "acknowledged = 1") == 1  # TEA's, by Shopify
+            assert (await stock(api, "TEA"))["quantity"] == 37
+            assert (await stock(api, "MUG"))["quantity"] == 9  # what the shelf holds
+    shop.assert_no_rejections()

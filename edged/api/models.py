@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edged.api.schema import Arr, Free, Int, Obj, Str
-from edged.inventory import MAX_DELTA, MAX_QUANTITY, REASONS
+from edged.inventory import COUNT_REASON, MAX_DELTA, MAX_QUANTITY, REASONS
 from edged.money import MAX_AMOUNT, is_known_currency
 
 
@@ -76,6 +76,21 @@ ADJUSTMENT_CREATE = Obj(
            "changes": Arr(items=STOCK_CHANGE, min_items=1, max_items=250)},
     required=("reason", "changes"),
 )
+STOCK_COUNT = Obj(
+    props={"sku": _SKU, "barcode": Str(max_length=100),
+           "inventory_item_id": Str(max_length=100),
+           "quantity": Int(minimum=0, maximum=MAX_DELTA,
+                           description="The quantity counted on hand (available)")},
+    required=("quantity",),
+    one_of=("sku", "barcode", "inventory_item_id"),
+)
+COUNT_CREATE = Obj(
+    name="CountCreate",
+    props={"reason": Str(enum=REASONS, description=f"Default {COUNT_REASON}"),
+           "reference": REFERENCE,
+           "changes": Arr(items=STOCK_COUNT, min_items=1, max_items=250)},
+    required=("changes",),
+)
 EMPTY = Obj(name="Empty", description="No body, or {}")
 
 # -- answers ------------------------------------------------------------------------------
@@ -109,6 +124,10 @@ ORDER = _obj({"id": _S, "reference": _S, "currency": _S, "total": _I, "created_a
               "payments": {"type": "array", "items": _S}}, "Order")
 ADJUSTMENT = _obj({"id": _S, "reason": _S, "reference": _SN, "created_at": _S,
                    "changes": {"type": "array", "items": {"type": "object"}}}, "Adjustment")
+COUNT = _obj({"id": _S, "reason": _S, "reference": _SN, "created_at": _S,
+              "changes": {"type": "array", "items": {"type": "object", "properties": {
+                  "sku": _SN, "inventory_item_id": _SN, "quantity": _I, "previous": _I,
+                  "delta": _I}}}}, "Count")
 ITEM = _obj({"sku": _SN, "barcode": _SN, "title": _S, "price": {"type": ["integer", "null"]},
              "variant_id": _SN, "inventory_item_id": _SN,
              "stock": {"type": "object", "properties": {

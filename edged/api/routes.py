@@ -13,7 +13,7 @@ from edged import audit, idempotency
 from edged.api import models
 from edged.api.http import DRAINING, Ctx, Route, json_response
 from edged.errors import ApiError
-from edged.inventory import ItemRef, OrderLine, StockChange
+from edged.inventory import COUNT_REASON, ItemRef, OrderLine, StockChange, StockCount
 from edged.payments import Answer, NewPayment
 from edged.records import FINAL_PAYMENT_STATES
 from sync.outbox import JOB_STATES, JobStateError
@@ -104,6 +104,13 @@ async def adjust_inventory(ctx: Ctx) -> Answer:
         changes.append(StockChange(_ref(ch), ch["delta"]))
     return await ctx.services.inventory.adjust(ctx.body["reason"], ctx.body.get("reference"),
                                                changes, _idem(ctx), ctx.actor)
+
+
+async def count_inventory(ctx: Ctx) -> Answer:
+    counts = [StockCount(_ref(ch), ch["quantity"]) for ch in ctx.body["changes"]]
+    return await ctx.services.inventory.count(ctx.body.get("reason") or COUNT_REASON,
+                                              ctx.body.get("reference"), counts, _idem(ctx),
+                                              ctx.actor)
 
 
 async def get_item(ctx: Ctx) -> Answer:
@@ -260,6 +267,9 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/inventory/adjustments", adjust_inventory, "Change stock (received,"
           " damaged, counted…)", models.ADJUSTMENT, 201, models.ADJUSTMENT_CREATE,
           _BODY_ERRORS + ("ERR-4001", "ERR-4009"), tag="stock"),
+    Route("POST", "/v1/inventory/counts", count_inventory, "Set stock to what was counted;"
+          " sent to Shopify as a compare-and-swap on the last known quantity",
+          models.COUNT, 201, models.COUNT_CREATE, _BODY_ERRORS + ("ERR-4001",), tag="stock"),
     Route("GET", "/v1/items", get_item, "A catalogue entry with its local stock",
           models.ITEM, query={"sku": "the SKU", "barcode": "or the barcode"},
           errors=("ERR-1013", "ERR-4002"), tag="stock"),
