@@ -13,6 +13,7 @@ outcome that arrives after a transition (a call started before the breaker opene
 neither extends nor resets a break and never counts into a later window.
 
 Time comes from the injected :class:`~sync.clock.Clock`; the breaker itself never sleeps.
+Which outcome a call reports (success, failure or nothing) is decided by ``sync.policy``.
 """
 
 from __future__ import annotations
@@ -21,12 +22,11 @@ import enum
 import logging
 import math
 from collections import deque
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from sync.clock import Clock
-from sync.errors import BreakerOpen, OutcomeUnknown, Throttled, TransientError
+from sync.errors import BreakerOpen
 
 logger = logging.getLogger(__name__)
 
@@ -94,20 +94,6 @@ class BreakerSnapshot:
 
 #: ``listener(old, new, reason)``, called after each transition.
 BreakerListener = Callable[[BreakerState, BreakerState, str], None]
-#: Decides whether an exception raised inside :meth:`CircuitBreaker.call` is a failure.
-FailurePredicate = Callable[[BaseException], bool]
-
-
-def counts_as_failure(exc: BaseException) -> bool:
-    """Default predicate: the upstream looks unhealthy.
-
-    Transient errors, unknown outcomes (5xx, timeouts) and network errors count; a refusal
-    (:class:`~sync.errors.PermanentError`) or a throttle is an answer from a healthy upstream
-    and counts as a success, as unhandled outcomes do in Polly.
-    """
-    if isinstance(exc, Throttled):
-        return False
-    return isinstance(exc, TransientError | OutcomeUnknown | TimeoutError | OSError)
 
 
 class _RollingWindow:
@@ -208,13 +194,11 @@ class CircuitBreaker:
         settings: BreakerSettings,
         clock: Clock,
         *,
-        is_failure: FailurePredicate = counts_as_failure,
         buckets: int = DEFAULT_BUCKETS,
     ) -> None:
         self._name = name
         self._settings = settings
         self._clock = clock
-        self._is_failure = is_failure
         self._window = _RollingWindow(settings.sampling_window, buckets)
         self._state = BreakerState.CLOSED
         self._generation = 0
@@ -261,33 +245,6 @@ class CircuitBreaker:
             logger.info("breaker %s: letting one probe through", self._name)
             return Permit(self, self._generation, probe=True)
         raise BreakerOpen(self._name, self._retry_after(now))
-
-    @asynccontextmanager
-    async def call(self, is_failure: FailurePredicate | None = None) -> AsyncIterator[Permit]:
-        """``async with breaker.call():`` acquire, run the body, report its outcome.
-
-        No exception is a success; an exception is a failure when ``is_failure`` (or the
-        breaker's predicate) says so, else a success; cancellation reports nothing. The body
-        may report through the yielded permit itself, which then wins.
-        """
-        predicate = is_failure or self._is_failure
-        permit = self.acquire()
-        try:
-            yield permit
-        except Exception as exc:
-            if not permit.settled:
-                if predicate(exc):
-                    permit.failure()
-                else:
-                    permit.success()
-            raise
-        except BaseException:
-            if not permit.settled:
-                permit.cancel()
-            raise
-        else:
-            if not permit.settled:
-                permit.success()
 
     def snapshot(self) -> BreakerSnapshot:
         """The state, window and timings now, as a frozen value."""

@@ -22,18 +22,12 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from sync.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
+from sync.breaker import BreakerSnapshot, BreakerState, CircuitBreaker, Permit
 from sync.clock import Clock
-from sync.errors import (
-    BreakerOpen,
-    CredentialsRequired,
-    OutcomeUnknown,
-    PermanentError,
-    Throttled,
-    TransientError,
-)
+from sync.errors import BreakerOpen, PermanentError
 from sync.gateway import Gateway, RowFailure, Work, WorkResult
 from sync.outbox import OutboxStore
+from sync.policy import BreakerOutcome, RowAction, Verdict, judge
 from sync.quiet_log import RepeatFilter
 
 log = logging.getLogger(__name__)
@@ -75,11 +69,13 @@ class WorkerStatus:
 Listener = Callable[[str, str, dict[str, object]], None]
 
 
-def _quick_retry(exc: BaseException) -> bool:
-    """Retry at once what may pass in a moment; a throttle goes back with its exact wait."""
-    if isinstance(exc, Throttled | CredentialsRequired):
-        return False
-    return isinstance(exc, TransientError | OutcomeUnknown | TimeoutError | OSError)
+def _settle(permit: Permit, outcome: BreakerOutcome) -> None:
+    if outcome is BreakerOutcome.SUCCESS:
+        permit.success()
+    elif outcome is BreakerOutcome.FAILURE:
+        permit.failure()
+    else:
+        permit.cancel()
 
 
 class DestinationWorker:
@@ -167,38 +163,15 @@ class DestinationWorker:
         self.state = WorkerState.SENDING
         try:
             result = await self._send(work)
-        except PermanentError as exc:
-            permit.success()  # the upstream answered; it is healthy
-            failure = RowFailure(exc.code or "ERR-6004", exc.message)
-            await self._store.kill(work, failure)
-            self._failed(work, failure.message, dead=True)
+        except BaseException as exc:
+            verdict = judge(exc)
+            _settle(permit, verdict.breaker)
+            if not isinstance(exc, Exception):  # cancelled (a stop): put back, in doubt
+                await self._store.retry_later(work, "interrupted", outcome_unknown=True,
+                                              counts=False)
+                raise
+            await self._fail(work, exc, verdict)
             return
-        except CredentialsRequired as exc:
-            permit.cancel()  # says nothing about the link's health
-            await self._store.release(work)
-            self.state = WorkerState.WAITING_CREDENTIALS
-            self.last_error = str(exc)
-            self._quiet.log("credentials", logging.WARNING, "%s: %s", self.destination, exc)
-            await self._pause(self._settings.credentials_poll)
-            return
-        except Throttled as exc:
-            permit.success()
-            await self._store.retry_later(work, str(exc), outcome_unknown=False,
-                                          wait=exc.wait, counts=False)
-            self.state = WorkerState.BACKING_OFF
-            await self._pause_for(exc.wait)  # the whole destination waits, not just the row
-            return
-        except (TransientError, OutcomeUnknown, TimeoutError, OSError) as exc:
-            permit.failure()
-            unknown = not isinstance(exc, TransientError)
-            message = str(exc) or type(exc).__name__
-            dead = await self._store.retry_later(work, message, outcome_unknown=unknown)
-            self._failed(work, message, dead=dead)
-            return
-        except BaseException:
-            permit.cancel()
-            await self._store.retry_later(work, "interrupted", outcome_unknown=True)
-            raise
         permit.success()
         await self._store.complete(work, result)
         self.sent += len(result.applied)
@@ -210,13 +183,43 @@ class DestinationWorker:
                 self._failed(work, f"row {row_id}: {failure.code}: {failure.message}",
                              dead=True)
 
+    async def _fail(self, work: Work, exc: Exception, verdict: Verdict) -> None:
+        """Apply the policy's verdict on ``exc`` to the rows and the worker."""
+        message = str(exc) or type(exc).__name__
+        if verdict.defect:
+            log.error("%s %s: the gateway failed unexpectedly (a defect; the rows will be"
+                      " read back and retried): %s", self.destination, work.kind, message,
+                      exc_info=exc)
+        if verdict.action is RowAction.KILL:
+            code = exc.code if isinstance(exc, PermanentError) else None
+            failure = RowFailure(code or "ERR-6004", getattr(exc, "message", message))
+            await self._store.kill(work, failure)
+            self._failed(work, failure.message, dead=True)
+        elif verdict.action is RowAction.RELEASE:
+            await self._store.release(work)
+            self.state = WorkerState.WAITING_CREDENTIALS
+            self.last_error = message
+            self._quiet.log("credentials", logging.WARNING, "%s: %s", self.destination, exc)
+            await self._pause(self._settings.credentials_poll)
+        else:
+            dead = await self._store.retry_later(work, message, wait=verdict.wait,
+                                                 outcome_unknown=verdict.outcome_unknown,
+                                                 counts=verdict.uses_attempt)
+            if verdict.wait is not None:  # the whole destination waits, not just the row
+                self.state = WorkerState.BACKING_OFF
+                await self._pause_for(verdict.wait)
+            else:
+                self._failed(work, message, dead=dead)
+
     async def _send(self, work: Work) -> WorkResult:
+        """Send ``work``, retrying at once (with a short backoff) what the policy says may
+        pass in a moment; raise what remains."""
         current = work
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._settings.quick_retries),
             wait=wait_exponential_jitter(multiplier=self._settings.quick_backoff_initial,
                                          max=self._settings.quick_backoff_max),
-            retry=retry_if_exception(_quick_retry),
+            retry=retry_if_exception(lambda exc: judge(exc).retry_now),
             sleep=self._clock.sleep,
             reraise=True,
         )
@@ -227,16 +230,16 @@ class DestinationWorker:
                     # batch may legitimately wait on the rate limiter between its calls
                     async with asyncio.timeout(self._settings.work_timeout):
                         return await self.gateway.send(current)
-                except (OutcomeUnknown, TimeoutError) as exc:
-                    # whatever follows must read back before it resends
-                    current = replace(current, outcome_unknown=True,
-                                      attempt=current.attempt + 1)
-                    log.warning("%s: outcome of %s unknown (%s); reading back before any"
-                                " resend", self.destination, work.kind,
-                                str(exc) or type(exc).__name__)
-                    raise
-                except TransientError:
-                    current = replace(current, attempt=current.attempt + 1)
+                except Exception as exc:
+                    verdict = judge(exc)
+                    if verdict.retry_now:
+                        current = replace(current, attempt=current.attempt + 1,
+                                          outcome_unknown=current.outcome_unknown
+                                          or verdict.outcome_unknown)
+                    if verdict.retry_now and verdict.outcome_unknown:
+                        log.warning("%s: outcome of %s unknown (%s); reading back before any"
+                                    " resend", self.destination, work.kind,
+                                    str(exc) or type(exc).__name__)
                     raise
         raise AssertionError("unreachable")  # pragma: no cover
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import pickle
 
 import pytest
@@ -11,7 +10,6 @@ from sync.breaker import (
     BreakerSettings,
     BreakerState,
     CircuitBreaker,
-    counts_as_failure,
 )
 from sync.errors import (
     BreakerOpen,
@@ -338,70 +336,23 @@ def test_a_listener_may_read_the_breaker() -> None:
     assert snaps[0].retry_after == 60.0
 
 
-# -- the async context manager ---------------------------------------------------------
+# -- cancellation ----------------------------------------------------------------------
 
 
-async def test_call_records_success_failure_and_lets_the_predicate_decide() -> None:
-    breaker, _, _ = make(BreakerSettings(0.5, 30.0, 2, 30.0))
-    async with breaker.call():
-        pass
-    with pytest.raises(PermanentError):
-        async with breaker.call():
-            raise PermanentError("card declined", code="card_declined")
-    snap = breaker.snapshot()
-    assert (snap.calls, snap.failures) == (2, 0)  # a refusal is a healthy answer
-    with pytest.raises(ValueError):
-        async with breaker.call(is_failure=lambda exc: isinstance(exc, ValueError)):
-            raise ValueError("counted by the caller's own predicate")
-    assert breaker.snapshot().failures == 1
-    with pytest.raises(OutcomeUnknown):
-        async with breaker.call():
-            raise OutcomeUnknown("502 after sending")
-    assert state(breaker) is BreakerState.OPEN
-    with pytest.raises(BreakerOpen):
-        async with breaker.call():
-            pytest.fail("the body must not run while open")
-
-
-async def test_call_reports_nothing_on_cancellation_and_frees_the_probe() -> None:
+def test_a_cancelled_probe_reports_nothing_and_frees_the_probe() -> None:
     breaker, clock, _ = make()
     open_it(breaker)
     clock.advance(30.0)
-    started = asyncio.Event()
-
-    async def probe() -> None:
-        async with breaker.call():
-            started.set()
-            await asyncio.Event().wait()
-
-    task = asyncio.create_task(probe())
-    await started.wait()
+    probe = breaker.acquire()
+    assert probe.probe
     with pytest.raises(BreakerOpen):
-        breaker.acquire()
-    task.cancel()
-    with pytest.raises(asyncio.CancelledError):
-        await task
+        breaker.acquire()  # one probe at a time
+    probe.cancel()
     assert state(breaker) is BreakerState.HALF_OPEN
-    async with breaker.call() as permit:
-        assert permit.probe
+    again = breaker.acquire()
+    assert again.probe
+    again.success()
     assert state(breaker) is BreakerState.CLOSED
-
-
-async def test_call_body_may_report_itself() -> None:
-    breaker, _, _ = make(BreakerSettings(0.5, 30.0, 1, 30.0))
-    async with breaker.call() as permit:
-        permit.failure()  # e.g. a 503 answer that raised nothing
-    assert state(breaker) is BreakerState.OPEN
-
-
-def test_default_failure_predicate() -> None:
-    assert counts_as_failure(TransientError("reset"))
-    assert counts_as_failure(OutcomeUnknown("timeout after send"))
-    assert counts_as_failure(TimeoutError())
-    assert counts_as_failure(ConnectionResetError())
-    assert not counts_as_failure(Throttled(2.0))
-    assert not counts_as_failure(PermanentError("bad request", code="INVALID"))
-    assert not counts_as_failure(KeyError("bug"))
 
 
 def test_errors_carry_their_fields_and_pickle() -> None:
