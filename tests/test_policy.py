@@ -75,7 +75,7 @@ async def test_a_gateway_defect_is_logged_retried_later_and_the_worker_goes_on(
         await engine.start()
         await _until(lambda: _states(db.path) == {"done": 1}, clock)
         await engine.stop()
-    first, second = gateway.calls  # one call per claim: a defect is not retried at once
+    _, second = gateway.calls  # one call per claim: a defect is not retried at once
     assert second.outcome_unknown and second.attempt == 1
     (record,) = [r for r in caplog.records if "unexpectedly" in r.getMessage()]
     assert record.exc_info is not None  # the traceback, once
