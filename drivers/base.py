@@ -134,9 +134,20 @@ class Terminal(abc.ABC):
     async def status(self) -> TerminalStatus:
         """A cheap probe used by the idle heartbeat. Never raises for an absent terminal."""
 
+    async def start(self, request: TransactionRequest) -> str | None:
+        """Hand a sale to the terminal before the register is answered.
+
+        A cloud terminal creates the processor's object and gives it to the device here, so
+        that an offline or busy device is refused at once (:class:`TerminalUnavailable`,
+        :class:`TerminalBusy`: nothing was charged). Returns the processor's reference to
+        keep with the payment (``None``: none). Local terminals do everything in
+        :meth:`collect`: the default does nothing.
+        """
+        return None
+
     @abc.abstractmethod
     async def collect(self, request: TransactionRequest) -> TransactionResult:
-        """Run a sale and wait for the customer."""
+        """Run a sale (after :meth:`start`) and wait for the customer."""
 
     async def refund(self, request: TransactionRequest) -> TransactionResult:
         """Run a refund (credit) on the terminal where the protocol supports it."""

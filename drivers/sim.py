@@ -3,7 +3,8 @@
 Rules, all configurable: the customer takes ``delay`` seconds; amounts whose last two
 digits are ``decline_suffix`` (default 13) are declined; those ending in
 ``unknown_suffix`` (default none) leave the terminal silent (outcome unknown).
-A running transaction can be cancelled; refunds work like sales.
+A running transaction can be cancelled; refunds work like sales. A customer slower than
+the lane's ``customer_timeout`` (``delay`` above it) ends ``canceled`` at the timeout.
 """
 
 from __future__ import annotations
@@ -66,9 +67,10 @@ class SimTerminal(Terminal):
     kind = "sim"
 
     def __init__(self, terminal_id: str, settings: SimSettings | None = None,
-                 clock: Clock | None = None) -> None:
+                 clock: Clock | None = None, *, customer_timeout: float | None = None) -> None:
         super().__init__(terminal_id)
         self.settings = settings or SimSettings()
+        self.customer_timeout = customer_timeout
         self._clock = clock or SystemClock()
         self._cancel: asyncio.Event | None = None
         self._open = False
@@ -101,13 +103,20 @@ class SimTerminal(Terminal):
         self._cancel = cancel
         try:
             waiter = asyncio.ensure_future(cancel.wait())
-            sleeper = asyncio.ensure_future(self._clock.sleep(self.settings.delay))
+            timed_out = (self.customer_timeout is not None
+                         and self.settings.delay > self.customer_timeout)
+            sleeper = asyncio.ensure_future(self._clock.sleep(
+                self.customer_timeout if timed_out and self.customer_timeout is not None
+                else self.settings.delay))
             done, pending = await asyncio.wait({waiter, sleeper},
                                                return_when=asyncio.FIRST_COMPLETED)
             for task in pending:
                 task.cancel()
             if waiter in done:
                 return self._result(request, Outcome.CANCELED, "canceled at the register")
+            if timed_out:
+                return self._result(request, Outcome.CANCELED,
+                                    f"the customer did not pay within {self.customer_timeout:g} s")
             suffix = request.amount % 100
             if self.settings.unknown_suffix is not None and suffix == self.settings.unknown_suffix:
                 return self._result(request, Outcome.UNKNOWN, "terminal went silent")

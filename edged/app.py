@@ -60,10 +60,11 @@ class Daemon:
         self.db = Database(self.cfg.data_dir / "edged.db")
         self.bus = EventBus()
         self.metrics = Metrics()
-        self.terminals = TerminalManager(self.cfg.terminals, self.bus, self.clock)
+        self.sync = sync_setup.build(self.cfg, self.db, self.bus, self.clock)
+        self.links = sync_setup.cloud_links(self.sync, self.cfg, self.clock)
+        self.terminals = TerminalManager(self.cfg.terminals, self.bus, self.clock, self.links)
         self.payments = PaymentService(self.cfg, self.db, self.bus, self.terminals, self.clock)
         self.inventory = InventoryService(self.cfg, self.db, self.bus, self.clock)
-        self.sync = sync_setup.build(self.cfg, self.db, self.bus, self.clock)
         if self.sync is not None:
             self.payments.link_down = self.sync.link_down
         self.outbox = self.sync.engine.store if self.sync is not None else OutboxStore(
@@ -87,6 +88,8 @@ class Daemon:
         await self.db.open()
         self.services.allowed_hosts = allowed_hosts(self.services)
         self.metrics.collector(self._collect)
+        if self.sync is not None:  # cloud lanes and their recovery need the credentials
+            await self.sync.secrets.refresh()
         await self.terminals.start()
         settled = await self.payments.recover_interrupted()
         if settled:
@@ -115,6 +118,7 @@ class Daemon:
         if self.sync is not None:
             await self.sync.stop()
         await self.terminals.stop(self.shutdown_grace)
+        await self.links.close()
         await self.db.close()
         log.info("edged stopped cleanly")
 

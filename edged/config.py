@@ -56,6 +56,8 @@ class TerminalConfig:
     options: Mapping[str, Any] = field(default_factory=dict)
     heartbeat_seconds: float = 5.0
     max_backoff_seconds: float = 30.0
+    customer_timeout: float = 120.0
+    """Seconds the customer may take at the terminal (every kind)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -241,12 +243,15 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
                 raise t.fail("kind", f"must be one of {', '.join(TERMINAL_KINDS)}")
             heartbeat = t.get("heartbeat_seconds", float, 5.0, _positive)
             backoff = t.get("max_backoff_seconds", float, 30.0, _positive)
-            lane_keys = ("id", "kind", "heartbeat_seconds", "max_backoff_seconds")
+            customer = t.get("customer_timeout", float, 120.0, _positive)
+            lane_keys = ("id", "kind", "heartbeat_seconds", "max_backoff_seconds",
+                         "customer_timeout")
             t.seen.update(entry)
             options = {k: v for k, v in entry.items() if k not in lane_keys}
             parsed.append(TerminalConfig(id=tid, kind=kind, options=options,
                                          heartbeat_seconds=heartbeat,
-                                         max_backoff_seconds=backoff))
+                                         max_backoff_seconds=backoff,
+                                         customer_timeout=customer))
         ids = [p.id for p in parsed]
         if len(set(ids)) != len(ids):
             raise root.fail("terminals", "two terminals share one id")

@@ -67,6 +67,12 @@ def save(conn: sqlite3.Connection, record: IdemRecord, status: int, body: dict[s
     )
 
 
+def forget(conn: sqlite3.Connection, record: IdemRecord) -> None:
+    """Drop a stored answer the change it answered has undone (a terminal that refused)."""
+    conn.execute("DELETE FROM idempotency WHERE scope = ? AND key = ?",
+                 (record.scope, record.key))
+
+
 class KeyLocks:
     """One asyncio lock per key in use; entries vanish when nobody holds or waits."""
 

@@ -18,6 +18,8 @@ from drivers.base import (
     InterruptedTransaction,
     Outcome,
     Terminal,
+    TerminalBusy,
+    TerminalUnavailable,
     TransactionKind,
     TransactionRequest,
     TransactionResult,
@@ -173,15 +175,67 @@ class PaymentService:
         except BaseException:
             self._terminals.release(terminal_id, payment_id)
             raise
-        self._bus.publish("payment", answer.body)
         request = TransactionRequest(payment_id, new.amount, new.currency,
                                      TransactionKind.SALE, new.reference)
+        answer = await self._start_on_terminal(terminal_id, request, idem, answer)
+        self._bus.publish("payment", answer.body)
 
         async def collect(driver: Terminal) -> TransactionResult:
             return await driver.collect(request)
 
         self._terminals.run(terminal_id, payment_id, collect, self._finish_payment)
         return answer
+
+    async def _start_on_terminal(self, terminal_id: str, request: TransactionRequest,
+                                 idem: IdemRecord, answer: Answer) -> Answer:
+        """Hand the sale over before answering (cloud terminals; local ones do nothing).
+
+        A terminal that refused it (offline, busy: keyed on the processor's own error code)
+        answers the register at once with ERR-3003 / ERR-3002: the payment is ``failed``
+        (nothing was charged) and the key is forgotten, so the register may try again. A
+        lost answer is not a refusal: the payment goes on and the driver finds out.
+        """
+        driver = self._terminals.driver(terminal_id)
+        assert driver is not None
+        payment_id = request.payment_id
+        try:
+            reference = await driver.start(request)
+        except (TerminalUnavailable, TerminalBusy) as exc:
+            busy = isinstance(exc, TerminalBusy)
+            message = str(exc)
+            now = self._now()
+
+            def fail(conn: sqlite3.Connection) -> None:
+                row = records.payment_row(conn, payment_id)
+                assert row is not None
+                self._apply_result(conn, row, None, now, actor="terminal",
+                                   failure=f"the terminal refused the payment: {message}")
+                idempotency.forget(conn, idem)
+
+            try:
+                await self._db.write(fail)
+            finally:
+                self._terminals.release(terminal_id, payment_id)
+            if not busy:
+                self._terminals.mark_offline(terminal_id, message)
+            body = await self.get(payment_id)
+            self._bus.publish("payment", body)
+            raise ApiError("ERR-3002" if busy else "ERR-3003",
+                           f"terminal {terminal_id}: {message}",
+                           details={"payment": payment_id}) from None
+        except Exception:
+            log.exception("terminal %s: starting %s failed; following it anyway",
+                          terminal_id, payment_id)
+            return answer
+        if reference is None:
+            return answer
+
+        def keep(conn: sqlite3.Connection) -> dict[str, Any]:
+            conn.execute("UPDATE payments SET processor_ref = ? WHERE id = ? AND"
+                         " processor_ref IS NULL", (reference, payment_id))
+            return records.get_payment(conn, payment_id) or answer.body
+
+        return Answer(answer.status, await self._db.write(keep))
 
     def _default_terminal(self) -> str:
         ids = self._terminals.ids()
@@ -214,10 +268,11 @@ class PaymentService:
             self._bus.publish("payment", body)
 
     def _apply_result(self, conn: sqlite3.Connection, row: sqlite3.Row,
-                      result: TransactionResult | None, now: str, actor: str) -> None:
+                      result: TransactionResult | None, now: str, actor: str,
+                      failure: str | None = None) -> None:
         if result is None:
             state = "failed"
-            failure: str | None = "the terminal could not be reached; nothing was charged"
+            failure = failure or "the terminal could not be reached; nothing was charged"
             fields: dict[str, Any] = {}
         else:
             state = _OUTCOME_STATE[result.outcome]
@@ -474,7 +529,9 @@ class PaymentService:
                 try:
                     result = await driver.recover(InterruptedTransaction(
                         row["id"], row["amount"], row["currency"], TransactionKind.SALE,
-                        row["created_at"]))
+                        row["created_at"],
+                        {"processor_ref": row["processor_ref"]} if row["processor_ref"]
+                        else {}))
                 except Exception as exc:  # recovery is best effort; unknown is the floor
                     log.warning("recovering payment %s failed: %s", row["id"], exc)
             if result is None:

@@ -12,17 +12,23 @@ import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edged import catalog_import
 from edged.config import Config
 from edged.events import EventBus
 from edged.store import Database
 from edged.sync_hooks import StoreHooks
+from edged.terminal_factory import CloudLinks
 from sync.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from sync.clock import Clock, utc_iso
 from sync.engine import EngineSettings, SyncEngine
+from sync.limiter import TokenBucket
 from sync.outbox import OutboxSettings, OutboxStore
+
+if TYPE_CHECKING:
+    from sync.square_terminal import SquareTerminalClient
+    from sync.stripe_terminal import StripeTerminalClient
 
 log = logging.getLogger(__name__)
 
@@ -133,6 +139,54 @@ def build(cfg: Config, db: Database, bus: EventBus, clock: Clock) -> SyncRuntime
                                  secrets.provider(SECRET_NAMES["square"]), clock),
                    breaker("square", BreakerSettings.processors()))
     return SyncRuntime(engine, secrets, [])
+
+
+def cloud_links(runtime: SyncRuntime | None, cfg: Config, clock: Clock) -> CloudLinks:
+    """The Terminal clients of the cloud lanes, on their destination's breaker and bucket."""
+    links = CloudLinks()
+    if runtime is None:
+        return links
+
+    def parts(destination: str) -> tuple[CircuitBreaker, TokenBucket]:
+        worker = runtime.engine.workers[destination]
+        bucket = getattr(worker.gateway, "bucket", None)
+        assert isinstance(bucket, TokenBucket)
+        return worker.breaker, bucket
+
+    if cfg.stripe is not None and "stripe" in runtime.engine.workers:
+        stripe_cfg = cfg.stripe
+
+        def stripe() -> StripeTerminalClient:
+            from sync.stripe_terminal import (  # noqa: PLC0415
+                StripeTerminalClient,
+                StripeTerminalSettings,
+            )
+
+            breaker, bucket = parts("stripe")
+            return StripeTerminalClient(
+                StripeTerminalSettings(base_url=stripe_cfg.base_url,
+                                       timeout=cfg.sync.request_timeout),
+                runtime.secrets.provider(SECRET_NAMES["stripe"]), clock, breaker, bucket)
+
+        links.stripe = stripe
+    if cfg.square is not None and "square" in runtime.engine.workers:
+        square_cfg = cfg.square
+
+        def square() -> SquareTerminalClient:
+            from sync.square_terminal import (  # noqa: PLC0415
+                SquareTerminalClient,
+                SquareTerminalSettings,
+            )
+
+            breaker, bucket = parts("square")
+            return SquareTerminalClient(
+                SquareTerminalSettings(base_url=square_cfg.base_url,
+                                       location_id=square_cfg.location_id,
+                                       timeout=cfg.sync.request_timeout),
+                runtime.secrets.provider(SECRET_NAMES["square"]), clock, breaker, bucket)
+
+        links.square = square
+    return links
 
 
 async def start(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventBus,

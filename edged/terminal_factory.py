@@ -1,24 +1,69 @@
-"""Builds the driver of each ``[[terminals]]`` entry, and checks its options at load."""
+"""Builds the driver of each ``[[terminals]]`` entry, and checks its options at load.
+
+Cloud kinds (``stripe_reader``, ``square_terminal``) need their processor configured
+(``[stripe]`` / ``[square]``): their calls go through that destination's breaker and rate
+limiter, handed over as :class:`CloudLinks` by the sync runtime.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import fields
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from drivers.base import Terminal
+from drivers.cloud_poll import CloudSettings
 from drivers.sim import SimSettings, SimTerminal
 from sync.clock import Clock
 
 if TYPE_CHECKING:
     from drivers.concert import ConcertSettings
     from edged.config import Config, TerminalConfig
+    from sync.square_terminal import SquareTerminalClient
+    from sync.stripe_terminal import StripeTerminalClient
 
 # Kinds whose driver this build has; the others are accepted by the schema but refused here.
-_BUILT = ("sim", "concert")
+_BUILT = ("sim", "concert", "stripe_reader", "square_terminal")
+#: The option naming the device of a cloud kind, and the processor it needs.
+CLOUD = {"stripe_reader": ("reader_id", "stripe"), "square_terminal": ("device_id", "square")}
 
 
-def concert_settings(options: Mapping[str, Any]) -> ConcertSettings:
+@dataclass
+class CloudLinks:
+    """The processors' Terminal clients, built once on first use and shared by the lanes."""
+
+    stripe: Callable[[], StripeTerminalClient] | None = None
+    square: Callable[[], SquareTerminalClient] | None = None
+    _built: dict[str, Any] = field(default_factory=dict)
+
+    def stripe_client(self) -> StripeTerminalClient:
+        if self.stripe is None:
+            raise ValueError("stripe_reader terminals need [stripe] configured")
+        if "stripe" not in self._built:
+            self._built["stripe"] = self.stripe()
+        client: StripeTerminalClient = self._built["stripe"]
+        return client
+
+    def square_client(self) -> SquareTerminalClient:
+        if self.square is None:
+            raise ValueError("square_terminal terminals need [square] configured")
+        if "square" not in self._built:
+            self._built["square"] = self.square()
+        client: SquareTerminalClient = self._built["square"]
+        return client
+
+    @property
+    def clients(self) -> list[Any]:
+        return list(self._built.values())
+
+    async def close(self) -> None:
+        for client in self._built.values():
+            await client.close()
+        self._built.clear()
+
+
+def concert_settings(options: Mapping[str, Any],
+                     customer_timeout: float | None = None) -> ConcertSettings:
     """``[[terminals]]`` options to settings; ``ValueError(key, message)`` on the first fault."""
     from drivers.concert import ConcertSettings  # noqa: PLC0415  (pyserial only when used)
 
@@ -38,11 +83,18 @@ def concert_settings(options: Mapping[str, Any]) -> ConcertSettings:
     try:
         values: dict[str, Any] = {k: float(v) if str(known[k].type) == "float" else v
                                   for k, v in options.items()}
+        if customer_timeout is not None and "customer_timeout" not in options:
+            values["customer_timeout"] = customer_timeout
         return ConcertSettings(**values)
     except ValueError as exc:
         message = str(exc)
         key = message.split(" ", 1)[0]
         raise ValueError(key if key in known else "port", message) from None
+
+
+def cloud_settings(term: TerminalConfig) -> CloudSettings:
+    device_key, _ = CLOUD[term.kind]
+    return CloudSettings.from_options(term.options, device_key, term.customer_timeout)
 
 
 def validate_options(term: TerminalConfig, cfg: Config) -> tuple[str, str] | None:
@@ -53,18 +105,37 @@ def validate_options(term: TerminalConfig, cfg: Config) -> tuple[str, str] | Non
         if term.kind == "sim":
             SimSettings.from_options(dict(term.options))
         elif term.kind == "concert":
-            concert_settings(term.options)
+            concert_settings(term.options, term.customer_timeout)
+        else:
+            cloud_settings(term)
+            processor = CLOUD[term.kind][1]
+            if processor not in cfg.destinations:
+                return ("kind", f"{term.kind} terminals need [{processor}] configured (and"
+                        f" its secret: `edged secret set {processor}."
+                        f"{'key' if processor == 'stripe' else 'token'}`)")
     except ValueError as exc:
         key, message = exc.args if len(exc.args) == 2 else ("?", str(exc))
         return (str(key), str(message))
     return None
 
 
-def build_terminal(term: TerminalConfig, clock: Clock) -> Terminal:
+def build_terminal(term: TerminalConfig, clock: Clock,
+                   links: CloudLinks | None = None) -> Terminal:
     if term.kind == "sim":
-        return SimTerminal(term.id, SimSettings.from_options(dict(term.options)), clock)
+        settings = SimSettings.from_options(dict(term.options))
+        return SimTerminal(term.id, settings, clock, customer_timeout=term.customer_timeout)
     if term.kind == "concert":
         from drivers.concert import ConcertTerminal  # noqa: PLC0415
 
-        return ConcertTerminal(term.id, concert_settings(term.options), clock=clock)
+        return ConcertTerminal(term.id, concert_settings(term.options, term.customer_timeout),
+                               clock=clock)
+    links = links or CloudLinks()
+    if term.kind == "stripe_reader":
+        from drivers.stripe_reader import StripeReaderTerminal  # noqa: PLC0415
+
+        return StripeReaderTerminal(term.id, cloud_settings(term), links.stripe_client(), clock)
+    if term.kind == "square_terminal":
+        from drivers.square_terminal import SquareTerminal  # noqa: PLC0415
+
+        return SquareTerminal(term.id, cloud_settings(term), links.square_client(), clock)
     raise ValueError(f"no driver for terminal kind {term.kind}")

@@ -25,7 +25,7 @@ from drivers.base import (
 from edged.config import TerminalConfig
 from edged.errors import ApiError
 from edged.events import EventBus
-from edged.terminal_factory import build_terminal
+from edged.terminal_factory import CloudLinks, build_terminal
 from sync.clock import Clock, utc_iso
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,10 @@ class _Lane:
 
 class TerminalManager:
     def __init__(self, configs: tuple[TerminalConfig, ...], bus: EventBus,
-                 clock: Clock) -> None:
+                 clock: Clock, links: CloudLinks | None = None) -> None:
         self._bus = bus
         self._clock = clock
-        self._lanes = {c.id: _Lane(c, build_terminal(c, clock)) for c in configs}
+        self._lanes = {c.id: _Lane(c, build_terminal(c, clock, links)) for c in configs}
         self._loops: list[asyncio.Task[None]] = []
 
     async def start(self) -> None:
@@ -101,6 +101,12 @@ class TerminalManager:
         lane.busy_with = subject_id
         self._set_state(lane, TerminalState.BUSY, None)
         return lane.driver
+
+    def mark_offline(self, terminal_id: str, detail: str) -> None:
+        """A driver found the terminal offline while starting a transaction."""
+        lane = self._lanes[terminal_id]
+        if lane.busy_with is None:
+            self._set_state(lane, TerminalState.OFFLINE, detail)
 
     def release(self, terminal_id: str, subject_id: str) -> None:
         lane = self._lanes[terminal_id]

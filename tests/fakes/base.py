@@ -22,6 +22,8 @@ Faults (``fake.faults``, a :class:`FaultController`, the same for the three fake
 - ``faults.throttle(count=None, retry_after=1.0)``: answer the service's own "throttled"
   answer (Shopify ``THROTTLED``, Stripe/Square 429) to the next ``count`` requests, or to all
   until ``restore()``. Independent of the fakes' real rate limiters.
+- ``faults.slow(seconds)``: answer every request ``seconds`` late (real time: a slow link or
+  a slow upstream); ``slow(0)`` or ``restore()`` ends it.
 - ``await faults.restore()``: undo all of the above.
 - ``await faults.wait_hung(n)`` returns once ``n`` requests in total are being held by
   ``hang()``; ``faults.hung_total`` counts them.
@@ -140,6 +142,7 @@ class FaultController:
         self._throttle_retry_after: float | None = 1.0
         self._hung_total = 0
         self._hung_waiters: list[asyncio.Future[None]] = []
+        self._latency = 0.0
 
     # -- switches -------------------------------------------------------------------------
 
@@ -152,12 +155,17 @@ class FaultController:
     async def restore(self) -> None:
         """Listen again (same port) and clear every fault; hung requests are dropped."""
         self._fail = None
+        self._latency = 0.0
         self._throttle_on = False
         self._throttle_remaining = None
         self._release_hangs()
         if self._refused:
             self._refused = False
             await self._server._listen()
+
+    def slow(self, seconds: float) -> None:
+        """Answer every request ``seconds`` late (0: no delay)."""
+        self._latency = max(0.0, seconds)
 
     def hang(self, *, after_apply: bool = False) -> None:
         """Accept and never answer until ``restore()``; optionally execute first."""
@@ -357,6 +365,8 @@ class FakeServer:
         self.stats.requests += 1
         self.stats.by_path[f"{request.method} {request.path}"] += 1
         faults = self.faults
+        if faults._latency > 0:
+            await asyncio.sleep(faults._latency)
 
         hang_after = faults._hang
         if hang_after is False:  # hang before executing

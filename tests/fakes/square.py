@@ -31,7 +31,10 @@ found: ``{}``), ``POST /v2/refunds`` (payment must be COMPLETED; over-refund →
 ``REFUND_AMOUNT_INVALID``; card refunds start ``PENDING`` and read back ``COMPLETED`` from
 ``GET /v2/refunds/{id}`` when ``settle_refunds_on_get`` (default), cash/external refunds are
 ``COMPLETED`` at once), ``GET /v2/refunds/{id}``, ``POST /v2/terminals/checkouts``,
-``GET /v2/terminals/checkouts/{id}``, ``POST /v2/terminals/checkouts/{id}/cancel``.
+``GET /v2/terminals/checkouts/{id}``, ``POST /v2/terminals/checkouts/{id}/cancel``,
+``GET /v2/devices/{id}`` (devices registered with ``add_device(id, category)``; the status
+``category`` AVAILABLE / NEEDS_ATTENTION / OFFLINE, changed by ``set_device_status``; an
+unknown id → 404 ``NOT_FOUND``).
 
 Terminal checkouts move only when a test says so: ``checkout_in_progress(id)``,
 ``checkout_complete(id)`` (creates the card payment, fills ``payment_ids``),
@@ -172,6 +175,7 @@ class FakeSquare(FakeServer):
         self.payments: dict[str, JSON] = {}
         self.refunds: dict[str, JSON] = {}
         self.checkouts: dict[str, JSON] = {}
+        self.devices: dict[str, JSON] = {}
         self.payment_by_key: dict[str, str] = {}
         self.executions: Counter[str] = Counter()
         self.replays: Counter[str] = Counter()
@@ -195,6 +199,7 @@ class FakeSquare(FakeServer):
         r.add_post("/v2/payments/{id}/cancel", self._h_payment_cancel)
         r.add_post("/v2/refunds", self._h_refund_create)
         r.add_get("/v2/refunds/{id}", self._h_refund_get)
+        r.add_get("/v2/devices/{id}", self._h_device_get)
         r.add_post("/v2/terminals/checkouts", self._h_checkout_create)
         r.add_get("/v2/terminals/checkouts/{id}", self._h_checkout_get)
         r.add_post("/v2/terminals/checkouts/{id}/cancel", self._h_checkout_cancel)
@@ -611,6 +616,33 @@ class FakeSquare(FakeServer):
                        f"canceled.")
         self._touch(c)
         return self._respond(200, {"checkout": c})
+
+    def add_device(self, device_id: str, category: str = "AVAILABLE") -> str:
+        """A paired Square Terminal; ``category`` AVAILABLE, NEEDS_ATTENTION or OFFLINE."""
+        self.devices[device_id] = {
+            "id": device_id,
+            "attributes": {"type": "TERMINAL", "manufacturer": "Square", "model": "T2",
+                           "name": f"Terminal {device_id[-4:]}", "manufacturers_id": device_id,
+                           "updated_at": _ts(self.now()), "version": "6.72",
+                           "merchant_token": "MLFAKE"},
+            "status": {"category": category},
+        }
+        return device_id
+
+    def set_device_status(self, device_id: str, category: str) -> None:
+        self.devices[device_id]["status"] = {"category": category}
+
+    def device_checkouts(self, device_id: str) -> list[JSON]:
+        """The device's checkouts, oldest first."""
+        return [c for c in self.checkouts.values()
+                if c["device_options"]["device_id"] == device_id]
+
+    async def _h_device_get(self, request: web.Request) -> web.Response:
+        did = request.match_info["id"]
+        device = self.devices.get(did)
+        if device is None:
+            raise _bad("NOT_FOUND", f"Device with id `{did}` not found.", status=404)
+        return self._respond(200, {"device": device})
 
     def checkout_in_progress(self, checkout_id: str) -> None:
         """The customer started paying on the device."""

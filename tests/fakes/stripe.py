@@ -42,6 +42,15 @@ A decline leaves the PaymentIntent in ``requires_payment_method`` with ``last_pa
 (it exists and is found by search), and the 402 body carries it, as on Stripe.
 Terminal test cards for ``present_payment_method``: ``card_present[number]`` 4242424242424242
 (default, success), 4000000000000002 (declined), 4000000000009995 (insufficient funds).
+The charge of a reader payment carries ``payment_method_details.card_present`` (``brand``,
+``last4``, ``authorization_code``, ``receipt``); ``expand[]=latest_charge`` (and
+``data.latest_charge`` in search) gives the charge object instead of its id.
+
+Readers: ``add_reader``, ``set_reader_status(id, "offline")``, ``occupy_reader(id)`` (another
+action in progress), ``present_payment_method(id, number)``. ``process_payment_intent`` on an
+offline reader is refused 400 ``terminal_reader_offline``, on a busy one 400
+``terminal_reader_busy`` (Stripe's codes); ``cancel_action`` without an action in progress:
+400 ``terminal_reader_invalid_state``.
 
 Idempotency (POST only; the SDK sends a key on every POST): the first answer of a key is
 stored once execution started — successes, declines, state errors, and the 5xx of a lost
@@ -271,6 +280,23 @@ class FakeStripe(FakeServer):
             "serial_number": f"WSC5{next(self._seq):011d}", "status": status,
         }
         return rid
+
+    def set_reader_status(self, reader_id: str, status: str) -> None:
+        """The reader goes ``offline`` (unplugged, no network) or comes back ``online``."""
+        self.readers[reader_id]["status"] = status
+
+    def occupy_reader(self, reader_id: str, payment_intent: str = "pi_someone_else") -> None:
+        """Another integration's action is in progress on the reader (it is busy)."""
+        self.readers[reader_id]["action"] = {
+            "type": "process_payment_intent", "status": "in_progress", "failure_code": None,
+            "failure_message": None, "api_error": None,
+            "process_payment_intent": {"payment_intent": payment_intent,
+                                       "process_config": None}}
+
+    def reader_intent(self, reader_id: str) -> str | None:
+        """The PaymentIntent the reader's action is processing, if any."""
+        action = self.readers[reader_id]["action"]
+        return str(action["process_payment_intent"]["payment_intent"]) if action else None
 
     def present_payment_method(self, reader_id: str, card_number: str = "4242424242424242") -> JSON:
         """What the test helper endpoint does: the customer taps ``card_number``."""
@@ -596,7 +622,7 @@ class FakeStripe(FakeServer):
                            param="payment_method", code="payment_intent_invalid_parameter")
 
     def _new_charge(self, pi: JSON, pm: str, *, status: str, captured: bool,
-                    card_present: bool = False) -> JSON:
+                    card_present: bool = False, number: str = "4242424242424242") -> JSON:
         ch: JSON = {
             "id": self._id("ch"), "object": "charge", "amount": pi["amount"],
             "amount_captured": pi["amount"] if captured else 0, "amount_refunded": 0,
@@ -606,19 +632,32 @@ class FakeStripe(FakeServer):
             "status": status,
             "payment_method_details": {"type": "card_present" if card_present else "card"},
         }
+        if card_present:  # what a reader reports: never the number, its last four digits
+            ch["payment_method_details"]["card_present"] = {
+                "brand": _brand(number), "last4": number[-4:], "exp_month": 12,
+                "exp_year": 2030, "funding": "credit", "country": "US",
+                "network": _brand(number), "read_method": "contactless_emv",
+                "authorization_code": f"{next(self._seq) % 1000000:06d}"
+                if status == "succeeded" else None,
+                "receipt": {"application_preferred_name": _brand(number).upper(),
+                            "dedicated_file_name": "A0000000031010",
+                            "authorization_response_code": "3030" if status == "succeeded"
+                            else "3035"},
+            }
         self.charges[ch["id"]] = ch
         pi["latest_charge"] = ch["id"]
         return ch
 
     def _confirm(self, pi: JSON, pm: str, *, card_present: bool = False,
-                 decline: tuple[str, str | None, str] | None = None) -> None:
+                 decline: tuple[str, str | None, str] | None = None,
+                 number: str = "4242424242424242") -> None:
         """Charge ``pi`` with ``pm``; raises the 402 of a decline (PI stays usable)."""
         pi["payment_method"] = pm
         decline = decline or DECLINES.get(pm)
         if decline is not None:
             code, decline_code, message = decline
             ch = self._new_charge(pi, pm, status="failed", captured=False,
-                                  card_present=card_present)
+                                  card_present=card_present, number=number)
             pm_obj = {"id": pm, "object": "payment_method",
                       "type": "card_present" if card_present else "card"}
             pi["status"] = "requires_payment_method"
@@ -632,19 +671,29 @@ class FakeStripe(FakeServer):
         pi["last_payment_error"] = None
         if pi["capture_method"] == "manual":
             self._new_charge(pi, pm, status="succeeded", captured=False,
-                             card_present=card_present)
+                             card_present=card_present, number=number)
             pi["status"] = "requires_capture"
             pi["amount_capturable"] = pi["amount"]
         else:
             self._new_charge(pi, pm, status="succeeded", captured=True,
-                             card_present=card_present)
+                             card_present=card_present, number=number)
             pi["status"] = "succeeded"
             pi["amount_received"] = pi["amount"]
 
     async def _h_pi_get(self, request: web.Request) -> web.Response:
         params = await self._params(request)
         self._check_known(params, {"expand", "client_secret"})
-        return self._respond(200, self._pi(request.match_info["id"]))
+        return self._respond(200, self._expanded(self._pi(request.match_info["id"]),
+                                                 params, ""))
+
+    def _expanded(self, pi: JSON, params: JSON, prefix: str) -> JSON:
+        """``expand[]=latest_charge`` (``data.latest_charge`` in lists): the charge object."""
+        expand = params.get("expand") or []
+        if isinstance(expand, str):
+            expand = [expand]
+        if f"{prefix}latest_charge" in expand and pi.get("latest_charge"):
+            return {**pi, "latest_charge": self.charges[pi["latest_charge"]]}
+        return pi
 
     async def _h_pi_list(self, request: web.Request) -> web.Response:
         params = await self._params(request)
@@ -677,7 +726,7 @@ class FakeStripe(FakeServer):
                  if self._visible_at.get(pi["id"], 0.0) <= now and pred(pi)]
         found.sort(key=lambda o: (o["created"], o["id"]), reverse=True)
         page = int(params.get("page") or 0)
-        chunk = found[page:page + limit]
+        chunk = [self._expanded(pi, params, "data.") for pi in found[page:page + limit]]
         has_more = len(found) > page + limit
         return self._respond(200, {
             "object": "search_result", "data": chunk, "has_more": has_more,
@@ -934,7 +983,8 @@ class FakeStripe(FakeServer):
         number = card.get("number", "4242424242424242") if isinstance(card, dict) else ""
         pm = self._id("pm")
         try:
-            self._confirm(pi, pm, card_present=True, decline=TERMINAL_DECLINES.get(number))
+            self._confirm(pi, pm, card_present=True, decline=TERMINAL_DECLINES.get(number),
+                          number=number)
         except StripeError as e:
             action.update(status="failed", failure_code=e.code, failure_message=e.message,
                           api_error={"type": e.type, "code": e.code,
@@ -942,6 +992,17 @@ class FakeStripe(FakeServer):
             return reader
         action["status"] = "succeeded"
         return reader
+
+
+def _brand(number: str) -> str:
+    """The card brand Stripe names for a test number (by its first digits)."""
+    if number.startswith("4"):
+        return "visa"
+    if number[:2] in ("51", "52", "53", "54", "55") or number[:2] == "22":
+        return "mastercard"
+    if number[:2] in ("34", "37"):
+        return "amex"
+    return "unknown"
 
 
 def _search_predicate(query: str) -> Callable[[JSON], bool]:

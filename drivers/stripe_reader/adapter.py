@@ -1,0 +1,169 @@
+"""The ``stripe_reader`` lane: a PaymentIntent for ``card_present`` handed to one reader.
+
+``start`` (before the register is answered): create the PaymentIntent under the payment's
+key, then ``process_payment_intent`` on the reader. Stripe's error code decides what the
+register hears: ``terminal_reader_offline`` → :class:`TerminalUnavailable` (ERR-3003),
+``terminal_reader_busy`` → :class:`TerminalBusy` (ERR-3002); the PaymentIntent is then
+cancelled and nothing was charged. A lost answer is not a refusal: ``collect`` finds out.
+
+``collect``: :class:`~drivers.stripe_reader.poller.ReaderPoller` until the final state.
+``cancel``: wakes the poller, which stops the action and cancels the PaymentIntent.
+``recover``: after a restart, read the PaymentIntent (by its id, else by its metadata, else
+the one the reader's action names) before sending anything; a payment still waiting on the
+reader is stopped and ends as Stripe then says.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from drivers.base import (
+    Capabilities,
+    InterruptedTransaction,
+    Terminal,
+    TerminalBusy,
+    TerminalState,
+    TerminalStatus,
+    TerminalUnavailable,
+    TransactionRequest,
+    TransactionResult,
+)
+from drivers.cloud_poll import CloudSettings
+from drivers.stripe_reader.poller import LINK_ERRORS, ReaderPoller, Run, result_of
+from sync.clock import Clock
+from sync.errors import CredentialsRequired, SyncError
+from sync.errors import OutcomeUnknown as OutcomeLost
+from sync.stripe_terminal import StripeTerminalClient, TerminalRefused
+
+log = logging.getLogger(__name__)
+
+OFFLINE_CODES = ("terminal_reader_offline",)
+BUSY_CODES = ("terminal_reader_busy",)
+
+
+class StripeReaderTerminal(Terminal):
+    kind = "stripe_reader"
+
+    def __init__(self, terminal_id: str, settings: CloudSettings,
+                 client: StripeTerminalClient, clock: Clock) -> None:
+        super().__init__(terminal_id)
+        self.settings = settings
+        self.client = client
+        self._clock = clock
+        self._poller = ReaderPoller(client, settings.device, settings, clock)
+        self._run: Run | None = None
+
+    @property
+    def capabilities(self) -> Capabilities:
+        return Capabilities(refund=False, cancel=True, recover=True)
+
+    async def open(self) -> None:
+        return None
+
+    async def status(self) -> TerminalStatus:
+        try:
+            reader = await self.client.reader(self.settings.device)
+        except CredentialsRequired as exc:
+            return TerminalStatus(TerminalState.OFFLINE, str(exc))
+        except TerminalRefused as exc:
+            return TerminalStatus(TerminalState.OFFLINE, f"Stripe: {exc}")
+        except (SyncError, *LINK_ERRORS) as exc:
+            return TerminalStatus(TerminalState.OFFLINE, f"Stripe unreachable ({exc})")
+        if reader.status != "online":
+            return TerminalStatus(TerminalState.OFFLINE, f"reader {reader.id} is {reader.status}"
+                                  " at Stripe")
+        if self._run is not None or reader.action_status == "in_progress":
+            return TerminalStatus(TerminalState.BUSY)
+        return TerminalStatus(TerminalState.ONLINE)
+
+    async def start(self, request: TransactionRequest) -> str | None:
+        run = self._poller.run_for(request, None)
+        try:
+            intent = await self.client.create_intent(request.payment_id, request.amount,
+                                                     request.currency,
+                                                     description=request.reference)
+        except TerminalRefused as exc:
+            raise TerminalUnavailable(f"Stripe refused the PaymentIntent: {exc}") from None
+        except OutcomeLost:
+            self._run = run  # the create may have happened: collect finds out
+            return None
+        except (SyncError, *LINK_ERRORS) as exc:
+            raise TerminalUnavailable(f"Stripe unreachable: {exc}") from None
+        run.intent_id = intent.id
+        self._run = run
+        try:
+            await self.client.process(self.settings.device, request.payment_id, intent.id)
+        except TerminalRefused as exc:
+            self._run = None
+            await self._abandon(run)
+            if exc.code in OFFLINE_CODES:
+                raise TerminalUnavailable(f"reader {self.settings.device} is offline"
+                                          f" ({exc.code})") from None
+            if exc.code in BUSY_CODES:
+                raise TerminalBusy(f"reader {self.settings.device} is busy with another"
+                                   f" request ({exc.code})") from None
+            raise TerminalUnavailable(f"Stripe refused to start the reader: {exc}") from None
+        except OutcomeLost:
+            run.handed = True  # the reader may have it: collect reads the action
+            return intent.id
+        except (SyncError, *LINK_ERRORS) as exc:
+            self._run = None
+            await self._abandon(run)
+            raise TerminalUnavailable(f"Stripe unreachable: {exc}") from None
+        run.handed = True
+        return intent.id
+
+    async def _abandon(self, run: Run) -> None:
+        """Cancel a PaymentIntent no reader took (best effort: it cannot be charged)."""
+        if run.intent_id is None:
+            return
+        try:
+            await self.client.cancel_intent(run.intent_id, f"edged-{run.payment_id}-cancel")
+        except (SyncError, *LINK_ERRORS) as exc:
+            log.warning("could not cancel the unused PaymentIntent %s: %s", run.intent_id, exc)
+
+    async def collect(self, request: TransactionRequest) -> TransactionResult:
+        run = self._run
+        if run is None or run.payment_id != request.payment_id:
+            await self.start(request)
+            run = self._run
+        assert run is not None
+        try:
+            return await self._poller.follow(run)
+        finally:
+            self._run = None
+
+    async def cancel(self) -> None:
+        if self._run is not None:
+            self._run.cancel.set()
+
+    async def recover(self, interrupted: InterruptedTransaction) -> TransactionResult | None:
+        run = Run(interrupted.payment_id, interrupted.extra.get("processor_ref") or None,
+                  interrupted.amount, interrupted.currency,
+                  cancel_why="the daemon stopped during the payment", handed=True)
+        try:
+            if run.intent_id is None:
+                found = await self.client.find_intent(run.payment_id)
+                run.intent_id = found.id if found is not None else None
+            if run.intent_id is None:
+                reader = await self.client.reader(self.settings.device)
+                if reader.action_intent is not None:
+                    named = await self.client.intent(reader.action_intent)
+                    if named.payment_id == run.payment_id:
+                        run.intent_id = named.id
+            if run.intent_id is None:
+                return await self._poller.stop(run, "the daemon stopped before the reader"
+                                               " took the payment")
+            intent = await self.client.intent(run.intent_id)
+        except (SyncError, *LINK_ERRORS) as exc:
+            log.warning("payment %s: Stripe cannot say how it ended (%s)", run.payment_id, exc)
+            return None
+        settled = result_of(intent, run.amount, run.currency)
+        if settled is not None:
+            return settled
+        result = await self._poller.stop(run, "the daemon stopped during the payment")
+        return None if result.outcome.value == "unknown" else result
+
+    async def close(self) -> None:
+        await self.cancel()
+

@@ -1,0 +1,332 @@
+"""Stripe Terminal, server-driven: the calls a ``stripe_reader`` lane makes, as typed values.
+
+The reader driver (``drivers/stripe_reader``) never sees the SDK or a wire dict: it calls
+this client, which goes through the ``stripe`` destination's circuit breaker and token
+bucket (the same ones the outbox worker uses), one SDK call at a time, with
+``max_network_retries=0`` (the driver's poller decides on every retry).
+
+Calls and their keys (every POST carries one; all are derived from the payment's id, so
+whatever is resent after a lost answer goes under the same key and Stripe replays it):
+
+- ``create_intent``: ``POST /v1/payment_intents`` with ``allowed_payment_method_types=
+  ["card_present"]`` (the SDK 16.1 pins an API version on which ``payment_method_types``
+  is no longer writable), ``capture_method`` ``automatic`` or ``manual``,
+  ``metadata[edged_payment_id]``. Key ``edged-<payment>-pi``.
+- ``process``: ``POST /v1/terminal/readers/{id}/process_payment_intent``. Key
+  ``edged-<payment>-process``.
+- ``reader``: ``GET /v1/terminal/readers/{id}``: status and the ``action``.
+- ``intent``: ``GET /v1/payment_intents/{id}?expand[]=latest_charge``: status, amounts, and
+  the card's brand, last four digits and authorisation code from the charge's
+  ``payment_method_details.card_present``.
+- ``find_intent``: search by ``metadata['edged_payment_id']`` (reconciliation only).
+- ``cancel_action`` and ``cancel_intent``.
+
+Errors: Stripe's own error ``code`` decides, never the HTTP status: a refusal is
+:class:`TerminalRefused` with ``code`` (``terminal_reader_offline``,
+``terminal_reader_busy``, ``resource_missing``…); a decline carries ``decline_code``.
+The rest as in ``sync.stripe``: 429 → :class:`Throttled`, 5xx / a dropped answer →
+:class:`OutcomeUnknown`, nothing sent → :class:`TransientError`, keys →
+:class:`CredentialsRequired`, an open breaker → :class:`BreakerOpen`.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from sync.breaker import CircuitBreaker
+from sync.clock import Clock
+from sync.errors import (
+    CredentialsRequired,
+    OutcomeUnknown,
+    PermanentError,
+    Throttled,
+    TransientError,
+)
+from sync.limiter import TokenBucket, retry_after_seconds
+
+if TYPE_CHECKING:
+    import stripe
+    from stripe.params import PaymentIntentCreateParams
+
+log = logging.getLogger(__name__)
+
+T = TypeVar("T")
+
+
+class TerminalRefused(PermanentError):
+    """Stripe refused the call; ``code`` is Stripe's error code, ``decline_code`` a decline's."""
+
+    def __init__(self, message: str, code: str | None = None,
+                 decline_code: str | None = None) -> None:
+        super().__init__(message, code)
+        self.args = (message, code, decline_code)
+        self.decline_code = decline_code
+
+
+@dataclass(frozen=True, slots=True)
+class IntentView:
+    """What the driver needs of a PaymentIntent."""
+
+    id: str
+    status: str
+    amount: int
+    currency: str
+    amount_capturable: int = 0
+    amount_received: int = 0
+    capture_method: str = "automatic"
+    brand: str | None = None
+    last4: str | None = None
+    auth_code: str | None = None
+    error_code: str | None = None
+    decline_code: str | None = None
+    error_message: str | None = None
+    payment_id: str | None = None
+    """``metadata[edged_payment_id]``: the payment it was made for."""
+
+
+@dataclass(frozen=True, slots=True)
+class ReaderView:
+    """A reader's status and its current (or last) action."""
+
+    id: str
+    status: str
+    """``online`` or ``offline``, as Stripe last saw it."""
+    action_type: str | None = None
+    action_status: str | None = None
+    """``in_progress``, ``succeeded`` or ``failed``."""
+    action_intent: str | None = None
+    failure_code: str | None = None
+    failure_message: str | None = None
+    decline_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StripeTerminalSettings:
+    base_url: str | None = None
+    timeout: float = 20.0
+
+
+def intent_key(payment_id: str) -> str:
+    return f"edged-{payment_id}-pi"
+
+
+def process_key(payment_id: str) -> str:
+    return f"edged-{payment_id}-process"
+
+
+def _intent_view(pi: Mapping[str, Any]) -> IntentView:
+    charge = pi.get("latest_charge")
+    details = charge.get("payment_method_details") if isinstance(charge, Mapping) else None
+    card = None
+    if isinstance(details, Mapping):
+        card = details.get("card_present") or details.get("card")
+    error = pi.get("last_payment_error")
+    err = error if isinstance(error, Mapping) else {}
+    return IntentView(
+        id=str(pi["id"]), status=str(pi.get("status")), amount=int(pi.get("amount") or 0),
+        currency=str(pi.get("currency") or "").upper(),
+        amount_capturable=int(pi.get("amount_capturable") or 0),
+        amount_received=int(pi.get("amount_received") or 0),
+        capture_method=str(pi.get("capture_method") or "automatic"),
+        brand=str(card["brand"]).upper() if isinstance(card, Mapping) and card.get("brand")
+        else None,
+        last4=str(card["last4"]) if isinstance(card, Mapping) and card.get("last4") else None,
+        auth_code=str(card["authorization_code"]) if isinstance(card, Mapping)
+        and card.get("authorization_code") else None,
+        error_code=err.get("code"), decline_code=err.get("decline_code"),
+        error_message=err.get("message"),
+        payment_id=(pi.get("metadata") or {}).get("edged_payment_id"))
+
+
+def _reader_view(reader: Mapping[str, Any]) -> ReaderView:
+    action = reader.get("action")
+    if not isinstance(action, Mapping):
+        return ReaderView(id=str(reader["id"]), status=str(reader.get("status") or "offline"))
+    ppi = action.get("process_payment_intent")
+    intent = ppi.get("payment_intent") if isinstance(ppi, Mapping) else None
+    api_error = action.get("api_error")
+    decline = api_error.get("decline_code") if isinstance(api_error, Mapping) else None
+    return ReaderView(
+        id=str(reader["id"]), status=str(reader.get("status") or "offline"),
+        action_type=action.get("type"), action_status=action.get("status"),
+        action_intent=intent if isinstance(intent, str) else None,
+        failure_code=action.get("failure_code"), failure_message=action.get("failure_message"),
+        decline_code=decline)
+
+
+def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    for key, value in (headers or {}).items():
+        if key.lower() == name:
+            return value
+    return None
+
+
+class StripeTerminalClient:
+    """Stripe Terminal through the ``stripe`` destination's breaker and bucket."""
+
+    def __init__(self, settings: StripeTerminalSettings, key_provider: Callable[[], str | None],
+                 clock: Clock, breaker: CircuitBreaker, bucket: TokenBucket) -> None:
+        import aiohttp  # noqa: PLC0415
+        import stripe  # noqa: PLC0415  (lazily: only when a reader is configured)
+
+        self.settings = settings
+        self.breaker = breaker
+        self.bucket = bucket
+        self.calls = 0
+        """HTTP calls made (for the bench: processor calls per payment)."""
+        self._clock = clock
+        self._key_provider = key_provider
+        self._http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(
+            total=settings.timeout, connect=min(settings.timeout, 10.0)))
+        self._client: stripe.StripeClient | None = None
+        self._client_key: str | None = None
+
+    async def close(self) -> None:
+        await self._http.close_async()  # type: ignore[no-untyped-call]
+
+    # -- calls ----------------------------------------------------------------------------
+
+    async def create_intent(self, payment_id: str, amount: int, currency: str, *,
+                            manual_capture: bool = False,
+                            description: str | None = None) -> IntentView:
+        client = self._stripe()
+        params: PaymentIntentCreateParams = {
+            "amount": amount, "currency": currency.lower(),
+            "allowed_payment_method_types": ["card_present"],
+            "capture_method": "manual" if manual_capture else "automatic",
+            "metadata": {"edged_payment_id": payment_id},
+        }
+        if description:
+            params["description"] = description[:1000]
+        pi = await self._call("create the PaymentIntent", lambda: client.v1.payment_intents
+                              .create_async(params,
+                                            options={"idempotency_key": intent_key(payment_id)}))
+        return _intent_view(pi.to_dict())
+
+    async def process(self, reader_id: str, payment_id: str, intent_id: str) -> ReaderView:
+        client = self._stripe()
+        reader = await self._call(
+            "hand the PaymentIntent to the reader",
+            lambda: client.v1.terminal.readers.process_payment_intent_async(
+                reader_id, {"payment_intent": intent_id},
+                options={"idempotency_key": process_key(payment_id)}))
+        return _reader_view(reader.to_dict())
+
+    async def reader(self, reader_id: str) -> ReaderView:
+        client = self._stripe()
+        reader = await self._call("read the reader",
+                                  lambda: client.v1.terminal.readers.retrieve_async(reader_id))
+        return _reader_view(reader.to_dict())
+
+    async def intent(self, intent_id: str) -> IntentView:
+        client = self._stripe()
+        pi = await self._call("read the PaymentIntent",
+                              lambda: client.v1.payment_intents.retrieve_async(
+                                  intent_id, {"expand": ["latest_charge"]}))
+        return _intent_view(pi.to_dict())
+
+    async def find_intent(self, payment_id: str) -> IntentView | None:
+        client = self._stripe()
+        literal = "'" + payment_id.replace("\\", "\\\\").replace("'", "\\'") + "'"
+        found = await self._call("search PaymentIntents",
+                                 lambda: client.v1.payment_intents.search_async(
+                                     {"query": f"metadata['edged_payment_id']:{literal}",
+                                      "limit": 10, "expand": ["data.latest_charge"]}))
+        intents = [_intent_view(pi.to_dict()) for pi in found.data]
+        paid = [i for i in intents if i.status in ("succeeded", "requires_capture",
+                                                   "processing")]
+        chosen = paid or intents
+        return chosen[0] if chosen else None
+
+    async def cancel_action(self, reader_id: str, key: str) -> ReaderView:
+        client = self._stripe()
+        reader = await self._call("cancel the reader's action",
+                                  lambda: client.v1.terminal.readers.cancel_action_async(
+                                      reader_id, options={"idempotency_key": key}))
+        return _reader_view(reader.to_dict())
+
+    async def cancel_intent(self, intent_id: str, key: str) -> IntentView:
+        client = self._stripe()
+        pi = await self._call("cancel the PaymentIntent",
+                              lambda: client.v1.payment_intents.cancel_async(
+                                  intent_id, options={"idempotency_key": key}))
+        return _intent_view(pi.to_dict())
+
+    # -- plumbing -------------------------------------------------------------------------
+
+    def _stripe(self) -> stripe.StripeClient:
+        import stripe  # noqa: PLC0415
+
+        key = self._key_provider()
+        if not key:
+            raise CredentialsRequired("ERR-6006: no Stripe secret key is set; set it with "
+                                      "`edged secret set stripe.key`")
+        if self._client is None or key != self._client_key:
+            self._client = stripe.StripeClient(
+                key, base_addresses={"api": self.settings.base_url}
+                if self.settings.base_url else {},
+                http_client=self._http, max_network_retries=0)
+            self._client_key = key
+        return self._client
+
+    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        async with self.breaker.call():
+            await self.bucket.acquire()
+            self.calls += 1
+            return await self._sorted(what, call)
+
+    async def _sorted(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+        import aiohttp  # noqa: PLC0415
+        import stripe  # noqa: PLC0415
+
+        try:
+            answer = await call()
+        except stripe.RateLimitError as exc:
+            wait = self.bucket.on_429(retry_after_seconds(_header(exc.headers, "retry-after"),
+                                                          self._clock.now()))
+            raise Throttled(wait, f"stripe rate-limited the call to {what} (429)") from None
+        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+            raise CredentialsRequired(
+                f"ERR-6072: Stripe refused the secret key ({exc.http_status}) when asked to "
+                f"{what}; set a valid one with `edged secret set stripe.key`") from None
+        except stripe.CardError as exc:
+            self.bucket.on_success()
+            error = exc.json_body.get("error") if isinstance(exc.json_body, dict) else None
+            decline = error.get("decline_code") if isinstance(error, dict) else None
+            raise TerminalRefused(exc.user_message or "declined", exc.code,
+                                  decline) from None
+        except stripe.IdempotencyError as exc:
+            self.bucket.on_success()
+            raise TerminalRefused(f"Stripe saw the key with another body when asked to "
+                                  f"{what}: {exc.user_message}", "idempotency_error") from None
+        except stripe.InvalidRequestError as exc:
+            self.bucket.on_success()
+            raise TerminalRefused(f"Stripe refused the call to {what}: {exc.user_message}",
+                                  exc.code) from None
+        except stripe.APIConnectionError as exc:
+            cause = exc.__cause__
+            if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+                raise TransientError(f"stripe unreachable ({type(cause).__name__}): could not"
+                                     f" {what}; nothing was sent") from None
+            raise OutcomeUnknown(f"stripe: the connection failed after sending the call to "
+                                 f"{what}") from None
+        except stripe.APIError as exc:
+            status = exc.http_status
+            if status is not None and 400 <= status < 500 and status != 409:
+                raise TerminalRefused(f"Stripe refused the call to {what} ({status}): "
+                                      f"{exc.user_message}", exc.code) from None
+            raise OutcomeUnknown(f"stripe answered {status} to the call to {what}") from None
+        except stripe.StripeError as exc:
+            raise TerminalRefused(f"stripe: {type(exc).__name__} when asked to {what}: "
+                                  f"{exc.user_message}", exc.code) from None
+        except TimeoutError:
+            raise OutcomeUnknown(f"stripe: no answer in time to the call to {what}") from None
+        self.bucket.on_success()
+        return answer
+
+
+__all__ = ["IntentView", "ReaderView", "StripeTerminalClient", "StripeTerminalSettings",
+           "TerminalRefused", "intent_key", "process_key"]

@@ -1,0 +1,426 @@
+"""Cloud terminal lanes end to end: the daemon's HTTP API, the real stripe and squareup SDKs,
+the loopback fakes of Stripe Terminal and Square Terminal.
+
+Every test drives a real daemon through ``/v1`` (in-process, or a subprocess for the
+SIGKILL) and judges both sides: the payment the register sees, and what the processor
+holds (PaymentIntents, the reader's action, checkouts, keys). Nothing sleeps for timing:
+every wait polls with a bound.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import json
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import replace
+from pathlib import Path
+from typing import Any, TypeVar, cast
+
+import aiohttp
+import pytest
+
+from edged import secrets, tokens
+from edged.app import Daemon
+from edged.config import Config, ProcessorConfig, SyncConfig, TerminalConfig
+from edged.store.database import open_sync
+from tests.daemon_process import UNLIMITED_API, DaemonProcess
+from tests.fakes.square import FakeSquare
+from tests.fakes.stripe import FakeStripe
+from tests.helpers import Api, make_config, running
+
+pytestmark = pytest.mark.timeout(60)
+
+T = TypeVar("T")
+
+STRIPE_KEY = "sk_test_cloud"
+SQUARE_TOKEN = "sq-test-cloud"  # noqa: S105 - the fake takes any non-empty token
+READER = "tmr_FakeCounter1"
+DEVICE = "995CS397A6475287"
+WAIT = 15.0
+POLL = {"poll_interval": 0.02, "poll_max": 0.1, "link_grace": 30.0}
+
+
+async def until(probe: Callable[[], Awaitable[T | None]], what: str,
+                timeout: float = WAIT) -> T:
+    deadline = time.monotonic() + timeout
+    while True:
+        value = await probe()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g} s waiting for {what}"
+                                 f" (last: {value!r})")
+        await asyncio.sleep(0.02)
+
+
+def cloud_config(data_dir: Path, stripe: FakeStripe | None, square: FakeSquare | None, *,
+                 customer_timeout: float = 30.0) -> Config:
+    lanes = []
+    if stripe is not None:
+        lanes.append(TerminalConfig(id="reader-1", kind="stripe_reader",
+                                    options={"reader_id": READER, **POLL},
+                                    heartbeat_seconds=0.2, max_backoff_seconds=0.2,
+                                    customer_timeout=customer_timeout))
+    if square is not None:
+        lanes.append(TerminalConfig(id="square-1", kind="square_terminal",
+                                    options={"device_id": DEVICE, **POLL},
+                                    heartbeat_seconds=0.2, max_backoff_seconds=0.2,
+                                    customer_timeout=customer_timeout))
+    cfg = replace(
+        make_config(data_dir), terminals=tuple(lanes),
+        stripe=ProcessorConfig(base_url=stripe.base_url) if stripe else None,
+        square=ProcessorConfig(base_url=square.base_url) if square else None,
+        sync=SyncConfig(request_timeout=5.0, breaker_break_seconds=0.5, quick_retries=1))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    if stripe is not None:
+        secrets.cli_set(data_dir, "stripe.key", io.StringIO(STRIPE_KEY + "\n"), env={})
+    if square is not None:
+        secrets.cli_set(data_dir, "square.token", io.StringIO(SQUARE_TOKEN + "\n"), env={})
+    return cfg
+
+
+@asynccontextmanager
+async def fakes(stripe: bool = True, square: bool = True
+                ) -> AsyncIterator[tuple[FakeStripe, FakeSquare]]:
+    async with FakeStripe(rate=None) as st, FakeSquare(rate=None) as sq:
+        st.add_reader(READER)
+        sq.add_device(DEVICE)
+        yield st, sq
+
+
+async def pay(api: Api, terminal: str, amount: int = 1250,
+              key: str | None = None) -> tuple[int, Any]:
+    return await api.post("/v1/payments", {"amount": amount, "currency": "EUR",
+                                           "method": "card_present", "terminal": terminal},
+                          key=key)
+
+
+async def final(api: Api, payment_id: str) -> dict[str, Any]:
+    status, body = await api.get(f"/v1/payments/{payment_id}?wait=10")
+    assert status == 200, body
+    assert body["state"] not in ("pending", "in_progress"), body
+    return dict(body)
+
+
+async def lane_state(api: Api, terminal: str) -> str:
+    status, body = await api.get(f"/v1/terminals/{terminal}")
+    assert status == 200, body
+    return str(body["state"])
+
+
+def reader_intent(st: FakeStripe) -> Callable[[], Awaitable[str | None]]:
+    async def probe() -> str | None:
+        return st.reader_intent(READER) if st.readers[READER]["action"] and \
+            st.readers[READER]["action"]["status"] == "in_progress" else None
+    return probe
+
+
+def square_checkout(sq: FakeSquare) -> Callable[[], Awaitable[str | None]]:
+    async def probe() -> str | None:
+        live = [c for c in sq.device_checkouts(DEVICE) if c["status"] == "PENDING"]
+        return str(live[-1]["id"]) if live else None
+    return probe
+
+
+# -- Stripe reader ------------------------------------------------------------------------
+
+
+async def test_stripe_reader_approves_with_the_card_from_the_charge(tmp_path: Path) -> None:
+    async with fakes(square=False) as (st, _), running(cloud_config(tmp_path, st, None)) as api:
+        await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the reader online")
+        calls_before = st.stats.requests
+        status, body = await pay(api, "reader-1", 1250)
+        assert status == 202, body
+        intent_id = await until(reader_intent(st), "the reader to get the PaymentIntent")
+        pi = st.payment_intents[intent_id]
+        assert pi["allowed_payment_method_types"] == ["card_present"]
+        assert pi["metadata"] == {"edged_payment_id": body["id"]}
+        assert pi["amount"] == 1250 and pi["currency"] == "eur"
+        st.present_payment_method(READER, "4242424242424242")
+        done = await final(api, body["id"])
+        assert done["state"] == "approved", done
+        assert (done["brand"], done["last4"]) == ("VISA", "4242")
+        assert done["processor_ref"] == intent_id
+        assert done["auth_code"]
+        assert pi["status"] == "succeeded"
+        creates = [r for r in st.requests if r.path == "/v1/payment_intents"]
+        assert len(creates) == 1
+        assert creates[0].headers["Idempotency-Key"] == f"edged-{body['id']}-pi"
+        # the register's answer needed two calls; the rest is polling that stopped at the end
+        polls = st.stats.by_path[f"GET /v1/terminal/readers/{READER}"]
+        assert st.stats.requests - calls_before >= 3
+        assert "4242424242424242" not in json.dumps(done)
+        after = st.stats.requests
+        await asyncio.sleep(0.3)  # heartbeats go on, payment polling does not
+        assert st.stats.by_path[f"GET /v1/payment_intents/{intent_id}"] == 1
+        assert st.stats.requests - after <= 3, (polls, st.stats.by_path)
+
+
+async def _is(value: Awaitable[str], want: str) -> bool:
+    return await value == want
+
+
+async def test_stripe_reader_decline_carries_stripes_code(tmp_path: Path) -> None:
+    async with fakes(square=False) as (st, _), running(cloud_config(tmp_path, st, None)) as api:
+        await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the reader online")
+        status, body = await pay(api, "reader-1", 990)
+        assert status == 202, body
+        await until(reader_intent(st), "the reader to get the PaymentIntent")
+        st.present_payment_method(READER, "4000000000009995")
+        done = await final(api, body["id"])
+        assert done["state"] == "declined", done
+        assert "insufficient_funds" in done["failure"]
+        assert done["raw_status"] == "insufficient_funds"
+        assert await until(lambda: _is(lane_state(api, "reader-1"), "online"), "lane free")
+
+
+async def test_stripe_reader_cancel_from_the_register(tmp_path: Path) -> None:
+    async with fakes(square=False) as (st, _), running(cloud_config(tmp_path, st, None)) as api:
+        await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the reader online")
+        status, body = await pay(api, "reader-1", 500)
+        assert status == 202, body
+        intent_id = await until(reader_intent(st), "the reader to get the PaymentIntent")
+        status, canceled = await api.post(f"/v1/payments/{body['id']}/cancel", {})
+        assert status == 200, canceled
+        assert canceled["state"] == "canceled", canceled
+        assert st.payment_intents[intent_id]["status"] == "canceled"
+        action = st.readers[READER]["action"]
+        assert action is None or action["status"] != "in_progress"
+        assert st.stats.by_path[f"POST /v1/terminal/readers/{READER}/cancel_action"] == 1
+        # the customer taps too late: nothing to charge
+        with pytest.raises(Exception, match="no in-progress action"):
+            st.present_payment_method(READER)
+
+
+async def test_stripe_reader_offline_and_busy_answer_at_once(tmp_path: Path) -> None:
+    async with fakes(square=False) as (st, _), running(cloud_config(tmp_path, st, None)) as api:
+        await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the reader online")
+        # offline at Stripe but not yet seen by the heartbeat: process_payment_intent says
+        st.set_reader_status(READER, "offline")
+        status, body = await pay(api, "reader-1", 700, key="k-offline")
+        assert status == 503, body
+        assert body["error"]["code"] == "ERR-3003"
+        assert "terminal_reader_offline" in body["error"]["message"]
+        failed = await api.get("/v1/payments?state=failed")
+        assert len(failed[1]["data"]) == 1
+        assert all(pi["status"] == "canceled" for pi in st.payment_intents.values())
+        assert await lane_state(api, "reader-1") == "offline"
+        status, body = await pay(api, "reader-1", 700, key="k-offline")
+        assert (status, body["error"]["code"]) == (503, "ERR-3003")
+        st.set_reader_status(READER, "online")
+        await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the reader back")
+        # the same key goes through now that the reader is back (the refusal was not kept)
+        status, body = await pay(api, "reader-1", 700, key="k-offline")
+        assert status == 202, body
+        await until(reader_intent(st), "the reader to get the PaymentIntent")
+        st.present_payment_method(READER)
+        assert (await final(api, body["id"]))["state"] == "approved"
+
+        # busy with another integration's action: Stripe's terminal_reader_busy
+        st.occupy_reader(READER)
+        status, body = await pay(api, "reader-1", 800)
+        assert status == 409, body
+        assert body["error"]["code"] == "ERR-3002"
+        assert "terminal_reader_busy" in body["error"]["message"]
+
+
+async def test_stripe_link_lost_mid_payment_and_restored(tmp_path: Path) -> None:
+    async with fakes(square=False) as (st, _), running(cloud_config(tmp_path, st, None)) as api:
+        await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the reader online")
+        status, body = await pay(api, "reader-1", 1500)
+        assert status == 202, body
+        await until(reader_intent(st), "the reader to get the PaymentIntent")
+        await st.faults.refuse()
+        refused_from = st.stats.requests
+        st.present_payment_method(READER)  # the customer pays while the link is down
+        await asyncio.sleep(0.3)
+        status, still = await api.get(f"/v1/payments/{body['id']}")
+        assert still["state"] == "in_progress", still
+        await st.faults.restore()
+        done = await final(api, body["id"])
+        assert done["state"] == "approved", done
+        assert st.stats.requests > refused_from
+
+
+async def test_stripe_lost_answer_to_the_create_is_read_back(tmp_path: Path) -> None:
+    async with fakes(square=False) as (st, _), running(cloud_config(tmp_path, st, None)) as api:
+        await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the reader online")
+        st.faults.fail(500, count=1, fail_after_apply=True)
+        status, body = await pay(api, "reader-1", 1800)
+        assert status == 202, body
+        assert len(st.payment_intents) == 1
+        # the create happened; its answer was lost: the daemon finds it and never creates
+        # another one under another key, then hands it to the reader
+        intent_id = await until(reader_intent(st), "the reader to get the PaymentIntent")
+        assert intent_id in st.payment_intents
+        st.present_payment_method(READER)
+        done = await final(api, body["id"])
+        assert done["state"] == "approved", done
+        assert len(st.payment_intents) == 1
+        keys = {r.headers.get("Idempotency-Key") for r in st.requests
+                if r.path == "/v1/payment_intents" and r.method == "POST"}
+        assert keys <= {f"edged-{body['id']}-pi"}
+
+
+# -- Square Terminal ----------------------------------------------------------------------
+
+
+async def test_square_terminal_completed_with_payment_ids(tmp_path: Path) -> None:
+    async with fakes(stripe=False) as (_, sq), running(cloud_config(tmp_path, None, sq)) as api:
+        await until(lambda: _is(lane_state(api, "square-1"), "online"), "the device online")
+        status, body = await pay(api, "square-1", 2300)
+        assert status == 202, body
+        checkout_id = await until(square_checkout(sq), "the checkout")
+        checkout = sq.checkouts[checkout_id]
+        assert checkout["amount_money"] == {"amount": 2300, "currency": "EUR"}
+        assert checkout["device_options"]["device_id"] == DEVICE
+        sq.checkout_in_progress(checkout_id)
+        square_payment = sq.checkout_complete(checkout_id)
+        done = await final(api, body["id"])
+        assert done["state"] == "approved", done
+        assert done["processor_ref"] == square_payment
+        assert (done["brand"], done["last4"]) == ("VISA", "1111")
+        assert sq.executions[f"edged-{body['id']}-co"] == 1
+
+
+async def test_square_decline_then_customer_timeout_is_declined(tmp_path: Path) -> None:
+    cfg = cloud_config(tmp_path, None, None)
+    async with fakes(stripe=False) as (_, sq):
+        cfg = cloud_config(tmp_path, None, sq, customer_timeout=0.6)
+        async with running(cfg) as api:
+            await until(lambda: _is(lane_state(api, "square-1"), "online"), "the device")
+            status, body = await pay(api, "square-1", 410)
+            checkout_id = await until(square_checkout(sq), "the checkout")
+            sq.checkout_declined(checkout_id)  # stays IN_PROGRESS while the customer retries
+            await until(lambda: _holds(sq.checkouts[checkout_id]["status"] ==
+                                       "CANCEL_REQUESTED"), "the cancel at the timeout")
+            sq.checkout_canceled(checkout_id, "SELLER_CANCELED")
+            done = await final(api, body["id"])
+            assert done["state"] == "declined", done
+            assert "did not pay" in done["failure"]
+
+            # untouched checkout (PENDING) at the timeout: canceled
+            status, body = await pay(api, "square-1", 420)
+            assert status == 202, body
+            done = await final(api, body["id"])
+            assert done["state"] == "canceled", done
+
+
+async def _holds(value: bool) -> bool:
+    return value
+
+
+async def test_square_cancel_from_the_register_and_device_offline(tmp_path: Path) -> None:
+    async with fakes(stripe=False) as (_, sq), running(cloud_config(tmp_path, None, sq)) as api:
+        await until(lambda: _is(lane_state(api, "square-1"), "online"), "the device online")
+        status, body = await pay(api, "square-1", 610)
+        checkout_id = await until(square_checkout(sq), "the checkout")
+        status, canceled = await api.post(f"/v1/payments/{body['id']}/cancel", {})
+        assert status == 200, canceled
+        assert canceled["state"] == "canceled", canceled
+        assert sq.checkouts[checkout_id]["status"] == "CANCELED"
+
+        sq.set_device_status(DEVICE, "OFFLINE")
+        status, body = await pay(api, "square-1", 620)
+        assert status == 503, body
+        assert body["error"]["code"] == "ERR-3003"
+        assert "OFFLINE" in body["error"]["message"]
+        assert len(sq.checkouts) == 1  # nothing sent to a device Square calls offline
+
+
+# -- SIGKILL and reconciliation -----------------------------------------------------------
+
+
+def _toml(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return json.dumps(value) if isinstance(value, str) else repr(value)
+
+
+def process_config(path: Path, st: FakeStripe, sq: FakeSquare) -> Path:
+    lines = ["[api]", *(f"{k} = {_toml(v)}" for k, v in UNLIMITED_API.items()),
+             "[stripe]", f"base_url = {_toml(st.base_url)}",
+             "[square]", f"base_url = {_toml(sq.base_url)}",
+             "[sync]", "request_timeout = 5.0", "breaker_break_seconds = 0.5",
+             "quick_retries = 1"]
+    for lane, kind, key, device in (("reader-1", "stripe_reader", "reader_id", READER),
+                                    ("square-1", "square_terminal", "device_id", DEVICE)):
+        lines += ["[[terminals]]", f"id = {_toml(lane)}", f"kind = {_toml(kind)}",
+                  f"{key} = {_toml(device)}", "customer_timeout = 30.0",
+                  "heartbeat_seconds = 0.5", *(f"{k} = {_toml(v)}" for k, v in POLL.items())]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def new_token(data_dir: Path) -> str:
+    conn = open_sync(data_dir / "edged.db")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        token = tokens.create(conn, "lane-1", "register")
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    return token
+
+
+@asynccontextmanager
+async def process_api(daemon: DaemonProcess, token: str) -> AsyncIterator[Api]:
+    async with aiohttp.ClientSession() as session:
+        yield Api(cast(Daemon, daemon), session, token, token)
+
+
+async def test_sigkill_mid_payment_then_restart_reconciles(tmp_path: Path) -> None:
+    """Killed while three payments wait on their terminals: one the customer paid while
+    the daemon was down, one still waiting on the reader, one on the Square Terminal.
+    At the restart each is read back before anything is sent, and ends as the processor
+    says."""
+    data = tmp_path / "data"
+    async with fakes() as (st, sq):
+        cloud_config(data, st, sq)  # the secrets
+        config = process_config(tmp_path / "edged.toml", st, sq)
+        token = new_token(data)
+        daemon = DaemonProcess(data, config=config)
+        try:
+            await asyncio.to_thread(daemon.start)
+            async with process_api(daemon, token) as api:
+                await until(lambda: _is(lane_state(api, "reader-1"), "online"), "reader")
+                await until(lambda: _is(lane_state(api, "square-1"), "online"), "device")
+                status, paid = await pay(api, "reader-1", 1111)
+                assert status == 202, paid
+                intent_paid = await until(reader_intent(st), "the first PaymentIntent")
+                status, waiting = await pay(api, "square-1", 2222)
+                assert status == 202, waiting
+                checkout_id = await until(square_checkout(sq), "the checkout")
+            await asyncio.to_thread(daemon.kill)
+            st.present_payment_method(READER)  # paid while the daemon was dead
+            sq.checkout_in_progress(checkout_id)
+            sq.checkout_complete(checkout_id)
+
+            daemon = daemon.restarted()
+            await asyncio.to_thread(daemon.start)
+            async with process_api(daemon, token) as api:
+                done = await final(api, paid["id"])
+                assert done["state"] == "approved", done
+                assert done["processor_ref"] == intent_paid
+                assert done["last4"] == "4242"
+                done = await final(api, waiting["id"])
+                assert done["state"] == "approved", done
+                # a second reader payment, killed while the customer had not paid yet
+                await until(lambda: _is(lane_state(api, "reader-1"), "online"), "reader")
+                status, pending = await pay(api, "reader-1", 3333)
+                assert status == 202, pending
+                intent_open = await until(reader_intent(st), "the second PaymentIntent")
+            creates_before = st.stats.by_path["POST /v1/payment_intents"]
+            await asyncio.to_thread(daemon.kill)
+            daemon = daemon.restarted()
+            await asyncio.to_thread(daemon.start)
+            async with process_api(daemon, token) as api:
+                done = await final(api, pending["id"])
+                assert done["state"] == "canceled", done
+                assert st.payment_intents[intent_open]["status"] == "canceled"
+                assert st.stats.by_path["POST /v1/payment_intents"] == creates_before
+        finally:
+            await asyncio.to_thread(daemon.close)
