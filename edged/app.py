@@ -11,7 +11,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edged import sync_setup
+from edged import manager, sync_setup
 from edged.api.http import (
     DRAINING,
     SERVICES,
@@ -78,6 +78,7 @@ class Daemon:
                                          self.cfg.api.payment_rate_burst, self.clock),
             sync_status=self.sync_status,
             outbox=self.outbox,
+            manager=manager.build(self.cfg, self.clock),
         )
         self.app = build_web_app(self.services)
         self._runner: web.AppRunner | None = None

@@ -1,4 +1,4 @@
-"""The ``edged`` command: run, check-config, token, items, audit, simulate."""
+"""The ``edged`` command: run, check-config, token, items, audit, report, simulate."""
 
 from __future__ import annotations
 
@@ -53,6 +53,13 @@ def _parser() -> argparse.ArgumentParser:
     asub = aud.add_subparsers(dest="action", required=True)
     ver = asub.add_parser("verify", help="check the hash chain")
     common(ver)
+
+    rep = sub.add_parser("report", help="reports read from the database")
+    rsub = rep.add_subparsers(dest="action", required=True)
+    day = rsub.add_parser("day", help="the end-of-day report (JSON, or CSV with --csv)")
+    day.add_argument("--date", metavar="YYYY-MM-DD", help="default: today in [manager].timezone")
+    day.add_argument("--csv", action="store_true", help="CSV instead of JSON")
+    common(day)
 
     sim = sub.add_parser("simulate", help="run a terminal simulator")
     sim.add_argument("kind", choices=("concert",))
@@ -138,11 +145,43 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"audit chain BROKEN at entry {result.broken_at} (after {result.entries} good"
               " entries)", file=sys.stderr)
         return 1
+    if args.command == "report":
+        return _report(args)
     if args.command == "simulate":
         from drivers.simulators.concert import run_cli  # noqa: PLC0415
 
         return run_cli(args.link, args.behaviour)
     raise AssertionError(args.command)
+
+
+def _report(args: argparse.Namespace) -> int:
+    import json  # noqa: PLC0415
+    from datetime import UTC, datetime  # noqa: PLC0415
+
+    from edged import reports  # noqa: PLC0415
+
+    cfg = _config(args)
+    zone = cfg.manager.timezone
+    now = datetime.now(UTC)
+    try:
+        day = reports.parse_date(args.date) if args.date else reports.today(now, zone)
+    except ValueError:
+        print(f"edged: --date must be YYYY-MM-DD, not {args.date!r}", file=sys.stderr)
+        return 2
+    path = cfg.data_dir / "edged.db"
+    if not path.exists():
+        print(f"edged: no database at {path} (use --data-dir)", file=sys.stderr)
+        return 1
+    conn = open_sync(path)
+    try:
+        report = reports.day_report(conn, reports.bounds(day, zone), now)
+    finally:
+        conn.close()
+    if args.csv:
+        sys.stdout.write(reports.to_csv(report))
+    else:
+        print(json.dumps(report, indent=2))
+    return 0
 
 
 async def _serve(cfg: Config) -> int:

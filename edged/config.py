@@ -95,6 +95,28 @@ class SyncConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ManagerConfig:
+    """The status page, its sign-in and the end-of-day report."""
+
+    timezone: str = "UTC"
+    """The store's time zone: where a report's day starts and ends."""
+    session_minutes: int = 720
+    """How long a status-page sign-in lasts."""
+
+
+@dataclass(frozen=True, slots=True)
+class AlertsConfig:
+    """When a condition becomes an ``alert`` event (see edged/alerts.py)."""
+
+    check_seconds: float = 5.0
+    oldest_pending_minutes: float = 60.0
+    terminal_offline_minutes: float = 5.0
+    stored_cap_ratio: float = 0.8
+    stored_age_ratio: float = 0.8
+    keep_days: int = 30
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
@@ -104,6 +126,8 @@ class Config:
     square: ProcessorConfig | None = None
     offline: OfflineConfig = field(default_factory=OfflineConfig)
     sync: SyncConfig = field(default_factory=SyncConfig)
+    manager: ManagerConfig = field(default_factory=ManagerConfig)
+    alerts: AlertsConfig = field(default_factory=AlertsConfig)
     log_level: str = "INFO"
     source: str = "<embedded default>"
 
@@ -295,6 +319,7 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
             quick_retries=t.get("quick_retries", int, sync.quick_retries, _positive),
         )
         t.done()
+    manager, alerts = _manager_alerts(root)
     log_level = "INFO"
     if (t := _sub(root, "log")) is not None:
         log_level = t.get("level", str, "INFO",
@@ -304,9 +329,48 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
     root.done()
     cfg = Config(store=store, api=api, terminals=terminals, shopify=shopify,
                  stripe=processors["stripe"], square=processors["square"], offline=offline,
-                 sync=sync, log_level=log_level, source=source)
+                 sync=sync, manager=manager, alerts=alerts, log_level=log_level,
+                 source=source)
     _check_terminals(cfg)
     return cfg
+
+
+def _timezone(v: str) -> str | None:
+    from zoneinfo import ZoneInfo, ZoneInfoNotFoundError  # noqa: PLC0415
+
+    try:
+        ZoneInfo(v)
+    except (ZoneInfoNotFoundError, ValueError):
+        return "is not a time zone name such as UTC or Europe/Berlin"
+    return None
+
+
+def _ratio(v: float) -> str | None:
+    return None if 0 < v <= 1 else "must be more than 0 and at most 1"
+
+
+def _manager_alerts(root: _Table) -> tuple[ManagerConfig, AlertsConfig]:
+    manager = ManagerConfig()
+    if (t := _sub(root, "manager")) is not None:
+        manager = ManagerConfig(
+            timezone=t.get("timezone", str, manager.timezone, _timezone),
+            session_minutes=t.get("session_minutes", int, manager.session_minutes, _positive),
+        )
+        t.done()
+    alerts = AlertsConfig()
+    if (t := _sub(root, "alerts")) is not None:
+        alerts = AlertsConfig(
+            check_seconds=t.get("check_seconds", float, alerts.check_seconds, _positive),
+            oldest_pending_minutes=t.get("oldest_pending_minutes", float,
+                                         alerts.oldest_pending_minutes, _positive),
+            terminal_offline_minutes=t.get("terminal_offline_minutes", float,
+                                           alerts.terminal_offline_minutes, _positive),
+            stored_cap_ratio=t.get("stored_cap_ratio", float, alerts.stored_cap_ratio, _ratio),
+            stored_age_ratio=t.get("stored_age_ratio", float, alerts.stored_age_ratio, _ratio),
+            keep_days=t.get("keep_days", int, alerts.keep_days, _positive),
+        )
+        t.done()
+    return manager, alerts
 
 
 def _check_terminals(cfg: Config) -> None:

@@ -13,6 +13,7 @@ from edged.config import Config
 from edged.events import EventBus
 from edged.idempotency import KeyLocks
 from edged.inventory import InventoryService
+from edged.manager import ManagerParts
 from edged.metrics import Metrics
 from edged.payments import PaymentService
 from edged.store import Database
@@ -39,6 +40,7 @@ class Services:
     payment_limits: ClientBuckets
     sync_status: SyncStatus
     outbox: OutboxStore
+    manager: ManagerParts
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     allowed_hosts: frozenset[str] = frozenset()
     key_locks: KeyLocks = field(default_factory=KeyLocks)

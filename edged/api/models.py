@@ -155,6 +155,18 @@ ERROR = _obj({"error": {"type": "object", "required": ["code", "message", "retry
                         "properties": {"code": {"type": "string", "pattern": "^ERR-[0-9]{4}$"},
                                        "message": _S, "retryable": {"type": "boolean"},
                                        "details": {"type": "object"}}}}, "Error")
+_COUNTED = {"type": "object", "properties": {"count": _I, "total": _I}}
+DAY_REPORT = _obj({
+    "date": _S, "timezone": _S, "from": _S, "to": _S, "generated_at": _S,
+    "currencies": {"type": "array", "items": {"type": "object", "properties": {
+        "currency": _S, "takings": _COUNTED, "refunds": _COUNTED, "net": _I,
+        "unknown": _COUNTED, "stored": _COUNTED, "counts": {"type": "object"},
+        "by_method": {"type": "array", "items": {"type": "object"}},
+        "by_lane": {"type": "array", "items": {"type": "object"}}}}},
+    "unknown_payments": {"type": "array", "items": {"type": "object"}},
+    "unknown_refunds": {"type": "array", "items": {"type": "object"}},
+    "stored_payments": {"type": "array", "items": {"type": "object"}},
+    "unsynced": {"type": "array", "items": {"type": "object"}}}, "DayReport")
 HEALTH = _obj({"status": _S, "database": _S}, "Health")
 TEXT = Free(schema={"type": "string"}, description="text/plain")
 EVENT_STREAM = Free(schema={"type": "string"}, description="text/event-stream")

@@ -12,6 +12,7 @@ from aiohttp import web
 from edged import audit, idempotency
 from edged.api import models
 from edged.api.http import DRAINING, Ctx, Route, json_response
+from edged.api.manager_routes import MANAGER_ROUTES
 from edged.errors import ApiError
 from edged.inventory import COUNT_REASON, ItemRef, OrderLine, StockChange, StockCount
 from edged.payments import Answer, NewPayment
@@ -297,4 +298,4 @@ ROUTES: tuple[Route, ...] = (
           models.HEALTH, scope=None, tag="meta"),
     Route("GET", "/metrics", metrics, "Prometheus text format", models.TEXT, scope=None,
           tag="meta", media_type="text/plain"),
-)
+) + MANAGER_ROUTES

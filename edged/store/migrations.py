@@ -197,6 +197,35 @@ CREATE TABLE webhook_inbox (
     UNIQUE (source, delivery_id)
 );
 """),
+    (2, "alerts, status-page sessions, watchdog heartbeat", """
+CREATE TABLE alerts (
+    id           INTEGER PRIMARY KEY,
+    key          TEXT NOT NULL,
+    kind         TEXT NOT NULL,
+    severity     TEXT NOT NULL CHECK (severity IN ('info', 'warning', 'critical')),
+    subject      TEXT,
+    message      TEXT NOT NULL,
+    data         TEXT NOT NULL DEFAULT '{}',
+    raised_at    TEXT NOT NULL,
+    cleared_at   TEXT
+);
+CREATE UNIQUE INDEX alerts_open ON alerts(key) WHERE cleared_at IS NULL;
+CREATE INDEX alerts_raised ON alerts(raised_at);
+
+CREATE TABLE sessions (
+    id_hash      TEXT PRIMARY KEY,
+    token_id     INTEGER NOT NULL REFERENCES tokens(id),
+    created_at   TEXT NOT NULL,
+    expires_at   TEXT NOT NULL
+);
+CREATE INDEX sessions_token ON sessions(token_id);
+
+CREATE TABLE health (
+    id           INTEGER PRIMARY KEY CHECK (id = 1),
+    beat_at      TEXT NOT NULL,
+    beats        INTEGER NOT NULL
+);
+"""),
 )
 
 

@@ -1,0 +1,47 @@
+"""The manager's routes: the end-of-day report (more join here: alerts, sign-in)."""
+
+from __future__ import annotations
+
+from aiohttp import web
+
+from edged import reports
+from edged.api import models
+from edged.api.http import Ctx, Route
+from edged.errors import ApiError
+from edged.payments import Answer
+
+
+async def day_report(ctx: Ctx) -> Answer | web.StreamResponse:
+    services = ctx.services
+    assert ctx.principal is not None
+    verdict = services.manager.report_limits.take(f"token:{ctx.principal.token_id}")
+    if not verdict.allowed:
+        raise ApiError("ERR-1015", f"at most {verdict.limit} reports a minute; retry after"
+                       f" {verdict.retry_after} s", headers=verdict.headers())
+    zone = services.cfg.manager.timezone
+    raw = ctx.request.query.get("date", "")
+    if raw:
+        try:
+            day = reports.parse_date(raw)
+        except ValueError:
+            raise ApiError("ERR-1013", f"date must be YYYY-MM-DD, not {raw!r}") from None
+    else:
+        day = reports.today(services.clock.now(), zone)
+    span = reports.bounds(day, zone)
+    now = services.clock.now()
+    report = await services.db.read(lambda c: reports.day_report(c, span, now))
+    if "text/csv" in ctx.request.headers.get("Accept", ""):
+        return web.Response(text=reports.to_csv(report), content_type="text/csv",
+                            charset="utf-8", headers={
+                                "Content-Disposition":
+                                    f'attachment; filename="edged-{day.isoformat()}.csv"'})
+    return Answer(200, report)
+
+
+MANAGER_ROUTES: tuple[Route, ...] = (
+    Route("GET", "/v1/reports/day", day_report, "The end-of-day report (manager scope, 5 a"
+          " minute): per currency takings by method and lane, refunds, net, counts; payments"
+          " unknown or stored; changes not yet synced. CSV with Accept: text/csv",
+          models.DAY_REPORT, query={"date": "YYYY-MM-DD in [manager].timezone (today)"},
+          errors=("ERR-1013", "ERR-1015", "ERR-5003"), scope="manager", tag="manager"),
+)
