@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import signal
 from dataclasses import dataclass
 from datetime import datetime
@@ -11,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edged import manager, sync_setup
+from edged import manager, sync_setup, systemd_notify
 from edged.api.http import (
     DRAINING,
     SERVICES,
@@ -167,6 +168,20 @@ class Daemon:
                 "max_stored_total": offline.max_stored_total,
                 "max_age_hours": offline.max_age_hours, "stored": stored}
 
+    async def status_line(self) -> str:
+        """One line for systemd's STATUS=: terminals, queues, what needs a person."""
+        views = self.terminals.views()
+        online = sum(1 for v in views if v.state != "offline")
+        parts = [f"terminals {online}/{len(views)} online"]
+        sync = await self.sync_status()
+        for d in sync["destinations"]:
+            breaker = (d["breaker"] or {}).get("state", "idle")
+            parts.append(f"{d['destination']} {d['pending'] + d['inflight']} waiting"
+                         f" ({breaker}{', ' + str(d['dead']) + ' dead' if d['dead'] else ''})")
+        unknown = await self.db.read(self.payments.unknown_count())
+        parts.append(f"{unknown} unknown payments")
+        return "; ".join(parts)
+
     def _collect(self, metrics: Metrics) -> None:
         stats = self.db.stats
         metrics.set("edged_db_commits", "Group commits since start", stats.commits)
@@ -198,14 +213,29 @@ def _age(stamp: str | None, now: datetime) -> float | None:
 
 async def serve(cfg: Config, clock: Clock | None = None) -> int:
     """Run until SIGTERM or SIGINT; return the exit status."""
-    daemon = Daemon(cfg, clock or SystemClock())
+    clock = clock or SystemClock()
+    daemon = Daemon(cfg, clock)
+    notifier = systemd_notify.Notifier(os.environ)
     await daemon.start()
     print(f"edged ready on http://{cfg.api.host}:{daemon.port}", flush=True)
+    watchdog: asyncio.Task[None] | None = None
+    if notifier.enabled:
+        notifier.send("READY=1", f"STATUS=ready; {await daemon.status_line()}",
+                      f"MAINPID={os.getpid()}")
+        check = systemd_notify.HealthCheck(
+            lambda: daemon.db.write(systemd_notify.beat(clock)), clock)
+        watchdog = asyncio.create_task(systemd_notify.run(notifier, check, daemon.status_line,
+                                                          clock), name="systemd-watchdog")
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop.set)
     await stop.wait()
     log.info("stopping: finishing requests in flight")
+    notifier.send("STOPPING=1", "STATUS=stopping: finishing requests in flight")
+    if watchdog is not None:
+        watchdog.cancel()
+        await asyncio.gather(watchdog, return_exceptions=True)
     await daemon.stop()
+    notifier.close()
     return 0
