@@ -37,6 +37,7 @@ from sync.errors import (
     Throttled,
     TransientError,
 )
+from sync.guarded import through
 from sync.limiter import TokenBucket, retry_after_seconds
 
 if TYPE_CHECKING:
@@ -195,10 +196,12 @@ class SquareTerminalClient:
             raise CredentialsRequired("ERR-6006: no Square access token is set; set it with "
                                       "`edged secret set square.token`")
         self._token = token
-        async with self.breaker.call():
+        async def limited() -> T:
             await self.bucket.acquire()
             self.calls += 1
             return await self._sorted(what, call)
+
+        return await through(self.breaker, limited)
 
     async def _sorted(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         import httpx  # noqa: PLC0415

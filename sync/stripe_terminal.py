@@ -45,6 +45,7 @@ from sync.errors import (
     Throttled,
     TransientError,
 )
+from sync.guarded import through
 from sync.limiter import TokenBucket, retry_after_seconds
 
 if TYPE_CHECKING:
@@ -273,10 +274,12 @@ class StripeTerminalClient:
         return self._client
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        async with self.breaker.call():
+        async def limited() -> T:
             await self.bucket.acquire()
             self.calls += 1
             return await self._sorted(what, call)
+
+        return await through(self.breaker, limited)
 
     async def _sorted(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         import aiohttp  # noqa: PLC0415
