@@ -12,7 +12,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edged import manager, sync_setup, systemd_notify
+from edged import manager, status_metrics, sync_setup, systemd_notify
 from edged.api.http import (
     DRAINING,
     SERVICES,
@@ -21,6 +21,7 @@ from edged.api.http import (
     errors_middleware,
     gate_middleware,
 )
+from edged.api.latency import latency_middleware
 from edged.api.ratelimit import ClientBuckets
 from edged.api.routes import ROUTES
 from edged.config import Config
@@ -42,7 +43,7 @@ SHUTDOWN_GRACE = 10.0
 
 
 def build_web_app(services: Services) -> web.Application:
-    app = web.Application(middlewares=[errors_middleware, gate_middleware],
+    app = web.Application(middlewares=[latency_middleware, errors_middleware, gate_middleware],
                           client_max_size=services.cfg.api.max_body_bytes)
     app[SERVICES] = services
     app[DRAINING] = [False]
@@ -79,7 +80,8 @@ class Daemon:
                                          self.cfg.api.payment_rate_burst, self.clock),
             sync_status=self.sync_status,
             outbox=self.outbox,
-            manager=manager.build(self.cfg, self.clock),
+            manager=manager.build(self.cfg, self.clock, self.db, self.bus, self.terminals,
+                                  self.sync_status),
         )
         self.app = build_web_app(self.services)
         self._runner: web.AppRunner | None = None
@@ -90,6 +92,8 @@ class Daemon:
         await self.db.open()
         self.services.allowed_hosts = allowed_hosts(self.services)
         self.metrics.collector(self._collect)
+        self.metrics.async_collector(status_metrics.collector(
+            self.cfg, self.db, self.terminals, self.sync_status))
         if self.sync is not None:  # cloud lanes and their recovery need the credentials
             await self.sync.secrets.refresh()
         await self.terminals.start()
@@ -99,6 +103,7 @@ class Daemon:
         if self.sync is not None:
             await sync_setup.start(self.sync, self.cfg, self.db, self.bus, self.clock,
                                    self.payments.store_pending)
+        self.services.manager.start()
         self._runner = web.AppRunner(self.app, access_log=None,
                                      shutdown_timeout=self.shutdown_grace)
         await self._runner.setup()
@@ -117,6 +122,7 @@ class Daemon:
         self.services.stopping.set()
         if self._runner is not None:
             await self._runner.cleanup()
+        await self.services.manager.stop()
         if self.sync is not None:
             await self.sync.stop()
         await self.terminals.stop(self.shutdown_grace)

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import asyncio
+import contextlib
+from dataclasses import dataclass, field
 
+from edged.alerts import AlertCenter, SyncStatus
 from edged.api.ratelimit import ClientBuckets
 from edged.config import Config
+from edged.events import EventBus
+from edged.store import Database
+from edged.terminals import TerminalManager
 from sync.clock import Clock
 
 REPORTS_PER_MINUTE = 5
@@ -14,9 +20,23 @@ REPORTS_PER_MINUTE = 5
 @dataclass
 class ManagerParts:
     report_limits: ClientBuckets
+    alerts: AlertCenter
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def start(self) -> None:
+        self.tasks.append(asyncio.create_task(self.alerts.run(), name="alerts"))
+
+    async def stop(self) -> None:
+        for task in self.tasks:
+            task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.tasks.clear()
 
 
-def build(cfg: Config, clock: Clock) -> ManagerParts:
+def build(cfg: Config, clock: Clock, db: Database, bus: EventBus, terminals: TerminalManager,
+          sync_status: SyncStatus) -> ManagerParts:
     return ManagerParts(
         report_limits=ClientBuckets(REPORTS_PER_MINUTE / 60.0, REPORTS_PER_MINUTE, clock),
+        alerts=AlertCenter(cfg, db, bus, clock, terminals, sync_status),
     )

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 Labels = tuple[tuple[str, str], ...]
+
+# Seconds: from a cached read (a few ms) to a long-poll or a slow upstream.
+DEFAULT_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+                   10.0, 30.0)
 
 
 def _escape(value: str) -> str:
@@ -20,12 +24,27 @@ class _Family:
     values: dict[Labels, float] = field(default_factory=dict)
 
 
+@dataclass
+class _Histogram:
+    name: str
+    help: str
+    buckets: tuple[float, ...]
+    counts: dict[Labels, list[int]] = field(default_factory=dict)
+    sums: dict[Labels, float] = field(default_factory=dict)
+
+
+def _number(value: float) -> str:
+    return repr(value) if value != int(value) else str(int(value))
+
+
 class Metrics:
     """One registry per daemon; gauges may be computed at scrape time by callbacks."""
 
     def __init__(self) -> None:
         self._families: dict[str, _Family] = {}
+        self._histograms: dict[str, _Histogram] = {}
         self._collectors: list[Callable[[Metrics], None]] = []
+        self._async_collectors: list[Callable[[Metrics], Awaitable[None]]] = []
 
     def _family(self, name: str, kind: str, help_text: str) -> _Family:
         fam = self._families.get(name)
@@ -41,6 +60,36 @@ class Metrics:
     def set(self, name: str, help_text: str, value: float, **labels: str) -> None:
         fam = self._family(name, "gauge", help_text)
         fam.values[tuple(sorted(labels.items()))] = value
+
+    def reset(self, name: str) -> None:
+        """Forget a family's values (label sets that may disappear, refilled by a collector)."""
+        fam = self._families.get(name)
+        if fam is not None:
+            fam.values.clear()
+
+    def observe(self, name: str, help_text: str, value: float,
+                buckets: tuple[float, ...] = DEFAULT_BUCKETS, **labels: str) -> None:
+        """Count ``value`` in a histogram (cumulative buckets, sum and count)."""
+        hist = self._histograms.get(name)
+        if hist is None:
+            hist = self._histograms[name] = _Histogram(name, help_text, buckets)
+        key = tuple(sorted(labels.items()))
+        counts = hist.counts.get(key)
+        if counts is None:
+            counts = hist.counts[key] = [0] * (len(hist.buckets) + 1)
+        for i, bound in enumerate(hist.buckets):
+            if value <= bound:
+                counts[i] += 1
+        counts[-1] += 1
+        hist.sums[key] = hist.sums.get(key, 0.0) + value
+
+    def async_collector(self, fn: Callable[[Metrics], Awaitable[None]]) -> None:
+        """Like :meth:`collector`, for gauges that need the database; run by :meth:`refresh`."""
+        self._async_collectors.append(fn)
+
+    async def refresh(self) -> None:
+        for fn in self._async_collectors:
+            await fn(self)
 
     def collector(self, fn: Callable[[Metrics], None]) -> None:
         """Run ``fn`` before each scrape to refresh gauges read from elsewhere."""
@@ -59,6 +108,19 @@ class Metrics:
             out.append(f"# TYPE {fam.name} {fam.kind}")
             for labels, value in sorted(fam.values.items()):
                 text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-                number = repr(value) if value != int(value) else str(int(value))
+                number = _number(value)
                 out.append(f"{fam.name}{{{text}}} {number}" if text else f"{fam.name} {number}")
+        for hist in sorted(self._histograms.values(), key=lambda h: h.name):
+            out.append(f"# HELP {hist.name} {hist.help}")
+            out.append(f"# TYPE {hist.name} histogram")
+            for labels, counts in sorted(hist.counts.items()):
+                pairs = [f'{k}="{_escape(v)}"' for k, v in labels]
+                for bound, count in zip((*hist.buckets, float("inf")), counts, strict=True):
+                    le = "+Inf" if bound == float("inf") else repr(bound)
+                    text = ",".join([*pairs, 'le="' + le + '"'])
+                    out.append(f"{hist.name}_bucket{{{text}}} {count}")
+                text = ",".join(pairs)
+                braces = f"{{{text}}}" if text else ""
+                out.append(f"{hist.name}_sum{braces} {_number(hist.sums[labels])}")
+                out.append(f"{hist.name}_count{braces} {counts[-1]}")
         return "\n".join(out) + "\n"

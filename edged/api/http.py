@@ -11,7 +11,6 @@ from __future__ import annotations
 import json
 import logging
 import socket
-import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -207,7 +206,6 @@ async def errors_middleware(request: web.Request,
                             handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
                             ) -> web.StreamResponse:
     services = request.app[SERVICES]
-    started = time.perf_counter()
     status = 500
     try:
         response = await handler(request)
@@ -236,8 +234,6 @@ async def errors_middleware(request: web.Request,
         name = route.canonical if route is not None else "unmatched"
         services.metrics.inc("edged_http_requests_total", "HTTP requests answered",
                              route=name, method=request.method, status=str(status))
-        services.metrics.inc("edged_http_request_seconds_sum", "Time spent answering",
-                             time.perf_counter() - started, route=name)
 
 
 @web.middleware

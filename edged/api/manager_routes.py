@@ -1,10 +1,10 @@
-"""The manager's routes: the end-of-day report (more join here: alerts, sign-in)."""
+"""The manager's routes: alerts and the end-of-day report."""
 
 from __future__ import annotations
 
 from aiohttp import web
 
-from edged import reports
+from edged import alerts, reports
 from edged.api import models
 from edged.api.http import Ctx, Route
 from edged.errors import ApiError
@@ -38,7 +38,20 @@ async def day_report(ctx: Ctx) -> Answer | web.StreamResponse:
     return Answer(200, report)
 
 
+async def list_alerts(ctx: Ctx) -> Answer:
+    state = ctx.request.query.get("state") or "all"
+    if state not in ("open", "all"):
+        raise ApiError("ERR-1013", f"state must be open or all, not {state!r}")
+    limit = ctx.query_int("limit", 50, 1, 500)
+    rows = await ctx.services.db.read(lambda c: alerts.list_alerts(c, state == "open", limit))
+    return Answer(200, {"data": rows})
+
+
 MANAGER_ROUTES: tuple[Route, ...] = (
+    Route("GET", "/v1/alerts", list_alerts, "Alerts kept in the database, open ones first,"
+          " newest first: kind, severity, what to do, raised_at, cleared_at",
+          models.ALERTS, query={"state": "open|all (all)", "limit": "1-500 (50)"},
+          errors=("ERR-1013",), tag="manager"),
     Route("GET", "/v1/reports/day", day_report, "The end-of-day report (manager scope, 5 a"
           " minute): per currency takings by method and lane, refunds, net, counts; payments"
           " unknown or stored; changes not yet synced. CSV with Accept: text/csv",

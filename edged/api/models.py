@@ -155,6 +155,11 @@ ERROR = _obj({"error": {"type": "object", "required": ["code", "message", "retry
                         "properties": {"code": {"type": "string", "pattern": "^ERR-[0-9]{4}$"},
                                        "message": _S, "retryable": {"type": "boolean"},
                                        "details": {"type": "object"}}}}, "Error")
+ALERT = _obj({"id": _I, "key": _S, "kind": _S,
+               "severity": {"enum": ["info", "warning", "critical"]}, "subject": _SN,
+               "message": _S, "raised_at": _S, "cleared_at": _SN,
+               "data": {"type": "object"}}, "Alert")
+ALERTS = _obj({"data": {"type": "array", "items": ALERT.schema}}, "Alerts")
 _COUNTED = {"type": "object", "properties": {"count": _I, "total": _I}}
 DAY_REPORT = _obj({
     "date": _S, "timezone": _S, "from": _S, "to": _S, "generated_at": _S,

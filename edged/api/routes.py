@@ -234,6 +234,7 @@ async def healthz(ctx: Ctx) -> web.StreamResponse:
 
 
 async def metrics(ctx: Ctx) -> web.StreamResponse:
+    await ctx.services.metrics.refresh()
     text = ctx.services.metrics.render()
     return web.Response(text=text, content_type="text/plain", charset="utf-8",
                         headers={"X-Content-Version": "0.0.4"})
