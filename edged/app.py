@@ -33,6 +33,7 @@ from edged.services import Services
 from edged.store import Database
 from edged.sync_hooks import StoreHooks
 from edged.terminals import TerminalManager
+from edged.tls import CertKeeper
 from sync import outbox
 from sync.clock import Clock, SystemClock
 from sync.outbox import OutboxStore
@@ -87,10 +88,20 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self.port = 0
+        self.tls = CertKeeper(self.cfg, self.clock) if self.cfg.api.tls else None
+        self._tasks: list[asyncio.Task[None]] = []
+
+    @property
+    def scheme(self) -> str:
+        return "https" if self.tls is not None else "http"
 
     async def start(self) -> None:
         await self.db.open()
         self.services.allowed_hosts = allowed_hosts(self.services)
+        if self.tls is not None:
+            cert = self.tls.start()
+            self.services.allowed_hosts |= cert.names
+            self._tasks.append(asyncio.create_task(self.tls.run(), name="tls-renewal"))
         self.metrics.collector(self._collect)
         self.metrics.async_collector(status_metrics.collector(
             self.cfg, self.db, self.terminals, self.sync_status))
@@ -108,18 +119,21 @@ class Daemon:
                                      shutdown_timeout=self.shutdown_grace)
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, self.cfg.api.host, self.cfg.api.port,
-                                 reuse_address=True)
+                                 reuse_address=True,
+                                 ssl_context=self.tls.context if self.tls else None)
         await self._site.start()
         server = self._site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.cfg.api.port
-        log.info("edged ready on http://%s:%d (data %s)", self.cfg.api.host, self.port,
-                 self.db.path)
+        log.info("edged ready on %s://%s:%d (data %s)", self.scheme, self.cfg.api.host,
+                 self.port, self.db.path)
 
     async def stop(self) -> None:
         """Refuse new requests, finish those in flight, close the lines and the database."""
         self.app[DRAINING][0] = True
         self.services.stopping.set()
+        for task in self._tasks:
+            task.cancel()
         if self._runner is not None:
             await self._runner.cleanup()
         await self.services.manager.stop()
@@ -223,7 +237,9 @@ async def serve(cfg: Config, clock: Clock | None = None) -> int:
     daemon = Daemon(cfg, clock)
     notifier = systemd_notify.Notifier(os.environ)
     await daemon.start()
-    print(f"edged ready on http://{cfg.api.host}:{daemon.port}", flush=True)
+    if daemon.tls is not None and daemon.tls.info is not None:
+        print(f"TLS certificate SHA-256 fingerprint: {daemon.tls.info.fingerprint}", flush=True)
+    print(f"edged ready on {daemon.scheme}://{cfg.api.host}:{daemon.port}", flush=True)
     watchdog: asyncio.Task[None] | None = None
     if notifier.enabled:
         notifier.send("READY=1", f"STATUS=ready; {await daemon.status_line()}",

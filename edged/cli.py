@@ -8,7 +8,7 @@ import logging
 import sys
 from pathlib import Path
 
-from edged import audit, catalog_import, tokens
+from edged import audit, catalog_import, lan_cli, tokens
 from edged.config import Config, load, with_overrides
 from edged.errors import ConfigError
 from edged.store.database import open_sync
@@ -61,6 +61,8 @@ def _parser() -> argparse.ArgumentParser:
     day.add_argument("--csv", action="store_true", help="CSV instead of JSON")
     common(day)
 
+    lan_cli.add_commands(sub, common)
+
     sim = sub.add_parser("simulate", help="run a terminal simulator")
     sim.add_argument("kind", choices=("concert",))
     sim.add_argument("--pty", action="store_true", help="serve on a new pseudo-terminal")
@@ -91,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _dispatch(args: argparse.Namespace) -> int:
+    if (done := lan_cli.dispatch(args, _config)) is not None:
+        return done
     if args.command == "run":
         cfg = _config(args)
         logging.basicConfig(level=cfg.log_level,
@@ -186,8 +190,13 @@ def _report(args: argparse.Namespace) -> int:
 
 async def _serve(cfg: Config) -> int:
     from edged.app import serve  # noqa: PLC0415  (keeps `edged token` light)
+    from edged.tls import TlsError  # noqa: PLC0415
 
-    return await serve(cfg)
+    try:
+        return await serve(cfg)
+    except TlsError as exc:
+        print(f"edged: {exc}", file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ bad values stop the start with a message that names the key and the file.
 
 from __future__ import annotations
 
+import ipaddress
 import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
@@ -47,6 +48,14 @@ class ApiConfig:
     @property
     def port(self) -> int:
         return int(self.listen.rsplit(":", 1)[1])
+
+
+@dataclass(frozen=True, slots=True)
+class DiscoveryConfig:
+    enabled: bool | None = None
+    """None: advertise when the API listens beyond loopback."""
+    interfaces: tuple[str, ...] = ()
+    """Interface names or addresses to announce on; empty: every interface."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -120,6 +129,7 @@ class AlertsConfig:
 class Config:
     store: StoreConfig = field(default_factory=StoreConfig)
     api: ApiConfig = field(default_factory=ApiConfig)
+    discovery: DiscoveryConfig = field(default_factory=DiscoveryConfig)
     terminals: tuple[TerminalConfig, ...] = (TerminalConfig(id="sim-1", kind="sim"),)
     shopify: ShopifyConfig | None = None
     stripe: ProcessorConfig | None = None
@@ -134,6 +144,17 @@ class Config:
     @property
     def data_dir(self) -> Path:
         return Path(self.store.data_dir)
+
+    @property
+    def on_loopback(self) -> bool:
+        """True when the API listens on this box only."""
+        return is_loopback(self.api.host)
+
+    @property
+    def advertise(self) -> bool:
+        """Whether mDNS announces the daemon (``[discovery] enabled``, else off loopback)."""
+        enabled = self.discovery.enabled
+        return (not self.on_loopback) if enabled is None else enabled
 
     @property
     def destinations(self) -> tuple[str, ...]:
@@ -210,6 +231,32 @@ def _listen(v: str) -> str | None:
     return None
 
 
+def is_loopback(host: str) -> bool:
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def check_lan(cfg: Config) -> None:
+    """A listen beyond loopback needs TLS: tokens and payments must not cross the LAN clear."""
+    if cfg.api.tls or cfg.on_loopback:
+        return
+    raise ConfigError(
+        f"{cfg.source}: api.listen = \"{cfg.api.listen}\" reaches beyond this box but"
+        " api.tls = false, so tokens and payments would cross the store LAN in clear text."
+        " Set tls = true under [api] (edged makes its own certificate at first start; pin"
+        " it with `edged tls fingerprint`), or listen on 127.0.0.1")
+
+
+def _interface(v: list[Any]) -> str | None:
+    if not all(isinstance(x, str) and x.strip() for x in v):
+        return "must be a list of interface names or addresses, such as [\"eth0\"]"
+    return None
+
+
 def _currency(v: str) -> str | None:
     return None if is_known_currency(v) else "is not an ISO 4217 currency code"
 
@@ -250,6 +297,14 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
                                           api.payment_rate_per_second, _positive),
             payment_rate_burst=t.get("payment_rate_burst", int, api.payment_rate_burst,
                                      _positive),
+        )
+        t.done()
+    discovery = DiscoveryConfig()
+    if (t := _sub(root, "discovery")) is not None:
+        interfaces: list[Any] = t.get("interfaces", list, [], _interface)
+        discovery = DiscoveryConfig(
+            enabled=t.get("enabled", bool, False) if "enabled" in t.data else None,
+            interfaces=tuple(interfaces),
         )
         t.done()
     terminals = Config().terminals
@@ -327,11 +382,12 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
                           else "must be DEBUG, INFO, WARNING or ERROR").upper()
         t.done()
     root.done()
-    cfg = Config(store=store, api=api, terminals=terminals, shopify=shopify,
+    cfg = Config(store=store, api=api, discovery=discovery, terminals=terminals, shopify=shopify,
                  stripe=processors["stripe"], square=processors["square"], offline=offline,
                  sync=sync, manager=manager, alerts=alerts, log_level=log_level,
                  source=source)
     _check_terminals(cfg)
+    check_lan(cfg)
     return cfg
 
 
@@ -408,4 +464,5 @@ def with_overrides(cfg: Config, *, data_dir: str | None = None,
         if (problem := _listen(listen)) is not None:
             raise ConfigError(f"--listen: {problem}")
         cfg = replace(cfg, api=replace(cfg.api, listen=listen))
+        check_lan(replace(cfg, source="--listen"))
     return cfg

@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any, NoReturn
 from urllib.parse import urlsplit
 
-READY_RE = re.compile(r"edged ready on (http://(\S+):(\d+))")
+READY_RE = re.compile(r"edged ready on (https?://(\S+):(\d+))")
 DEFAULT_READY_TIMEOUT = 30.0
 DEFAULT_STOP_TIMEOUT = 30.0
 CLI_TIMEOUT = 60.0

@@ -33,7 +33,8 @@ def test_example_file_is_valid_and_complete() -> None:
     text = (ROOT / "config.example.toml").read_text()
     for key in ("listen", "tls", "allowed_hosts", "max_body_bytes", "rate_per_second",
                 "payment_rate_per_second", "heartbeat_seconds", "api_version", "admin_url",
-                "max_payment", "max_stored_total", "max_age_hours", "max_attempts"):
+                "max_payment", "max_stored_total", "max_age_hours", "max_attempts",
+                "[discovery]", "enabled", "interfaces"):
         assert key in text, key
 
 
@@ -50,6 +51,11 @@ def test_example_file_is_valid_and_complete() -> None:
      "terminals[0].baudrate: expected int"),
     ('[shopify]\nshop = "x.myshopify.com"\n', "shopify.location_id: is required"),
     ("surprise = 1\n", "surprise: unknown key"),
+    ('[discovery]\nenabled = "yes"\n', "discovery.enabled: expected bool"),
+    ('[discovery]\ninterfaces = "eth0"\n', "discovery.interfaces: expected list"),
+    ('[discovery]\ninterfaces = [1]\n', "discovery.interfaces: must be a list of interface"),
+    ('[discovery]\nport = 5353\n', "discovery.port: unknown key"),
+    ('[api]\nlisten = "0.0.0.0:8731"\n', "api.listen = \"0.0.0.0:8731\" reaches beyond"),
     ("[store\n", "not valid TOML"),
 ])
 def test_bad_config_names_the_key_and_the_file(tmp_path: Path, text: str, needle: str) -> None:
@@ -107,3 +113,16 @@ def test_items_import_json(tmp_path: Path) -> None:
     assert rows[0].variant_id == "gid://shopify/ProductVariant/7"
     assert rows[0].inventory_item_id == "gid://shopify/InventoryItem/8"
     assert rows[0].quantity == 3
+
+
+def test_discovery_defaults_follow_the_listen_address(tmp_path: Path) -> None:
+    path = tmp_path / "edged.toml"
+    path.write_text('[api]\nlisten = "0.0.0.0:8731"\ntls = true\n')
+    assert load(path).advertise
+    assert not load(None).advertise
+    path.write_text('[api]\nlisten = "0.0.0.0:8731"\ntls = true\n[discovery]\nenabled = false\n'
+                    'interfaces = ["eth0", "192.0.2.1"]\n')
+    cfg = load(path)
+    assert not cfg.advertise and cfg.discovery.interfaces == ("eth0", "192.0.2.1")
+    path.write_text('[discovery]\nenabled = true\n')
+    assert load(path).advertise
