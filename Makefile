@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 RUNSTAMP := $(VENV)/.installed
 
-.PHONY: run test lint bench clean errors
+.PHONY: run test lint bench clean errors docs
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -28,10 +28,14 @@ lint: $(STAMP)
 
 test: $(STAMP) lint
 	$(BIN)/python -m edged.errors_doc --check docs/errors.md
+	$(BIN)/python -m edged.states_doc --check docs/payment-states.md
 	$(BIN)/pytest -q -p no:cacheprovider
 
 errors: $(STAMP)
 	$(BIN)/python -m edged.errors_doc docs/errors.md
+
+docs: errors
+	$(BIN)/python -m edged.states_doc docs/payment-states.md
 
 bench: $(STAMP)
 	$(BIN)/python bench/api.py

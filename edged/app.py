@@ -69,7 +69,7 @@ class Daemon:
         self.payments = PaymentService(self.cfg, self.db, self.bus, self.terminals, self.clock)
         self.inventory = InventoryService(self.cfg, self.db, self.bus, self.clock)
         if self.sync is not None:
-            self.payments.link_down = self.sync.link_down
+            self.payments.tokens.link_down = self.sync.link_down
         self.outbox = self.sync.engine.store if self.sync is not None else OutboxStore(
             self.db, self.clock, StoreHooks(self.clock), publish=self.bus.publish)
         self.services = Services(
@@ -113,7 +113,7 @@ class Daemon:
             log.warning("%d payments were interrupted by the last stop", settled)
         if self.sync is not None:
             await sync_setup.start(self.sync, self.cfg, self.db, self.bus, self.clock,
-                                   self.payments.store_pending)
+                                   self.payments.tokens.store_pending)
         self.services.manager.start()
         self._runner = web.AppRunner(self.app, access_log=None,
                                      shutdown_timeout=self.shutdown_grace)

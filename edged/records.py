@@ -2,27 +2,27 @@
 
 from __future__ import annotations
 
+import json
 import sqlite3
 from typing import Any
 
-FINAL_PAYMENT_STATES = frozenset(
-    {"approved", "declined", "canceled", "failed", "unknown", "stored", "forward_declined"}
-)
-# Refunds that hold money back from what can still be refunded.
-LIVE_REFUND_STATES = ("pending", "queued", "succeeded", "unknown")
+from edged.payment_state import REFUND_HOLDS_MONEY
+
+_HOLDING_SQL = ", ".join(f"'{s.value}'" for s in sorted(REFUND_HOLDS_MONEY))
+_REFUNDED_SQL = ("SELECT coalesce(sum(amount), 0) FROM refunds WHERE payment_id = ?"  # noqa: S608
+                 f" AND state IN ({_HOLDING_SQL})")  # the enum's own values, not input
 
 _PAYMENT_FIELDS = ("id", "method", "state", "amount", "currency", "terminal_id", "reference",
                    "processor", "brand", "last4", "auth_code", "processor_ref", "raw_status",
-                   "receipt", "failure", "order_id", "created_at", "updated_at", "finished_at")
+                   "receipt", "failure", "order_id", "created_at", "updated_at", "finished_at",
+                   "stored_at")
 _REFUND_FIELDS = ("id", "payment_id", "amount", "currency", "reason", "state", "terminal_id",
                   "processor_ref", "failure", "created_at", "updated_at")
 
 
 def refunded_total(conn: sqlite3.Connection, payment_id: str) -> int:
     """What is refunded or on its way back: the refunds that hold money."""
-    row = conn.execute("SELECT coalesce(sum(amount), 0) FROM refunds WHERE payment_id = ?"
-                       " AND state IN ('pending', 'queued', 'succeeded', 'unknown')",
-                       (payment_id,)).fetchone()
+    row = conn.execute(_REFUNDED_SQL, (payment_id,)).fetchone()
     return int(row[0])
 
 
@@ -32,10 +32,13 @@ def refund_dict(row: sqlite3.Row) -> dict[str, Any]:
 
 def payment_dict(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
     out = {f: row[f] for f in _PAYMENT_FIELDS}
+    # what the terminal said when it differs from the request (amount, currency, reference)
+    figures = row["terminal_figures"]
+    out["terminal_figures"] = json.loads(figures) if figures else None
     refunds = conn.execute("SELECT * FROM refunds WHERE payment_id = ? ORDER BY n",
                            (row["id"],)).fetchall()
     out["refunds"] = [refund_dict(r) for r in refunds]
-    out["refunded"] = sum(r["amount"] for r in refunds if r["state"] in LIVE_REFUND_STATES)
+    out["refunded"] = sum(r["amount"] for r in refunds if r["state"] in REFUND_HOLDS_MONEY)
     return out
 
 

@@ -12,6 +12,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from edged import audit
+from edged.payment_state import (
+    Actor,
+    IllegalTransition,
+    PaymentState,
+    RefundState,
+    move_payment,
+    move_refund,
+)
 from sync.clock import Clock, utc_iso
 from sync.contract import InventoryAdjust, InventorySet, OutboxKind, PaymentForward, decode
 from sync.gateway import OutboxRow, RowFailure
@@ -46,9 +54,12 @@ class StoreHooks:
         elif isinstance(payload, PaymentForward):
             return self._payment_forwarded(conn, row, payload, result, now)
         elif row.kind == OutboxKind.REFUND_CREATE:
-            conn.execute("UPDATE refunds SET state = 'succeeded', processor_ref = ?,"
-                         " updated_at = ? WHERE id = ? AND state = 'queued'",
-                         (result.get("processor_ref"), now, row.subject_id))
+            try:
+                move_refund(conn, row.subject_id, RefundState.SUCCEEDED, Actor.PROCESSOR, now,
+                            processor_ref=result.get("processor_ref"))
+            except IllegalTransition as exc:
+                log.error("refund success not recorded: %s", exc)
+                return []
             audit.append(conn, row.destination, "refund.succeeded", row.subject_id,
                          {"processor_ref": result.get("processor_ref")})
             return [("refund", {"id": row.subject_id, "state": "succeeded"})]
@@ -57,16 +68,27 @@ class StoreHooks:
     def _payment_forwarded(self, conn: sqlite3.Connection, row: OutboxRow,
                            payload: PaymentForward, result: Mapping[str, Any],
                            now: str) -> list[Event]:
-        conn.execute(
-            "UPDATE payments SET state = 'approved', processor_ref = ?, brand ="
-            " coalesce(?, brand), last4 = coalesce(?, last4), updated_at = ?,"
-            " finished_at = ? WHERE id = ? AND state IN ('pending', 'stored')",
-            (result.get("processor_ref"), result.get("brand"), result.get("last4"), now, now,
-             row.subject_id))
-        audit.append(conn, row.destination, "payment.approved", row.subject_id,
-                     {"processor_ref": result.get("processor_ref"),
-                      "amount": payload.amount, "currency": payload.currency})
-        return [("payment", {"id": row.subject_id, "state": "approved"})]
+        fields = {"processor_ref": result.get("processor_ref"), "finished_at": now}
+        for name in ("brand", "last4"):
+            if result.get(name) is not None:
+                fields[name] = result.get(name)
+        return self._move(conn, row, PaymentState.APPROVED, now, Actor.PROCESSOR, fields,
+                          {"processor_ref": result.get("processor_ref"),
+                           "amount": payload.amount, "currency": payload.currency})
+
+    def _move(self, conn: sqlite3.Connection, row: OutboxRow, new: PaymentState, now: str,
+              actor: Actor, fields: dict[str, Any], data: dict[str, Any]) -> list[Event]:
+        """An upstream outcome, through the table: never over a settled payment."""
+        try:
+            move_payment(conn, row.subject_id, new, actor, now, **fields)
+        except IllegalTransition as exc:
+            log.error("%s answered %s for a payment the table keeps: %s", row.destination,
+                      new, exc)
+            return [("alert", {"kind": "payment.conflict", "payment": row.subject_id,
+                               "state": exc.old, "upstream": str(new),
+                               "message": str(exc)})]
+        audit.append(conn, row.destination, f"payment.{new}", row.subject_id, data)
+        return [("payment", {"id": row.subject_id, "state": str(new)})]
 
     def failed(self, conn: sqlite3.Connection, row: OutboxRow,
                failure: RowFailure) -> list[Event]:
@@ -76,30 +98,38 @@ class StoreHooks:
             current = conn.execute("SELECT state FROM payments WHERE id = ?",
                                    (row.subject_id,)).fetchone()
             state: str | None = current[0] if current else None
-            new: str | None
-            if failure.code == DECLINED:
-                new = "forward_declined" if state == "stored" else "declined"
+            new: PaymentState | None
+            actor = Actor.PROCESSOR
+            if failure.outcome_unknown:  # gave up in doubt: maybe charged; a person decides
+                new = PaymentState.UNKNOWN if state in (PaymentState.PENDING,
+                                                        PaymentState.STORED) else None
+                actor = Actor.SYNC
+            elif failure.code == DECLINED:
+                new = PaymentState.FORWARD_DECLINED if state == PaymentState.STORED \
+                    else PaymentState.DECLINED
             else:
-                new = "failed" if state == "pending" else state
-            if new and new != state:
-                conn.execute("UPDATE payments SET state = ?, failure = ?, updated_at = ?,"
-                             " finished_at = ? WHERE id = ?",
-                             (new, f"{failure.code}: {failure.message}", now, now,
-                              row.subject_id))
-                audit.append(conn, row.destination, f"payment.{new}", row.subject_id,
-                             {"code": failure.code, "message": failure.message})
-                events.append(("payment", {"id": row.subject_id, "state": new}))
-            if new == "forward_declined" or state == "stored":
+                new = PaymentState.FAILED if state == PaymentState.PENDING else None
+            if new is not None:
+                events += self._move(conn, row, new, now, actor,
+                                     {"failure": f"{failure.code}: {failure.message}",
+                                      "finished_at": now},
+                                     {"code": failure.code, "message": failure.message})
+            if new == PaymentState.FORWARD_DECLINED or state == PaymentState.STORED:
                 events.append(("alert", {"kind": "payment.forward_failed",
-                                         "payment": row.subject_id, "state": new,
+                                         "payment": row.subject_id, "state": str(new or state),
                                          "message": failure.message}))
         elif row.kind == OutboxKind.REFUND_CREATE:
-            conn.execute("UPDATE refunds SET state = 'failed', failure = ?, updated_at = ?"
-                         " WHERE id = ? AND state = 'queued'",
-                         (f"{failure.code}: {failure.message}", now, row.subject_id))
-            audit.append(conn, row.destination, "refund.failed", row.subject_id,
+            refund, who = (RefundState.UNKNOWN, Actor.SYNC) if failure.outcome_unknown \
+                else (RefundState.FAILED, Actor.PROCESSOR)
+            try:
+                move_refund(conn, row.subject_id, refund, who, now,
+                            failure=f"{failure.code}: {failure.message}")
+            except IllegalTransition as exc:
+                log.error("refund outcome not recorded: %s", exc)
+                return events
+            audit.append(conn, row.destination, f"refund.{refund}", row.subject_id,
                          {"code": failure.code, "message": failure.message})
-            events.append(("refund", {"id": row.subject_id, "state": "failed"}))
+            events.append(("refund", {"id": row.subject_id, "state": str(refund)}))
         else:
             events.append(("alert", {"kind": "sync.dead", "destination": row.destination,
                                      "job": row.id, "subject": row.subject_id,

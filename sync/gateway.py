@@ -47,6 +47,8 @@ class Work:
 class RowFailure:
     code: str
     message: str
+    outcome_unknown: bool = False
+    """The row died while an attempt's outcome was in doubt: it may have been applied."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -332,8 +332,9 @@ class OutboxStore:
                                  " updated_at = ? WHERE id = ?",
                                  (attempts, f"gave up after {attempts} attempts: {error}",
                                   int(outcome_unknown), now, row_id))
-                    events += self._hooks.failed(conn, by_id[row_id],
-                                                 RowFailure("ERR-6003", f"gave up: {error}"))
+                    events += self._hooks.failed(conn, by_id[row_id], RowFailure(
+                        "ERR-6003", f"gave up: {error}",
+                        outcome_unknown=outcome_unknown or work.outcome_unknown))
                 else:
                     conn.execute("UPDATE outbox SET state = 'pending', attempts = ?,"
                                  " lease_until = NULL, last_error = ?,"

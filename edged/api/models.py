@@ -7,6 +7,7 @@ from typing import Any
 from edged.api.schema import Arr, Free, Int, Obj, Str
 from edged.inventory import COUNT_REASON, MAX_DELTA, MAX_QUANTITY, REASONS
 from edged.money import MAX_AMOUNT, is_known_currency
+from edged.payment_state import PaymentState, RefundState
 
 
 def _currency(value: Any) -> str | None:
@@ -105,17 +106,20 @@ def _obj(props: dict[str, Any], name: str) -> Free:
 
 
 REFUND = _obj({"id": _S, "payment_id": _S, "amount": _I, "currency": _S, "reason": _SN,
-               "state": {"enum": ["pending", "queued", "succeeded", "failed", "unknown"]},
+               "state": {"enum": [s.value for s in RefundState]},
                "terminal_id": _SN, "processor_ref": _SN, "failure": _SN, "created_at": _S,
                "updated_at": _S}, "Refund")
 PAYMENT = _obj({
     "id": _S, "method": {"enum": ["cash", "card_present", "token"]},
-    "state": {"enum": ["pending", "in_progress", "approved", "declined", "canceled", "failed",
-                       "unknown", "stored", "forward_declined"]},
+    "state": {"enum": [s.value for s in PaymentState]},
     "amount": _I, "currency": _S, "terminal_id": _SN, "reference": _SN, "processor": _SN,
     "brand": _SN, "last4": _SN, "auth_code": _SN, "processor_ref": _SN, "raw_status": _SN,
     "receipt": _SN, "failure": _SN, "order_id": _SN, "created_at": _S, "updated_at": _S,
-    "finished_at": _SN, "refunded": _I, "refunds": {"type": "array", "items": REFUND.schema},
+    "finished_at": _SN, "stored_at": _SN, "refunded": _I,
+    "terminal_figures": {"type": ["object", "null"], "description": "What the terminal"
+                         " reported when it differs from the request (amount, currency,"
+                         " reference): the manager decides"},
+    "refunds": {"type": "array", "items": REFUND.schema},
 }, "Payment")
 PAYMENT_LIST = _obj({"data": {"type": "array", "items": PAYMENT.schema},
                      "next_cursor": _SN}, "PaymentList")

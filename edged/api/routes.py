@@ -15,8 +15,8 @@ from edged.api.http import DRAINING, Ctx, Route, json_response
 from edged.api.manager_routes import MANAGER_ROUTES
 from edged.errors import ApiError
 from edged.inventory import COUNT_REASON, ItemRef, OrderLine, StockChange, StockCount
+from edged.payment_state import PaymentState
 from edged.payments import Answer, NewPayment
-from edged.records import FINAL_PAYMENT_STATES
 from sync.outbox import JOB_STATES, JobStateError
 
 _BODY_ERRORS = ("ERR-1001", "ERR-1002", "ERR-1003", "ERR-1004", "ERR-1005", "ERR-1006",
@@ -56,7 +56,7 @@ async def get_payment(ctx: Ctx) -> Answer:
 
 async def list_payments(ctx: Ctx) -> Answer:
     state = ctx.request.query.get("state") or None
-    if state is not None and state not in FINAL_PAYMENT_STATES | {"pending", "in_progress"}:
+    if state is not None and state not in {s.value for s in PaymentState}:
         raise ApiError("ERR-1013", f"state {state!r} is not a payment state")
     limit = ctx.query_int("limit", 50, 1, 200)
     cursor = ctx.request.query.get("cursor") or None

@@ -226,7 +226,54 @@ CREATE TABLE health (
     beats        INTEGER NOT NULL
 );
 """),
+    # The payment state machine (edged/payment_state.py): `authorized` joins the CHECK list;
+    # the terminal's own figures when they differ from the request; when a payment was
+    # accepted offline. SQLite changes a CHECK only by rebuilding the table.
+    (3, "payment states from the state machine", """
+CREATE TABLE payments_new (
+    n            INTEGER PRIMARY KEY,
+    id           TEXT NOT NULL UNIQUE,
+    method       TEXT NOT NULL CHECK (method IN ('cash', 'card_present', 'token')),
+    state        TEXT NOT NULL CHECK (state IN ('pending', 'in_progress', 'approved',
+                     'declined', 'canceled', 'failed', 'unknown', 'authorized', 'stored',
+                     'forward_declined')),
+    amount       INTEGER NOT NULL CHECK (amount > 0),
+    currency     TEXT NOT NULL,
+    terminal_id  TEXT,
+    reference    TEXT,
+    processor    TEXT,
+    token        TEXT,
+    brand        TEXT,
+    last4        TEXT CHECK (last4 IS NULL OR length(last4) <= 4),
+    auth_code    TEXT,
+    processor_ref TEXT,
+    raw_status   TEXT,
+    receipt      TEXT,
+    failure      TEXT,
+    order_id     TEXT REFERENCES orders(id),
+    created_at   TEXT NOT NULL,
+    updated_at   TEXT NOT NULL,
+    finished_at  TEXT,
+    terminal_figures TEXT,
+    stored_at    TEXT
+);
+INSERT INTO payments_new (n, id, method, state, amount, currency, terminal_id, reference,
+    processor, token, brand, last4, auth_code, processor_ref, raw_status, receipt, failure,
+    order_id, created_at, updated_at, finished_at, stored_at)
+    SELECT n, id, method, state, amount, currency, terminal_id, reference, processor, token,
+    brand, last4, auth_code, processor_ref, raw_status, receipt, failure, order_id,
+    created_at, updated_at, finished_at,
+    CASE WHEN state IN ('stored', 'forward_declined') THEN created_at END FROM payments;
+DROP TABLE payments;
+ALTER TABLE payments_new RENAME TO payments;
+CREATE INDEX payments_state ON payments(state, n);
+CREATE INDEX payments_order ON payments(order_id)
+"""),
 )
+
+# Migrations that rebuild a table others reference: run with foreign keys off (SQLite's
+# documented procedure), then checked with ``PRAGMA foreign_key_check`` before the commit.
+REBUILDS = frozenset({3})
 
 
 def migrate(conn: sqlite3.Connection) -> list[int]:
@@ -237,6 +284,10 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
     )
     applied = []
     for version, name, sql in MIGRATIONS:
+        rebuild = version in REBUILDS
+        fk_on = bool(conn.execute("PRAGMA foreign_keys").fetchone()[0])
+        if rebuild and fk_on:
+            conn.execute("PRAGMA foreign_keys=OFF")  # a no-op inside a transaction
         # check and apply under one write lock: two processes starting on a new file
         # (the daemon and `edged token create`) must not both run a migration
         conn.execute("BEGIN IMMEDIATE")
@@ -248,6 +299,8 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
             for statement in sql.split(";"):
                 if statement.strip():
                     conn.execute(statement)
+            if rebuild and conn.execute("PRAGMA foreign_key_check").fetchone():
+                raise sqlite3.IntegrityError(f"migration {version} broke a foreign key")
             conn.execute(
                 "INSERT INTO schema_migrations (version, name, applied_at) VALUES (?, ?, ?)",
                 (version, name, datetime.now(UTC).isoformat()),
@@ -256,6 +309,9 @@ def migrate(conn: sqlite3.Connection) -> list[int]:
         except BaseException:
             conn.execute("ROLLBACK")
             raise
+        finally:
+            if rebuild and fk_on:
+                conn.execute("PRAGMA foreign_keys=ON")
         log.info("applied schema migration %d (%s)", version, name)
         applied.append(version)
     return applied

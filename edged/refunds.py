@@ -1,0 +1,156 @@
+"""Refunds: ``pending`` on a terminal, ``queued`` for a processor, then ``succeeded``,
+``failed`` or ``unknown`` (a manager settles an unknown one). Every move goes through the
+table of ``edged.payment_state``.
+"""
+
+from __future__ import annotations
+
+import logging
+import sqlite3
+from typing import Any
+
+from drivers.base import Outcome, Terminal, TransactionKind, TransactionRequest, TransactionResult
+from edged import audit, idempotency, records
+from edged.answer import Answer
+from edged.errors import ApiError
+from edged.events import EventBus
+from edged.idempotency import IdemRecord
+from edged.ids import new_id
+from edged.payment_state import (
+    Actor,
+    IllegalTransition,
+    PaymentState,
+    RefundState,
+    check_refund_start,
+    move_refund,
+)
+from edged.store import Database
+from edged.terminals import TerminalManager
+from sync import outbox
+from sync.clock import Clock, utc_iso
+from sync.contract import RefundCreate
+
+log = logging.getLogger(__name__)
+
+
+def _refund_body(conn: sqlite3.Connection, refund_id: str) -> dict[str, Any]:
+    row = records.refund_row(conn, refund_id)
+    assert row is not None
+    return records.refund_dict(row)
+
+
+class RefundService:
+    def __init__(self, db: Database, bus: EventBus, terminals: TerminalManager,
+                 clock: Clock) -> None:
+        self._db = db
+        self._bus = bus
+        self._terminals = terminals
+        self._clock = clock
+
+    def _now(self) -> str:
+        return utc_iso(self._clock.now())
+
+    async def refund(self, payment: dict[str, Any], amount: int, reason: str | None,
+                     idem: IdemRecord, actor: str) -> Answer:
+        payment_id = payment["id"]
+        if payment["state"] != PaymentState.APPROVED:
+            raise ApiError("ERR-2006", f"payment {payment_id} is {payment['state']}; only an"
+                           " approved payment can be refunded")
+        refund_id = new_id("ref")
+        now = self._now()
+        on_terminal = payment["method"] == "card_present"
+        via_processor = payment["method"] == "token"
+        terminal_id = payment["terminal_id"]
+        if on_terminal:
+            driver = self._terminals.driver(terminal_id)
+            if driver is None or not driver.capabilities.refund:
+                raise ApiError("ERR-3005", f"terminal {terminal_id} cannot refund from the"
+                               " register; refund in cash or on the terminal's own menu")
+            self._terminals.claim(terminal_id, refund_id)
+
+        def write(conn: sqlite3.Connection) -> Answer:
+            row = records.payment_row(conn, payment_id)
+            assert row is not None
+            taken = records.refunded_total(conn, payment_id)
+            left = row["amount"] - taken
+            if amount > left:
+                raise ApiError("ERR-2007", f"refund of {amount} asked, {left} {row['currency']}"
+                               f" left to refund on payment {payment_id}")
+            state = RefundState.PENDING if on_terminal else \
+                RefundState.QUEUED if via_processor else RefundState.SUCCEEDED
+            check_refund_start(refund_id, state)
+            conn.execute(
+                "INSERT INTO refunds (id, payment_id, amount, currency, reason, state,"
+                " terminal_id, created_at, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (refund_id, payment_id, amount, row["currency"], reason, state,
+                 terminal_id if on_terminal else None, now, now))
+            audit.append(conn, actor, f"refund.{state}", refund_id,
+                         {"payment": payment_id, "amount": amount, "currency": row["currency"],
+                          "reason": reason})
+            if via_processor:
+                outbox.enqueue(conn, row["processor"], RefundCreate(
+                    refund_id=refund_id, payment_id=payment_id,
+                    processor_ref=row["processor_ref"], amount=amount,
+                    currency=row["currency"], reason=reason), now)
+            body = _refund_body(conn, refund_id)
+            status = 202 if on_terminal or via_processor else 201
+            idempotency.save(conn, idem, status, body)
+            return Answer(status, body)
+
+        try:
+            answer = await self._db.write(write)
+        except BaseException:
+            if on_terminal:
+                self._terminals.release(terminal_id, refund_id)
+            raise
+        self._bus.publish("refund", answer.body)
+        if on_terminal:
+            request = TransactionRequest(refund_id, amount, payment["currency"],
+                                         TransactionKind.REFUND, payment["reference"])
+
+            async def run_refund(driver: Terminal) -> TransactionResult:
+                return await driver.refund(request)
+
+            self._terminals.run(terminal_id, refund_id, run_refund, self._finish)
+        return answer
+
+    async def _finish(self, result: TransactionResult | None, refund_id: str) -> None:
+        now = self._now()
+        if result is None:
+            state, failure = RefundState.FAILED, \
+                "the terminal could not be reached; nothing was refunded"
+        elif result.outcome is Outcome.APPROVED:
+            state, failure = RefundState.SUCCEEDED, None
+        elif result.outcome is Outcome.UNKNOWN:
+            state, failure = RefundState.UNKNOWN, result.detail
+        else:
+            state, failure = RefundState.FAILED, result.detail or result.outcome.value
+
+        def write(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = records.refund_row(conn, refund_id)
+            if row is None:
+                return None
+            try:
+                move_refund(conn, refund_id, state, Actor.TERMINAL, now, failure=failure,
+                            processor_ref=result.reference if result else None)
+            except IllegalTransition as exc:
+                log.error("terminal answer for refund ignored: %s", exc)
+                return None
+            audit.append(conn, "terminal", f"refund.{state}", refund_id,
+                         {"payment": row["payment_id"], "amount": row["amount"]})
+            return _refund_body(conn, refund_id)
+
+        body = await self._db.write(write)
+        if body is not None:
+            self._bus.publish("refund", body)
+
+    def interrupted(self, conn: sqlite3.Connection) -> None:
+        """At start: a refund that was running on a terminal is unknown."""
+        now = self._now()
+        for row in conn.execute("SELECT id, payment_id, amount FROM refunds WHERE state = ?"
+                                " AND terminal_id IS NOT NULL",
+                                (RefundState.PENDING,)).fetchall():
+            move_refund(conn, row["id"], RefundState.UNKNOWN, Actor.RECOVERY, now,
+                        failure="the daemon stopped during the refund; check the terminal")
+            audit.append(conn, "recovery", "refund.unknown", row["id"],
+                         {"payment": row["payment_id"], "amount": row["amount"]})

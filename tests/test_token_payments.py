@@ -1,0 +1,105 @@
+"""Token payments through the state machine, against the Stripe fake and the real SDK.
+
+Each test guards one defect of issue 7: a restart that turned waiting token payments
+`unknown` (1), a forward given up in doubt recorded `failed` (2), an upstream decline over a
+manager's resolution (3), and a token payment left waiting while the link is down (6).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+from functools import partial
+from pathlib import Path
+
+import pytest
+
+from edged import secrets
+from edged.config import OfflineConfig
+from tests.daemon_process import UNLIMITED_API, DaemonProcess
+from tests.fakes.stripe import FakeStripe
+from tests.helpers import running
+from tests.test_sync_e2e import (
+    STRIPE_KEY,
+    _toml,
+    e2e_config,
+    intents_for,
+    jobs,
+    new_token,
+    payment_state,
+    prepare,
+    process_api,
+    reaches,
+    token_payment,
+    until,
+)
+
+pytestmark = pytest.mark.timeout(90)
+
+
+def stripe_daemon_config(path: Path, stripe: FakeStripe) -> Path:
+    sections = {
+        "api": dict(UNLIMITED_API),
+        "stripe": {"base_url": stripe.base_url},
+        "sync": {"request_timeout": 5.0, "breaker_break_seconds": 1.0, "quick_retries": 1},
+    }
+    path.write_text("".join(f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n"
+                                                    for k, v in keys.items())
+                            for name, keys in sections.items()), encoding="utf-8")
+    return path
+
+
+async def test_token_payment_waiting_at_sigkill_is_forwarded_once_after_restart(
+        tmp_path: Path) -> None:
+    """Defect 1: restart recovery only touches card payments running on a terminal."""
+    data = tmp_path / "data"
+    data.mkdir()
+    async with FakeStripe() as stripe:
+        config = stripe_daemon_config(tmp_path / "edged.toml", stripe)
+        secrets.cli_set(data, "stripe.key", io.StringIO(STRIPE_KEY + "\n"), env={})
+        token = new_token(data, "lane-1")
+        await stripe.faults.refuse()
+        daemon = DaemonProcess(data, config=config)
+        try:
+            await asyncio.to_thread(daemon.start)
+            async with process_api(daemon, token) as api:
+                status, body = await token_payment(api, 1200)
+                assert status == 202 and body["state"] == "pending", body
+                payment_id = body["id"]
+            await asyncio.to_thread(daemon.kill)
+            await stripe.faults.restore()
+            daemon = daemon.restarted()
+            await asyncio.to_thread(daemon.start)
+            async with process_api(daemon, token) as api:
+                await until(partial(reaches, api, payment_id, "approved"),
+                            "the waiting token payment to be approved after the restart")
+        finally:
+            await asyncio.to_thread(daemon.close)
+    assert len(intents_for(stripe, payment_id)) == 1
+    assert set(stripe.executions.values()) == {1}
+
+
+async def test_forward_given_up_in_doubt_is_unknown_and_a_retry_settles_it(
+        tmp_path: Path) -> None:
+    """Defect 2: out of attempts after a 500 whose outcome is unknown: `unknown`, not
+    `failed`; a manager's retry of the dead job that succeeds makes it `approved`."""
+    async with FakeStripe() as stripe:
+        cfg = e2e_config(tmp_path / "data", None, stripe, max_attempts=2)
+        prepare(cfg, None)
+        async with running(cfg) as api:
+            stripe.faults.fail(500, fail_after_apply=True)  # charged; every answer lost
+            status, body = await token_payment(api, 1500)
+            assert status == 202, body
+            payment_id = body["id"]
+            (job,) = await until(partial(jobs, api, "dead", "stripe"), "the forward to die")
+            assert job["outcome_unknown"] is True
+            assert await payment_state(api, payment_id) == "unknown"
+            _, listed = await api.get("/v1/payments?state=unknown")
+            assert [p["id"] for p in listed["data"]] == [payment_id]
+            await stripe.faults.restore()
+            status, body = await api.post(f"/v1/sync/jobs/{job['id']}/retry", {},
+                                          token=api.manager_token)
+            assert status == 200, body
+            await until(partial(reaches, api, payment_id, "approved"),
+                        "the manager's retry to settle the payment")
+    assert len(intents_for(stripe, payment_id)) == 1
