@@ -9,13 +9,17 @@ from __future__ import annotations
 
 import asyncio
 import io
+import sqlite3
 from functools import partial
 from pathlib import Path
 
 import pytest
 
 from edged import secrets
-from edged.config import OfflineConfig
+from edged.store.database import open_sync
+from edged.sync_hooks import StoreHooks
+from sync.gateway import OutboxRow, RowFailure
+from tests.clock import ManualClock
 from tests.daemon_process import UNLIMITED_API, DaemonProcess
 from tests.fakes.stripe import FakeStripe
 from tests.helpers import running
@@ -103,3 +107,50 @@ async def test_forward_given_up_in_doubt_is_unknown_and_a_retry_settles_it(
             await until(partial(reaches, api, payment_id, "approved"),
                         "the manager's retry to settle the payment")
     assert len(intents_for(stripe, payment_id)) == 1
+
+
+# -- defect 3: upstream outcomes go through the table -----------------------------------------
+
+
+def _hook_db(tmp_path: Path, state: str) -> tuple[sqlite3.Connection, OutboxRow]:
+    conn = open_sync(tmp_path / "edged.db")
+    conn.execute("BEGIN")
+    conn.execute("INSERT INTO payments (id, method, state, amount, currency, processor, token,"
+                 " created_at, updated_at) VALUES ('pay-1', 'token', ?, 700, 'EUR', 'stripe',"
+                 " 'pm_x', 't0', 't0')", (state,))
+    payload = {"payment_id": "pay-1", "amount": 700, "currency": "EUR", "token": "pm_x",
+               "reference": None, "created_at": "t0"}
+    row = OutboxRow(id=1, destination="stripe", kind="payment.forward", subject_id="pay-1",
+                    idempotency_key="ed-1", payload=payload, attempts=1, last_error=None,
+                    created_at="t0")
+    return conn, row
+
+
+@pytest.mark.parametrize("state", ["approved", "canceled", "failed", "declined"])
+def test_a_forward_decline_never_overwrites_a_settled_payment(tmp_path: Path,
+                                                              state: str) -> None:
+    """Defect 3: e.g. a manager resolved the payment approved from Stripe's dashboard, then
+    a retried job replays a decline: the payment keeps its state, the manager is alerted."""
+    conn, row = _hook_db(tmp_path, state)
+    try:
+        events = StoreHooks(ManualClock()).failed(
+            conn, row, RowFailure("ERR-6071", "Your card was declined."))
+        after = conn.execute("SELECT state, updated_at FROM payments").fetchone()
+        assert tuple(after) == (state, "t0")
+        assert [kind for kind, _ in events] == ["alert"], events
+        assert events[0][1]["kind"] == "payment.conflict"
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
+
+
+def test_a_forward_approval_settles_a_payment_left_unknown(tmp_path: Path) -> None:
+    """The processor's own answer may settle what was in doubt (a manager's retry)."""
+    conn, row = _hook_db(tmp_path, "unknown")
+    try:
+        StoreHooks(ManualClock()).applied(conn, row, {"processor_ref": "pi_1"})
+        after = conn.execute("SELECT state, processor_ref FROM payments").fetchone()
+        assert tuple(after) == ("approved", "pi_1")
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
