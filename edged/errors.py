@@ -63,6 +63,8 @@ CODES: dict[str, ErrorCode] = _table(
               "This terminal cannot cancel from the register: cancel on the terminal"),
     ErrorCode("ERR-3005", 422, "This terminal cannot refund; refund another way"),
     ErrorCode("ERR-3006", 404, "No such terminal"),
+    ErrorCode("ERR-3007", 409, "The terminal is not running the payment named: nothing was"
+              " cancelled"),
     # 4xxx: inventory and orders
     ErrorCode("ERR-4001", 422, "Unknown SKU, barcode, variant or inventory item"),
     ErrorCode("ERR-4002", 404, "No item with that SKU or barcode"),

@@ -313,7 +313,7 @@ class PaymentService:
         if not driver.capabilities.cancel:
             raise ApiError("ERR-3004", f"terminal {body['terminal_id']} cannot cancel from the"
                            " register: press the red key on the terminal")
-        await self._terminals.cancel(body["terminal_id"])
+        await self._terminals.cancel(body["terminal_id"], payment_id)
         body = await self.wait(payment_id, 10.0)
         return Answer(200, body, stored=False)
 

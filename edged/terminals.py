@@ -166,8 +166,14 @@ class TerminalManager:
         if status.state is TerminalState.OFFLINE:
             self._set_state(lane, TerminalState.OFFLINE, status.detail)
 
-    async def cancel(self, terminal_id: str) -> None:
+    async def cancel(self, terminal_id: str, subject_id: str) -> None:
+        """Abort ``subject_id`` if, and only if, it is what the lane is running."""
         lane = self._lanes[terminal_id]
+        if lane.busy_with != subject_id:
+            running = f"running {lane.busy_with}" if lane.busy_with else "idle"
+            raise ApiError("ERR-3007", f"terminal {terminal_id} is {running}, not"
+                           f" {subject_id}; nothing was cancelled")
+        # no await between the check and the driver's cancel: the lane cannot move on
         await lane.driver.cancel()
 
     async def wait_idle(self, timeout: float) -> None:

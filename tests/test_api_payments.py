@@ -208,3 +208,28 @@ async def test_payment_left_in_progress_is_unknown_after_restart(tmp_path: Path)
         _, after = await api.get(f"/v1/payments/{paid['id']}")
         assert after["state"] == "unknown"
         assert api.count("audit", "actor = 'recovery'") == 1
+
+
+async def test_cancel_names_its_payment_and_never_aborts_another(tmp_path: Path) -> None:
+    """Defect 8: a cancel for a payment the lane is not running gets 409 ERR-3007 and the
+    lane's own transaction goes on (here: a payment whose end could not be recorded stayed
+    in_progress while the lane moved on to the next customer)."""
+    async with running(make_config(tmp_path, sim={"delay": 600})) as api:
+        _, running_now = await api.post("/v1/payments", {"amount": 900, "currency": "EUR",
+                                                         "method": "card_present"})
+        conn = sqlite3.connect(api.daemon.db.path)
+        conn.execute("INSERT INTO payments (id, method, state, amount, currency, terminal_id,"
+                     " created_at, updated_at) VALUES ('pay_stale', 'card_present',"
+                     " 'in_progress', 500, 'EUR', 'sim-1', 't0', 't0')")
+        conn.commit()
+        conn.close()
+        status, body = await api.post("/v1/payments/pay_stale/cancel", {})
+        assert status == 409, body
+        assert body["error"]["code"] == "ERR-3007"
+        assert running_now["id"] in body["error"]["message"]
+        _, terminal = await api.get("/v1/terminals/sim-1")
+        assert terminal["busy_with"] == running_now["id"]
+        _, still = await api.get(f"/v1/payments/{running_now['id']}")
+        assert still["state"] == "in_progress"
+        status, canceled = await api.post(f"/v1/payments/{running_now['id']}/cancel", {})
+        assert status == 200 and canceled["state"] == "canceled", canceled

@@ -254,7 +254,7 @@ ROUTES: tuple[Route, ...] = (
           query={"wait": "seconds to wait for a final state"}, errors=("ERR-2003", "ERR-1013")),
     Route("POST", "/v1/payments/{id}/cancel", cancel_payment, "Cancel a payment running on a"
           " terminal", models.PAYMENT, 200, models.EMPTY,
-          _BODY_ERRORS + ("ERR-2003", "ERR-2005", "ERR-3004")),
+          _BODY_ERRORS + ("ERR-2003", "ERR-2005", "ERR-3004", "ERR-3007")),
     Route("POST", "/v1/payments/{id}/refunds", refund_payment, "Refund an approved payment"
           " (in part or whole)", models.REFUND, 201, models.REFUND_CREATE,
           _BODY_ERRORS + ("ERR-2001", "ERR-2003", "ERR-2006", "ERR-2007", "ERR-3002",
