@@ -3,8 +3,9 @@
 The daemon never sees wire dictionaries: a driver answers with the typed values below.
 The line between "nothing was sent" and "the terminal took the request" decides money:
 
-- a driver that could not hand the request over raises :class:`TerminalUnavailable`
-  (the card was certainly not charged: the payment may be marked ``failed``);
+- a driver that could not hand the request over raises a :class:`NothingSent`
+  (:class:`TerminalUnavailable`, :class:`TerminalBusy`, an unsupported currency or a bad
+  request…): the card was certainly not charged, the payment is marked ``failed``;
 - once the terminal has accepted the request, every ending is a :class:`TransactionResult`;
   silence, a dropped line or garbage is ``Outcome.UNKNOWN``, never ``DECLINED``.
 """
@@ -20,15 +21,23 @@ class DriverError(Exception):
     """Root of every error raised by a terminal driver."""
 
 
-class TerminalUnavailable(DriverError):
+class NothingSent(DriverError):
+    """Raised before anything reached the terminal: nothing can have been charged.
+
+    Only for errors raised before the first byte of the request went out (or that the
+    terminal refused without acting on it); anything later is a result, ``UNKNOWN`` at worst.
+    """
+
+
+class TerminalUnavailable(NothingSent):
     """The request never reached the terminal (port gone, no ACK): nothing was charged."""
 
 
-class TerminalBusy(DriverError):
+class TerminalBusy(NothingSent):
     """The terminal is running another transaction."""
 
 
-class OperationNotSupported(DriverError):
+class OperationNotSupported(NothingSent):
     """The protocol or the terminal cannot do this (refund, cancel…)."""
 
 
@@ -86,6 +95,8 @@ class TransactionResult:
     raw_status: str | None = None
     receipt: str | None = None
     detail: str | None = None
+    other_pos: str | None = None
+    """The POS reference an answer named when it is not the POS that asked."""
 
 
 @dataclass(frozen=True, slots=True)

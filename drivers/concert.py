@@ -718,4 +718,7 @@ class ConcertTerminal(Terminal):
             reference=answer.transaction_id,
             raw_status=answer.status.value,
             detail="; ".join(notes) or None,
+            other_pos=f"{answer.pos_number:02d}"
+            if answer.pos_number != concert_request.pos_number
+            else None,
         )

@@ -37,7 +37,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
 
-from drivers.base import DriverError, ProtocolError
+from drivers.base import NothingSent, ProtocolError
 
 REQUEST_LENGTH = 34
 ANSWER_FULL_LENGTH = 80
@@ -86,7 +86,7 @@ class MessageError(ProtocolError):
     """A frame arrived intact but its content is not a valid Concert message."""
 
 
-class RequestError(DriverError, ValueError):
+class RequestError(NothingSent, ValueError):
     """A request that cannot be put on the wire (amount, currency, POS number…)."""
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import sqlite3
 from collections.abc import Callable
@@ -41,7 +42,7 @@ from edged.payment_state import (
 )
 from edged.refunds import RefundService
 from edged.store import Database
-from edged.terminals import TerminalManager
+from edged.terminals import NotSent, TerminalManager
 from edged.token_payments import TokenPayments
 from sync.clock import Clock, utc_iso
 
@@ -169,8 +170,9 @@ class PaymentService:
             def fail(conn: sqlite3.Connection) -> None:
                 row = records.payment_row(conn, payment_id)
                 assert row is not None
-                self._apply_result(conn, row, None, now, Actor.TERMINAL,
-                                   failure=f"the terminal refused the payment: {message}")
+                self._apply_result(conn, row,
+                                   NotSent(f"the terminal refused the payment: {message}"),
+                                   now, Actor.TERMINAL)
                 idempotency.forget(conn, idem)
 
             try:
@@ -205,7 +207,8 @@ class PaymentService:
         raise ApiError("ERR-1003", "terminal is required for card_present payments when the"
                        f" daemon drives several terminals ({', '.join(ids) or 'none'})")
 
-    async def _finish_payment(self, result: TransactionResult | None, payment_id: str) -> None:
+    async def _finish_payment(self, result: TransactionResult | NotSent,
+                              payment_id: str) -> None:
         now = self._now()
 
         def write(conn: sqlite3.Connection) -> dict[str, Any] | None:
@@ -225,22 +228,28 @@ class PaymentService:
             self._bus.publish("payment", body)
 
     def _apply_result(self, conn: sqlite3.Connection, row: sqlite3.Row,
-                      result: TransactionResult | None, now: str, actor: Actor,
-                      failure: str | None = None) -> PaymentState:
+                      result: TransactionResult | NotSent, now: str,
+                      actor: Actor) -> PaymentState:
         """Record how a terminal transaction ended; raises IllegalTransition, writes nothing."""
         fields: dict[str, Any] = {}
-        if result is None:
+        failure: str | None
+        if isinstance(result, NotSent):
             state = PaymentState.FAILED
-            failure = failure or "the terminal could not be reached; nothing was charged"
+            failure = f"{result.reason}; nothing was charged"
         else:
             state = _OUTCOME_STATE[result.outcome]
             failure = result.detail if state != PaymentState.APPROVED else None
             fields = {"brand": result.brand, "last4": result.last4,
                       "auth_code": result.auth_code, "processor_ref": result.reference,
                       "raw_status": result.raw_status, "receipt": result.receipt}
-            if result.amount and result.amount != row["amount"] and \
-                    state == PaymentState.APPROVED:
-                failure = f"terminal approved {result.amount}, asked {row['amount']}"
+            figures = _other_figures(row, result)
+            if figures and state in (PaymentState.APPROVED, PaymentState.AUTHORIZED):
+                # the terminal took something, but not what was asked: a person decides
+                state = PaymentState.UNKNOWN
+                failure = ("the terminal approved other figures than asked ("
+                           + ", ".join(f"{k} {v}" for k, v in figures.items())
+                           + "): compare with the terminal's journal and resolve")
+                fields["terminal_figures"] = json.dumps(figures, sort_keys=True)
         move_payment(conn, row["id"], state, actor, now, failure=failure, finished_at=now,
                      **fields)
         audit.append(conn, actor.value, f"payment.{state}", row["id"],
@@ -397,6 +406,18 @@ class PaymentService:
             return int(conn.execute("SELECT count(*) FROM payments WHERE state = ?",
                                     (PaymentState.UNKNOWN,)).fetchone()[0])
         return read
+
+
+def _other_figures(row: sqlite3.Row, result: TransactionResult) -> dict[str, Any]:
+    """What the terminal reported where it differs from the request (empty: it agrees)."""
+    other: dict[str, Any] = {}
+    if result.amount != row["amount"]:
+        other["amount"] = result.amount
+    if result.currency and result.currency.upper() != row["currency"].upper():
+        other["currency"] = result.currency
+    if result.other_pos is not None:
+        other["pos"] = result.other_pos
+    return other
 
 
 def _encode_cursor(n: int) -> str:

@@ -25,7 +25,7 @@ from edged.payment_state import (
     move_refund,
 )
 from edged.store import Database
-from edged.terminals import TerminalManager
+from edged.terminals import NotSent, TerminalManager
 from sync import outbox
 from sync.clock import Clock, utc_iso
 from sync.contract import RefundCreate
@@ -114,11 +114,11 @@ class RefundService:
             self._terminals.run(terminal_id, refund_id, run_refund, self._finish)
         return answer
 
-    async def _finish(self, result: TransactionResult | None, refund_id: str) -> None:
+    async def _finish(self, result: TransactionResult | NotSent, refund_id: str) -> None:
         now = self._now()
-        if result is None:
-            state, failure = RefundState.FAILED, \
-                "the terminal could not be reached; nothing was refunded"
+        reference = result.reference if isinstance(result, TransactionResult) else None
+        if isinstance(result, NotSent):
+            state, failure = RefundState.FAILED, f"{result.reason}; nothing was refunded"
         elif result.outcome is Outcome.APPROVED:
             state, failure = RefundState.SUCCEEDED, None
         elif result.outcome is Outcome.UNKNOWN:
@@ -132,7 +132,7 @@ class RefundService:
                 return None
             try:
                 move_refund(conn, refund_id, state, Actor.TERMINAL, now, failure=failure,
-                            processor_ref=result.reference if result else None)
+                            processor_ref=reference)
             except IllegalTransition as exc:
                 log.error("terminal answer for refund ignored: %s", exc)
                 return None

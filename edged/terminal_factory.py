@@ -106,6 +106,12 @@ def validate_options(term: TerminalConfig, cfg: Config) -> tuple[str, str] | Non
             SimSettings.from_options(dict(term.options))
         elif term.kind == "concert":
             concert_settings(term.options, term.customer_timeout)
+            from drivers.concert_messages import CURRENCY_NUMERIC  # noqa: PLC0415
+
+            if cfg.store.currency.upper() not in CURRENCY_NUMERIC:
+                return ("kind", f"a concert lane cannot take the store currency"
+                        f" {cfg.store.currency} ([store] currency); it takes"
+                        f" {', '.join(sorted(CURRENCY_NUMERIC))}")
         else:
             cloud_settings(term)
             processor = CLOUD[term.kind][1]

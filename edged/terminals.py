@@ -16,6 +16,7 @@ from datetime import datetime
 from drivers.base import (
     Capabilities,
     DriverError,
+    NothingSent,
     Outcome,
     Terminal,
     TerminalState,
@@ -30,8 +31,17 @@ from sync.clock import Clock, utc_iso
 
 log = logging.getLogger(__name__)
 
-# A transaction's end: a result, or None when the request never reached the terminal.
-Completion = Callable[[TransactionResult | None, str], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class NotSent:
+    """A transaction's end when nothing reached the terminal: nothing was charged."""
+
+    reason: str
+
+
+# A transaction's end: the terminal's result, or NotSent.
+Completion = Callable[[TransactionResult | NotSent, str], Awaitable[None]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,13 +133,16 @@ class TerminalManager:
         lane = self._lanes[terminal_id]
 
         async def _go() -> None:
-            result: TransactionResult | None
+            result: TransactionResult | NotSent
             try:
                 result = await action(lane.driver)
             except TerminalUnavailable as exc:
                 log.warning("terminal %s unreachable for %s: %s", terminal_id, subject_id, exc)
                 self._set_state(lane, TerminalState.OFFLINE, str(exc))
-                result = None
+                result = NotSent(f"the terminal could not be reached: {exc}")
+            except NothingSent as exc:  # refused before anything went out
+                log.warning("terminal %s did not start %s: %s", terminal_id, subject_id, exc)
+                result = NotSent(f"nothing reached the terminal: {exc}")
             except DriverError as exc:
                 log.error("terminal %s failed during %s: %s", terminal_id, subject_id, exc)
                 result = TransactionResult(Outcome.UNKNOWN, 0, "", detail=str(exc))
@@ -138,13 +151,15 @@ class TerminalManager:
                 result = TransactionResult(Outcome.UNKNOWN, 0, "", detail="driver error")
             try:
                 await done(result, subject_id)
-                if result is not None and result.outcome is Outcome.UNKNOWN:
+                if isinstance(result, TransactionResult) and \
+                        result.outcome is Outcome.UNKNOWN:
                     await self._recheck(lane)
             except Exception:  # e.g. the disk is full: the row stays in progress
                 log.exception("terminal %s: the outcome of %s (%s) could not be recorded; it"
                               " stays in progress and becomes unknown at the next start",
                               terminal_id, subject_id,
-                              result.outcome.value if result else "not sent")
+                              result.outcome.value if isinstance(result, TransactionResult)
+                              else "not sent")
             finally:
                 if lane.state is not TerminalState.OFFLINE:
                     lane.last_seen = self._clock.now()

@@ -40,7 +40,7 @@ import threading
 import time
 import tty
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from types import FrameType, TracebackType
 
 from drivers.base import DriverError
@@ -93,6 +93,10 @@ class Behaviour(enum.StrEnum):
     """Do not ACK the next ENQ (terminal busy or absent)."""
     NOISE = "noise"
     """Send junk bytes before the answer (AUTO)."""
+    OTHER_AMOUNT = "other_amount"
+    """Approve one minor unit less than asked (a terminal keyed by hand)."""
+    OTHER_POS = "other_pos"
+    """Approve, the answer naming another POS number."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -451,11 +455,15 @@ class ConcertSimulator:
         if behaviour is Behaviour.NOISE:
             self._write(NOISE)
         status = self._status(request, behaviour)
+        if behaviour is Behaviour.OTHER_AMOUNT:
+            request = replace(request, amount=request.amount - 1)
+        elif behaviour is Behaviour.OTHER_POS:
+            request = replace(request, pos_number=request.pos_number % 99 + 1)
         self._answer(request, status, corrupt_first=behaviour is Behaviour.CORRUPT_LRC)
 
     @staticmethod
     def _status(request: ConcertRequest, behaviour: Behaviour) -> AnswerStatus:
-        if behaviour is Behaviour.APPROVE:
+        if behaviour in (Behaviour.APPROVE, Behaviour.OTHER_AMOUNT, Behaviour.OTHER_POS):
             return AnswerStatus.APPROVED
         if behaviour is Behaviour.DECLINE:
             return AnswerStatus.DECLINED
