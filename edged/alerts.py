@@ -9,7 +9,7 @@ that holds and has no open alert raises one; an open alert whose condition no lo
 is cleared. Cleared alerts are deleted after ``[alerts] keep_days``.
 
 Conditions (thresholds in ``[alerts]``):
-- a destination's circuit breaker is open (cleared when it closes);
+- a destination's circuit breaker is open or probing (cleared when it closes);
 - a destination's oldest pending change is older than ``oldest_pending_minutes``;
 - a destination has dead rows;
 - a payment or a refund is ``unknown``;
@@ -141,7 +141,8 @@ class AlertCenter:
         for d in sync["destinations"]:
             name = d["destination"]
             error = d.get("last_error") or "no error recorded"
-            if (d.get("breaker") or {}).get("state") == "open":
+            # half-open (one probe) still counts: clear only once the link proved itself
+            if (d.get("breaker") or {}).get("state") in ("open", "half_open"):
                 out.append(Condition(
                     f"breaker:{name}", "breaker_open", "warning", name,
                     f"{name} is unreachable (circuit breaker open; last error: {error})."

@@ -13,6 +13,7 @@ from typing import Any
 from aiohttp import web
 
 from edged import manager, status_metrics, sync_setup, systemd_notify
+from edged.api import page
 from edged.api.http import (
     DRAINING,
     SERVICES,
@@ -50,6 +51,7 @@ def build_web_app(services: Services) -> web.Application:
     app[DRAINING] = [False]
     for route in ROUTES:
         app.router.add_route(route.method, route.path, bind(route))
+    page.add_routes(app)
     return app
 
 

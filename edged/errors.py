@@ -81,6 +81,8 @@ CODES: dict[str, ErrorCode] = _table(
     ErrorCode("ERR-5002", 401, "The bearer token is not valid"),
     ErrorCode("ERR-5003", 403, "The token's scope does not allow this call"),
     ErrorCode("ERR-5004", 421, "The Host header names another server"),
+    ErrorCode("ERR-5020", 403, "A cross-site request was refused (Origin is not this daemon)"),
+    ErrorCode("ERR-5021", 401, "Not signed in, or the session expired or its token was revoked"),
     # 6xxx: integrations
     ErrorCode("ERR-6001", 404, "No such sync job"),
     ErrorCode("ERR-6002", 409, "The sync job is not in a state that allows this"),

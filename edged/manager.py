@@ -10,17 +10,21 @@ from edged.alerts import AlertCenter, SyncStatus
 from edged.api.ratelimit import ClientBuckets
 from edged.config import Config
 from edged.events import EventBus
+from edged.sessions import SessionStore
 from edged.store import Database
 from edged.terminals import TerminalManager
 from sync.clock import Clock
 
 REPORTS_PER_MINUTE = 5
+SIGN_INS_PER_MINUTE = 10  # per client address, right or wrong
 
 
 @dataclass
 class ManagerParts:
     report_limits: ClientBuckets
     alerts: AlertCenter
+    sessions: SessionStore
+    sign_in_limits: ClientBuckets
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def start(self) -> None:
@@ -39,4 +43,6 @@ def build(cfg: Config, clock: Clock, db: Database, bus: EventBus, terminals: Ter
     return ManagerParts(
         report_limits=ClientBuckets(REPORTS_PER_MINUTE / 60.0, REPORTS_PER_MINUTE, clock),
         alerts=AlertCenter(cfg, db, bus, clock, terminals, sync_status),
+        sessions=SessionStore(db, clock, cfg.manager.session_minutes),
+        sign_in_limits=ClientBuckets(SIGN_INS_PER_MINUTE / 60.0, SIGN_INS_PER_MINUTE, clock),
     )

@@ -18,6 +18,7 @@ from typing import Any
 from aiohttp import web
 
 from edged import idempotency
+from edged.api import session as _session
 from edged.api.schema import Obj, Schema
 from edged.cardnumbers import contains_pan
 from edged.errors import ApiError
@@ -253,6 +254,8 @@ async def gate_middleware(request: web.Request,
                            " name to [api].allowed_hosts if it is really this box")
     if not request.path.startswith("/v1/"):
         return await handler(request)
+    if "Authorization" not in request.headers and _session.COOKIE in request.cookies:
+        return await _session.cookie_gate(request, handler, services, PRINCIPAL)
     auth = request.headers.get("Authorization", "")
     if not auth.startswith("Bearer ") or not auth[7:].strip():
         raise ApiError("ERR-5001", "send Authorization: Bearer <token>; create one with"

@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import sqlite3
+from typing import Any
+
 from aiohttp import web
 
-from edged import alerts, reports
+from edged import alerts, records, reports
 from edged.api import models
 from edged.api.http import Ctx, Route
 from edged.errors import ApiError
 from edged.payments import Answer
+from sync.clock import utc_iso
+
+STATUS_LIMIT = 50
+RECENT_PAYMENTS = 10
 
 
 async def day_report(ctx: Ctx) -> Answer | web.StreamResponse:
@@ -47,7 +54,48 @@ async def list_alerts(ctx: Ctx) -> Answer:
     return Answer(200, {"data": rows})
 
 
+async def status(ctx: Ctx) -> Answer:
+    """Everything the status page shows, in one read."""
+    services = ctx.services
+    now = services.clock.now()
+    zone = services.cfg.manager.timezone
+    span = reports.bounds(reports.today(now, zone), zone)
+
+    def read(conn: sqlite3.Connection) -> dict[str, Any]:
+        unknown = conn.execute("SELECT * FROM payments WHERE state = 'unknown' ORDER BY n"
+                               " LIMIT ?", (STATUS_LIMIT,)).fetchall()
+        recent = conn.execute("SELECT * FROM payments ORDER BY n DESC LIMIT ?",
+                              (RECENT_PAYMENTS,)).fetchall()
+        refunds = conn.execute("SELECT * FROM refunds WHERE state = 'unknown' ORDER BY n"
+                               " LIMIT ?", (STATUS_LIMIT,)).fetchall()
+        today = reports.day_report(conn, span, now)
+        return {
+            "unknown_payments": [records.payment_dict(conn, r) for r in unknown],
+            "recent_payments": [records.payment_dict(conn, r) for r in recent],
+            "unknown_refunds": [records.refund_dict(r) for r in refunds],
+            "alerts": alerts.list_alerts(conn, False, 20),
+            "today": {"date": today["date"], "currencies": [
+                {k: c[k] for k in ("currency", "takings", "refunds", "net", "by_method")}
+                for c in today["currencies"]]},
+        }
+
+    body = await services.db.read(read)
+    body["dead_jobs"] = await services.outbox.jobs("dead", None, STATUS_LIMIT)
+    body["terminals"] = [v.as_dict() for v in services.terminals.views()]
+    body["sync"] = await services.sync_status()
+    body["now"] = utc_iso(now)
+    body["store"] = {"id": services.cfg.store.id, "currency": services.cfg.store.currency,
+                     "timezone": zone}
+    body["viewer"] = {"name": ctx.principal.name if ctx.principal else None,
+                      "scope": ctx.principal.scope if ctx.principal else None,
+                      "actions": bool(ctx.principal and ctx.principal.is_manager)}
+    return Answer(200, body)
+
+
 MANAGER_ROUTES: tuple[Route, ...] = (
+    Route("GET", "/v1/status", status, "What the status page shows, in one read: terminals,"
+          " destinations, stored offline payments, unknown payments and refunds, dead jobs,"
+          " recent alerts and payments, today's takings", models.STATUS, tag="manager"),
     Route("GET", "/v1/alerts", list_alerts, "Alerts kept in the database, open ones first,"
           " newest first: kind, severity, what to do, raised_at, cleared_at",
           models.ALERTS, query={"state": "open|all (all)", "limit": "1-500 (50)"},

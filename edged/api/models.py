@@ -164,6 +164,14 @@ ALERT = _obj({"id": _I, "key": _S, "kind": _S,
                "message": _S, "raised_at": _S, "cleared_at": _SN,
                "data": {"type": "object"}}, "Alert")
 ALERTS = _obj({"data": {"type": "array", "items": ALERT.schema}}, "Alerts")
+STATUS = _obj({"now": _S, "store": {"type": "object"}, "viewer": {"type": "object"},
+                "terminals": {"type": "array", "items": TERMINAL.schema}, "sync": SYNC.schema,
+                "unknown_payments": {"type": "array", "items": PAYMENT.schema},
+                "recent_payments": {"type": "array", "items": PAYMENT.schema},
+                "unknown_refunds": {"type": "array", "items": REFUND.schema},
+                "dead_jobs": {"type": "array", "items": JOB.schema},
+                "alerts": {"type": "array", "items": {"type": "object"}},
+                "today": {"type": "object"}}, "Status")
 _COUNTED = {"type": "object", "properties": {"count": _I, "total": _I}}
 DAY_REPORT = _obj({
     "date": _S, "timezone": _S, "from": _S, "to": _S, "generated_at": _S,

@@ -1,0 +1,157 @@
+"""The status page in a real browser: Playwright driving Debian's chromium (never a
+downloaded browser) against a real daemon, the Shopify fake behind it.
+
+Signs in, sees the terminal, sees a payment made through the API within a second without a
+reload, cuts the upstream and sees the breaker open and the queue grow (the oldest change's
+age counting up), resolves an ``unknown`` payment with the page's own buttons and checks the
+API agrees, and sees the event stream drop, said on the page, and come back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import AsyncIterator
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from edged.config import TerminalConfig
+from tests.fakes.shopify import FakeShopify, load_admin_schema
+from tests.helpers import Api, running
+from tests.test_sync_e2e import (
+    adjust,
+    breaker_open,
+    cash_sale,
+    catalogue_csv,
+    e2e_config,
+    prepare,
+    seed_shop,
+    sync_entry,
+    until,
+)
+from tests.tools import need
+
+pytestmark = pytest.mark.timeout(120)
+
+LIVE = 1000  # ms: every change shows within a second, without a reload
+SCREENSHOT = os.environ.get("EDGED_SCREENSHOT")  # a path: keep a picture of the page
+
+
+@pytest.fixture
+async def browser() -> AsyncIterator[object]:
+    chromium = need("chromium", "chromium", "the status page in a real browser")
+    from playwright.async_api import async_playwright
+
+    async with async_playwright() as pw:
+        # Debian's chromium; Playwright's own browser download is never used
+        launched = await pw.chromium.launch(executable_path=chromium,
+                                            args=["--no-sandbox", "--disable-gpu"])
+        yield launched
+        await launched.close()
+
+
+async def test_status_page_live_in_a_real_browser(tmp_path: Path, browser: object) -> None:
+    from playwright.async_api import Browser, expect
+
+    assert isinstance(browser, Browser)
+    async with FakeShopify(schema=load_admin_schema()) as shop:
+        stock = {"TEA": 40}
+        variants = seed_shop(shop, stock)
+        cfg = e2e_config(tmp_path / "data", shop)
+        cfg = replace(cfg, terminals=(TerminalConfig(
+            id="sim-1", kind="sim", options={"delay": 0.05, "unknown_suffix": 99}),))
+        prepare(cfg, catalogue_csv(variants, stock))
+        async with running(cfg) as api:
+            page = await browser.new_page(viewport={"width": 412, "height": 915})  # a phone
+            await page.goto(api.base + "/")
+            await expect(page.locator("#signin")).to_be_visible()
+            await page.fill("#token", api.manager_token)
+            await page.click("#signin-form button[type=submit]")
+            await expect(page.locator("#viewer")).to_have_text("manager-1 (manager)")
+            await expect(page.locator("#terminal-sim-1 .state")).to_have_text("online")
+            await expect(page.locator("#live")).to_have_text("Live")
+            await page.evaluate("window.sameDocument = 'yes'")
+
+            await _payment_shows_live(api, page, expect)
+            await _outage_shows_live(api, shop, page, expect)
+            await _resolve_with_the_page(api, page, expect)
+            await _stream_drop_is_said_and_recovered(api, page, expect)
+
+            assert await page.evaluate("window.sameDocument") == "yes"  # never reloaded
+            if SCREENSHOT:
+                await page.set_viewport_size({"width": 1280, "height": 1600})
+                await page.screenshot(path=SCREENSHOT, full_page=True)
+            await page.close()
+
+
+async def _payment_shows_live(api: Api, page: object, expect: object) -> None:
+    status, paid = await api.post("/v1/payments", {"amount": 1250, "currency": "EUR",
+                                                   "method": "cash"})
+    assert status == 201
+    row = page.locator(f"#pay-{paid['id']}")  # type: ignore[attr-defined]
+    await expect(row.locator(".state")).to_have_text("approved", timeout=LIVE)  # type: ignore[operator]
+    await expect(row.locator(".amount")).to_have_text("12.50 EUR")  # type: ignore[operator]
+    await expect(page.locator("#today-EUR .takings-total")).to_have_text(  # type: ignore[attr-defined,operator]
+        "12.50 EUR", timeout=LIVE)
+
+
+async def _outage_shows_live(api: Api, shop: FakeShopify, page: object,
+                             expect: object) -> None:
+    dest = page.locator("#dest-shopify")  # type: ignore[attr-defined]
+    await expect(dest.locator(".breaker")).to_have_text("closed")  # type: ignore[operator]
+    await shop.faults.refuse()
+    for _ in range(6):
+        await cash_sale(api, {"TEA": 1})
+    await until(lambda: breaker_open(api, "shopify"), "the Shopify breaker to open")
+    await expect(dest.locator(".breaker")).to_have_text("open", timeout=LIVE)  # type: ignore[operator]
+    entry = await sync_entry(api, "shopify")
+    waiting = entry["pending"] + entry["inflight"]
+    assert waiting >= 6
+    await expect(dest.locator(".depth")).to_have_text(str(waiting), timeout=LIVE)  # type: ignore[operator]
+    await adjust(api, "received", {"TEA": 3})  # the queue grows
+    await expect(dest.locator(".depth")).to_have_text(str(waiting + 1), timeout=LIVE)  # type: ignore[operator]
+    assert "unreachable" in (await dest.locator(".last-error").inner_text())
+    age = dest.locator(".oldest")
+    first = await age.inner_text()
+    await expect(age).not_to_have_text(first, timeout=2500)  # counts up with no event
+    await expect(page.locator("#alerts")).to_contain_text(  # type: ignore[attr-defined,operator]
+        "shopify is unreachable", timeout=LIVE)
+
+
+async def _resolve_with_the_page(api: Api, page: object, expect: object) -> None:
+    status, started = await api.post("/v1/payments", {
+        "amount": 2099, "currency": "EUR", "method": "card_present", "terminal": "sim-1"})
+    assert status == 202
+    pid = started["id"]
+    _, body = await api.get(f"/v1/payments/{pid}?wait=10")
+    assert body["state"] == "unknown"  # the simulated terminal went silent
+    item = page.locator(f"#unknown-{pid}")  # type: ignore[attr-defined]
+    await expect(item).to_be_visible(timeout=LIVE)  # type: ignore[operator]
+    await expect(item).to_contain_text("20.99 EUR")  # type: ignore[operator]
+    await expect(page.locator("#unknown-count")).to_have_text("1")  # type: ignore[attr-defined,operator]
+    await item.locator("button[data-outcome=approved]").click()  # no note: refused
+    await expect(item.locator("input.note")).to_have_attribute("aria-invalid", "true")  # type: ignore[operator]
+    await item.locator("input.note").fill("terminal journal: approved, auth 123456")
+    await item.locator("button[data-outcome=approved]").click()
+    await expect(item).to_have_count(0, timeout=LIVE)  # type: ignore[operator]
+    _, body = await api.get(f"/v1/payments/{pid}")
+    assert body["state"] == "approved"
+    assert "terminal journal: approved, auth 123456" in body["failure"]
+    row = page.locator(f"#pay-{pid} .state")  # type: ignore[attr-defined]
+    await expect(row).to_have_text("approved", timeout=LIVE)  # type: ignore[operator]
+
+
+async def _stream_drop_is_said_and_recovered(api: Api, page: object, expect: object) -> None:
+    live = page.locator("#live")  # type: ignore[attr-defined]
+    # more events than a subscriber's queue holds: the daemon drops the page's stream,
+    # as it drops any client too slow to keep up
+    for i in range(1001):
+        api.daemon.bus.publish("alert", {"event": "flood", "n": i})
+    await expect(live).to_contain_text("reconnected", timeout=5000)  # type: ignore[operator]
+    assert api.daemon.bus.subscribers >= 1
+    status, paid = await api.post("/v1/payments", {"amount": 777, "currency": "EUR",
+                                                   "method": "cash"})
+    assert status == 201
+    await expect(page.locator(f"#pay-{paid['id']} .state")).to_have_text(  # type: ignore[attr-defined,operator]
+        "approved", timeout=LIVE)
