@@ -145,14 +145,24 @@ class Terminal(abc.ABC):
     async def status(self) -> TerminalStatus:
         """A cheap probe used by the idle heartbeat. Never raises for an absent terminal."""
 
-    async def start(self, request: TransactionRequest) -> str | None:
-        """Hand a sale to the terminal before the register is answered.
+    async def prepare(self, request: TransactionRequest) -> str | None:
+        """Before the payment is written: what cannot charge anyone yet.
 
-        A cloud terminal creates the processor's object and gives it to the device here, so
-        that an offline or busy device is refused at once (:class:`TerminalUnavailable`,
-        :class:`TerminalBusy`: nothing was charged). Returns the processor's reference to
-        keep with the payment (``None``: none). Local terminals do everything in
-        :meth:`collect`: the default does nothing.
+        A cloud terminal checks its device and creates the processor's object here (a
+        PaymentIntent cannot be charged until a reader is given it). Returns the processor's
+        reference to store with the payment (``None``: none). May raise
+        :class:`TerminalUnavailable` / :class:`TerminalBusy`: the register is refused and
+        nothing is stored. The default does nothing.
+        """
+        return None
+
+    async def start(self, request: TransactionRequest) -> None:
+        """After the payment is written, before the register is answered: hand it over.
+
+        A cloud terminal gives the sale to the device here, so that an offline or busy
+        device is refused at once (:class:`TerminalUnavailable`, :class:`TerminalBusy`:
+        nothing was charged). Local terminals do everything in :meth:`collect`: the default
+        does nothing.
         """
         return None
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 from sync.clock import Clock
@@ -44,9 +44,10 @@ class CloudSettings:
         device = options.get(device_key)
         if not isinstance(device, str) or not device.strip():
             raise ValueError(device_key, "is required")
+        defaults = {f.name: f.default for f in fields(cls)}
         numbers: dict[str, float] = {}
         for key in ("poll_interval", "poll_max", "link_grace"):
-            value = options.get(key, getattr(cls, key))
+            value = options.get(key, defaults[key])
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ValueError(key, "must be a number of seconds greater than 0")
             numbers[key] = float(value)

@@ -13,7 +13,7 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NoReturn
 
 from drivers.base import (
     InterruptedTransaction,
@@ -117,16 +117,25 @@ class PaymentService:
         terminal_id = new.terminal_id or self._default_terminal()
         payment_id = new_id("pay")
         now = self._now()
-        self._terminals.claim(terminal_id, payment_id)
+        driver = self._terminals.claim(terminal_id, payment_id)
+        request = TransactionRequest(payment_id, new.amount, new.currency,
+                                     TransactionKind.SALE, new.reference)
+        try:
+            reference = await driver.prepare(request)
+        except (TerminalUnavailable, TerminalBusy) as exc:
+            self._refused(terminal_id, payment_id, exc)
+        except BaseException:
+            self._terminals.release(terminal_id, payment_id)
+            raise
 
         def write(conn: sqlite3.Connection) -> Answer:
             check_payment_start(payment_id, PaymentState.IN_PROGRESS)
             conn.execute(
                 "INSERT INTO payments (id, method, state, amount, currency, terminal_id,"
-                " reference, created_at, updated_at) VALUES (?, 'card_present', ?,"
-                " ?, ?, ?, ?, ?, ?)",
+                " reference, processor_ref, created_at, updated_at) VALUES (?,"
+                " 'card_present', ?, ?, ?, ?, ?, ?, ?, ?)",
                 (payment_id, PaymentState.IN_PROGRESS, new.amount, new.currency, terminal_id,
-                 new.reference, now, now))
+                 new.reference, reference, now, now))
             audit.append(conn, actor, "payment.started", payment_id,
                          {"terminal": terminal_id, "amount": new.amount,
                           "currency": new.currency})
@@ -137,9 +146,7 @@ class PaymentService:
         except BaseException:
             self._terminals.release(terminal_id, payment_id)
             raise
-        request = TransactionRequest(payment_id, new.amount, new.currency,
-                                     TransactionKind.SALE, new.reference)
-        answer = await self._start_on_terminal(terminal_id, request, idem, answer)
+        await self._start_on_terminal(terminal_id, request, idem)
         self._bus.publish("payment", answer.body)
 
         async def collect(driver: Terminal) -> TransactionResult:
@@ -148,8 +155,17 @@ class PaymentService:
         self._terminals.run(terminal_id, payment_id, collect, self._finish_payment)
         return answer
 
+    def _refused(self, terminal_id: str, payment_id: str, exc: Exception) -> NoReturn:
+        """A terminal refused a sale before anything could be charged: answer at once."""
+        busy = isinstance(exc, TerminalBusy)
+        self._terminals.release(terminal_id, payment_id)
+        if not busy:
+            self._terminals.mark_offline(terminal_id, str(exc))
+        raise ApiError("ERR-3002" if busy else "ERR-3003", f"terminal {terminal_id}: {exc}",
+                       details={"payment": payment_id}) from None
+
     async def _start_on_terminal(self, terminal_id: str, request: TransactionRequest,
-                                 idem: IdemRecord, answer: Answer) -> Answer:
+                                 idem: IdemRecord) -> None:
         """Hand the sale over before answering (cloud terminals; local ones do nothing).
 
         A terminal that refused it (offline, busy: keyed on the processor's own error code)
@@ -161,44 +177,31 @@ class PaymentService:
         assert driver is not None
         payment_id = request.payment_id
         try:
-            reference = await driver.start(request)
+            await driver.start(request)
         except (TerminalUnavailable, TerminalBusy) as exc:
-            busy = isinstance(exc, TerminalBusy)
             message = str(exc)
             now = self._now()
 
-            def fail(conn: sqlite3.Connection) -> None:
+            def fail(conn: sqlite3.Connection) -> dict[str, Any] | None:
                 row = records.payment_row(conn, payment_id)
                 assert row is not None
                 self._apply_result(conn, row,
                                    NotSent(f"the terminal refused the payment: {message}"),
                                    now, Actor.TERMINAL)
                 idempotency.forget(conn, idem)
+                return records.get_payment(conn, payment_id)
 
             try:
-                await self._db.write(fail)
-            finally:
+                body = await self._db.write(fail)
+            except BaseException:
                 self._terminals.release(terminal_id, payment_id)
-            if not busy:
-                self._terminals.mark_offline(terminal_id, message)
-            body = await self.get(payment_id)
-            self._bus.publish("payment", body)
-            raise ApiError("ERR-3002" if busy else "ERR-3003",
-                           f"terminal {terminal_id}: {message}",
-                           details={"payment": payment_id}) from None
+                raise
+            if body is not None:
+                self._bus.publish("payment", body)
+            self._refused(terminal_id, payment_id, exc)
         except Exception:
             log.exception("terminal %s: starting %s failed; following it anyway",
                           terminal_id, payment_id)
-            return answer
-        if reference is None:
-            return answer
-
-        def keep(conn: sqlite3.Connection) -> dict[str, Any]:
-            conn.execute("UPDATE payments SET processor_ref = ? WHERE id = ? AND"
-                         " processor_ref IS NULL", (reference, payment_id))
-            return records.get_payment(conn, payment_id) or answer.body
-
-        return Answer(answer.status, await self._db.write(keep))
 
     def _default_terminal(self) -> str:
         ids = self._terminals.ids()
@@ -377,8 +380,7 @@ class PaymentService:
                     result = await driver.recover(InterruptedTransaction(
                         row["id"], row["amount"], row["currency"], TransactionKind.SALE,
                         row["created_at"],
-                        {"processor_ref": row["processor_ref"]} if row["processor_ref"]
-                        else {}))
+                        {k: row[k] for k in ("processor_ref", "reference") if row[k]}))
                 except Exception as exc:  # recovery is best effort; unknown is the floor
                     log.warning("recovering payment %s failed: %s", row["id"], exc)
             if result is None:

@@ -14,7 +14,9 @@ whatever is resent after a lost answer goes under the same key and Stripe replay
   ``metadata[edged_payment_id]``. Key ``edged-<payment>-pi``.
 - ``process``: ``POST /v1/terminal/readers/{id}/process_payment_intent``. Key
   ``edged-<payment>-process``.
-- ``reader``: ``GET /v1/terminal/readers/{id}``: status and the ``action``.
+- ``reader``: ``GET /v1/terminal/readers/{id}``: status and the ``action``, expanded down to
+  the action's PaymentIntent and its charge, so that one read per poll tells the outcome
+  and the card's details.
 - ``intent``: ``GET /v1/payment_intents/{id}?expand[]=latest_charge``: status, amounts, and
   the card's brand, last four digits and authorisation code from the charge's
   ``payment_method_details.card_present``.
@@ -99,6 +101,8 @@ class ReaderView:
     action_status: str | None = None
     """``in_progress``, ``succeeded`` or ``failed``."""
     action_intent: str | None = None
+    intent: IntentView | None = None
+    """The action's PaymentIntent, when the read expanded it (one call instead of two)."""
     failure_code: str | None = None
     failure_message: str | None = None
     decline_code: str | None = None
@@ -108,6 +112,10 @@ class ReaderView:
 class StripeTerminalSettings:
     base_url: str | None = None
     timeout: float = 20.0
+
+
+#: A reader read carries its action's PaymentIntent and charge: one call tells the outcome.
+READER_EXPAND = "action.process_payment_intent.payment_intent.latest_charge"
 
 
 def intent_key(payment_id: str) -> str:
@@ -148,12 +156,15 @@ def _reader_view(reader: Mapping[str, Any]) -> ReaderView:
         return ReaderView(id=str(reader["id"]), status=str(reader.get("status") or "offline"))
     ppi = action.get("process_payment_intent")
     intent = ppi.get("payment_intent") if isinstance(ppi, Mapping) else None
+    expanded = _intent_view(intent) if isinstance(intent, Mapping) else None
+    if expanded is not None:
+        intent = expanded.id
     api_error = action.get("api_error")
     decline = api_error.get("decline_code") if isinstance(api_error, Mapping) else None
     return ReaderView(
         id=str(reader["id"]), status=str(reader.get("status") or "offline"),
         action_type=action.get("type"), action_status=action.get("status"),
-        action_intent=intent if isinstance(intent, str) else None,
+        action_intent=intent if isinstance(intent, str) else None, intent=expanded,
         failure_code=action.get("failure_code"), failure_message=action.get("failure_message"),
         decline_code=decline)
 
@@ -219,7 +230,8 @@ class StripeTerminalClient:
     async def reader(self, reader_id: str) -> ReaderView:
         client = self._stripe()
         reader = await self._call("read the reader",
-                                  lambda: client.v1.terminal.readers.retrieve_async(reader_id))
+                                  lambda: client.v1.terminal.readers.retrieve_async(
+                                      reader_id, {"expand": [READER_EXPAND]}))
         return _reader_view(reader.to_dict())
 
     async def intent(self, intent_id: str) -> IntentView:

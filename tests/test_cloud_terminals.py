@@ -24,7 +24,7 @@ import pytest
 
 from edged import secrets, tokens
 from edged.app import Daemon
-from edged.config import Config, ProcessorConfig, SyncConfig, TerminalConfig
+from edged.config import Config, OfflineConfig, ProcessorConfig, SyncConfig, TerminalConfig
 from edged.store.database import open_sync
 from tests.daemon_process import UNLIMITED_API, DaemonProcess
 from tests.fakes.square import FakeSquare
@@ -155,7 +155,10 @@ async def test_stripe_reader_approves_with_the_card_from_the_charge(tmp_path: Pa
         assert "4242424242424242" not in json.dumps(done)
         after = st.stats.requests
         await asyncio.sleep(0.3)  # heartbeats go on, payment polling does not
-        assert st.stats.by_path[f"GET /v1/payment_intents/{intent_id}"] == 1
+        # one read per poll: the reader's action comes with its PaymentIntent and charge
+        assert st.stats.by_path[f"GET /v1/payment_intents/{intent_id}"] == 0
+        reads = [r for r in st.requests if r.path == f"/v1/terminal/readers/{READER}"]
+        assert "latest_charge" in reads[-1].query_string
         assert st.stats.requests - after <= 3, (polls, st.stats.by_path)
 
 
@@ -391,7 +394,9 @@ async def test_sigkill_mid_payment_then_restart_reconciles(tmp_path: Path) -> No
                 status, paid = await pay(api, "reader-1", 1111)
                 assert status == 202, paid
                 intent_paid = await until(reader_intent(st), "the first PaymentIntent")
-                status, waiting = await pay(api, "square-1", 2222)
+                status, waiting = await api.post("/v1/payments", {
+                    "amount": 2222, "currency": "EUR", "method": "card_present",
+                    "terminal": "square-1", "reference": "sale-42"})
                 assert status == 202, waiting
                 checkout_id = await until(square_checkout(sq), "the checkout")
             await asyncio.to_thread(daemon.kill)
@@ -424,3 +429,74 @@ async def test_sigkill_mid_payment_then_restart_reconciles(tmp_path: Path) -> No
                 assert st.stats.by_path["POST /v1/payment_intents"] == creates_before
         finally:
             await asyncio.to_thread(daemon.close)
+
+
+# -- payment methods ----------------------------------------------------------------------
+
+
+async def methods(api: Api, terminal: str) -> dict[str, dict[str, Any]]:
+    status, body = await api.get(f"/v1/payment-methods?terminal={terminal}")
+    assert status == 200, body
+    assert body["terminal"] == terminal
+    return {m["method"]: m for m in body["methods"]}
+
+
+async def test_payment_methods_follow_the_lane_and_the_link(tmp_path: Path) -> None:
+    async with fakes(square=False) as (st, _):
+        cfg = replace(cloud_config(tmp_path, st, None),
+                      offline=OfflineConfig(enabled=True, max_payment=3000,
+                                            max_stored_total=5000))
+        async with running(cfg) as api:
+            await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the reader")
+            now = await methods(api, "reader-1")
+            assert {k: v["available"] for k, v in now.items()} == \
+                {"cash": True, "card_present": True, "token": True}
+            assert now["token"]["processors"] == ["stripe"]
+            assert all(v["reason"] is None for v in now.values())
+
+            # busy: a payment waits on the reader
+            status, body = await pay(api, "reader-1", 1000)
+            await until(reader_intent(st), "the reader to get the PaymentIntent")
+            now = await methods(api, "reader-1")
+            assert now["card_present"]["available"] is False
+            assert body["id"] in now["card_present"]["reason"]
+            assert now["cash"]["available"] and now["token"]["available"]
+            st.present_payment_method(READER)
+            await final(api, body["id"])
+
+            # the reader goes offline at Stripe: the heartbeat sees it
+            st.set_reader_status(READER, "offline")
+            await until(lambda: _is(lane_state(api, "reader-1"), "offline"), "offline")
+            now = await methods(api, "reader-1")
+            assert now["card_present"]["available"] is False
+            assert "offline" in now["card_present"]["reason"]
+            assert now["token"]["available"] is True
+            st.set_reader_status(READER, "online")
+
+            # the link is down: the breaker opens; tokens are taken offline, with the room
+            await st.faults.refuse()
+            await until(lambda: _token_offline(api), "token offline with room")
+            now = await methods(api, "reader-1")
+            assert now["card_present"]["available"] is False
+            assert now["token"]["room"] == {"currency": "EUR", "left": 5000,
+                                            "max_payment": 3000}
+            assert "unreachable" in now["token"]["reason"]
+            await st.faults.restore()
+
+        status, body = await api_get_unknown(cfg)
+        assert status == 404 and body["error"]["code"] == "ERR-3006"
+
+
+async def _token_offline(api: Api) -> bool:
+    now = await methods(api, "reader-1")
+    return "room" in now["token"] and now["token"]["available"] is True
+
+
+async def api_get_unknown(cfg: Config) -> tuple[int, Any]:
+    async with running(replace(cfg, stripe=None, terminals=(
+            TerminalConfig(id="sim-1", kind="sim", options={"delay": 0.05}),))) as api:
+        now = await methods(api, "sim-1")
+        assert now["token"] == {"method": "token", "available": False,
+                                "reason": "no processor is configured for this lane"
+                                " ([stripe] or [square])"}
+        return await api.get("/v1/payment-methods?terminal=nope")

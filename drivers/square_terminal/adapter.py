@@ -48,7 +48,8 @@ class SquareTerminal(Terminal):
         self.settings = settings
         self.client = client
         self._clock = clock
-        self._poller = CheckoutPoller(client, settings, clock)
+        self._deadline = settings.customer_timeout + 30
+        self._poller = CheckoutPoller(client, settings, clock, self._deadline)
         self._run: Run | None = None
 
     @property
@@ -73,9 +74,8 @@ class SquareTerminal(Terminal):
         return TerminalStatus(TerminalState.ONLINE, None if category in (None, "AVAILABLE")
                               else f"Square says {category}")
 
-    async def start(self, request: TransactionRequest) -> str | None:
-        run = Run(request.payment_id, None, request.amount, request.currency,
-                  reference=request.reference)
+    async def prepare(self, request: TransactionRequest) -> str | None:
+        """Ask Square about the device: an offline one is refused before anything is made."""
         try:
             category = await self.client.device(self.settings.device)
         except CheckoutRefused as exc:
@@ -87,21 +87,26 @@ class SquareTerminal(Terminal):
             raise TerminalUnavailable(f"Square unreachable: {exc}") from None
         if category in OFFLINE_CATEGORIES:
             raise TerminalUnavailable(f"device {self.settings.device} is {category} at Square")
+        return None
+
+    async def start(self, request: TransactionRequest) -> None:
+        """Create the checkout under the payment's key: the Terminal shows it."""
+        run = Run(request.payment_id, None, request.amount, request.currency,
+                  reference=request.reference)
         try:
             checkout = await self.client.create(
                 request.payment_id, self.settings.device, request.amount, request.currency,
                 reference=request.reference, manual_capture=False,
-                deadline_seconds=self.settings.customer_timeout + 30)
+                deadline_seconds=self._deadline)
         except CheckoutRefused as exc:
             raise TerminalUnavailable(f"Square refused the checkout: {exc}") from None
         except OutcomeUnknown:
             self._run = run  # collect asks again under the same key
-            return None
+            return
         except (SyncError, *LINK_ERRORS) as exc:
             raise TerminalUnavailable(f"Square unreachable: {exc}") from None
         run.checkout_id = checkout.id
         self._run = run
-        return checkout.id
 
     async def collect(self, request: TransactionRequest) -> TransactionResult:
         run = self._run
@@ -121,13 +126,15 @@ class SquareTerminal(Terminal):
     async def recover(self, interrupted: InterruptedTransaction) -> TransactionResult | None:
         run = Run(interrupted.payment_id, interrupted.extra.get("processor_ref") or None,
                   interrupted.amount, interrupted.currency,
+                  reference=interrupted.extra.get("reference"),
                   cancel_why="the daemon stopped during the payment")
         run.cancel.set()
         settings = CloudSettings(self.settings.device, customer_timeout=0.0,
                                  poll_interval=self.settings.poll_interval,
                                  poll_max=self.settings.poll_max,
                                  link_grace=min(self.settings.link_grace, 10.0))
-        result = await CheckoutPoller(self.client, settings, self._clock).follow(run)
+        result = await CheckoutPoller(self.client, settings, self._clock,
+                                      self._deadline).follow(run)
         if result.outcome is Outcome.UNKNOWN:
             log.warning("payment %s: Square cannot say how it ended (%s)", run.payment_id,
                         result.detail)

@@ -45,10 +45,12 @@ class Run:
 
 class CheckoutPoller:
     def __init__(self, client: SquareTerminalClient, settings: CloudSettings,
-                 clock: Clock) -> None:
+                 clock: Clock, checkout_deadline: float) -> None:
         self._client = client
         self._settings = settings
         self._clock = clock
+        self._checkout_deadline = checkout_deadline
+        """The checkout's own deadline: part of the create's body, so always the same."""
 
     async def follow(self, run: Run) -> TransactionResult:
         deadline = self._clock.monotonic() + self._settings.customer_timeout
@@ -98,7 +100,7 @@ class CheckoutPoller:
         return await self._client.create(
             run.payment_id, self._settings.device, run.amount, run.currency,
             reference=run.reference, manual_capture=run.manual_capture,
-            deadline_seconds=self._settings.customer_timeout + 30)
+            deadline_seconds=self._checkout_deadline)
 
     async def _ask_stop(self, run: Run, why: str, outcome: Outcome) -> None:
         assert run.checkout_id is not None

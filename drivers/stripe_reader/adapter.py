@@ -76,7 +76,8 @@ class StripeReaderTerminal(Terminal):
             return TerminalStatus(TerminalState.BUSY)
         return TerminalStatus(TerminalState.ONLINE)
 
-    async def start(self, request: TransactionRequest) -> str | None:
+    async def prepare(self, request: TransactionRequest) -> str | None:
+        """Create the PaymentIntent (no reader has it yet: it cannot be charged)."""
         run = self._poller.run_for(request, None)
         try:
             intent = await self.client.create_intent(request.payment_id, request.amount,
@@ -91,8 +92,15 @@ class StripeReaderTerminal(Terminal):
             raise TerminalUnavailable(f"Stripe unreachable: {exc}") from None
         run.intent_id = intent.id
         self._run = run
+        return intent.id
+
+    async def start(self, request: TransactionRequest) -> None:
+        """``process_payment_intent``: Stripe's error code says offline or busy."""
+        run = self._run
+        if run is None or run.payment_id != request.payment_id or run.intent_id is None:
+            return  # the create's answer was lost: collect reads back, then hands over
         try:
-            await self.client.process(self.settings.device, request.payment_id, intent.id)
+            await self.client.process(self.settings.device, request.payment_id, run.intent_id)
         except TerminalRefused as exc:
             self._run = None
             await self._abandon(run)
@@ -105,13 +113,12 @@ class StripeReaderTerminal(Terminal):
             raise TerminalUnavailable(f"Stripe refused to start the reader: {exc}") from None
         except OutcomeLost:
             run.handed = True  # the reader may have it: collect reads the action
-            return intent.id
+            return
         except (SyncError, *LINK_ERRORS) as exc:
             self._run = None
             await self._abandon(run)
             raise TerminalUnavailable(f"Stripe unreachable: {exc}") from None
         run.handed = True
-        return intent.id
 
     async def _abandon(self, run: Run) -> None:
         """Cancel a PaymentIntent no reader took (best effort: it cannot be charged)."""
@@ -125,6 +132,7 @@ class StripeReaderTerminal(Terminal):
     async def collect(self, request: TransactionRequest) -> TransactionResult:
         run = self._run
         if run is None or run.payment_id != request.payment_id:
+            await self.prepare(request)
             await self.start(request)
             run = self._run
         assert run is not None

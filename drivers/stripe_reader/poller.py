@@ -134,14 +134,15 @@ class ReaderPoller:
             return None
         if reader.action_intent == run.intent_id and reader.action_status == "failed" \
                 and reader.failure_code not in (None, "canceled"):
-            intent = await self._client.intent(run.intent_id)
+            intent = reader.intent or await self._client.intent(run.intent_id)
             settled = result_of(intent, run.amount, run.currency)
             if settled is not None:
                 return settled
             return declined(run.intent_id, run.amount, run.currency, reader.failure_code,
                             reader.decline_code, reader.failure_message)
         # succeeded, canceled on the reader, or the action is gone: the PaymentIntent says.
-        intent = await self._client.intent(run.intent_id)
+        intent = reader.intent if reader.action_intent == run.intent_id and reader.intent \
+            else await self._client.intent(run.intent_id)
         settled = result_of(intent, run.amount, run.currency)
         if settled is not None:
             return settled

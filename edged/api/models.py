@@ -140,6 +140,14 @@ ITEM = _obj({"sku": _SN, "barcode": _SN, "title": _S, "price": {"type": ["intege
 TERMINAL = _obj({"id": _S, "kind": _S, "state": {"enum": ["online", "offline", "busy"]},
                  "busy_with": _SN, "last_seen": _SN, "detail": _SN,
                  "capabilities": {"type": "object"}}, "Terminal")
+PAYMENT_METHODS = _obj({"terminal": _S, "methods": {"type": "array", "items": {
+    "type": "object", "required": ["method", "available", "reason"], "properties": {
+        "method": {"enum": ["cash", "card_present", "token"]},
+        "available": {"type": "boolean"}, "reason": _SN,
+        "processors": {"type": "array", "items": _S},
+        "room": {"type": "object", "properties": {"currency": _S, "left": _I,
+                                                  "max_payment": _I}}}}}},
+    "PaymentMethods")
 TERMINAL_LIST = _obj({"data": {"type": "array", "items": TERMINAL.schema}}, "TerminalList")
 SYNC = _obj({"destinations": {"type": "array", "items": {"type": "object", "properties": {
     "destination": _S, "pending": _I, "inflight": _I, "dead": _I,

@@ -15,6 +15,7 @@ from edged.api.http import DRAINING, Ctx, Route, json_response
 from edged.api.manager_routes import MANAGER_ROUTES
 from edged.errors import ApiError
 from edged.inventory import COUNT_REASON, ItemRef, OrderLine, StockChange, StockCount
+from edged.payment_methods import available
 from edged.payment_state import PaymentState
 from edged.payments import Answer, NewPayment
 from sync.outbox import JOB_STATES, JobStateError
@@ -135,6 +136,12 @@ async def get_terminal(ctx: Ctx) -> Answer:
     if view is None:
         raise ApiError("ERR-3006", f"no terminal {ctx.match('id')!r}")
     return Answer(200, view.as_dict())
+
+
+async def payment_methods(ctx: Ctx) -> Answer:
+    s = ctx.services
+    return Answer(200, await available(s.cfg, s.db, s.terminals, s.payments.tokens.link_down,
+                                       ctx.request.query.get("terminal") or None))
 
 
 async def sync_status(ctx: Ctx) -> Answer:
@@ -279,6 +286,11 @@ ROUTES: tuple[Route, ...] = (
           models.TERMINAL_LIST, tag="terminals"),
     Route("GET", "/v1/terminals/{id}", get_terminal, "One terminal", models.TERMINAL,
           errors=("ERR-3006",), tag="terminals"),
+    Route("GET", "/v1/payment-methods", payment_methods, "What a lane can take now: cash,"
+          " card_present (terminal online and idle), token (processor reachable, or offline"
+          " with room left), each with a reason when not", models.PAYMENT_METHODS,
+          query={"terminal": "a terminal id (needed when there are several)"},
+          errors=("ERR-1013", "ERR-3006"), tag="payments"),
     Route("GET", "/v1/sync", sync_status, "Per destination: queue depth, oldest pending age,"
           " breaker", models.SYNC, tag="sync"),
     Route("GET", "/v1/sync/jobs", list_jobs, "Outbox rows, e.g. ?state=dead", models.JOBS,

@@ -72,6 +72,8 @@ class RecordedRequest:
     body: bytes
     status: int | None = None  # None: no answer sent (hung / dropped)
     fault: str | None = None  # "fail", "fail_after_apply", "hang", "hang_after_apply", "throttle"
+    received_at: float = 0.0  # time.monotonic() when the request was read
+    answered_at: float | None = None  # time.monotonic() when its answer was ready
 
     def json(self) -> Any:
         return json.loads(self.body) if self.body else None
@@ -360,6 +362,7 @@ class FakeServer:
             query_string=request.query_string,
             headers=dict(request.headers),
             body=body,
+            received_at=time.monotonic(),
         )
         self.requests.append(rec)
         self.stats.requests += 1
@@ -412,6 +415,7 @@ class FakeServer:
             await released.wait()
             return self._drop(request)
         rec.status = resp_or_stream.status
+        rec.answered_at = time.monotonic()
         return resp_or_stream
 
 

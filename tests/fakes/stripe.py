@@ -44,7 +44,9 @@ Terminal test cards for ``present_payment_method``: ``card_present[number]`` 424
 (default, success), 4000000000000002 (declined), 4000000000009995 (insufficient funds).
 The charge of a reader payment carries ``payment_method_details.card_present`` (``brand``,
 ``last4``, ``authorization_code``, ``receipt``); ``expand[]=latest_charge`` (and
-``data.latest_charge`` in search) gives the charge object instead of its id.
+``data.latest_charge`` in search) gives the charge object instead of its id; a reader read
+with ``expand[]=action.process_payment_intent.payment_intent.latest_charge`` carries the
+PaymentIntent and its charge inside the action.
 
 Readers: ``add_reader``, ``set_reader_status(id, "offline")``, ``occupy_reader(id)`` (another
 action in progress), ``present_payment_method(id, number)``. ``process_payment_intent`` on an
@@ -907,7 +909,18 @@ class FakeStripe(FakeServer):
     async def _h_reader_get(self, request: web.Request) -> web.Response:
         params = await self._params(request)
         self._check_known(params, {"expand"})
-        return self._respond(200, self._reader(request.match_info["id"]))
+        reader = self._reader(request.match_info["id"])
+        expand = params.get("expand") or []
+        path = "action.process_payment_intent.payment_intent"
+        action = reader["action"]
+        if action and any(e in (path, f"{path}.latest_charge") for e in expand):
+            pi = self.payment_intents.get(action["process_payment_intent"]["payment_intent"])
+            if pi is not None:
+                inner = self._expanded(pi, {"expand": [e[len(path) + 1:] for e in expand
+                                                       if e.startswith(path + ".")]}, "")
+                reader = {**reader, "action": {**action, "process_payment_intent": {
+                    **action["process_payment_intent"], "payment_intent": inner}}}
+        return self._respond(200, reader)
 
     async def _h_reader_process(self, request: web.Request) -> web.Response:
         params = await self._params(request)

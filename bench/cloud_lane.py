@@ -1,0 +1,178 @@
+"""What the daemon adds to a card payment on a cloud lane (Stripe reader, Square Terminal).
+
+Run through ``bench/terminal.py --lane stripe_reader|square_terminal``. A real ``edged run``
+process drives one cloud lane against the loopback fake of Stripe (or Square), served by an
+event loop on a thread of this process, which also plays the register and the customer:
+the customer pays the moment the reader gets the PaymentIntent (or the Terminal gets the
+checkout), so no polling pause is ever needed and every millisecond beyond the fake's own
+is the daemon's. The fake answers each request ``--latency`` seconds late (a processor's
+round trip). All timestamps are one ``time.monotonic()``:
+
+    t0                      the register sends POST /v1/payments
+    fake time               Σ over the payment's requests (answer ready − request read)
+    t1                      the register holds the final state (the long-poll answered)
+
+Sales are paced (``--pace``, default 0.2 s apart for Stripe, 0.5 s for Square) so that the
+daemon's own rate limiter for the processor (Stripe 25 calls/s, Square 10 calls/s) never
+holds a call back: unpaced, back-to-back sales exceed it and the limiter's waits (the
+daemon obeying the processor's limits, as designed) would be counted as overhead.
+
+Printed, p50/p99 over ``--runs`` sequential sales: the daemon's overhead
+``(t1 - t0) - fake time`` (target p99 < 5 ms), the end-to-end time, and the processor calls
+per payment (the idle heartbeat is set to an hour so that it never counts).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import tempfile
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from aiohttp import web
+
+from edged import secrets
+from tests.daemon_process import UNLIMITED_API, DaemonProcess
+from tests.fakes.base import FakeServer
+from tests.fakes.square import FakeSquare
+from tests.fakes.stripe import FakeStripe
+
+T = TypeVar("T")
+READER = "tmr_BenchReader"
+DEVICE = "BENCH0DEVICE01"
+
+
+class PayingStripe(FakeStripe):
+    """The customer taps the moment the reader is handed a PaymentIntent."""
+
+    async def _h_reader_process(self, request: web.Request) -> web.Response:
+        resp = await super()._h_reader_process(request)
+        reader = request.match_info["id"]
+        if resp.status == 200 and self.readers[reader]["action"]["status"] == "in_progress":
+            self.present_payment_method(reader)
+        return resp
+
+
+class PayingSquare(FakeSquare):
+    """The customer pays the moment the Terminal shows the checkout."""
+
+    async def _h_checkout_create(self, request: web.Request) -> web.Response:
+        resp = await super()._h_checkout_create(request)
+        for checkout in self.device_checkouts(DEVICE):
+            if checkout["status"] == "PENDING":
+                self.checkout_complete(checkout["id"])
+        return resp
+
+
+class LoopThread:
+    """An asyncio loop on a thread, to serve the fake while the register blocks."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+
+    def run(self, factory: Callable[[], Awaitable[T]]) -> T:
+        async def wrap() -> T:
+            return await factory()
+        fut: Future[T] = asyncio.run_coroutine_threadsafe(wrap(), self.loop)
+        return fut.result(30)
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(5)
+
+
+@dataclass(frozen=True, slots=True)
+class CloudRun:
+    total: float
+    fake: float
+    overhead: float
+    calls: int
+
+
+def write_config(path: Path, lane: str, fake: FakeServer) -> Path:
+    processor = "stripe" if lane == "stripe_reader" else "square"
+    device = f'reader_id = "{READER}"' if lane == "stripe_reader" else f'device_id = "{DEVICE}"'
+    lines = ["[api]", *(f"{k} = {v!r}" for k, v in UNLIMITED_API.items()), "",
+             f"[{processor}]", f'base_url = "{fake.base_url}"', "",
+             "[[terminals]]", 'id = "lane-1"', f'kind = "{lane}"', device,
+             "customer_timeout = 30.0", "heartbeat_seconds = 3600.0",
+             "poll_interval = 0.05", "poll_max = 0.5"]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
+
+
+def sale(register: Any, fake: FakeServer, n: int) -> CloudRun:
+    seen = len(fake.requests)
+    t0 = time.monotonic()
+    status, started = register.call("POST", "/v1/payments",
+                                    {"amount": 1000 + n, "currency": "EUR",
+                                     "method": "card_present", "terminal": "lane-1"},
+                                    key=f"bench-cloud-{n}")
+    if status != 202:
+        raise SystemExit(f"sale {n}: {status} {started}")
+    status, done = register.call("GET", f"/v1/payments/{started['id']}?wait=30")
+    t1 = time.monotonic()
+    if done.get("state") != "approved":
+        raise SystemExit(f"sale {n}: ended {done.get('state')}: {done.get('failure')}")
+    mine = [r for r in fake.requests[seen:] if t0 <= r.received_at <= t1]
+    if any(r.answered_at is None for r in mine):
+        raise SystemExit(f"sale {n}: a request to the fake was not answered")
+    fake_time = sum((r.answered_at or 0.0) - r.received_at for r in mine)
+    return CloudRun(total=t1 - t0, fake=fake_time, overhead=(t1 - t0) - fake_time,
+                    calls=len(mine))
+
+
+def run_cloud(lane: str, runs: int, warmup: int, latency: float, pace: float | None,
+              register_factory: Callable[[str, int, str], Any],
+              wait_online: Callable[[Any], None]) -> list[CloudRun]:
+    loops = LoopThread()
+    fake: FakeServer
+    if lane == "stripe_reader":
+        stripe = PayingStripe(rate=None)
+        fake = stripe
+    else:
+        square = PayingSquare(rate=None)
+        fake = square
+    try:
+        loops.run(fake.start)
+        if isinstance(fake, PayingStripe):
+            fake.add_reader(READER)
+        elif isinstance(fake, PayingSquare):
+            fake.add_device(DEVICE)
+        fake.faults.slow(latency)
+        with tempfile.TemporaryDirectory(prefix="edged-bench-cloud-") as tmp:
+            base = Path(tmp)
+            data = base / "data"
+            data.mkdir()
+            name, value = ("stripe.key", "sk_test_bench") if lane == "stripe_reader" \
+                else ("square.token", "sq-bench")
+            secrets.cli_set(data, name, io.StringIO(value + "\n"), env={})
+            config = write_config(base / "edged.toml", lane, fake)
+            with DaemonProcess(data, config=config) as daemon:
+                token = daemon.create_token("bench-register")
+                assert daemon.port is not None
+                register = register_factory(daemon.host, daemon.port, token)
+                gap = pace if pace is not None else (0.2 if lane == "stripe_reader" else 0.5)
+                try:
+                    wait_online(register)
+                    results = []
+                    for n in range(warmup + runs):
+                        started = time.monotonic()
+                        result = sale(register, fake, n)
+                        if n >= warmup:
+                            results.append(result)
+                        time.sleep(max(0.0, gap - (time.monotonic() - started)))
+                    return results
+                finally:
+                    register.close()
+    finally:
+        loops.run(fake.stop)
+        loops.stop()
