@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import sqlite3
 from collections.abc import AsyncIterator
+from dataclasses import replace
 from datetime import UTC, datetime
 from http.cookies import SimpleCookie
 from pathlib import Path
@@ -192,3 +193,29 @@ async def test_page_files_are_served_with_a_strict_policy(
             assert r.status == 404, path
     async with api.session.get(api.base + "/", headers={"Host": "evil.example"}) as r:
         assert r.status == 421  # DNS rebinding: the Host check covers the page too
+
+
+async def test_under_tls_the_cookie_is_secure(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path / "data")
+    cfg = replace(cfg, api=replace(cfg.api, tls=True))
+    daemon = Daemon(cfg, ManualClock(datetime(2026, 11, 26, 12, 0, tzinfo=UTC)),
+                    shutdown_grace=0.5)
+    await daemon.start()
+    try:
+        manager = await daemon.db.write(lambda c: tokens.create(c, "manager-1", "manager"))
+        assert daemon.tls is not None and daemon.tls.info is not None
+        pin = aiohttp.Fingerprint(bytes.fromhex(daemon.tls.info.fingerprint))
+        base = f"https://127.0.0.1:{daemon.port}"
+        async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True)) as s:
+            async with s.post(base + "/session", json={"token": manager}, ssl=pin,
+                              headers={"Origin": "http://127.0.0.1:%d" % daemon.port}) as r:
+                assert r.status == 403  # the page's origin is https now
+            async with s.post(base + "/session", json={"token": manager}, ssl=pin,
+                              headers={"Origin": base}) as r:
+                assert r.status == 200
+                cookie = SimpleCookie(r.headers["Set-Cookie"])["edged_session"]
+                assert cookie["secure"] is True and cookie["httponly"] is True
+            async with s.get(base + "/v1/status", ssl=pin) as r:
+                assert r.status == 200
+    finally:
+        await daemon.stop()

@@ -82,6 +82,13 @@ async def test_status_page_live_in_a_real_browser(tmp_path: Path, browser: objec
             if SCREENSHOT:
                 await page.set_viewport_size({"width": 1280, "height": 1600})
                 await page.screenshot(path=SCREENSHOT, full_page=True)
+
+            # the printable report, linked from the page: 12.50 + 6 x 4.50 + 20.99 + 7.77
+            await page.click("#report-link")
+            report = page.locator("#report-EUR")
+            await expect(report).to_contain_text("Takings (approved)")
+            await expect(report).to_contain_text("68.26 EUR")
+            await expect(page.locator("#lists")).to_contain_text("Changes not yet synced")
             await page.close()
 
 

@@ -58,6 +58,9 @@ async def cookie_gate(request: web.Request, handler: Handler, services: Services
     principal, _ = await principal_of(request, services)
     if request.method not in SAFE_METHODS:
         check_origin(request)
+        if not principal.is_manager:  # a monitor's page only looks
+            raise ApiError("ERR-5003", f"a {principal.scope} sign-in can only look; sign in"
+                           " with a manager token to act")
     request[key] = principal
     verdict = services.limits.take(f"token:{principal.token_id}")
     if not verdict.allowed:
