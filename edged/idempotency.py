@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from edged.errors import EdgedError
 from sync.clock import utc_iso
 
 MAX_KEY_LENGTH = 255
@@ -42,6 +43,14 @@ class StoredAnswer:
     body: dict[str, Any]
 
 
+class Replayed(EdgedError):
+    """The key already holds an answer: raised inside the write, which it undoes."""
+
+    def __init__(self, stored: StoredAnswer) -> None:
+        super().__init__(f"already answered {stored.status} for {stored.path}")
+        self.stored = stored
+
+
 def body_hash(method: str, path: str, body: Any) -> str:
     canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
     return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
@@ -58,13 +67,24 @@ def lookup(conn: sqlite3.Connection, scope: str, key: str) -> StoredAnswer | Non
 
 
 def save(conn: sqlite3.Connection, record: IdemRecord, status: int, body: dict[str, Any]) -> None:
-    """Store the answer; call inside the write transaction of the change it answers."""
-    conn.execute(
-        "INSERT INTO idempotency (scope, key, method, path, body_hash, status, response,"
-        " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-        (record.scope, record.key, record.method, record.path, record.body_hash, status,
-         json.dumps(body, separators=(",", ":")), utc_iso(datetime.now(UTC))),
-    )
+    """Store the answer; call inside the write transaction of the change it answers.
+
+    The key's row is the claim: should the key already hold an answer (a route that looks
+    the key up in this very transaction instead of beforehand), :class:`Replayed` carries
+    that answer and undoes the write (its savepoint is rolled back).
+    """
+    try:
+        conn.execute(
+            "INSERT INTO idempotency (scope, key, method, path, body_hash, status, response,"
+            " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+            (record.scope, record.key, record.method, record.path, record.body_hash, status,
+             json.dumps(body, separators=(",", ":")), utc_iso(datetime.now(UTC))),
+        )
+    except sqlite3.IntegrityError:
+        stored = lookup(conn, record.scope, record.key)
+        if stored is None:
+            raise
+        raise Replayed(stored) from None
 
 
 def forget(conn: sqlite3.Connection, record: IdemRecord) -> None:

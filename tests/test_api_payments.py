@@ -56,6 +56,38 @@ async def test_concurrent_requests_with_one_key_make_one_payment(api: Api) -> No
     assert api.count("payments") == 1
 
 
+async def test_concurrent_cash_with_one_key_is_one_payment_and_one_audit_entry(
+        api: Api) -> None:
+    # A plain cash payment looks its key up inside its own write (no read beforehand): the
+    # second writer's stored answer replaces its write, which leaves no trace.
+    payment = {"amount": 900, "currency": "EUR", "method": "cash"}
+    answers = []
+
+    async def post() -> None:
+        async with api.session.post(api.base + "/v1/payments", json=payment,
+                                    headers=api.headers("cash-same")) as r:
+            answers.append((r.status, await r.json(), r.headers.get("Idempotent-Replayed")))
+
+    await asyncio.gather(*(post() for _ in range(8)))
+    assert {status for status, _, _ in answers} == {201}
+    assert len({body["id"] for _, body, _ in answers}) == 1
+    assert sorted(str(flag) for _, _, flag in answers) == ["None"] + ["true"] * 7
+    assert api.count("payments") == 1
+    assert api.count("audit", "action = 'payment.approved'") == 1
+    assert api.count("idempotency") == 1
+
+
+async def test_a_stored_key_refuses_another_body_before_checking_it(api: Api) -> None:
+    await api.post("/v1/payments", {"amount": 500, "currency": "EUR", "method": "cash"},
+                   key="k-order")
+    # Not a plain cash body (cash never takes a terminal): looked up first, refused as a
+    # reused key exactly as before, not for its own fault.
+    status, body = await api.post("/v1/payments", {"amount": 500, "currency": "EUR",
+                                                   "method": "cash", "terminal": "sim-1"},
+                                  key="k-order")
+    assert (status, body["error"]["code"]) == (409, "ERR-1009")
+
+
 async def test_card_present_on_sim_long_polls_to_approved(api: Api) -> None:
     status, body = await api.post("/v1/payments", {"amount": 1250, "currency": "EUR",
                                                    "method": "card_present",
