@@ -51,6 +51,8 @@ class ProtocolError(DriverError):
 
 class Outcome(enum.StrEnum):
     APPROVED = "approved"
+    AUTHORIZED = "authorized"
+    """Held, not taken: a manual-capture sale waiting for its capture or void."""
     DECLINED = "declined"
     CANCELED = "canceled"
     UNKNOWN = "unknown"
@@ -76,6 +78,8 @@ class TransactionRequest:
     currency: str
     kind: TransactionKind = TransactionKind.SALE
     reference: str | None = None
+    manual_capture: bool = False
+    """Authorise only: the sale ends ``AUTHORIZED`` and is captured or voided later."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -110,6 +114,8 @@ class Capabilities:
     refund: bool = False
     cancel: bool = False
     recover: bool = False
+    manual_capture: bool = False
+    """Can authorise a sale for a later capture (through its processor)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -128,6 +134,9 @@ class Terminal(abc.ABC):
     """A card terminal on one lane. One transaction at a time is the caller's rule."""
 
     kind: str = ""
+    processor: str | None = None
+    """The processor whose API drives this terminal (cloud kinds): refunds, captures and
+    voids of its payments go through that processor's outbox, not the terminal."""
 
     def __init__(self, terminal_id: str) -> None:
         self.terminal_id = terminal_id

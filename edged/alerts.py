@@ -15,6 +15,8 @@ Conditions (thresholds in ``[alerts]``):
 - a payment or a refund is ``unknown``;
 - a token payment stored offline was declined when forwarded (for a day after the decline);
 - a terminal has been offline longer than ``terminal_offline_minutes``;
+- a payment is ``authorized`` and past 3/4 of its processor's capture window
+  (``edged.capture.EXPIRY_HOURS``): capture or void it before it lapses;
 - stored offline payments hold more than ``stored_cap_ratio`` of the cap in a currency, or
   the oldest is past ``stored_age_ratio`` of ``[offline] max_age_hours``.
 """
@@ -113,7 +115,23 @@ class AlertCenter:
         found += self._offline_conditions(sync["offline"])
         since = utc_iso(now - timedelta(hours=FORWARD_DECLINED_HOURS))
         found += await self._db.read(lambda c: self._record_conditions(c, since))
+        found += await self._db.read(lambda c: self._capture_conditions(c, utc_iso(now)))
         return found
+
+    @staticmethod
+    def _capture_conditions(conn: sqlite3.Connection, now: str) -> list[Condition]:
+        """Authorisations left uncaptured, raised before the processor lets them lapse."""
+        from edged.capture import expiring  # noqa: PLC0415  (capture imports refunds)
+
+        out = []
+        for p, hours in expiring(conn, now):
+            out.append(Condition(
+                f"payment.authorized:{p['id']}", "authorization_expiring", "warning", p["id"],
+                f"Payment {p['id']} of {_money(p['amount'], p['currency'])} is authorised"
+                f" and not captured; {p['processor']} lets the authorisation lapse about"
+                f" {hours:g} hours after it was made ({p['finished_at'] or p['created_at']})."
+                f" Capture it (POST /v1/payments/{p['id']}/capture) or void it now."))
+        return out
 
     def _terminal_conditions(self, now: datetime) -> list[Condition]:
         limit = self._cfg.alerts.terminal_offline_minutes * 60

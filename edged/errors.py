@@ -55,6 +55,10 @@ CODES: dict[str, ErrorCode] = _table(
     ErrorCode("ERR-2009", 422, "Token payments need a configured processor"),
     ErrorCode("ERR-2010", 422, "Above the offline cap for one payment"),
     ErrorCode("ERR-2011", 422, "Above the offline cap for the total stored in this currency"),
+    ErrorCode("ERR-2012", 409, "Only an authorized payment can be captured"),
+    ErrorCode("ERR-2013", 422, "The capture is larger than the authorised amount"),
+    ErrorCode("ERR-2014", 409, "The payment cannot be voided in its current state"),
+    ErrorCode("ERR-2015", 422, "Manual capture is for card_present and token payments"),
     # 3xxx: terminals
     ErrorCode("ERR-3001", 422, "No such terminal"),
     ErrorCode("ERR-3002", 409, "The terminal is running another transaction", retryable=True),
@@ -63,6 +67,9 @@ CODES: dict[str, ErrorCode] = _table(
               "This terminal cannot cancel from the register: cancel on the terminal"),
     ErrorCode("ERR-3005", 422, "This terminal cannot refund; refund another way"),
     ErrorCode("ERR-3006", 404, "No such terminal"),
+    ErrorCode("ERR-3008", 422, "This terminal cannot hold an authorisation for a later capture"),
+    ErrorCode("ERR-3009", 422,
+              "This terminal's processor captures the whole authorised amount only"),
     ErrorCode("ERR-3007", 409, "The terminal is not running the payment named: nothing was"
               " cancelled"),
     # 4xxx: inventory and orders

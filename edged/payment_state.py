@@ -87,6 +87,9 @@ PAYMENT_MOVES: Mapping[tuple[PaymentState, PaymentState], frozenset[Actor]] = {
     # a token payment forwarded to its processor
     (P.PENDING, P.APPROVED): frozenset({A.PROCESSOR}),
     (P.PENDING, P.DECLINED): frozenset({A.PROCESSOR}),
+    # manual capture: the processor authorised the forward and holds the money
+    (P.PENDING, P.AUTHORIZED): frozenset({A.PROCESSOR}),
+    (P.STORED, P.AUTHORIZED): frozenset({A.PROCESSOR}),
     (P.PENDING, P.STORED): frozenset({A.SYNC, A.DEADLINE}),
     # the processor refused before charging, or the forward was cancelled before any send
     (P.PENDING, P.FAILED): frozenset({A.PROCESSOR, A.DEADLINE}),
@@ -168,7 +171,7 @@ def check_refund_start(refund_id: str, state: RefundState) -> None:
 
 _PAYMENT_COLUMNS = frozenset({"failure", "brand", "last4", "auth_code", "processor_ref",
                               "raw_status", "receipt", "terminal_figures", "stored_at",
-                              "finished_at"})
+                              "finished_at", "captured"})
 _REFUND_COLUMNS = frozenset({"failure", "processor_ref"})
 
 

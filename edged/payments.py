@@ -27,6 +27,7 @@ from drivers.base import (
 )
 from edged import audit, idempotency, records
 from edged.answer import Answer, payment_answer
+from edged.capture import CaptureService
 from edged.config import Config
 from edged.errors import ApiError
 from edged.events import EventBus
@@ -54,7 +55,8 @@ MAX_WAIT_SECONDS = 60.0
 _OUTCOME_STATE = {Outcome.APPROVED: PaymentState.APPROVED,
                   Outcome.DECLINED: PaymentState.DECLINED,
                   Outcome.CANCELED: PaymentState.CANCELED,
-                  Outcome.UNKNOWN: PaymentState.UNKNOWN}
+                  Outcome.UNKNOWN: PaymentState.UNKNOWN,
+                  Outcome.AUTHORIZED: PaymentState.AUTHORIZED}
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +68,8 @@ class NewPayment:
     reference: str | None = None
     token: str | None = None
     processor: str | None = None
+    capture: str = "automatic"
+    """``manual``: authorise only; capture or void later (card_present, token)."""
 
 
 class PaymentService:
@@ -78,6 +82,7 @@ class PaymentService:
         self._clock = clock
         self.tokens = TokenPayments(cfg, db, bus, clock)
         self.refunds = RefundService(db, bus, terminals, clock)
+        self.captures = CaptureService(db, bus, clock, self.refunds)
 
     def _now(self) -> str:
         return utc_iso(self._clock.now())
@@ -85,12 +90,16 @@ class PaymentService:
     # -- create ---------------------------------------------------------------------------
 
     async def create(self, new: NewPayment, idem: IdemRecord, actor: str) -> Answer:
+        if new.capture == "manual" and new.method == "cash":
+            raise ApiError("ERR-2015", "cash is taken at once: capture manual is for"
+                           " card_present and token payments")
         if new.method == "cash":
             return await self._create_cash(new, idem, actor)
         if new.method == "card_present":
             return await self._create_card_present(new, idem, actor)
         return await self.tokens.create(new.processor, new.amount, new.currency,
-                                        new.reference, new.token, idem, actor)
+                                        new.reference, new.token, idem, actor,
+                                        manual_capture=new.capture == "manual")
 
     async def _create_cash(self, new: NewPayment, idem: IdemRecord, actor: str) -> Answer:
         payment_id = new_id("pay")
@@ -117,9 +126,16 @@ class PaymentService:
         terminal_id = new.terminal_id or self._default_terminal()
         payment_id = new_id("pay")
         now = self._now()
+        manual = new.capture == "manual"
+        known = self._terminals.driver(terminal_id)
+        if manual and known is not None and not known.capabilities.manual_capture:
+            raise ApiError("ERR-3008", f"terminal {terminal_id} ({known.kind}) cannot hold an"
+                           " authorisation for a later capture: take the payment with"
+                           " capture automatic, or on a stripe_reader or square_terminal lane")
         driver = self._terminals.claim(terminal_id, payment_id)
         request = TransactionRequest(payment_id, new.amount, new.currency,
-                                     TransactionKind.SALE, new.reference)
+                                     TransactionKind.SALE, new.reference,
+                                     manual_capture=manual)
         try:
             reference = await driver.prepare(request)
         except (TerminalUnavailable, TerminalBusy) as exc:
@@ -132,10 +148,10 @@ class PaymentService:
             check_payment_start(payment_id, PaymentState.IN_PROGRESS)
             conn.execute(
                 "INSERT INTO payments (id, method, state, amount, currency, terminal_id,"
-                " reference, processor_ref, created_at, updated_at) VALUES (?,"
-                " 'card_present', ?, ?, ?, ?, ?, ?, ?, ?)",
+                " reference, processor_ref, processor, capture, created_at, updated_at)"
+                " VALUES (?, 'card_present', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (payment_id, PaymentState.IN_PROGRESS, new.amount, new.currency, terminal_id,
-                 new.reference, reference, now, now))
+                 new.reference, reference, driver.processor, new.capture, now, now))
             audit.append(conn, actor, "payment.started", payment_id,
                          {"terminal": terminal_id, "amount": new.amount,
                           "currency": new.currency})
@@ -241,7 +257,8 @@ class PaymentService:
             failure = f"{result.reason}; nothing was charged"
         else:
             state = _OUTCOME_STATE[result.outcome]
-            failure = result.detail if state != PaymentState.APPROVED else None
+            failure = result.detail if state not in (PaymentState.APPROVED,
+                                                     PaymentState.AUTHORIZED) else None
             fields = {"brand": result.brand, "last4": result.last4,
                       "auth_code": result.auth_code, "processor_ref": result.reference,
                       "raw_status": result.raw_status, "receipt": result.receipt}
@@ -334,6 +351,13 @@ class PaymentService:
         return await self.refunds.refund(await self.get(payment_id), amount, reason, idem,
                                          actor)
 
+    async def capture(self, payment_id: str, amount: int | None, idem: IdemRecord,
+                      actor: str) -> Answer:
+        return await self.captures.capture(await self.get(payment_id), amount, idem, actor)
+
+    async def void(self, payment_id: str, idem: IdemRecord, actor: str) -> Answer:
+        return await self.captures.void(await self.get(payment_id), idem, actor)
+
     async def resolve(self, payment_id: str, outcome: str, note: str, idem: IdemRecord,
                       actor: str) -> Answer:
         now = self._now()
@@ -380,7 +404,8 @@ class PaymentService:
                     result = await driver.recover(InterruptedTransaction(
                         row["id"], row["amount"], row["currency"], TransactionKind.SALE,
                         row["created_at"],
-                        {k: row[k] for k in ("processor_ref", "reference") if row[k]}))
+                        {k: row[k] for k in ("processor_ref", "reference", "capture")
+                         if row[k]}))
                 except Exception as exc:  # recovery is best effort; unknown is the floor
                     log.warning("recovering payment %s failed: %s", row["id"], exc)
             if result is None:

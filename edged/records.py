@@ -15,7 +15,7 @@ _REFUNDED_SQL = ("SELECT coalesce(sum(amount), 0) FROM refunds WHERE payment_id 
 _PAYMENT_FIELDS = ("id", "method", "state", "amount", "currency", "terminal_id", "reference",
                    "processor", "brand", "last4", "auth_code", "processor_ref", "raw_status",
                    "receipt", "failure", "order_id", "created_at", "updated_at", "finished_at",
-                   "stored_at")
+                   "stored_at", "capture", "captured")
 _REFUND_FIELDS = ("id", "payment_id", "amount", "currency", "reason", "state", "terminal_id",
                   "processor_ref", "failure", "created_at", "updated_at")
 

@@ -58,8 +58,9 @@ class RefundService:
                            " approved payment can be refunded")
         refund_id = new_id("ref")
         now = self._now()
-        on_terminal = payment["method"] == "card_present"
-        via_processor = payment["method"] == "token"
+        # a cloud lane's card payment is refunded through its processor, like a token one
+        via_processor = payment["method"] == "token" or bool(payment.get("processor"))
+        on_terminal = payment["method"] == "card_present" and not via_processor
         terminal_id = payment["terminal_id"]
         if on_terminal:
             driver = self._terminals.driver(terminal_id)
@@ -72,7 +73,7 @@ class RefundService:
             row = records.payment_row(conn, payment_id)
             assert row is not None
             taken = records.refunded_total(conn, payment_id)
-            left = row["amount"] - taken
+            left = (row["captured"] or row["amount"]) - taken
             if amount > left:
                 raise ApiError("ERR-2007", f"refund of {amount} asked, {left} {row['currency']}"
                                f" left to refund on payment {payment_id}")

@@ -21,12 +21,22 @@ from edged.payment_state import (
     move_refund,
 )
 from sync.clock import Clock, utc_iso
-from sync.contract import InventoryAdjust, InventorySet, OutboxKind, PaymentForward, decode
+from sync.contract import (
+    InventoryAdjust,
+    InventorySet,
+    OutboxKind,
+    PaymentCancel,
+    PaymentCapture,
+    PaymentForward,
+    decode,
+)
 from sync.gateway import OutboxRow, RowFailure
 
 log = logging.getLogger(__name__)
 
 DECLINED = "ERR-6071"
+#: A processor's status of a payment authorised and not captured (Stripe, Square).
+HELD = ("requires_capture", "APPROVED")
 
 Event = tuple[str, dict[str, Any]]
 
@@ -53,6 +63,17 @@ class StoreHooks:
                          " WHERE id = ? AND acknowledged = 0", (now, payload.delta_id))
         elif isinstance(payload, PaymentForward):
             return self._payment_forwarded(conn, row, payload, result, now)
+        elif isinstance(payload, PaymentCapture):
+            held = conn.execute("SELECT amount FROM payments WHERE id = ?",
+                                (payload.payment_id,)).fetchone()
+            taken = result.get("amount") or payload.amount or (held[0] if held else None)
+            return self._move(conn, row, PaymentState.APPROVED, now, Actor.PROCESSOR,
+                              {"finished_at": now, "captured": taken},
+                              {"captured": taken, "processor_ref": payload.processor_ref})
+        elif isinstance(payload, PaymentCancel):
+            return self._move(conn, row, PaymentState.CANCELED, now, Actor.PROCESSOR,
+                              {"finished_at": now, "failure": "voided before capture"},
+                              {"processor_ref": payload.processor_ref})
         elif row.kind == OutboxKind.REFUND_CREATE:
             try:
                 move_refund(conn, row.subject_id, RefundState.SUCCEEDED, Actor.PROCESSOR, now,
@@ -72,7 +93,9 @@ class StoreHooks:
         for name in ("brand", "last4"):
             if result.get(name) is not None:
                 fields[name] = result.get(name)
-        return self._move(conn, row, PaymentState.APPROVED, now, Actor.PROCESSOR, fields,
+        held = result.get("status") in HELD  # manual capture: authorised, not yet taken
+        return self._move(conn, row, PaymentState.AUTHORIZED if held else PaymentState.APPROVED,
+                          now, Actor.PROCESSOR, fields,
                           {"processor_ref": result.get("processor_ref"),
                            "amount": payload.amount, "currency": payload.currency})
 
@@ -118,6 +141,15 @@ class StoreHooks:
                 events.append(("alert", {"kind": "payment.forward_failed",
                                          "payment": row.subject_id, "state": str(new or state),
                                          "message": failure.message}))
+        elif row.kind in (OutboxKind.PAYMENT_CAPTURE, OutboxKind.PAYMENT_CANCEL):
+            if failure.outcome_unknown:  # gave up in doubt: maybe captured or voided
+                events += self._move(conn, row, PaymentState.UNKNOWN, now, Actor.SYNC,
+                                     {"failure": f"{failure.code}: {failure.message}"},
+                                     {"code": failure.code, "message": failure.message})
+            # refused: the payment stays authorized; the dead row and its alert say why
+            events.append(("alert", {"kind": "sync.dead", "destination": row.destination,
+                                     "job": row.id, "subject": row.subject_id,
+                                     "code": failure.code, "message": failure.message}))
         elif row.kind == OutboxKind.REFUND_CREATE:
             refund, who = (RefundState.UNKNOWN, Actor.SYNC) if failure.outcome_unknown \
                 else (RefundState.FAILED, Actor.PROCESSOR)

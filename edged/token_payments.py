@@ -53,7 +53,7 @@ class TokenPayments:
 
     async def create(self, processor: str | None, amount: int, currency: str,
                      reference: str | None, token: str | None, idem: IdemRecord,
-                     actor: str) -> Answer:
+                     actor: str, *, manual_capture: bool = False) -> Answer:
         """Queue the forward; stored at once within the caps when the link is down."""
         if token is None:
             raise ApiError("ERR-2004", "method token needs a token")
@@ -71,6 +71,7 @@ class TokenPayments:
                            f" not exceed {offline.max_payment} minor units")
         payment_id = new_id("pay")
         now = self._now()
+        capture = "manual" if manual_capture else "automatic"
 
         def write(conn: sqlite3.Connection) -> Answer:
             if stored:
@@ -83,13 +84,13 @@ class TokenPayments:
             check_payment_start(payment_id, state)
             conn.execute(
                 "INSERT INTO payments (id, method, state, amount, currency, reference,"
-                " processor, token, created_at, updated_at, stored_at) VALUES (?, 'token', ?,"
-                " ?, ?, ?, ?, ?, ?, ?, ?)",
-                (payment_id, state, amount, currency, reference, processor, token, now, now,
-                 now if stored else None))
+                " processor, token, capture, created_at, updated_at, stored_at) VALUES (?,"
+                " 'token', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (payment_id, state, amount, currency, reference, processor, token, capture,
+                 now, now, now if stored else None))
             outbox.enqueue(conn, processor, PaymentForward(
                 payment_id=payment_id, amount=amount, currency=currency, token=token,
-                reference=reference, created_at=now), now)
+                reference=reference, created_at=now, capture=capture), now)
             audit.append(conn, actor, f"payment.{state}", payment_id,
                          {"method": "token", "processor": processor, "amount": amount,
                           "currency": currency})

@@ -46,9 +46,9 @@ class OutboxKind(enum.StrEnum):
     PAYMENT_FORWARD = "payment.forward"
     REFUND_CREATE = "refund.create"
     PAYMENT_CAPTURE = "payment.capture"
-    """Not queued yet: issue 10 (capture of an authorised cloud payment) wires it."""
+    """Capture of an authorised payment (``POST /v1/payments/{id}/capture``)."""
     PAYMENT_CANCEL = "payment.cancel"
-    """Not queued yet: issue 10 (void of an authorised cloud payment) wires it."""
+    """Void of an authorised payment (``POST /v1/payments/{id}/void``)."""
 
 
 class ContractError(PermanentError):
@@ -243,6 +243,8 @@ class PaymentForward(_Json):
     """The processor's payment-method token (redacted below the manager scope)."""
     reference: str | None = None
     created_at: str | None = None
+    capture: str = "automatic"
+    """``manual``: authorise only (the payment ends ``authorized``; a capture row follows)."""
 
     @property
     def subject(self) -> str:
@@ -267,7 +269,7 @@ class RefundCreate(_Json):
 
 @dataclass(frozen=True, slots=True)
 class PaymentCapture(_Json):
-    """Not queued yet: issue 10 wires it (``POST /v1/payments/{id}/capture``)."""
+    """Queued by ``POST /v1/payments/{id}/capture`` (an authorised card or token payment)."""
 
     KIND = OutboxKind.PAYMENT_CAPTURE
     POSITIVE = frozenset({"amount"})
@@ -283,7 +285,7 @@ class PaymentCapture(_Json):
 
 @dataclass(frozen=True, slots=True)
 class PaymentCancel(_Json):
-    """Not queued yet: issue 10 wires it (``POST /v1/payments/{id}/void``)."""
+    """Queued by ``POST /v1/payments/{id}/void`` (an authorised card or token payment)."""
 
     KIND = OutboxKind.PAYMENT_CANCEL
     payment_id: str

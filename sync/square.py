@@ -199,6 +199,8 @@ class SquareGateway:
             extra["location_id"] = self.settings.location_id
         if reference:
             extra["reference_id"] = reference[:40]
+        if p.capture == "manual":  # authorise only: APPROVED, completed later
+            extra["autocomplete"] = False
         try:
             answer = await self._call(
                 "create the payment", work,

@@ -221,6 +221,8 @@ class StripeGateway:
             "metadata": {"edged_payment_id": payment_id},
             "expand": ["latest_charge"],
         }
+        if p.capture == "manual":  # authorise only: requires_capture, captured later
+            params["capture_method"] = "manual"
         if p.reference:
             params["description"] = p.reference
         try:

@@ -41,6 +41,7 @@ UNKNOWN_DEVICE_CODES = ("NOT_FOUND", "BAD_REQUEST")
 
 class SquareTerminal(Terminal):
     kind = "square_terminal"
+    processor = "square"
 
     def __init__(self, terminal_id: str, settings: CloudSettings, client: SquareTerminalClient,
                  clock: Clock) -> None:
@@ -54,7 +55,7 @@ class SquareTerminal(Terminal):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(refund=False, cancel=True, recover=True)
+        return Capabilities(refund=False, cancel=True, recover=True, manual_capture=True)
 
     async def open(self) -> None:
         return None
@@ -92,11 +93,11 @@ class SquareTerminal(Terminal):
     async def start(self, request: TransactionRequest) -> None:
         """Create the checkout under the payment's key: the Terminal shows it."""
         run = Run(request.payment_id, None, request.amount, request.currency,
-                  reference=request.reference)
+                  reference=request.reference, manual_capture=request.manual_capture)
         try:
             checkout = await self.client.create(
                 request.payment_id, self.settings.device, request.amount, request.currency,
-                reference=request.reference, manual_capture=False,
+                reference=request.reference, manual_capture=request.manual_capture,
                 deadline_seconds=self._deadline)
         except CheckoutRefused as exc:
             raise TerminalUnavailable(f"Square refused the checkout: {exc}") from None
@@ -127,6 +128,7 @@ class SquareTerminal(Terminal):
         run = Run(interrupted.payment_id, interrupted.extra.get("processor_ref") or None,
                   interrupted.amount, interrupted.currency,
                   reference=interrupted.extra.get("reference"),
+                  manual_capture=interrupted.extra.get("capture") == "manual",
                   cancel_why="the daemon stopped during the payment")
         run.cancel.set()
         settings = CloudSettings(self.settings.device, customer_timeout=0.0,

@@ -132,7 +132,7 @@ class CheckoutPoller:
     async def _approved(self, run: Run, checkout: CheckoutView) -> TransactionResult:
         payment_id = checkout.payment_ids[0] if checkout.payment_ids else None
         brand = last4 = auth = None
-        status = "COMPLETED"
+        status = "APPROVED" if run.manual_capture else "COMPLETED"
         if payment_id is not None:
             try:
                 card = await self._client.payment(payment_id)
@@ -140,7 +140,9 @@ class CheckoutPoller:
                 status = card.status or status
             except (SyncError, *LINK_ERRORS) as exc:  # approved all the same
                 log.warning("square terminal: card details of %s unread: %s", payment_id, exc)
-        return TransactionResult(Outcome.APPROVED, checkout.amount, run.currency, brand=brand,
+        held = status == "APPROVED"  # not completed: a delayed capture waits
+        return TransactionResult(Outcome.AUTHORIZED if held else Outcome.APPROVED,
+                                 checkout.amount, run.currency, brand=brand,
                                  last4=last4, auth_code=auth,
                                  reference=payment_id or checkout.id, raw_status=status,
                                  detail=f"checkout {checkout.id}")

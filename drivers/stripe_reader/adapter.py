@@ -43,6 +43,7 @@ BUSY_CODES = ("terminal_reader_busy",)
 
 class StripeReaderTerminal(Terminal):
     kind = "stripe_reader"
+    processor = "stripe"
 
     def __init__(self, terminal_id: str, settings: CloudSettings,
                  client: StripeTerminalClient, clock: Clock) -> None:
@@ -55,7 +56,7 @@ class StripeReaderTerminal(Terminal):
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(refund=False, cancel=True, recover=True)
+        return Capabilities(refund=False, cancel=True, recover=True, manual_capture=True)
 
     async def open(self) -> None:
         return None
@@ -82,6 +83,7 @@ class StripeReaderTerminal(Terminal):
         try:
             intent = await self.client.create_intent(request.payment_id, request.amount,
                                                      request.currency,
+                                                     manual_capture=request.manual_capture,
                                                      description=request.reference)
         except TerminalRefused as exc:
             raise TerminalUnavailable(f"Stripe refused the PaymentIntent: {exc}") from None

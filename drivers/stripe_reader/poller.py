@@ -48,7 +48,8 @@ def result_of(intent: IntentView, request_amount: int, currency: str,
     if intent.status in PAID:
         amount = intent.amount_received or intent.amount_capturable or intent.amount
         return TransactionResult(
-            Outcome.APPROVED, amount, currency, brand=intent.brand, last4=intent.last4,
+            Outcome.AUTHORIZED if intent.status == "requires_capture" else Outcome.APPROVED,
+            amount, currency, brand=intent.brand, last4=intent.last4,
             auth_code=intent.auth_code, reference=intent.id, raw_status=intent.status)
     if intent.status == "canceled":
         return TransactionResult(Outcome.CANCELED, request_amount, currency,

@@ -31,8 +31,16 @@ PAYMENT_CREATE = Obj(
         "reference": REFERENCE,
         "token": Str(max_length=255, description="A processor's payment-method token"),
         "processor": Str(enum=("stripe", "square")),
+        "capture": Str(enum=("automatic", "manual"),
+                       description="manual: authorise only (card_present on a cloud lane,"
+                       " token); capture or void later"),
     },
     required=("amount", "currency", "method"),
+)
+CAPTURE = Obj(
+    name="PaymentCapture",
+    props={"amount": Int(minimum=1, description="Up to the authorised amount (default: all)")},
+    required=(),
 )
 REFUND_CREATE = Obj(
     name="RefundCreate",
@@ -116,6 +124,7 @@ PAYMENT = _obj({
     "brand": _SN, "last4": _SN, "auth_code": _SN, "processor_ref": _SN, "raw_status": _SN,
     "receipt": _SN, "failure": _SN, "order_id": _SN, "created_at": _S, "updated_at": _S,
     "finished_at": _SN, "stored_at": _SN, "refunded": _I,
+    "capture": {"enum": ["automatic", "manual"]}, "captured": {"type": ["integer", "null"]},
     "terminal_figures": {"type": ["object", "null"], "description": "What the terminal"
                          " reported when it differs from the request (amount, currency,"
                          " reference): the manager decides"},
@@ -148,6 +157,8 @@ PAYMENT_METHODS = _obj({"terminal": _S, "methods": {"type": "array", "items": {
         "room": {"type": "object", "properties": {"currency": _S, "left": _I,
                                                   "max_payment": _I}}}}}},
     "PaymentMethods")
+PAYMENT_OR_REFUND = Free(schema={"oneOf": [PAYMENT.schema, REFUND.schema],
+                                 "title": "PaymentOrRefund"})
 TERMINAL_LIST = _obj({"data": {"type": "array", "items": TERMINAL.schema}}, "TerminalList")
 SYNC = _obj({"destinations": {"type": "array", "items": {"type": "object", "properties": {
     "destination": _S, "pending": _I, "inflight": _I, "dead": _I,

@@ -43,7 +43,8 @@ async def create_payment(ctx: Ctx) -> Answer:
                        f" not {b['currency']}")
     new = NewPayment(amount=b["amount"], currency=b["currency"], method=method,
                      terminal_id=b.get("terminal"), reference=b.get("reference"),
-                     token=b.get("token"), processor=b.get("processor"))
+                     token=b.get("token"), processor=b.get("processor"),
+                     capture=b.get("capture") or "automatic")
     return await ctx.services.payments.create(new, _idem(ctx), ctx.actor)
 
 
@@ -71,6 +72,15 @@ async def cancel_payment(ctx: Ctx) -> Answer:
 async def refund_payment(ctx: Ctx) -> Answer:
     return await ctx.services.payments.refund(ctx.match("id"), ctx.body["amount"],
                                               ctx.body.get("reason"), _idem(ctx), ctx.actor)
+
+
+async def capture_payment(ctx: Ctx) -> Answer:
+    return await ctx.services.payments.capture(ctx.match("id"), ctx.body.get("amount"),
+                                               _idem(ctx), ctx.actor)
+
+
+async def void_payment(ctx: Ctx) -> Answer:
+    return await ctx.services.payments.void(ctx.match("id"), _idem(ctx), ctx.actor)
 
 
 async def resolve_payment(ctx: Ctx) -> Answer:
@@ -272,6 +282,15 @@ ROUTES: tuple[Route, ...] = (
           " (in part or whole)", models.REFUND, 201, models.REFUND_CREATE,
           _BODY_ERRORS + ("ERR-2001", "ERR-2003", "ERR-2006", "ERR-2007", "ERR-3002",
                           "ERR-3005")),
+    Route("POST", "/v1/payments/{id}/capture", capture_payment, "Capture an authorized"
+          " payment (capture manual), up to the authorised amount; 202, then approved when"
+          " the processor answers", models.PAYMENT, 202, models.CAPTURE,
+          _BODY_ERRORS + ("ERR-2003", "ERR-2012", "ERR-2013", "ERR-3009")),
+    Route("POST", "/v1/payments/{id}/void", void_payment, "Void: cancel an authorized"
+          " payment at its processor (202, then canceled), or refund an approved one in full"
+          " of what is left (the answer is that refund)", models.PAYMENT_OR_REFUND, 202,
+          models.EMPTY, _BODY_ERRORS + ("ERR-2003", "ERR-2006", "ERR-2014", "ERR-3002",
+                                        "ERR-3005")),
     Route("POST", "/v1/payments/{id}/resolve", resolve_payment, "Settle a payment in state"
           " unknown (manager scope), with an audit entry", models.PAYMENT, 200, models.RESOLVE,
           _BODY_ERRORS + ("ERR-2003", "ERR-2008", "ERR-5003"), scope="manager"),

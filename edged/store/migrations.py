@@ -269,6 +269,11 @@ ALTER TABLE payments_new RENAME TO payments;
 CREATE INDEX payments_state ON payments(state, n);
 CREATE INDEX payments_order ON payments(order_id)
 """),
+    (4, "manual capture: how a payment is captured, and what was", """
+ALTER TABLE payments ADD COLUMN capture TEXT NOT NULL DEFAULT 'automatic'
+    CHECK (capture IN ('automatic', 'manual'));
+ALTER TABLE payments ADD COLUMN captured INTEGER CHECK (captured IS NULL OR captured > 0)
+"""),
 )
 
 # Migrations that rebuild a table others reference: run with foreign keys off (SQLite's
