@@ -127,7 +127,10 @@ class ConcertSettings:
     frame_timeout: float = 3.0
     """Wait for the answer frame to complete once the terminal's ENQ was ACKed."""
     customer_timeout: float = 120.0
-    """Wait for the terminal's ENQ while the customer pays."""
+    """Wait for the terminal's ENQ while the customer pays. Whatever the line sends, a
+    transaction ends within ``customer_timeout + frame_timeout`` of its request being
+    handed over: an answer that began before the customer deadline gets one frame's time
+    to complete, and nothing (ENQ, EOT, noise) moves that bound."""
     max_retransmissions: int = 3
     """Copies of a frame sent again after a NAK (and NAKs sent for a broken answer)."""
     answer_full: bool = True
@@ -244,18 +247,22 @@ class _Line:
         return data
 
     def next_event(self, deadline: float) -> Event | None:
-        """The next frame, control byte or frame error before ``deadline``; ``None`` after."""
+        """The next frame, control byte or frame error before ``deadline``; ``None`` after.
+
+        The deadline is checked before every event, so a line that never stops sending
+        (a flood of ENQ, noise) cannot keep a caller here past it.
+        """
         while True:
+            if self.abort.is_set():
+                raise _Aborted("stopped")
+            if self._clock.monotonic() >= deadline:
+                return None
             try:
                 event = self.parser.next_event()
             except FrameError as exc:
                 return exc
             if event is not None:
                 return event
-            if self.abort.is_set():
-                raise _Aborted("stopped")
-            if self._clock.monotonic() >= deadline:
-                return None
             chunk = self._read()
             if chunk:
                 self.parser.feed(chunk)
@@ -618,13 +625,24 @@ class ConcertTerminal(Terminal):
         settings = self.settings
         name = self.terminal_id
         customer_deadline = self._clock.monotonic() + settings.customer_timeout
+        # The one bound nothing on the line can move: every wait below is cut to it.
+        hard_deadline = customer_deadline + settings.frame_timeout
         deadline = customer_deadline
         self._phase = Phase.AWAITING_ANSWER
         in_session = False  # the terminal's ENQ was ACKed, a frame is due
         naks = 0
 
+        def frame_deadline() -> float:
+            return min(self._clock.monotonic() + settings.frame_timeout, hard_deadline)
+
         def ask_again(why: str) -> TransactionResult | None:
             nonlocal naks, deadline
+            if self._clock.monotonic() >= hard_deadline:
+                return self._unknown(
+                    request,
+                    f"no complete answer within {settings.customer_timeout:g} s"
+                    f" (+{settings.frame_timeout:g} s for the frame): {why}",
+                )
             if naks >= settings.max_retransmissions:
                 return self._unknown(request, f"answer unreadable after {naks} NAKs: {why}")
             naks += 1
@@ -637,7 +655,7 @@ class ConcertTerminal(Terminal):
             )
             line.parser.abandon_frame()
             line.send_control(NAK)
-            deadline = self._clock.monotonic() + settings.frame_timeout
+            deadline = frame_deadline()
             return None
 
         while True:
@@ -655,16 +673,19 @@ class ConcertTerminal(Terminal):
             if event is Control.ENQ:
                 logger.debug("concert %s: <- ENQ", name)
                 line.send_control(ACK)
-                in_session = True
-                self._phase = Phase.RECEIVING_ANSWER
-                deadline = self._clock.monotonic() + settings.frame_timeout
+                if not in_session:
+                    # A repeated ENQ (our ACK lost, or a looping line) is ACKed again but
+                    # does not restart the frame's clock.
+                    in_session = True
+                    self._phase = Phase.RECEIVING_ANSWER
+                    deadline = frame_deadline()
                 continue
             if event is Control.EOT and in_session:
                 # The terminal gave up this session; it may open another one.
                 logger.debug("concert %s: <- EOT before the answer", name)
                 in_session = False
                 self._phase = Phase.AWAITING_ANSWER
-                deadline = customer_deadline
+                deadline = min(customer_deadline, hard_deadline)
                 continue
             if isinstance(event, FrameError):
                 if not in_session:

@@ -181,6 +181,54 @@ async def test_silence_is_unknown_with_a_manual_clock(sim: ConcertSimulator) -> 
         await terminal.close()
 
 
+async def wait_for_enqs(sim: ConcertSimulator, count: int) -> None:
+    async def poll() -> None:
+        while sim.enqs_sent < count:  # noqa: ASYNC110 - counted by the simulator thread
+            await asyncio.sleep(0.01)
+
+    await asyncio.wait_for(poll(), 5.0)
+
+
+@pytest.mark.parametrize("loop", [Behaviour.ENQ_LOOP, Behaviour.ENQ_EOT_LOOP])
+async def test_a_looping_enq_cannot_hold_the_lane_past_the_customer_timeout(
+    sim: ConcertSimulator, loop: Behaviour
+) -> None:
+    """Defect 9: ENQ after ENQ restarted the frame timer, so the lane stayed busy forever."""
+    clock = ManualClock()
+    terminal = await make_terminal(sim, clock=clock, customer_timeout=120.0, frame_timeout=3.0)
+    try:
+        sim.push(loop)
+        task = asyncio.create_task(terminal.collect(sale()))
+        await wait_for_enqs(sim, 5)  # the line keeps talking while the customer "pays"
+        assert not task.done()
+        clock.advance(120.0 + 3.0 + 0.1)  # past the one bound, ENQs still arriving
+        await wait_for_enqs(sim, sim.enqs_sent + 3)
+        result = await asyncio.wait_for(task, 5.0)
+        assert result.outcome is Outcome.UNKNOWN
+        assert terminal.phase is Phase.IDLE
+    finally:
+        sim.release()
+        await terminal.close()
+
+
+async def test_a_looping_enq_ends_in_real_time_and_the_lane_works_again(
+    sim: ConcertSimulator,
+) -> None:
+    # NAKs are not what ends it: with ten allowed, the customer deadline still does.
+    terminal = await make_terminal(sim, customer_timeout=1.0, max_retransmissions=10)
+    try:
+        sim.push(Behaviour.ENQ_LOOP)
+        result = await asyncio.wait_for(terminal.collect(sale()), 10.0)
+        assert result.outcome is Outcome.UNKNOWN
+        assert sim.enqs_sent > 3
+        sim.release()
+        result = await asyncio.wait_for(terminal.collect(sale(payment_id="pay-2")), 10.0)
+        assert result.outcome is Outcome.APPROVED
+    finally:
+        sim.release()
+        await terminal.close()
+
+
 async def test_silence_is_unknown_with_a_short_timeout(sim: ConcertSimulator) -> None:
     terminal = await make_terminal(sim, customer_timeout=0.2)
     try:

@@ -97,6 +97,12 @@ class Behaviour(enum.StrEnum):
     """Approve one minor unit less than asked (a terminal keyed by hand)."""
     OTHER_POS = "other_pos"
     """Approve, the answer naming another POS number."""
+    ENQ_LOOP = "enq_loop"
+    """ACK the request, then send ENQ every ``loop_interval`` seconds and never an answer (a
+    looping terminal, or noise that reads as ENQ), until :meth:`ConcertSimulator.release`,
+    an unplug or stop."""
+    ENQ_EOT_LOOP = "enq_eot_loop"
+    """Like ``ENQ_LOOP``, but each ENQ is followed by EOT: sessions opened and given up."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,6 +141,7 @@ class ConcertSimulator:
         frame_timeout: float = 3.0,
         max_retransmissions: int = 3,
         poll_interval: float = 0.02,
+        loop_interval: float = 0.05,
     ) -> None:
         self.link = link
         self.default = default
@@ -144,6 +151,7 @@ class ConcertSimulator:
         self.frame_timeout = frame_timeout
         self.max_retransmissions = max_retransmissions
         self.poll_interval = poll_interval
+        self.loop_interval = loop_interval
 
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
@@ -159,6 +167,9 @@ class ConcertSimulator:
         self._plugged = threading.Event()
         self._unplug_requested = threading.Event()
         self._unplug_done = threading.Event()
+        self._release = threading.Event()
+        self._loop_ended = threading.Event()
+        self._loop_ended.set()
         self.naks_received = 0
         """NAKs the host sent for an answer frame."""
         self.naks_sent = 0
@@ -167,6 +178,8 @@ class ConcertSimulator:
         """ENQs left unanswered (NO_ACK)."""
         self.answers_sent = 0
         """Answers the host acknowledged."""
+        self.enqs_sent = 0
+        """ENQs this terminal sent (one per answer, many in ``ENQ_LOOP``)."""
 
     # -- control API ---------------------------------------------------------------------
 
@@ -253,6 +266,12 @@ class ConcertSimulator:
             self._unplug_requested.set()
         if not self._unplug_done.wait(timeout):
             raise RuntimeError("the simulator thread did not unplug")
+
+    def release(self, timeout: float = 5.0) -> None:
+        """End a running ``ENQ_LOOP``/``ENQ_EOT_LOOP``; returns once it has ended, so the
+        terminal serves the next request."""
+        self._release.set()
+        self._loop_ended.wait(timeout)
 
     def plug(self) -> str:
         """A new pty; the link (if any) is re-pointed to it. Returns :attr:`path`."""
@@ -454,12 +473,30 @@ class ConcertSimulator:
             self._idle(self.late_delay)
         if behaviour is Behaviour.NOISE:
             self._write(NOISE)
+        if behaviour in (Behaviour.ENQ_LOOP, Behaviour.ENQ_EOT_LOOP):
+            self._loop_enq(with_eot=behaviour is Behaviour.ENQ_EOT_LOOP)
+            return
         status = self._status(request, behaviour)
         if behaviour is Behaviour.OTHER_AMOUNT:
             request = replace(request, amount=request.amount - 1)
         elif behaviour is Behaviour.OTHER_POS:
             request = replace(request, pos_number=request.pos_number % 99 + 1)
         self._answer(request, status, corrupt_first=behaviour is Behaviour.CORRUPT_LRC)
+
+    def _loop_enq(self, *, with_eot: bool) -> None:
+        """ENQ (and EOT) again and again, whatever the host answers, until released."""
+        self._release.clear()
+        self._loop_ended.clear()
+        try:
+            while not self._release.is_set():
+                self._control(ENQ)
+                self.enqs_sent += 1
+                if with_eot:
+                    self._control(EOT)
+                self._idle(self.loop_interval)
+        finally:
+            self._loop_ended.set()
+        logger.info("concert simulator: ENQ loop released after %d ENQ", self.enqs_sent)
 
     @staticmethod
     def _status(request: ConcertRequest, behaviour: Behaviour) -> AnswerStatus:
@@ -487,6 +524,7 @@ class ConcertSimulator:
         frame = encode_frame(answer.encode(self.card_number if request.full_answer else None))
         for _ in range(1 + self.max_retransmissions):
             self._control(ENQ)
+            self.enqs_sent += 1
             if self._await_control(frozenset({Control.ACK}), self.ack_timeout):
                 break
         else:
