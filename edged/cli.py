@@ -99,6 +99,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = _config(args)
         logging.basicConfig(level=cfg.log_level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        # httpx (the squareup SDK's client) logs every request at INFO: a cloud lane's
+        # heartbeat would fill the journal; edged logs what the calls mean instead
+        logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
         return asyncio.run(_serve(cfg))
     if args.command == "check-config":
         cfg = load(args.file)

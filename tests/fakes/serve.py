@@ -14,6 +14,12 @@ sections that point a daemon at them, and the control endpoint:
 - ``GET /state``: per fake, up or down and request counts; Shopify's orders, adjustment
   groups, quantities per SKU and whether every idempotency key was applied once; Stripe's
   PaymentIntents and refunds; Square's payments and refunds.
+- ``POST /reader/present?number=4242424242424242``: the customer taps a card on the Stripe
+  reader (``4000000000000002`` declines); ``POST /reader/status?status=offline|online``;
+  ``POST /reader/busy``: another integration's action occupies it (``?off=1`` frees it).
+- ``POST /checkout/complete`` (or ``/in_progress``, ``/decline``, ``/cancel``) acts on the
+  Square Terminal's latest open checkout (``?id=`` for another); ``POST
+  /device/status?status=OFFLINE|AVAILABLE``.
 - ``GET /catalogue.csv``: the seeded catalogue with the fake's own ids and current
   quantities, in the format of ``edged items import``.
 
@@ -52,6 +58,8 @@ from tests.fakes.shopify import API_VERSION, FakeShopify, SeededVariant
 from tests.fakes.square import FakeSquare
 from tests.fakes.stripe import FakeStripe
 
+READER = "tmr_FakeCounter1"
+DEVICE = "FAKE0TERMINAL01"
 CATALOGUE_COLUMNS = ("sku", "barcode", "title", "price", "variant_id", "inventory_item_id",
                      "quantity")
 
@@ -59,10 +67,13 @@ CATALOGUE_COLUMNS = ("sku", "barcode", "title", "price", "variant_id", "inventor
 class Fakes:
     """The three fakes, a seeded catalogue, and the control endpoint's handlers."""
 
-    def __init__(self, shopify: FakeShopify, stripe: FakeStripe, square: FakeSquare) -> None:
+    def __init__(self, shopify: FakeShopify, stripe: FakeStripe, square: FakeSquare,
+                 reader: str = READER, device: str = DEVICE) -> None:
         self.shopify = shopify
         self.stripe = stripe
         self.square = square
+        self.reader = stripe.add_reader(reader)
+        self.device = square.add_device(device)
         self.catalogue: dict[str, tuple[SeededVariant, str | None, str]] = {}
 
     @property
@@ -130,6 +141,51 @@ class Fakes:
             fake.faults.throttle(count)
         return web.json_response(self.state_dict())
 
+    # -- the card terminals: a Stripe reader and a Square Terminal ----------------------
+
+    async def reader_present(self, request: web.Request) -> web.Response:
+        number = request.query.get("number", "4242424242424242")
+        try:
+            reader = self.stripe.present_payment_method(self.reader, number)
+        except Exception as exc:  # the fake's own refusal: nothing on the reader
+            raise web.HTTPConflict(text=f"{exc}\n") from None
+        return web.json_response(reader)
+
+    async def reader_status(self, request: web.Request) -> web.Response:
+        self.stripe.set_reader_status(self.reader, request.query.get("status", "online"))
+        return web.json_response(self.stripe.readers[self.reader])
+
+    async def reader_busy(self, request: web.Request) -> web.Response:
+        if request.query.get("off") in ("1", "true", "yes"):
+            self.stripe.readers[self.reader]["action"] = None
+        else:
+            self.stripe.occupy_reader(self.reader)
+        return web.json_response(self.stripe.readers[self.reader])
+
+    async def checkout(self, request: web.Request) -> web.Response:
+        action = request.match_info["action"]
+        cid = request.query.get("id")
+        if cid is None:
+            live = [c for c in self.square.device_checkouts(self.device)
+                    if c["status"] in ("PENDING", "IN_PROGRESS", "CANCEL_REQUESTED")]
+            if not live:
+                raise web.HTTPConflict(text="no open checkout on the Terminal\n")
+            cid = str(live[-1]["id"])
+        if action == "complete":
+            self.square.checkout_complete(cid)
+        elif action in ("in_progress", "decline"):
+            self.square.checkout_declined(cid) if action == "decline" \
+                else self.square.checkout_in_progress(cid)
+        elif action == "cancel":
+            self.square.checkout_canceled(cid, request.query.get("reason", "BUYER_CANCELED"))
+        else:
+            raise web.HTTPNotFound(text="complete, in_progress, decline or cancel\n")
+        return web.json_response(self.square.checkouts[cid])
+
+    async def device_status(self, request: web.Request) -> web.Response:
+        self.square.set_device_status(self.device, request.query.get("status", "AVAILABLE"))
+        return web.json_response(self.square.devices[self.device])
+
     async def state(self, request: web.Request) -> web.Response:
         return web.json_response(self.state_dict())
 
@@ -169,9 +225,17 @@ class Fakes:
                                for sku, (v, _, _) in self.catalogue.items()},
             },
             "stripe": {**common(stripe), "payment_intents": len(stripe.payment_intents),
-                       "refunds": len(stripe.refunds)},
+                       "refunds": len(stripe.refunds),
+                       "intents": {i: {"status": pi["status"], "amount": pi["amount"],
+                                       "amount_received": pi["amount_received"]}
+                                   for i, pi in stripe.payment_intents.items()},
+                       "reader": {"id": self.reader,
+                                  "status": stripe.readers[self.reader]["status"],
+                                  "action": stripe.readers[self.reader]["action"]}},
             "square": {**common(square), "payments": len(square.payments),
-                       "refunds": len(square.refunds)},
+                       "refunds": len(square.refunds),
+                       "checkouts": {c: v["status"] for c, v in square.checkouts.items()},
+                       "device": square.devices[self.device]["status"]},
         }
 
 
@@ -182,6 +246,11 @@ def control_app(fakes: Fakes) -> web.Application:
     app.router.add_post("/fail", fakes.fail)
     app.router.add_post("/throttle", fakes.throttle)
     app.router.add_get("/state", fakes.state)
+    app.router.add_post("/reader/present", fakes.reader_present)
+    app.router.add_post("/reader/status", fakes.reader_status)
+    app.router.add_post("/reader/busy", fakes.reader_busy)
+    app.router.add_post("/checkout/{action}", fakes.checkout)
+    app.router.add_post("/device/status", fakes.device_status)
     app.router.add_get("/catalogue.csv", fakes.catalogue_csv)
     return app
 
@@ -207,7 +276,17 @@ def banner(fakes: Fakes, control: str, seeded: int) -> str:
         "[square]",
         f'base_url = "{square.base_url}"',
         f'location_id = "{square.location_id}"',
+        "[[terminals]]",
+        'id = "reader-1"',
+        'kind = "stripe_reader"',
+        f'reader_id = "{fakes.reader}"',
+        "[[terminals]]",
+        'id = "square-1"',
+        'kind = "square_terminal"',
+        f'device_id = "{fakes.device}"',
         "",
+        f"customer: curl -X POST {control}/reader/present[?number=4000000000000002];"
+        f" curl -X POST {control}/checkout/complete",
         "secrets (any value works): echo shpat_x | edged secret set shopify.token;"
         " echo sk_test_x | edged secret set stripe.key; echo sq_x | edged secret set"
         " square.token",
