@@ -38,6 +38,7 @@ from edged.tls import CertKeeper
 from sync import outbox
 from sync.clock import Clock, SystemClock
 from sync.outbox import OutboxStore
+from sync.supervisor import TaskState
 
 log = logging.getLogger(__name__)
 
@@ -150,6 +151,8 @@ class Daemon:
         depths = await self.db.read(lambda c: outbox.depths(c, self.cfg.destinations))
         now = self.clock.now()
         workers = self.sync.engine.workers if self.sync is not None else {}
+        tasks = {t.name: t for t in self.sync.engine.supervisor.status()} \
+            if self.sync is not None else {}
         out = []
         for d in depths:
             entry: dict[str, Any] = {
@@ -167,8 +170,16 @@ class Daemon:
                                     "retry_after_seconds": round(snap.retry_after, 3)}
                 entry["worker"] = status.state.value
                 entry["last_error"] = status.last_error
+                task = tasks.get(f"sync-{d.destination}")
+                if task is not None and task.state is TaskState.RESTARTING:
+                    entry["worker"] = task.state.value
+                    entry["last_error"] = task.last_error
             out.append(entry)
-        return {"destinations": out, "offline": await self._offline_summary(now)}
+        return {"destinations": out, "offline": await self._offline_summary(now),
+                "tasks": [{"name": t.name, "state": t.state.value, "restarts": t.restarts,
+                           "last_error": t.last_error,
+                           "retry_in_seconds": None if t.retry_in is None
+                           else round(t.retry_in, 3)} for t in tasks.values()]}
 
     async def _offline_summary(self, now: datetime) -> dict[str, Any]:
         """Token payments accepted while the link was down, against their caps."""

@@ -6,12 +6,12 @@ configured, so a daemon with no cloud account never loads them (idle memory targ
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from edged import catalog_import
@@ -76,7 +76,6 @@ class SecretCache:
 class SyncRuntime:
     engine: SyncEngine
     secrets: SecretCache
-    tasks: list[asyncio.Task[None]]
     scheduler: Any = None
 
     def link_down(self, destination: str) -> bool:
@@ -86,10 +85,7 @@ class SyncRuntime:
     async def stop(self) -> None:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
-        for task in self.tasks:
-            task.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
-        await self.engine.stop()
+        await self.engine.stop()  # the workers and the tasks below, all supervised
 
 
 def build(cfg: Config, db: Database, bus: EventBus, clock: Clock) -> SyncRuntime | None:
@@ -138,7 +134,7 @@ def build(cfg: Config, db: Database, bus: EventBus, clock: Clock) -> SyncRuntime
                                                 timeout=cfg.sync.request_timeout),
                                  secrets.provider(SECRET_NAMES["square"]), clock),
                    breaker("square", BreakerSettings.processors()))
-    return SyncRuntime(engine, secrets, [])
+    return SyncRuntime(engine, secrets)
 
 
 def cloud_links(runtime: SyncRuntime | None, cfg: Config, clock: Clock) -> CloudLinks:
@@ -193,12 +189,10 @@ async def start(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventBus,
                 clock: Clock, on_link_down: Callable[[str], Awaitable[object]]) -> None:
     await runtime.secrets.refresh()
     await runtime.engine.start()
-    runtime.tasks.append(asyncio.create_task(_wake_on_writes(runtime.engine, bus),
-                                             name="sync-wake"))
-    runtime.tasks.append(asyncio.create_task(_refresh_secrets(runtime, clock),
-                                             name="sync-secrets"))
-    runtime.tasks.append(asyncio.create_task(_watch_links(bus, on_link_down),
-                                             name="sync-links"))
+    supervise = runtime.engine.supervisor.start
+    supervise("sync-wake", partial(_wake_on_writes, runtime.engine, bus))
+    supervise("sync-secrets", partial(_refresh_secrets, runtime, clock))
+    supervise("sync-links", partial(_watch_links, bus, on_link_down))
     if cfg.shopify is not None:
         runtime.scheduler = _schedule_pull(runtime, cfg, db, bus, clock)
 

@@ -9,7 +9,6 @@ once on new rows, waits while its breaker is open and resumes by itself when it 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import enum
 import logging
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from sync.gateway import Gateway, RowFailure, Work, WorkResult
 from sync.outbox import OutboxStore
 from sync.policy import BreakerOutcome, RowAction, Verdict, judge
 from sync.quiet_log import RepeatFilter
+from sync.supervisor import Supervisor
 
 log = logging.getLogger(__name__)
 
@@ -136,11 +136,19 @@ class DestinationWorker:
             self._wake.clear()
 
     async def run(self) -> None:
+        """Drain until stopped. Rows of this destination still in flight when it starts are
+        orphans (of a crash, or of a previous run of this worker): they go back first."""
+        self.state = WorkerState.IDLE
         try:
+            await self.give_back()
             while not self._stop.is_set():
                 await self._step()
         finally:
             self.state = WorkerState.STOPPED
+
+    async def give_back(self) -> None:
+        """Rows this worker holds go back to pending, in doubt (run when it dies)."""
+        await self._store.recover_leases(self.destination)
 
     async def _step(self) -> None:
         snap = self.breaker.snapshot()
@@ -265,7 +273,8 @@ class SyncEngine:
         self._settings = settings or EngineSettings()
         self._notify: Listener = notify or (lambda kind, event, data: None)
         self.workers: dict[str, DestinationWorker] = {}
-        self._tasks: list[asyncio.Task[None]] = []
+        self.supervisor = Supervisor(clock)
+        """Runs the workers, and the daemon's other background tasks beside them."""
 
     def add(self, gateway: Gateway, breaker: CircuitBreaker) -> DestinationWorker:
         worker = DestinationWorker(gateway, self.store, breaker, self._clock, self._settings,
@@ -287,8 +296,8 @@ class SyncEngine:
     async def start(self) -> None:
         await self.store.recover_leases()
         for worker in self.workers.values():
-            self._tasks.append(asyncio.create_task(worker.run(),
-                                                   name=f"sync-{worker.destination}"))
+            self.supervisor.start(f"sync-{worker.destination}", worker.run,
+                                  on_crash=worker.give_back, stop=worker.stop)
 
     def wake(self, destination: str | None = None) -> None:
         for name, worker in self.workers.items():
@@ -296,14 +305,6 @@ class SyncEngine:
                 worker.wake()
 
     async def stop(self, grace: float = 5.0) -> None:
-        for worker in self.workers.values():
-            worker.stop()
-        if self._tasks:
-            _, pending = await asyncio.wait(self._tasks, timeout=grace)
-            for task in pending:
-                task.cancel()
-            for task in pending:
-                with contextlib.suppress(asyncio.CancelledError):
-                    await task
+        await self.supervisor.stop(grace)
         for worker in self.workers.values():
             await worker.gateway.close()

@@ -155,20 +155,22 @@ class OutboxStore:
 
     # -- start ----------------------------------------------------------------------------
 
-    async def recover_leases(self) -> int:
-        """Rows a crash left in flight go back to pending; their outcome is unknown."""
+    async def recover_leases(self, destination: str | None = None) -> int:
+        """Rows left in flight (by a crash, or by a worker that died) go back to pending;
+        their outcome is unknown. ``destination``: only that destination's rows."""
         now = self._now()
 
         def write(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
                 "UPDATE outbox SET state = 'pending', lease_until = NULL, outcome_unknown = 1,"
-                " next_attempt_at = ?, updated_at = ? WHERE state = 'inflight'", (now, now))
+                " next_attempt_at = ?, updated_at = ? WHERE state = 'inflight'"
+                " AND destination = coalesce(?, destination)", (now, now, destination))
             return cur.rowcount
 
         count = await self._runner.write(write)
         if count:
-            log.warning("%d outbox rows were in flight at the last stop; they will be read"
-                        " back upstream before any resend", count)
+            log.warning("%d %s outbox rows were left in flight; they will be read back"
+                        " upstream before any resend", count, destination or "")
         return count
 
     # -- claim ----------------------------------------------------------------------------

@@ -166,7 +166,13 @@ SYNC = _obj({"destinations": {"type": "array", "items": {"type": "object", "prop
     "breaker": {"type": ["object", "null"]}, "worker": _SN, "last_error": _SN}}},
     "offline": {"type": "object", "properties": {
         "enabled": {"type": "boolean"}, "max_payment": _I, "max_stored_total": _I,
-        "max_age_hours": _I, "stored": {"type": "array", "items": {"type": "object"}}}}},
+        "max_age_hours": _I, "stored": {"type": "array", "items": {"type": "object"}}}},
+    "tasks": {"type": "array", "description": "Supervised background tasks (the workers"
+              " too): running, restarting after a failure (with its error), or finished",
+              "items": {"type": "object", "properties": {
+                  "name": _S, "state": {"enum": ["running", "restarting", "finished"]},
+                  "restarts": _I, "last_error": _SN,
+                  "retry_in_seconds": {"type": ["number", "null"]}}}}},
     "SyncStatus")
 JOB = _obj({"id": _I, "destination": _S, "kind": _S, "subject_id": _S,
             "state": {"enum": ["pending", "inflight", "done", "dead", "discarded"]},
