@@ -354,8 +354,10 @@ class OutboxStore:
 
     # -- jobs API -------------------------------------------------------------------------
 
-    async def jobs(self, state: str | None, destination: str | None,
-                   limit: int) -> list[dict[str, Any]]:
+    async def jobs(self, state: str | None, destination: str | None, limit: int, *,
+                   secrets_shown: bool = False) -> list[dict[str, Any]]:
+        """Outbox rows as ``GET /v1/sync/jobs`` lists them; payment-method tokens only with
+        ``secrets_shown`` (the manager scope)."""
         def read(conn: sqlite3.Connection) -> list[dict[str, Any]]:
             sql = "SELECT * FROM outbox WHERE 1 = 1"
             args: list[Any] = []
@@ -367,7 +369,8 @@ class OutboxStore:
                 args.append(destination)
             sql += " ORDER BY id LIMIT ?"
             args.append(limit)
-            return [job_dict(r) for r in conn.execute(sql, args).fetchall()]
+            return [job_dict(r, secrets_shown=secrets_shown)
+                    for r in conn.execute(sql, args).fetchall()]
 
         return await self._runner.read(read)
 

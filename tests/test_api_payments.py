@@ -265,3 +265,23 @@ async def test_cancel_names_its_payment_and_never_aborts_another(tmp_path: Path)
         assert still["state"] == "in_progress"
         status, canceled = await api.post(f"/v1/payments/{running_now['id']}/cancel", {})
         assert status == 200 and canceled["state"] == "canceled", canceled
+
+
+async def test_sync_jobs_show_payment_method_tokens_to_managers_only(tmp_path: Path) -> None:
+    from edged.config import ProcessorConfig  # noqa: PLC0415
+
+    # Stripe configured but unreachable and without a key: the forward row waits in the outbox
+    cfg = make_config(tmp_path / "data", stripe=ProcessorConfig(base_url="http://127.0.0.1:9"))
+    async with running(cfg) as api:
+        status, payment = await api.post("/v1/payments", {
+            "amount": 1200, "currency": "EUR", "method": "token",
+            "token": "pm_1SecretCardToken", "processor": "stripe"})
+        assert status == 202, payment
+        status, jobs = await api.get("/v1/sync/jobs", token=api.token)  # a register
+        assert status == 200
+        (job,) = jobs["data"]
+        assert job["payload"]["token"] == "[redacted]"
+        assert job["payload"]["amount"] == 1200  # the rest stays readable
+        assert "pm_1SecretCardToken" not in str(jobs)
+        status, jobs = await api.get("/v1/sync/jobs", token=api.manager_token)
+        assert jobs["data"][0]["payload"]["token"] == "pm_1SecretCardToken"

@@ -170,7 +170,9 @@ async def list_jobs(ctx: Ctx) -> Answer:
         raise ApiError("ERR-1013", f"state must be one of {', '.join(JOB_STATES)}")
     destination = ctx.request.query.get("destination") or None
     limit = ctx.query_int("limit", 100, 1, 500)
-    return Answer(200, {"data": await ctx.services.outbox.jobs(state, destination, limit)})
+    manager = ctx.principal is not None and ctx.principal.is_manager
+    return Answer(200, {"data": await ctx.services.outbox.jobs(state, destination, limit,
+                                                               secrets_shown=manager)})
 
 
 async def retry_job(ctx: Ctx) -> Answer:
@@ -318,7 +320,8 @@ ROUTES: tuple[Route, ...] = (
           errors=("ERR-1013", "ERR-3006"), tag="payments"),
     Route("GET", "/v1/sync", sync_status, "Per destination: queue depth, oldest pending age,"
           " breaker", models.SYNC, tag="sync"),
-    Route("GET", "/v1/sync/jobs", list_jobs, "Outbox rows, e.g. ?state=dead", models.JOBS,
+    Route("GET", "/v1/sync/jobs", list_jobs, "Outbox rows, e.g. ?state=dead (payment-method"
+          " tokens in payloads shown to the manager scope only)", models.JOBS,
           query={"state": "pending|inflight|done|dead|discarded", "destination": "shopify…",
                  "limit": "1-500 (100)"}, errors=("ERR-1013",), tag="sync"),
     Route("POST", "/v1/sync/jobs/{id}/retry", retry_job, "Send a dead job again (same"
