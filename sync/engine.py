@@ -24,7 +24,7 @@ from tenacity import (
 from sync.breaker import BreakerSnapshot, BreakerState, CircuitBreaker, Permit
 from sync.clock import Clock
 from sync.errors import BreakerOpen, PermanentError
-from sync.gateway import Gateway, RowFailure, Work, WorkResult
+from sync.gateway import Gateway, PartialWork, RowFailure, Work, WorkResult
 from sync.outbox import OutboxStore
 from sync.policy import BreakerOutcome, RowAction, Verdict, judge
 from sync.quiet_log import RepeatFilter
@@ -76,6 +76,12 @@ def _settle(permit: Permit, outcome: BreakerOutcome) -> None:
         permit.failure()
     else:
         permit.cancel()
+
+
+@dataclass
+class _InFlight:
+    work: Work
+    """The rows of the claimed work not settled yet."""
 
 
 class DestinationWorker:
@@ -169,27 +175,43 @@ class DestinationWorker:
             await self._pause(max(exc.retry_after, 0.001))
             return
         self.state = WorkerState.SENDING
+        flight = _InFlight(work)
         try:
-            result = await self._send(work)
+            result = await self._send(flight)
         except BaseException as exc:
             verdict = judge(exc)
             _settle(permit, verdict.breaker)
+            left = replace(flight.work, attempt=work.attempt)  # one claim, one attempt
             if not isinstance(exc, Exception):  # cancelled (a stop): put back, in doubt
-                await self._store.retry_later(work, "interrupted", outcome_unknown=True,
+                await self._store.retry_later(left, "interrupted", outcome_unknown=True,
                                               counts=False)
                 raise
-            await self._fail(work, exc, verdict)
+            if left.rows:
+                await self._fail(left, exc, verdict)
             return
         permit.success()
-        await self._store.complete(work, result)
-        self.sent += len(result.applied)
+        await self._complete(flight, result)
         self.last_error = None
         self._quiet.clear("credentials", "%s: credentials accepted", self.destination)
         self._quiet.clear("retry", "%s: sending again after failures", self.destination)
-        if result.dead or result.conflict:
-            for row_id, failure in {**result.dead, **result.conflict}.items():
-                self._failed(work, f"row {row_id}: {failure.code}: {failure.message}",
-                             dead=True)
+
+    async def _complete(self, flight: _InFlight, result: WorkResult, *,
+                        partial: bool = False) -> None:
+        """Record the rows ``result`` settles; with ``partial``, the rest of the work stays
+        in flight (else rows the gateway forgot are retried by the store)."""
+        settled = (set(result.applied) | set(result.dead) | set(result.conflict)
+                   | set(result.retry_apart))
+        done = tuple(r for r in flight.work.rows if r.id in settled)
+        left = tuple(r for r in flight.work.rows if r.id not in settled)
+        if partial:
+            await self._store.complete(replace(flight.work, rows=done), result)
+            flight.work = replace(flight.work, rows=left)
+        else:
+            await self._store.complete(flight.work, result)
+        self.sent += len(result.applied)
+        for row_id, failure in {**result.dead, **result.conflict}.items():
+            self._failed(flight.work, f"row {row_id}: {failure.code}: {failure.message}",
+                         dead=True)
 
     async def _fail(self, work: Work, exc: Exception, verdict: Verdict) -> None:
         """Apply the policy's verdict on ``exc`` to the rows and the worker."""
@@ -219,10 +241,12 @@ class DestinationWorker:
             else:
                 self._failed(work, message, dead=dead)
 
-    async def _send(self, work: Work) -> WorkResult:
-        """Send ``work``, retrying at once (with a short backoff) what the policy says may
-        pass in a moment; raise what remains."""
-        current = work
+    async def _send(self, flight: _InFlight) -> WorkResult:
+        """Send the work in flight, retrying at once (with a short backoff) what the policy
+        says may pass in a moment; raise what remains. A send that stopped part-way
+        (:class:`PartialWork`) has its settled rows recorded at once, and only the others
+        are retried (under the same key and variables)."""
+        work = flight.work
         retrying = AsyncRetrying(
             stop=stop_after_attempt(self._settings.quick_retries),
             wait=wait_exponential_jitter(multiplier=self._settings.quick_backoff_initial,
@@ -234,16 +258,21 @@ class DestinationWorker:
         async for attempt in retrying:
             with attempt:
                 try:
-                    # a safety net only: each HTTP call has the gateway's own timeout, and a
-                    # batch may legitimately wait on the rate limiter between its calls
-                    async with asyncio.timeout(self._settings.work_timeout):
-                        return await self.gateway.send(current)
+                    try:
+                        # a safety net only: each HTTP call has the gateway's own timeout,
+                        # and a batch may wait on the rate limiter between its calls
+                        async with asyncio.timeout(self._settings.work_timeout):
+                            return await self.gateway.send(flight.work)
+                    except PartialWork as partial:
+                        await self._complete(flight, partial.result, partial=True)
+                        raise partial.cause from partial
                 except Exception as exc:
                     verdict = judge(exc)
                     if verdict.retry_now:
-                        current = replace(current, attempt=current.attempt + 1,
-                                          outcome_unknown=current.outcome_unknown
-                                          or verdict.outcome_unknown)
+                        current = flight.work
+                        flight.work = replace(current, attempt=current.attempt + 1,
+                                              outcome_unknown=current.outcome_unknown
+                                              or verdict.outcome_unknown)
                     if verdict.retry_now and verdict.outcome_unknown:
                         log.warning("%s: outcome of %s unknown (%s); reading back before any"
                                     " resend", self.destination, work.kind,

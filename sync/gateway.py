@@ -14,6 +14,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
+from sync.errors import SyncError
+
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
@@ -63,6 +65,23 @@ class WorkResult:
     """Rows of a refused batch that were not at fault: batch them again under a new key."""
     send_alone: tuple[int, ...] = ()
     """Rows (also in ``retry_apart``) to send one by one: a refused batch named no culprit."""
+
+
+class PartialWork(SyncError):
+    """A send that stopped part-way (a later call of a batch failed).
+
+    ``result`` settles the rows an earlier call already decided (applied rows stay applied);
+    ``cause`` (a ``sync.errors`` exception) decides, through the failure policy, what becomes
+    of the others, which are sent again in the same batch, under the same keys.
+    """
+
+    def __init__(self, result: WorkResult, cause: Exception) -> None:
+        super().__init__(result, cause)
+        self.result = result
+        self.cause = cause
+
+    def __str__(self) -> str:
+        return f"{len(self.result.applied)} row(s) applied, then: {self.cause}"
 
 
 class Gateway(Protocol):

@@ -80,7 +80,7 @@ from sync.errors import (
     Throttled,
     TransientError,
 )
-from sync.gateway import OutboxRow, RowFailure, Work, WorkResult
+from sync.gateway import OutboxRow, PartialWork, RowFailure, Work, WorkResult
 from sync.limiter import ShopifyCostBucket, ThrottleStatus, retry_after_seconds
 from sync.money import (
     CURRENCY_EXPONENTS,
@@ -98,9 +98,12 @@ ORDER_CREATE = OutboxKind.ORDER_CREATE
 
 #: Shopify's array inputs hold at most 250 items: the most rows one batch may carry.
 MAX_BATCH = 250
-#: Aliased mutation fields in one document (10 points each: 250 of the 1000 a query may cost).
+#: Aliased mutation fields in one document at most (10 points each: 250 of the 1000 a query
+#: may cost); fewer when the shop's bucket is smaller (see ``_aliases_per_call``).
 MUTATIONS_PER_CALL = 25
 MUTATION_COST = 10
+#: The most one query may cost, whatever the bucket.
+MAX_QUERY_COST = 1000
 #: The wait after a THROTTLED answer when the bucket holds the cost and no Retry-After came.
 MIN_THROTTLED_WAIT = 1.0
 #: Marks a stored batch payload built by :meth:`ShopifyGateway.batch_payload`.
@@ -233,6 +236,11 @@ _UNKNOWN_CODES = frozenset({"INTERNAL_SERVER_ERROR", "TIMEOUT", "SERVICE_UNAVAIL
 _LATER_CODES = frozenset({"IDEMPOTENCY_CONCURRENT_REQUEST", "SHOP_INACTIVE", "LOCKED"})
 
 
+class CostExceeded(PermanentError):
+    """Shopify refused a request for its cost (``MAX_COST_EXCEEDED``): nothing was applied;
+    the same aliases go again in smaller requests."""
+
+
 def graphql_error(errors: Sequence[Mapping[str, Any]], *, operation: str,
                   mutation: bool) -> SyncError:
     """The exception for GraphQL errors that stopped ``operation`` (or one of its fields).
@@ -252,6 +260,9 @@ def graphql_error(errors: Sequence[Mapping[str, Any]], *, operation: str,
         return OutcomeUnknown(message) if mutation else TransientError(message)
     if codes & _LATER_CODES:
         return TransientError(f"Shopify asks to retry {operation} later: {detail}")
+    if "MAX_COST_EXCEEDED" in codes:
+        return CostExceeded(f"Shopify refused the cost of {operation}: {detail}",
+                            ERR_DOCUMENT_REJECTED)
     return PermanentError(f"Shopify rejected the {operation} document: {detail}",
                           ERR_DOCUMENT_REJECTED)
 
@@ -561,6 +572,9 @@ class _Outcome:
     retry_apart: list[int] = field(default_factory=list)
     send_alone: list[int] = field(default_factory=list)
 
+    def settled(self) -> bool:
+        return bool(self.applied or self.dead or self.conflict or self.retry_apart)
+
     def fail(self, row_id: int, failure: RowFailure) -> None:
         if failure.code == ERR_STALE:
             self.conflict[row_id] = failure
@@ -609,6 +623,45 @@ def _applied_rows(entry: Mapping[str, Any], spec: _InventoryKind,
                 answer["quantity_after"] = quantity
             out[row_id] = answer
     return out
+
+
+def _alias_variables(key: str, entries: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """Each alias's input and its own key, ``{batch key}-{index}``, whatever the request."""
+    variables: dict[str, Any] = {}
+    for e in entries:
+        variables[f"in{e['index']}"] = e["input"]
+        variables[f"k{e['index']}"] = f"{key}-{e['index']}"
+    return variables
+
+
+def _cost_exceeded(exc: PermanentError) -> bool:
+    """Shopify's MAX_COST_EXCEEDED (or the local bucket's): the request, not its rows."""
+    return isinstance(exc, CostExceeded) or exc.code == "MAX_COST_EXCEEDED"
+
+
+def _kill_aliases(out: _Outcome, entries: Sequence[Mapping[str, Any]], live: set[int],
+                  exc: PermanentError) -> None:
+    for e in entries:
+        for row_id in e["rows"]:
+            if row_id in live:
+                out.dead[row_id] = RowFailure(
+                    exc.code if exc.code and exc.code.startswith("ERR-")
+                    else ERR_DOCUMENT_REJECTED, exc.message)
+
+
+def _judge_answer(out: _Outcome, entry: Mapping[str, Any], spec: _InventoryKind,
+                  answer: GraphQLAnswer, live: set[int], *, own_key: bool) -> None:
+    """The outcome of one alias in ``answer`` (or raise for the whole work)."""
+    alias = f"m{entry['index']}"
+    payload = _mapping(answer.data.get(alias))
+    if payload is None:
+        error = graphql_error(answer.field_errors(alias) or list(answer.errors),
+                              operation=spec.operation, mutation=True)
+        if not isinstance(error, PermanentError):
+            raise error
+        _kill_aliases(out, [entry], live, error)
+        return
+    _judge_alias(out, entry, spec, payload, live, own_key=own_key)
 
 
 def _judge_alias(out: _Outcome, entry: Mapping[str, Any], spec: _InventoryKind,
@@ -772,6 +825,7 @@ class ShopifyGateway:
         self.client = ShopifyClient(settings, token_provider, clock,
                                     session_factory=session_factory, cost_bucket=cost_bucket)
         self._started = clock.monotonic()
+        self._alias_cap = MUTATIONS_PER_CALL  # lowered when Shopify refuses a request's cost
         # idempotency key of an order.create → when a send of it last went without answer
         self._orders_in_doubt: dict[str, float] = {}
 
@@ -818,33 +872,38 @@ class ShopifyGateway:
             if bad["row"] in live:
                 out.dead[bad["row"]] = RowFailure(ERR_REFUSED, f"unusable outbox row: "
                                                                 f"{bad['message']}")
+        # The stored plan fixes each alias's input and key, not which request carries it:
+        # aliases go in requests that never cost more than the bucket can hold.
+        entries = []
         for call in plan["calls"]:
             for entry in call:
                 planned.update(entry["rows"])
-            entries = [e for e in call if live.intersection(e["rows"])]
-            if not entries:
-                continue
-            variables: dict[str, Any] = {}
-            for e in entries:
-                variables[f"in{e['index']}"] = e["input"]
-                variables[f"k{e['index']}"] = f"{work.idempotency_key}-{e['index']}"
-            answer = await self.client.execute(
-                spec.operation, inventory_document(work.kind, entries), variables,
-                cost=MUTATION_COST * len(entries), mutation=True)
-            for e in entries:
-                alias = f"m{e['index']}"
-                payload = _mapping(answer.data.get(alias))
-                if payload is None:
-                    error = graphql_error(answer.field_errors(alias) or list(answer.errors),
-                                          operation=spec.operation, mutation=True)
-                    if not isinstance(error, PermanentError):
-                        raise error
-                    for row_id in e["rows"]:
-                        if row_id in live:
-                            out.dead[row_id] = RowFailure(error.code or ERR_DOCUMENT_REJECTED,
-                                                          error.message)
+            entries += [e for e in call if live.intersection(e["rows"])]
+        try:
+            while entries:
+                chunk = entries[:self._aliases_per_call()]
+                try:
+                    answer = await self.client.execute(
+                        spec.operation, inventory_document(work.kind, chunk),
+                        _alias_variables(work.idempotency_key, chunk),
+                        cost=MUTATION_COST * len(chunk), mutation=True)
+                except PermanentError as exc:
+                    if _cost_exceeded(exc) and len(chunk) > 1:
+                        self._alias_cap = len(chunk) // 2  # and the bucket learned its size
+                        logger.warning("shopify %s: %d aliases cost more than Shopify takes"
+                                       " in one request; sending fewer", spec.mutation,
+                                       len(chunk))
+                        continue
+                    _kill_aliases(out, chunk, live, exc)  # this request only: go on
+                    entries = entries[len(chunk):]
                     continue
-                _judge_alias(out, e, spec, payload, live, own_key=own_key)
+                entries = entries[len(chunk):]
+                for e in chunk:
+                    _judge_answer(out, e, spec, answer, live, own_key=own_key)
+        except SyncError as exc:
+            if out.settled():  # earlier requests settled rows: they stay settled
+                raise PartialWork(out.result(), exc) from exc
+            raise
         for row_id in sorted(live - planned):
             logger.error("shopify %s: row %d is not in its batch's stored variables; "
                          "retrying it apart", work.kind, row_id)
@@ -854,6 +913,13 @@ class ShopifyGateway:
                     work.kind, len(result.applied), len(result.dead), len(result.conflict),
                     len(result.retry_apart))
         return result
+
+    def _aliases_per_call(self) -> int:
+        """How many aliased mutations one request may carry: their cost within both the
+        single-query limit and the bucket's ``maximumAvailable``."""
+        most = min(MAX_QUERY_COST, self.client.bucket.snapshot().maximum_available)
+        fits = int(most // MUTATION_COST)
+        return max(1, min(MUTATIONS_PER_CALL, self._alias_cap, fits))
 
     # -- orders -------------------------------------------------------------------------
 

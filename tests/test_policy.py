@@ -19,6 +19,7 @@ from sync.errors import (
     Throttled,
     TransientError,
 )
+from sync.gateway import PartialWork, Work, WorkResult
 from sync.policy import BreakerOutcome, RowAction, judge
 from tests.clock import ManualClock
 from tests.test_sync_engine import ScriptedGateway, _engine, _enqueue, _states, _until
@@ -113,3 +114,26 @@ async def test_quick_retry_and_step_agree(db: Database) -> None:
     assert len(gateway2.calls) == 1  # the destination waits the throttle out
     await _until(lambda: _states(db.path) == {"done": 1}, clock2)
     await engine2.stop()
+
+
+async def test_a_send_that_stops_part_way_keeps_what_it_applied(db: Database) -> None:
+    """The gateway applied the first row, then the link failed: that row is done at once
+    and never sent again; only the others go back (same batch, same key), and when they
+    run out of attempts the applied row stays done."""
+    clock = ManualClock()
+    _enqueue(db.path, 3)
+    gateway = ScriptedGateway()
+
+    def first_then_fail(work: Work) -> WorkResult:
+        gateway.down = True  # from now on
+        first = work.rows[0]
+        raise PartialWork(WorkResult(applied={first.id: {"ok": True}}),
+                          TransientError("connection reset"))
+
+    gateway.failures = [first_then_fail]
+    engine, _ = _engine(db, clock, gateway, max_attempts=2)
+    await engine.start()
+    await _until(lambda: _states(db.path) == {"done": 1, "dead": 2}, clock, step=5.0)
+    await engine.stop()
+    assert [len(w.rows) for w in gateway.calls] == [3, 2, 2, 2]  # 2 claims x 2 quick tries
+    assert {w.idempotency_key for w in gateway.calls} == {gateway.calls[0].idempotency_key}

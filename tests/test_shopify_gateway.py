@@ -20,7 +20,7 @@ import pytest
 from graphql import GraphQLSchema
 
 from sync.errors import OutcomeUnknown, PermanentError, Throttled, TransientError
-from sync.gateway import OutboxRow, Work
+from sync.gateway import OutboxRow, PartialWork, Work
 from sync.limiter import ThrottleStatus
 from sync.shopify import (
     BATCH_FORMAT,
@@ -709,3 +709,83 @@ async def test_pull_waits_out_a_throttled_page(shop: FakeShopify, clock: ManualC
     clock.advance(2.0)
     pull = await task
     assert len(pull) == 1 and shop.stats.throttled == 1
+
+
+# -- a small bucket, and batches that fail part-way (issue 7, defects 10 and 11) ---------------
+
+
+async def _drive(task: asyncio.Task[Any], clock: ManualClock) -> Any:
+    """Move the clock while ``task`` waits on the cost buckets, until it is done."""
+    for _ in range(2000):
+        if task.done():
+            return task.result()
+        await asyncio.sleep(0.002)
+        if clock.sleeping:
+            clock.advance(0.5)
+    raise AssertionError("the send did not finish")
+
+
+async def test_a_call_never_costs_more_than_a_small_bucket_holds(
+        admin_schema: GraphQLSchema, clock: ManualClock) -> None:
+    async with FakeShopify(schema=admin_schema, clock=clock.monotonic, now=clock.now,
+                           access_token=TOKEN, maximum_available=100,
+                           restore_rate=50) as small:
+        items = [small.seed_variant(f"S{i}", available=0).inventory_item_id
+                 for i in range(30)]
+        rows = [adjust(items[i], 1, adj=f"adj_{i}") for i in range(30)]  # 30 aliases
+        gateway = make_gateway(small, clock)
+        try:
+            work = batch(gateway, ADJUST, rows)
+            assert [len(c) for c in work.payload["calls"]] == [MUTATIONS_PER_CALL, 5]
+            result = await _drive(asyncio.create_task(gateway.send(work)), clock)
+            assert set(result.applied) == {r.id for r in rows}
+            assert not (result.dead or result.retry_apart)
+            # Shopify refused the first request's cost once (250 > 100) and told its size;
+            # every later request fits the bucket, each alias under its own key, once
+            assert [r.code for r in small.rejected] == ["MAX_COST_EXCEEDED"]
+            small.rejected.clear()
+            assert max(c.requested_cost or 0 for c in small.calls[1:]) <= 100
+            assert all(small.quantity(i) == 1 for i in items)
+            assert set(small.applied_by_key.values()) == {1}
+            assert set(small.applied_by_key) == {f"{work.idempotency_key}-{i}"
+                                                 for i in range(30)}
+            # the next batch is cut to the bucket's size at once
+            more = [adjust(items[i], 1, adj=f"adj_b{i}") for i in range(30)]
+            before = len(small.calls)
+            result = await _drive(asyncio.create_task(
+                gateway.send(batch(gateway, ADJUST, more))), clock)
+            assert len(result.applied) == 30 and not small.rejected
+            assert [c.requested_cost for c in small.calls[before:]] == [100, 100, 100]
+        finally:
+            await gateway.close()
+
+
+async def test_rows_an_earlier_call_applied_stay_applied_when_a_later_call_fails(
+        shop: FakeShopify, gateway: ShopifyGateway) -> None:
+    items = [shop.seed_variant(f"S{i}", available=0).inventory_item_id for i in range(30)]
+    rows = [adjust(items[i], 1, adj=f"adj_{i}") for i in range(30)]
+    work = batch(gateway, ADJUST, rows)
+    shop.faults.fail(400, count=1, skip=1)  # the second request is refused for good
+    result = await gateway.send(work)
+    first_call = {r.id for r in rows[:MUTATIONS_PER_CALL]}
+    assert set(result.applied) == first_call  # applied: never dead, never resent
+    assert set(result.dead) == {r.id for r in rows[MUTATIONS_PER_CALL:]}
+    assert {f.code for f in result.dead.values()} == {"ERR-6016"}
+    assert sum(shop.quantity(i) for i in items) == MUTATIONS_PER_CALL
+
+
+async def test_a_later_call_in_doubt_settles_the_earlier_rows_and_resends_only_the_rest(
+        shop: FakeShopify, gateway: ShopifyGateway) -> None:
+    items = [shop.seed_variant(f"S{i}", available=0).inventory_item_id for i in range(30)]
+    rows = [adjust(items[i], 1, adj=f"adj_{i}") for i in range(30)]
+    work = batch(gateway, ADJUST, rows)
+    shop.faults.fail(502, count=1, skip=1, fail_after_apply=True)
+    with pytest.raises(PartialWork) as caught:
+        await gateway.send(work)
+    assert set(caught.value.result.applied) == {r.id for r in rows[:MUTATIONS_PER_CALL]}
+    assert isinstance(caught.value.cause, OutcomeUnknown)
+    rest = replace(retry(work, unknown=True), rows=tuple(rows[MUTATIONS_PER_CALL:]))
+    result = await gateway.send(rest)  # the same aliases under the same keys: replayed
+    assert set(result.applied) == {r.id for r in rows[MUTATIONS_PER_CALL:]}
+    assert all(shop.quantity(i) == 1 for i in items)
+    assert set(shop.applied_by_key.values()) == {1}

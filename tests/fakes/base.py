@@ -14,9 +14,9 @@ Faults (``fake.faults``, a :class:`FaultController`, the same for the three fake
   ``restore()`` (then the connection is closed without an answer). With
   ``after_apply=True`` the request is executed first (its effect is applied) and only the
   answer is withheld: a timeout whose outcome is "done".
-- ``faults.fail(status=500, count=None, fail_after_apply=False, headers=None)``: answer
-  ``status`` (in the service's own error format) to the next ``count`` requests, or to all
-  until ``restore()``. With ``fail_after_apply=True`` the request is executed first and its
+- ``faults.fail(status=500, count=None, fail_after_apply=False, headers=None, skip=0)``:
+  answer ``status`` (in the service's own error format) to the next ``count`` requests (after
+  letting ``skip`` through), or to all until ``restore()``. With ``fail_after_apply=True`` the request is executed first and its
   answer is replaced by the error (a lost answer); Stripe stores that error under the
   request's idempotency key, as the real one does once execution started.
 - ``faults.throttle(count=None, retry_after=1.0)``: answer the service's own "throttled"
@@ -128,6 +128,7 @@ class _Fail:
     remaining: int | None
     after_apply: bool
     headers: dict[str, str]
+    skip: int = 0
 
 
 class FaultController:
@@ -182,9 +183,11 @@ class FaultController:
         *,
         fail_after_apply: bool = False,
         headers: dict[str, str] | None = None,
+        skip: int = 0,
     ) -> None:
-        """Answer ``status`` to the next ``count`` requests (``None``: until ``restore()``)."""
-        self._fail = _Fail(status, count, fail_after_apply, dict(headers or {}))
+        """Answer ``status`` to the next ``count`` requests (``None``: until ``restore()``),
+        after letting ``skip`` requests through untouched."""
+        self._fail = _Fail(status, count, fail_after_apply, dict(headers or {}), skip)
 
     def throttle(self, count: int | None = None, *, retry_after: float | None = 1.0) -> None:
         """Answer "throttled" to the next ``count`` requests (``None``: until ``restore()``)."""
@@ -229,6 +232,9 @@ class FaultController:
     def _take_fail(self) -> _Fail | None:
         f = self._fail
         if f is None:
+            return None
+        if f.skip > 0:
+            f.skip -= 1
             return None
         if f.remaining is not None:
             f.remaining -= 1

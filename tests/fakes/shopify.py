@@ -105,7 +105,8 @@ Cost and throttling: a bucket of ``maximum_available`` (2000) points restoring a
 ``restore_rate`` points a second (100), on the injectable ``clock``. A mutation field costs 10;
 a query costs 1 + the sum over connection fields of ``first``/``last`` times the page sizes of
 the connections around it (``products(first: 10) { variants(first: 5) }`` = 1 + 10 + 50);
-over 1000 is a top-level ``MAX_COST_EXCEEDED``. The requested cost is taken before execution,
+over 1000, or over the bucket's ``maximum_available`` when that is smaller (a small
+bucket), is a top-level ``MAX_COST_EXCEEDED``. The requested cost is taken before execution,
 and ``requested - actual`` (actual = 1 + nodes returned, or 10 a mutation) is given back.
 Every answer carries ``extensions.cost {requestedQueryCost, actualQueryCost, throttleStatus
 {maximumAvailable, currentlyAvailable, restoreRate}}``. When the bucket lacks the cost:
@@ -995,14 +996,16 @@ class FakeShopify(FakeServer):
 
         requested = estimate_cost(doc, op, variables)
         call.requested_cost = requested
-        if requested > MAX_QUERY_COST:
+        # a query may cost neither more than 1000 nor more than the bucket can ever hold
+        max_cost = min(MAX_QUERY_COST, int(self.bucket.maximum))
+        if requested > max_cost:
             msg = (f"Query cost is {requested}, which exceeds the single query max cost limit "
-                   f"({MAX_QUERY_COST}).")
+                   f"({max_cost}).")
             self.rejected.append(
                 RejectedRequest("MAX_COST_EXCEEDED", msg, query, variables, version))
             return json_response({
                 "errors": [{"message": msg, "extensions": {
-                    "code": "MAX_COST_EXCEEDED", "cost": requested, "maxCost": MAX_QUERY_COST}}],
+                    "code": "MAX_COST_EXCEEDED", "cost": requested, "maxCost": max_cost}}],
                 "extensions": {"cost": self._cost(requested, None)},
             })
         if not self.bucket.try_take(requested):
