@@ -96,9 +96,50 @@ def parse(path: Path) -> list[CatalogueRow]:
     return rows
 
 
+def _local_item(conn: sqlite3.Connection, row: CatalogueRow) -> int | None:
+    """The local item ``row`` describes: the one holding its Shopify ids (they never change;
+    a SKU may be renamed), else the one with its SKU."""
+    for column, value in (("variant_id", row.variant_id),
+                          ("inventory_item_id", row.inventory_item_id), ("sku", row.sku)):
+        if value is not None:
+            found = conn.execute(f"SELECT id FROM items WHERE {column} = ?",  # noqa: S608
+                                 (value,)).fetchone()
+            if found is not None:
+                return int(found[0])
+    return None
+
+
+def _upsert(conn: sqlite3.Connection, row: CatalogueRow, now: str) -> int:
+    """Write ``row`` onto its local item (by Shopify ids first) and return the item's id.
+
+    What ``row`` claims (its SKU, its ids) it takes from any other local item: a SKU renamed
+    or swapped in Shopify moves with the variant, the item left without one keeps its
+    history (sales, stock changes) under its ids.
+    """
+    item_id = _local_item(conn, row)
+    if item_id is None:
+        cur = conn.execute("INSERT INTO items (sku, barcode, title, price, variant_id,"
+                           " inventory_item_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           (row.sku, row.barcode, row.title, row.price, row.variant_id,
+                            row.inventory_item_id, now))
+        assert cur.lastrowid is not None
+        return cur.lastrowid
+    for column, value in (("sku", row.sku), ("variant_id", row.variant_id),
+                          ("inventory_item_id", row.inventory_item_id)):
+        if value is not None:
+            conn.execute(f"UPDATE items SET {column} = NULL, updated_at = ?"  # noqa: S608
+                         f" WHERE {column} = ? AND id != ?", (now, value, item_id))
+    conn.execute("UPDATE items SET sku = ?, barcode = ?, title = ?, price = ?, variant_id = ?,"
+                 " inventory_item_id = ?, updated_at = ? WHERE id = ?",
+                 (row.sku, row.barcode, row.title, row.price, row.variant_id,
+                  row.inventory_item_id, now, item_id))
+    return item_id
+
+
 def apply(conn: sqlite3.Connection, rows: list[CatalogueRow], source: str,
           reported_at: str | None = None) -> int:
-    """Upsert by SKU in the caller's transaction; return how many rows were written.
+    """Upsert each row onto its local item (by Shopify ids, else by SKU) in the caller's
+    transaction; return how many rows were written.
 
     ``reported_at`` is when the quantities were read (a pull's start); deltas acknowledged
     after it still count on top of them.
@@ -107,16 +148,8 @@ def apply(conn: sqlite3.Connection, rows: list[CatalogueRow], source: str,
     reported = reported_at or now
     doubtful = records.items_in_doubt(conn, reported_at) if reported_at else set()
     for row in rows:
-        conn.execute(
-            "INSERT INTO items (sku, barcode, title, price, variant_id, inventory_item_id,"
-            " updated_at) VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT(sku) DO UPDATE SET"
-            " barcode = excluded.barcode, title = excluded.title, price = excluded.price,"
-            " variant_id = excluded.variant_id, inventory_item_id = excluded.inventory_item_id,"
-            " updated_at = excluded.updated_at",
-            (row.sku, row.barcode, row.title, row.price, row.variant_id,
-             row.inventory_item_id, now))
+        item_id = _upsert(conn, row, now)
         if row.quantity is not None:
-            item_id = conn.execute("SELECT id FROM items WHERE sku = ?", (row.sku,)).fetchone()[0]
             if item_id in doubtful:
                 continue  # a change in flight: keep the older report until the next pull
             conn.execute(

@@ -928,3 +928,42 @@ async def test_a_count_reaches_shopify_and_a_stale_one_is_refused(
             assert (await stock(api, "TEA"))["quantity"] == 37
             assert (await stock(api, "MUG"))["quantity"] == 9  # what the shelf holds
     shop.assert_no_rejections()
+
+
+# -- catalogue pull: SKUs renamed in Shopify (issue 7, defect 12) ---------------------------
+
+
+def _rename(shop: FakeShopify, variant: SeededVariant, sku: str) -> None:
+    shop.variants[variant.variant_id].sku = sku
+    shop.items[variant.inventory_item_id].sku = sku
+
+
+async def test_pull_follows_a_sku_renamed_or_swapped_in_shopify(
+        tmp_path: Path, admin_schema: GraphQLSchema) -> None:
+    async with FakeShopify(schema=admin_schema) as shop:
+        variants = seed_shop(shop, {"TEA": 40, "MUG": 10, "CUP": 5})
+        cfg = e2e_config(tmp_path / "data", shop)
+        prepare(cfg, catalogue_csv(variants, {"TEA": 40, "MUG": 10, "CUP": 5}))
+        async with running(cfg) as api:
+            await adjust(api, "received", {"TEA": 2})  # local history on the item
+            await until(lambda: drained(api, "shopify"), "the adjustment to be sent")
+            _rename(shop, variants["TEA"], "TEA-GREEN")  # renamed
+            _rename(shop, variants["MUG"], "CUP")  # MUG and CUP swap their SKUs
+            _rename(shop, variants["CUP"], "MUG")
+            runtime = api.daemon.sync
+            assert runtime is not None
+            for _ in range(2):  # once to follow the renames, once more: nothing moves
+                assert await sync_setup.pull_once(runtime, cfg, api.daemon.db,
+                                                  api.daemon.bus) == 3
+                for sku, variant, quantity in (("TEA-GREEN", "TEA", 42), ("CUP", "MUG", 10),
+                                               ("MUG", "CUP", 5)):
+                    status, item = await api.get(f"/v1/items?sku={sku}")
+                    assert status == 200, item
+                    assert item["variant_id"] == variants[variant].variant_id
+                    assert item["stock"]["quantity"] == quantity
+            status, _ = await api.get("/v1/items?sku=TEA")
+            assert status == 404
+            assert api.count("items") == 3  # the same rows, renamed: history kept
+            assert api.count("stock_deltas s JOIN items i ON i.id = s.item_id",
+                             "i.sku = 'TEA-GREEN'") == 1
+    shop.assert_no_rejections()
