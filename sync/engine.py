@@ -21,12 +21,12 @@ from tenacity import (
     wait_exponential_jitter,
 )
 
-from sync.breaker import BreakerSnapshot, BreakerState, CircuitBreaker, Permit
+from sync.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
 from sync.clock import Clock
 from sync.errors import BreakerOpen, PermanentError
 from sync.gateway import Gateway, PartialWork, RowFailure, Work, WorkResult
 from sync.outbox import OutboxStore
-from sync.policy import BreakerOutcome, RowAction, Verdict, judge
+from sync.policy import RowAction, Verdict, judge, settle
 from sync.quiet_log import RepeatFilter
 from sync.supervisor import Supervisor
 
@@ -67,15 +67,6 @@ class WorkerStatus:
 
 
 Listener = Callable[[str, str, dict[str, object]], None]
-
-
-def _settle(permit: Permit, outcome: BreakerOutcome) -> None:
-    if outcome is BreakerOutcome.SUCCESS:
-        permit.success()
-    elif outcome is BreakerOutcome.FAILURE:
-        permit.failure()
-    else:
-        permit.cancel()
 
 
 @dataclass
@@ -180,7 +171,7 @@ class DestinationWorker:
             result = await self._send(flight)
         except BaseException as exc:
             verdict = judge(exc)
-            _settle(permit, verdict.breaker)
+            settle(permit, verdict.breaker)
             left = replace(flight.work, attempt=work.attempt)  # one claim, one attempt
             if not isinstance(exc, Exception):  # cancelled (a stop): put back, in doubt
                 await self._store.retry_later(left, "interrupted", outcome_unknown=True,

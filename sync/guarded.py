@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from sync.breaker import CircuitBreaker
-from sync.policy import BreakerOutcome, judge
+from sync.policy import judge, settle
 
 T = TypeVar("T")
 
@@ -22,13 +22,7 @@ async def through(breaker: CircuitBreaker, call: Callable[[], Awaitable[T]]) -> 
     try:
         result = await call()
     except Exception as exc:
-        outcome = judge(exc).breaker
-        if outcome is BreakerOutcome.FAILURE:
-            permit.failure()
-        elif outcome is BreakerOutcome.SUCCESS:
-            permit.success()
-        else:
-            permit.cancel()
+        settle(permit, judge(exc).breaker)
         raise
     except BaseException:
         permit.cancel()

@@ -28,6 +28,7 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
+from sync.breaker import Permit
 from sync.errors import (
     CredentialsRequired,
     OutcomeUnknown,
@@ -89,3 +90,13 @@ def judge(exc: BaseException) -> Verdict:
                        uses_attempt=True, outcome_unknown=True, defect=True)
     return Verdict(BreakerOutcome.CANCEL, RowAction.LATER, retry_now=False,
                    uses_attempt=False, outcome_unknown=True)
+
+
+def settle(permit: Permit, outcome: BreakerOutcome) -> None:
+    """Report ``outcome`` on ``permit``."""
+    if outcome is BreakerOutcome.SUCCESS:
+        permit.success()
+    elif outcome is BreakerOutcome.FAILURE:
+        permit.failure()
+    else:
+        permit.cancel()

@@ -21,7 +21,9 @@ from typing import Any
 
 from sync.errors import Throttled, TransientError
 from sync.gateway import Gateway
-from sync.shopify import ShopifyClient, ShopifyGateway, decimal_to_minor, graphql_error
+from sync.money import decimal_to_minor
+from sync.shopify import ShopifyGateway
+from sync.shopify_client import ShopifyClient, graphql_error
 
 logger = logging.getLogger(__name__)
 
