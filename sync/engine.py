@@ -224,7 +224,8 @@ class DestinationWorker:
             await self._pause(self._settings.credentials_poll)
         else:
             dead = await self._store.retry_later(work, message, wait=verdict.wait,
-                                                 outcome_unknown=verdict.outcome_unknown,
+                                                 outcome_unknown=verdict.outcome_unknown
+                                                 or work.outcome_unknown,
                                                  counts=verdict.uses_attempt)
             if verdict.wait is not None:  # the whole destination waits, not just the row
                 self.state = WorkerState.BACKING_OFF

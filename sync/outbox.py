@@ -330,7 +330,8 @@ class OutboxStore:
             for row_id in ids:
                 if exhausted:
                     conn.execute("UPDATE outbox SET state = 'dead', attempts = ?,"
-                                 " lease_until = NULL, last_error = ?, outcome_unknown = ?,"
+                                 " lease_until = NULL, last_error = ?,"
+                                 " outcome_unknown = max(outcome_unknown, ?),"
                                  " updated_at = ? WHERE id = ?",
                                  (attempts, f"gave up after {attempts} attempts: {error}",
                                   int(outcome_unknown), now, row_id))

@@ -137,3 +137,26 @@ async def test_a_send_that_stops_part_way_keeps_what_it_applied(db: Database) ->
     await engine.stop()
     assert [len(w.rows) for w in gateway.calls] == [3, 2, 2, 2]  # 2 claims x 2 quick tries
     assert {w.idempotency_key for w in gateway.calls} == {gateway.calls[0].idempotency_key}
+
+
+async def test_a_row_once_in_doubt_dies_in_doubt_and_its_retry_keeps_the_key(
+        db: Database) -> None:
+    """An early attempt may have been applied (502 after sending); later attempts only fail
+    to connect. The row dies still flagged in doubt, so a manager's retry resends it in its
+    batch under the same key (the upstream replays it) instead of a new key."""
+    clock = ManualClock()
+    _enqueue(db.path, 1)
+    gateway = ScriptedGateway()
+    gateway.failures = [OutcomeUnknown("HTTP 502 after sending")]
+    engine, _ = _engine(db, clock, gateway, max_attempts=2)
+
+    def down(work: Work) -> WorkResult:
+        raise TransientError("connection refused")
+
+    gateway.failures += [down, down, down]
+    await engine.start()
+    await _until(lambda: _states(db.path) == {"dead": 1}, clock, step=5.0)
+    await engine.stop()
+    assert _attempts(db) == [("dead", 2, 1)]
+    moved = await engine.store.retry_dead(1)
+    assert moved is not None and moved["batch_id"] is not None  # the same batch, same key
