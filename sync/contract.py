@@ -15,9 +15,8 @@ Kinds and destinations:
   (``POST /v1/inventory/counts``).
 - ``payment.forward`` (stripe, square): a token payment.
 - ``refund.create`` (stripe, square): a refund of a forwarded token payment.
-- ``payment.capture`` / ``payment.cancel`` (stripe, square): the gateways carry them, but
-  nothing in the daemon queues them yet: issue 10 wires them to the capture and void API
-  paths of cloud payments.
+- ``payment.capture`` / ``payment.cancel`` (stripe, square): an authorised payment captured
+  or voided (``POST /v1/payments/{id}/capture`` and ``/void``, ``edged.capture``).
 
 A payload that does not match its dataclass raises :class:`ContractError`, a
 :class:`~sync.errors.PermanentError` (ERR-6004): the row dies with the reason, never retried.

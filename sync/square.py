@@ -17,7 +17,7 @@ Kinds and their answers (``WorkResult.applied[row.id]``):
   reason)``. ``{"processor_ref": <refund id>, "status": "PENDING"|"COMPLETED"}``; a refusal
   (or a ``REJECTED``/``FAILED`` refund) is dead with ``ERR-6074``.
 - ``payment.cancel`` / ``payment.capture`` → ``payments.cancel`` / ``payments.complete``
-  (nothing queues them yet: issue 10 wires them to the void and capture paths).
+  (a void or capture of an authorised payment).
   ``{"processor_ref", "status", "amount"?}``; a refusal is ``ERR-6070``. Square completes the
   whole authorised amount: a capture whose payload names another ``amount`` is refused
   (``ERR-6070``) before anything is sent.

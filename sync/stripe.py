@@ -18,8 +18,8 @@ Kinds and their answers (``WorkResult.applied[row.id]``):
 - ``refund.create`` → Refund create on the PaymentIntent with ``metadata[edged_refund_id]``
   (a free-text reason that is not one of Stripe's three goes into ``metadata[edged_reason]``).
   ``{"processor_ref": "re_…", "status": …}``; a refusal is dead with ``ERR-6074``.
-- ``payment.cancel`` / ``payment.capture`` (nothing queues them yet: issue 10 wires them to
-  the void and capture paths) → PaymentIntent cancel / capture (with
+- ``payment.cancel`` / ``payment.capture`` (a void or capture of an authorised payment) →
+  PaymentIntent cancel / capture (with
   ``amount_to_capture`` when the payload has ``amount``).
   ``{"processor_ref": "pi_…", "status": …, "amount"?}``; a refusal is ``ERR-6070``.
 
