@@ -55,7 +55,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from drivers.concert_messages import ConcertRequest  # noqa: E402
+from drivers.concert.messages import ConcertRequest  # noqa: E402
 from drivers.simulators.concert import Behaviour, ConcertSimulator  # noqa: E402
 from tests.daemon_process import UNLIMITED_API, DaemonProcess  # noqa: E402
 

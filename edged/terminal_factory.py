@@ -17,7 +17,7 @@ from drivers.sim import SimSettings, SimTerminal
 from sync.clock import Clock
 
 if TYPE_CHECKING:
-    from drivers.concert import ConcertSettings
+    from drivers.concert.session import ConcertSettings
     from edged.config import Config, TerminalConfig
     from sync.square_terminal import SquareTerminalClient
     from sync.stripe_terminal import StripeTerminalClient
@@ -65,7 +65,7 @@ class CloudLinks:
 def concert_settings(options: Mapping[str, Any],
                      customer_timeout: float | None = None) -> ConcertSettings:
     """``[[terminals]]`` options to settings; ``ValueError(key, message)`` on the first fault."""
-    from drivers.concert import ConcertSettings  # noqa: PLC0415  (pyserial only when used)
+    from drivers.concert.session import ConcertSettings  # noqa: PLC0415  (pyserial only when used)
 
     known = {f.name: f for f in fields(ConcertSettings)}
     for key, value in options.items():
@@ -106,7 +106,7 @@ def validate_options(term: TerminalConfig, cfg: Config) -> tuple[str, str] | Non
             SimSettings.from_options(dict(term.options))
         elif term.kind == "concert":
             concert_settings(term.options, term.customer_timeout)
-            from drivers.concert_messages import CURRENCY_NUMERIC  # noqa: PLC0415
+            from drivers.concert.messages import CURRENCY_NUMERIC  # noqa: PLC0415
 
             if cfg.store.currency.upper() not in CURRENCY_NUMERIC:
                 return ("kind", f"a concert lane cannot take the store currency"
@@ -131,7 +131,7 @@ def build_terminal(term: TerminalConfig, clock: Clock,
         settings = SimSettings.from_options(dict(term.options))
         return SimTerminal(term.id, settings, clock, customer_timeout=term.customer_timeout)
     if term.kind == "concert":
-        from drivers.concert import ConcertTerminal  # noqa: PLC0415
+        from drivers.concert.adapter import ConcertTerminal  # noqa: PLC0415
 
         return ConcertTerminal(term.id, concert_settings(term.options, term.customer_timeout),
                                clock=clock)

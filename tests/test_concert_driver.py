@@ -27,13 +27,14 @@ from drivers.base import (
     TransactionKind,
     TransactionRequest,
 )
-from drivers.concert import ConcertConfigError, ConcertSettings, ConcertTerminal, Phase
-from drivers.concert_messages import (
+from drivers.concert.adapter import ConcertTerminal
+from drivers.concert.messages import (
     ConcertRequest,
     RequestError,
     TransactionType,
     UnsupportedCurrency,
 )
+from drivers.concert.session import ConcertConfigError, ConcertSettings, Phase
 from drivers.simulators.concert import TEST_CARD, Behaviour, ConcertSimulator, main, run_cli
 from tests.clock import ManualClock
 

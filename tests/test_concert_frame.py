@@ -7,7 +7,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.base import ProtocolError
-from drivers.concert_frame import (
+from drivers.concert.framing import (
     ACK,
     ENQ,
     EOT,

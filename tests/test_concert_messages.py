@@ -9,8 +9,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from drivers.base import DriverError, ProtocolError
-from drivers.concert_frame import encode_frame
-from drivers.concert_messages import (
+from drivers.concert.framing import encode_frame
+from drivers.concert.messages import (
     CURRENCY_NUMERIC,
     AnswerStatus,
     ConcertAnswer,

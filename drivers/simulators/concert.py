@@ -44,7 +44,7 @@ from dataclasses import dataclass, replace
 from types import FrameType, TracebackType
 
 from drivers.base import DriverError
-from drivers.concert_frame import (
+from drivers.concert.framing import (
     ACK,
     ENQ,
     EOT,
@@ -55,7 +55,7 @@ from drivers.concert_frame import (
     FrameParser,
     encode_frame,
 )
-from drivers.concert_messages import (
+from drivers.concert.messages import (
     AnswerStatus,
     ConcertAnswer,
     ConcertRequest,

@@ -1,67 +1,22 @@
-"""Ingenico Telium "Concert" E+ terminals over a serial, USB-serial or TCP line.
+"""The Concert lane: :class:`ConcertTerminal`, one E+ transaction at a time on a session.
 
-Sources (facts only, no code taken): PayXpert's "USB/RS232 - Specifications" and
-"Concert V2/V3" pages, and the ECR-side libraries pyteliummanager (MIT) and pypostelium
-(AGPL), summarised with byte vectors in ``/work/shared/facts/concert.md``.
-
-The line is opened with ``serial.serial_for_url``, so a device path (``/dev/ttyACM0``, a
-pty, a ``/dev/serial/by-id`` link) and a ``socket://host:port`` URL both work. USB CDC-ACM
-terminals speak 9600 8N1, native RS-232 ones 7E1 (:attr:`ConcertSettings.line`).
-
-One transaction, host (this driver) and terminal::
-
-    host ENQ            → terminal ACK            (no ACK: TerminalUnavailable, nothing sent)
-    host request frame  → terminal ACK | NAK      (NAK: send again, bounded)
-    host EOT
-    … the customer pays (up to ``customer_timeout``) …
-    terminal ENQ        → host ACK
-    terminal answer     → host ACK | NAK          (NAK on a broken frame: sent again)
-    terminal EOT
-
-The money rule: until the request frame was handed over the driver raises
-:class:`~drivers.base.TerminalUnavailable`; from then on every ending is a
-:class:`~drivers.base.TransactionResult`, and silence, a dropped line or garbage give
-``Outcome.UNKNOWN``, never ``DECLINED``. A request frame that was written but neither
-ACKed nor NAKed counts as handed over (the terminal may have taken it); only a request
-that the terminal NAKed every time is "nothing sent". Status ``9`` ("not verified") is
-``UNKNOWN`` too (see :mod:`drivers.concert_messages`).
-
-E+ has no abort from the register (:meth:`ConcertTerminal.cancel` raises
-:class:`~drivers.base.CancelNotSupported`) and cannot tell how a past transaction ended
-(:meth:`ConcertTerminal.recover` returns ``None``).
-
-Threading: pyserial blocks, so every line operation runs on one worker thread per terminal
-(a single-thread executor), reading in slices of ``poll_interval`` seconds; the event loop
-only awaits. Deadlines are read from the injectable :class:`sync.clock.Clock`, and every
-timer is a setting, so tests use small ones (or a manual clock) and never wait long.
-
-A card number from the answer is cut to its last four digits inside the decoder; nothing
-here logs frame data.
-
-Use::
-
-    terminal = ConcertTerminal("lane-1", ConcertSettings(port="/dev/ttyACM0"))
-    await terminal.open()                      # TerminalUnavailable if the port is missing
-    result = await terminal.collect(TransactionRequest("pay-1", 1250, "EUR"))
+The protocol and the money rule are described in :mod:`drivers.concert`.
 """
 
 from __future__ import annotations
 
 import asyncio
-import enum
 import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
-from typing import Literal, Protocol, TypeVar, cast
+from typing import TypeVar, cast
 
 import serial
 
 from drivers.base import (
     CancelNotSupported,
     Capabilities,
-    DriverError,
     InterruptedTransaction,
     Outcome,
     Terminal,
@@ -72,7 +27,7 @@ from drivers.base import (
     TransactionRequest,
     TransactionResult,
 )
-from drivers.concert_frame import (
+from drivers.concert.framing import (
     ACK,
     ENQ,
     EOT,
@@ -80,10 +35,9 @@ from drivers.concert_frame import (
     Control,
     Frame,
     FrameError,
-    FrameParser,
     encode_frame,
 )
-from drivers.concert_messages import (
+from drivers.concert.messages import (
     AnswerStatus,
     ConcertAnswer,
     ConcertRequest,
@@ -91,206 +45,25 @@ from drivers.concert_messages import (
     RequestError,
     TransactionType,
 )
+from drivers.concert.session import (
+    ACK_ONLY,
+    ACK_OR_NAK,
+    EOT_ONLY,
+    OPEN_ERRORS,
+    PORT_ERRORS,
+    Aborted,
+    ConcertSettings,
+    Line,
+    LineLost,
+    Phase,
+    SerialPort,
+    describe,
+)
 from sync.clock import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
 
 _T = TypeVar("_T")
-
-try:  # tcflush and friends raise termios.error, which is not an OSError
-    import termios
-
-    _PORT_ERRORS: tuple[type[Exception], ...] = (OSError, termios.error)
-except ImportError:  # pragma: no cover - not a POSIX system
-    _PORT_ERRORS = (OSError,)
-_OPEN_ERRORS: tuple[type[Exception], ...] = (*_PORT_ERRORS, ValueError)
-
-LineFormat = Literal["8N1", "7E1"]
-
-
-class ConcertConfigError(DriverError, ValueError):
-    """A Concert setting is out of range."""
-
-
-@dataclass(frozen=True, slots=True)
-class ConcertSettings:
-    """How to reach one Concert terminal. Every timer in seconds, every one configurable."""
-
-    port: str
-    """Device path or pyserial URL (``/dev/ttyACM0``, ``socket://10.0.0.5:8888``)."""
-    baudrate: int = 9600
-    line: LineFormat = "8N1"
-    """``8N1`` (USB CDC-ACM) or ``7E1`` (native RS-232)."""
-    pos_number: int = 1
-    ack_timeout: float = 1.0
-    """Wait for each control byte (ACK to ENQ, ACK/NAK to a frame, EOT)."""
-    frame_timeout: float = 3.0
-    """Wait for the answer frame to complete once the terminal's ENQ was ACKed."""
-    customer_timeout: float = 120.0
-    """Wait for the terminal's ENQ while the customer pays. Whatever the line sends, a
-    transaction ends within ``customer_timeout + frame_timeout`` of its request being
-    handed over: an answer that began before the customer deadline gets one frame's time
-    to complete, and nothing (ENQ, EOT, noise) moves that bound."""
-    max_retransmissions: int = 3
-    """Copies of a frame sent again after a NAK (and NAKs sent for a broken answer)."""
-    answer_full: bool = True
-    """Ask for the full answer (with the card number, cut to last4) or the short one."""
-    poll_interval: float = 0.05
-    """Longest single blocking read on the worker thread (bounds close/abort latency)."""
-
-    def __post_init__(self) -> None:
-        if not self.port:
-            raise ConcertConfigError("port must be set")
-        if self.baudrate <= 0:
-            raise ConcertConfigError(f"baudrate {self.baudrate} must be positive")
-        if self.line not in ("8N1", "7E1"):
-            raise ConcertConfigError(f"line {self.line!r} must be 8N1 or 7E1")
-        if not 1 <= self.pos_number <= 99:
-            raise ConcertConfigError(f"pos_number {self.pos_number} must be within 1..99")
-        for name in ("ack_timeout", "frame_timeout", "customer_timeout", "poll_interval"):
-            if not getattr(self, name) > 0:
-                raise ConcertConfigError(f"{name} must be positive")
-        if not 0 <= self.max_retransmissions <= 10:
-            raise ConcertConfigError("max_retransmissions must be within 0..10")
-
-    @property
-    def bytesize(self) -> int:
-        return 8 if self.line == "8N1" else 7
-
-    @property
-    def parity(self) -> str:
-        return "N" if self.line == "8N1" else "E"
-
-    @property
-    def stopbits(self) -> int:
-        return 1
-
-
-class Phase(enum.StrEnum):
-    """Where the worker thread is; read it to observe a transaction (tests, status page)."""
-
-    IDLE = "idle"
-    PROBING = "probing"
-    ENQUIRY = "enquiry"
-    SENDING_REQUEST = "sending_request"
-    AWAITING_ANSWER = "awaiting_answer"
-    RECEIVING_ANSWER = "receiving_answer"
-
-
-class _SerialPort(Protocol):
-    """The part of a pyserial port this driver uses."""
-
-    @property
-    def in_waiting(self) -> int: ...
-
-    def read(self, size: int = 1) -> bytes: ...
-
-    def write(self, data: bytes) -> int | None: ...
-
-    def reset_input_buffer(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
-class _LineLost(DriverError):
-    """The port failed under us (unplugged, closed by the peer)."""
-
-
-class _Aborted(DriverError):
-    """``close()`` or a cancelled caller stopped the worker."""
-
-
-Event = Frame | Control | FrameError
-
-
-class _Line:
-    """The open port and its frame parser; used only on the worker thread."""
-
-    def __init__(self, port: _SerialPort, clock: Clock, abort: threading.Event, name: str) -> None:
-        self.port = port
-        self.parser = FrameParser()
-        self._clock = clock
-        self.abort = abort
-        self._name = name
-
-    def write(self, data: bytes) -> None:
-        try:
-            self.port.write(data)
-        except _PORT_ERRORS as exc:  # serial.SerialException is an OSError
-            raise _LineLost(f"write failed: {exc}") from exc
-
-    def send_control(self, byte: int) -> None:
-        logger.debug("concert %s: -> %s", self._name, Control(byte).name)
-        self.write(bytes((byte,)))
-
-    def discard_input(self) -> None:
-        """Start an exchange clean: drop unread bytes (a late answer of an earlier one)."""
-        stale = self.parser.pending + (1 if self.parser.in_frame else 0)
-        self.parser.reset()
-        try:
-            stale += self.port.in_waiting
-            if stale:
-                logger.warning("concert %s: discarding %d stale bytes", self._name, stale)
-            self.port.reset_input_buffer()
-        except _PORT_ERRORS as exc:
-            raise _LineLost(f"flush failed: {exc}") from exc
-
-    def _read(self) -> bytes:
-        try:
-            data = self.port.read(1)
-            if data:
-                waiting = self.port.in_waiting
-                if waiting:
-                    data += self.port.read(waiting)
-        except _PORT_ERRORS as exc:
-            raise _LineLost(f"read failed: {exc}") from exc
-        return data
-
-    def next_event(self, deadline: float) -> Event | None:
-        """The next frame, control byte or frame error before ``deadline``; ``None`` after.
-
-        The deadline is checked before every event, so a line that never stops sending
-        (a flood of ENQ, noise) cannot keep a caller here past it.
-        """
-        while True:
-            if self.abort.is_set():
-                raise _Aborted("stopped")
-            if self._clock.monotonic() >= deadline:
-                return None
-            try:
-                event = self.parser.next_event()
-            except FrameError as exc:
-                return exc
-            if event is not None:
-                return event
-            chunk = self._read()
-            if chunk:
-                self.parser.feed(chunk)
-
-    def await_control(self, wanted: frozenset[Control], timeout: float) -> Control | None:
-        """Wait up to ``timeout`` for one of ``wanted``; anything else is ignored."""
-        deadline = self._clock.monotonic() + timeout
-        while True:
-            event = self.next_event(deadline)
-            if event is None:
-                return None
-            if isinstance(event, Control) and event in wanted:
-                logger.debug("concert %s: <- %s", self._name, event.name)
-                return event
-            logger.debug("concert %s: ignored %r", self._name, _describe(event))
-
-
-def _describe(event: Event) -> str:
-    if isinstance(event, Control):
-        return event.name
-    if isinstance(event, Frame):
-        return f"frame of {len(event.data)} bytes"
-    return type(event).__name__
-
-
-_ACK_ONLY = frozenset({Control.ACK})
-_ACK_OR_NAK = frozenset({Control.ACK, Control.NAK})
-_EOT_ONLY = frozenset({Control.EOT})
 
 _OUTCOMES = {
     AnswerStatus.APPROVED: Outcome.APPROVED,
@@ -311,7 +84,7 @@ class ConcertTerminal(Terminal):
         self.settings = settings
         self._clock: Clock = clock or SystemClock()
         self._executor: ThreadPoolExecutor | None = None
-        self._line: _Line | None = None  # owned by the worker thread
+        self._line: Line | None = None  # owned by the worker thread
         self._phase = Phase.IDLE  # written by the worker thread
         self._busy = False  # event-loop side: a transaction is running
         self._closed = False
@@ -437,7 +210,7 @@ class ConcertTerminal(Terminal):
 
     # -- worker thread -------------------------------------------------------------------
 
-    def _open_blocking(self) -> _Line:
+    def _open_blocking(self) -> Line:
         if self._line is not None:
             return self._line
         settings = self.settings
@@ -446,7 +219,7 @@ class ConcertTerminal(Terminal):
             extra["exclusive"] = True  # two processes on one terminal would be a disaster
         try:
             port = cast(
-                _SerialPort,
+                SerialPort,
                 serial.serial_for_url(
                     settings.port,
                     baudrate=settings.baudrate,
@@ -458,12 +231,12 @@ class ConcertTerminal(Terminal):
                     **extra,
                 ),
             )
-        except _OPEN_ERRORS as exc:
+        except OPEN_ERRORS as exc:
             raise TerminalUnavailable(
                 f"concert terminal {self.terminal_id}: cannot open {settings.port}: {exc}"
             ) from exc
         logger.info("concert %s: line %s open", self.terminal_id, settings.port)
-        self._line = _Line(port, self._clock, self._abort, self.terminal_id)
+        self._line = Line(port, self._clock, self._abort, self.terminal_id)
         return self._line
 
     def _drop_line(self, reason: str) -> None:
@@ -473,7 +246,7 @@ class ConcertTerminal(Terminal):
         logger.warning("concert %s: line lost: %s", self.terminal_id, reason)
         try:
             line.port.close()
-        except _PORT_ERRORS:
+        except PORT_ERRORS:
             logger.debug("concert %s: closing a lost line failed", self.terminal_id)
 
     def _close_blocking(self) -> None:
@@ -482,10 +255,10 @@ class ConcertTerminal(Terminal):
         if line is not None:
             try:
                 line.port.close()
-            except _PORT_ERRORS as exc:
+            except PORT_ERRORS as exc:
                 logger.debug("concert %s: close failed: %s", self.terminal_id, exc)
 
-    def _use_line(self, abort: threading.Event) -> _Line:
+    def _use_line(self, abort: threading.Event) -> Line:
         line = self._open_blocking()
         line.abort = abort
         return line
@@ -501,9 +274,9 @@ class ConcertTerminal(Terminal):
             try:
                 line.discard_input()
                 line.send_control(ENQ)
-                reply = line.await_control(_ACK_ONLY, self.settings.ack_timeout)
+                reply = line.await_control(ACK_ONLY, self.settings.ack_timeout)
                 line.send_control(EOT)
-            except _LineLost as exc:
+            except LineLost as exc:
                 self._drop_line(str(exc))
                 return TerminalStatus(TerminalState.OFFLINE, f"line lost: {exc}")
             if reply is None:
@@ -548,13 +321,13 @@ class ConcertTerminal(Terminal):
         try:
             line.discard_input()
             line.send_control(ENQ)
-            reply = line.await_control(_ACK_ONLY, settings.ack_timeout)
+            reply = line.await_control(ACK_ONLY, settings.ack_timeout)
             if reply is None:
                 line.send_control(EOT)
-        except _LineLost as exc:
+        except LineLost as exc:
             self._drop_line(str(exc))
             raise TerminalUnavailable(f"concert terminal {name}: line lost: {exc}") from exc
-        except _Aborted as exc:
+        except Aborted as exc:
             raise TerminalUnavailable(f"concert terminal {name}: stopped") from exc
         if reply is None:
             raise TerminalUnavailable(
@@ -570,7 +343,7 @@ class ConcertTerminal(Terminal):
             while True:
                 try:
                     line.write(frame)
-                except _LineLost as exc:
+                except LineLost as exc:
                     self._drop_line(str(exc))
                     if unconfirmed:
                         return self._unknown(request, f"line lost resending the request: {exc}")
@@ -580,8 +353,8 @@ class ConcertTerminal(Terminal):
                 copies += 1
                 logger.debug("concert %s: -> request frame (copy %d)", name, copies)
                 try:
-                    reply = line.await_control(_ACK_OR_NAK, settings.ack_timeout)
-                except _LineLost as exc:
+                    reply = line.await_control(ACK_OR_NAK, settings.ack_timeout)
+                except LineLost as exc:
                     self._drop_line(str(exc))
                     return self._unknown(
                         request, f"line lost before the terminal acknowledged the request: {exc}"
@@ -593,7 +366,7 @@ class ConcertTerminal(Terminal):
                 if copies > settings.max_retransmissions:
                     try:
                         line.send_control(EOT)
-                    except _LineLost as exc:
+                    except LineLost as exc:
                         self._drop_line(str(exc))
                     if unconfirmed:
                         return self._unknown(
@@ -604,7 +377,7 @@ class ConcertTerminal(Terminal):
                     raise TerminalUnavailable(
                         f"concert terminal {name}: request refused (NAK) {copies} times"
                     )
-        except _Aborted:
+        except Aborted:
             if unconfirmed:
                 return self._unknown(request, "stopped while sending the request")
             raise TerminalUnavailable(f"concert terminal {name}: stopped") from None
@@ -613,14 +386,14 @@ class ConcertTerminal(Terminal):
         try:
             line.send_control(EOT)
             return self._await_answer(line, request, concert_request)
-        except _LineLost as exc:
+        except LineLost as exc:
             self._drop_line(str(exc))
             return self._unknown(request, f"line lost during the transaction: {exc}")
-        except _Aborted:
+        except Aborted:
             return self._unknown(request, "stopped during the transaction (driver closed)")
 
     def _await_answer(
-        self, line: _Line, request: TransactionRequest, concert_request: ConcertRequest
+        self, line: Line, request: TransactionRequest, concert_request: ConcertRequest
     ) -> TransactionResult:
         settings = self.settings
         name = self.terminal_id
@@ -702,13 +475,13 @@ class ConcertTerminal(Terminal):
                     answer = ConcertAnswer.decode(event.data)
                 except MessageError as exc:
                     line.send_control(ACK)  # intact frame: a copy would say the same
-                    line.await_control(_EOT_ONLY, settings.ack_timeout)
+                    line.await_control(EOT_ONLY, settings.ack_timeout)
                     return self._unknown(request, f"answer not understood: {exc}")
                 del event  # the frame's bytes may hold a PAN; only the answer goes on
                 line.send_control(ACK)
-                line.await_control(_EOT_ONLY, settings.ack_timeout)
+                line.await_control(EOT_ONLY, settings.ack_timeout)
                 return self._result(request, concert_request, answer)
-            logger.debug("concert %s: ignored %s", name, _describe(event))
+            logger.debug("concert %s: ignored %s", name, describe(event))
 
     def _result(
         self, request: TransactionRequest, concert_request: ConcertRequest, answer: ConcertAnswer
