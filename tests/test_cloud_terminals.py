@@ -312,6 +312,26 @@ async def test_square_decline_then_customer_timeout_is_declined(tmp_path: Path) 
             assert done["state"] == "canceled", done
 
 
+async def test_square_link_lost_mid_payment_and_restored(tmp_path: Path) -> None:
+    async with fakes(stripe=False) as (_, sq), running(cloud_config(tmp_path, None, sq)) as api:
+        await until(lambda: _is(lane_state(api, "square-1"), "online"), "the device online")
+        status, body = await pay(api, "square-1", 1900)
+        assert status == 202, body
+        checkout_id = await until(square_checkout(sq), "the checkout")
+        await sq.faults.refuse()
+        refused_from = sq.stats.requests
+        sq.checkout_in_progress(checkout_id)
+        sq.checkout_complete(checkout_id)  # the customer pays while the link is down
+        await asyncio.sleep(0.3)
+        status, still = await api.get(f"/v1/payments/{body['id']}")
+        assert still["state"] == "in_progress", still
+        await sq.faults.restore()
+        done = await final(api, body["id"])
+        assert done["state"] == "approved", done
+        assert sq.stats.requests > refused_from
+        assert sq.executions[f"edged-{body['id']}-co"] == 1
+
+
 async def _holds(value: bool) -> bool:
     return value
 

@@ -24,6 +24,9 @@ log = logging.getLogger(__name__)
 
 #: Errors that say the processor could not be asked (or did not answer): try again later.
 LINK_ERRORS = (BreakerOpen, TransientError, OutcomeUnknown, TimeoutError, OSError)
+#: A reader action's failure codes that mean it was stopped, not that the card was refused
+#: (``customer_canceled``: the customer pressed cancel on the reader; *unverified* name).
+STOPPED_CODES = ("canceled", "customer_canceled")
 #: PaymentIntent statuses that mean the money was taken or is held for capture.
 PAID = ("succeeded", "requires_capture", "processing")
 
@@ -134,7 +137,7 @@ class ReaderPoller:
         if reader.action_intent == run.intent_id and reader.action_status == "in_progress":
             return None
         if reader.action_intent == run.intent_id and reader.action_status == "failed" \
-                and reader.failure_code not in (None, "canceled"):
+                and reader.failure_code not in (None, *STOPPED_CODES):
             intent = reader.intent or await self._client.intent(run.intent_id)
             settled = result_of(intent, run.amount, run.currency)
             if settled is not None:
