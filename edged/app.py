@@ -25,6 +25,14 @@ from edged.api.http import (
 from edged.api.latency import latency_middleware
 from edged.api.ratelimit import ClientBuckets
 from edged.api.routes import ROUTES
+from edged.api.server import (
+    GUARD,
+    ConnectionGuard,
+    GuardedSite,
+    connection_limit,
+    guard_middleware,
+    handler_args,
+)
 from edged.config import Config
 from edged.events import EventBus
 from edged.inventory import InventoryService
@@ -46,9 +54,11 @@ SHUTDOWN_GRACE = 10.0
 
 
 def build_web_app(services: Services) -> web.Application:
-    app = web.Application(middlewares=[latency_middleware, errors_middleware, gate_middleware],
+    app = web.Application(middlewares=[guard_middleware, latency_middleware, errors_middleware,
+                                       gate_middleware],
                           client_max_size=services.cfg.api.max_body_bytes)
     app[SERVICES] = services
+    app[GUARD] = ConnectionGuard(connection_limit(services.cfg.api.max_connections))
     app[DRAINING] = [False]
     for route in ROUTES:
         app.router.add_route(route.method, route.path, bind(route))
@@ -82,6 +92,8 @@ class Daemon:
                                  self.clock),
             payment_limits=ClientBuckets(self.cfg.api.payment_rate_per_second,
                                          self.cfg.api.payment_rate_burst, self.clock),
+            anonymous_limits=ClientBuckets(self.cfg.api.anonymous_rate_per_second,
+                                           self.cfg.api.anonymous_rate_burst, self.clock),
             sync_status=self.sync_status,
             outbox=self.outbox,
             manager=manager.build(self.cfg, self.clock, self.db, self.bus, self.terminals,
@@ -121,8 +133,10 @@ class Daemon:
         self._runner = web.AppRunner(self.app, access_log=None,
                                      shutdown_timeout=self.shutdown_grace)
         await self._runner.setup()
-        self._site = web.TCPSite(self._runner, self.cfg.api.host, self.cfg.api.port,
-                                 reuse_address=True,
+        guard = self.app[GUARD]
+        self._site = GuardedSite(self._runner, self.cfg.api.host, self.cfg.api.port,
+                                 guard=guard, reuse_address=True,
+                                 handler_args=handler_args(self.cfg.api),
                                  ssl_context=self.tls.context if self.tls else None)
         await self._site.start()
         server = self._site._server

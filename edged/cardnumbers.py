@@ -1,15 +1,55 @@
-"""Card numbers never reach storage or logs (PCI-DSS).
+"""Card numbers never reach storage or logs (PCI-DSS), and hostile JSON never reaches code.
 
-A run of 13 to 19 digits (spaces or dashes between groups allowed) that passes the Luhn
-check is treated as a primary account number.
+A run of 13 to 19 digits that passes the Luhn check is treated as a primary account
+number. Digits may be grouped by single spaces, dashes, dots or slashes
+(``4111.1111.1111.1111``). Inside a longer run of digits, every window that starts like a
+card brand's number, has that brand's length and passes Luhn counts too (so
+``99`` + PAN + ``77`` is caught without flagging every long number); a run of more than
+:data:`MAX_RUN` digits is refused outright.
+
+:func:`inspect` walks a decoded JSON value without recursion and reports the first
+problem: nesting deeper than ``max_depth``, a lone UTF-16 surrogate in a string (not
+valid Unicode: it cannot be hashed, stored or logged), or a card number.
 """
 
 from __future__ import annotations
 
+import enum
 import re
 from typing import Any
 
-_RUN = re.compile(r"(?<!\d)\d(?:[ -]?\d){12,18}(?!\d)")
+_RUN = re.compile(r"\d(?:[ ./-]?\d)*")
+_SEPARATORS = re.compile(r"[ ./-]")
+
+MAX_RUN = 1000
+"""Digits in one run beyond which it is refused unread (no field needs that many)."""
+
+MAX_DEPTH = 32
+"""Nesting of arrays and objects a body may have (the API's own bodies use 3)."""
+
+# (prefix, lengths) of the card brands' numbers: Visa, Mastercard, Amex, Discover, JCB,
+# Diners, UnionPay, Maestro.
+_BRANDS: tuple[tuple[tuple[str, ...], frozenset[int]], ...] = (
+    (("4",), frozenset({13, 16, 19})),
+    (("51", "52", "53", "54", "55", *(str(p) for p in range(2221, 2721))), frozenset({16})),
+    (("34", "37"), frozenset({15})),
+    (("6011", "65", *(str(p) for p in range(644, 650))), frozenset({16, 19})),
+    (tuple(str(p) for p in range(3528, 3590)), frozenset(range(16, 20))),
+    (("300", "301", "302", "303", "304", "305", "36", "38", "39"), frozenset(range(14, 20))),
+    (("62",), frozenset(range(16, 20))),
+    (("50", "56", "57", "58", "63", "67"), frozenset(range(13, 20))),
+)
+_PREFIXES: dict[str, frozenset[int]] = {}
+for _prefixes, _lengths in _BRANDS:
+    for _p in _prefixes:
+        _PREFIXES[_p] = _PREFIXES.get(_p, frozenset()) | _lengths
+_PREFIX_LENGTHS = sorted({len(p) for p in _PREFIXES})
+
+
+class Problem(enum.Enum):
+    TOO_DEEP = "too_deep"
+    SURROGATE = "surrogate"
+    CARD_NUMBER = "card_number"
 
 
 def luhn_ok(digits: str) -> bool:
@@ -24,38 +64,93 @@ def luhn_ok(digits: str) -> bool:
     return total % 10 == 0
 
 
-def _pan_runs(text: str) -> list[str]:
-    found = []
-    for match in _RUN.finditer(text):
-        digits = re.sub(r"[ -]", "", match.group())
-        # every window of 13-19 digits inside a longer run counts too
-        if 13 <= len(digits) <= 19 and luhn_ok(digits):
-            found.append(digits)
+def _brand_lengths(digits: str, start: int) -> frozenset[int]:
+    found: frozenset[int] = frozenset()
+    for size in _PREFIX_LENGTHS:
+        lengths = _PREFIXES.get(digits[start:start + size])
+        if lengths is not None:
+            found |= lengths
     return found
+
+
+def _run_has_pan(digits: str) -> bool:
+    size = len(digits)
+    if size > MAX_RUN:
+        return True
+    if 13 <= size <= 19 and luhn_ok(digits):
+        return True
+    if size <= 13:
+        return False
+    for start in range(size - 12):
+        for length in _brand_lengths(digits, start):
+            if start + length <= size and luhn_ok(digits[start:start + length]):
+                return True
+    return False
+
+
+def _runs(text: str) -> list[tuple[int, int, str]]:
+    """(start, end, digits) of every digit run (separators dropped) of 13 digits or more."""
+    out = []
+    for match in _RUN.finditer(text):
+        if match.end() - match.start() < 13:
+            continue
+        digits = _SEPARATORS.sub("", match.group())
+        if len(digits) >= 13:
+            out.append((match.start(), match.end(), digits))
+    return out
+
+
+def text_has_pan(text: str) -> bool:
+    return any(_run_has_pan(digits) for _, _, digits in _runs(text))
+
+
+def _has_surrogate(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return True
+    return False
+
+
+def inspect(value: Any, max_depth: int = MAX_DEPTH) -> Problem | None:
+    """The first problem in a decoded JSON value, walking it iteratively."""
+    stack: list[tuple[Any, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, str):
+            if _has_surrogate(item):
+                return Problem.SURROGATE
+            if text_has_pan(item):
+                return Problem.CARD_NUMBER
+        elif isinstance(item, bool):
+            continue
+        elif isinstance(item, int):
+            if len(str(abs(item))) >= 13 and text_has_pan(str(abs(item))):
+                return Problem.CARD_NUMBER
+        elif isinstance(item, dict | list):
+            if depth >= max_depth:
+                return Problem.TOO_DEEP
+            if isinstance(item, dict):
+                for key, child in item.items():
+                    stack.append((key, depth + 1))
+                    stack.append((child, depth + 1))
+            else:
+                stack.extend((child, depth + 1) for child in item)
+    return None
 
 
 def contains_pan(value: Any) -> bool:
     """True when any string or integer inside a decoded JSON value looks like a PAN."""
-    if isinstance(value, str):
-        return bool(_pan_runs(value))
-    if isinstance(value, bool):
-        return False
-    if isinstance(value, int):
-        return bool(_pan_runs(str(abs(value))))
-    if isinstance(value, dict):
-        return any(contains_pan(k) or contains_pan(v) for k, v in value.items())
-    if isinstance(value, list):
-        return any(contains_pan(v) for v in value)
-    return False
+    return inspect(value, max_depth=1 << 30) is Problem.CARD_NUMBER
 
 
 def mask(text: str) -> str:
-    """Replace every PAN-like run by its last four digits behind asterisks."""
+    """Replace every run holding a PAN by asterisks and the run's last four digits."""
 
     def _cut(match: re.Match[str]) -> str:
-        digits = re.sub(r"[ -]", "", match.group())
-        if 13 <= len(digits) <= 19 and luhn_ok(digits):
-            return "*" * (len(digits) - 4) + digits[-4:]
+        digits = _SEPARATORS.sub("", match.group())
+        if len(digits) >= 13 and _run_has_pan(digits):
+            return "*" * max(0, len(digits) - 4) + digits[-4:]
         return match.group()
 
     return _RUN.sub(_cut, text)

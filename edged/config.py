@@ -40,6 +40,15 @@ class ApiConfig:
     rate_burst: int = 100
     payment_rate_per_second: float = 10.0
     payment_rate_burst: int = 20
+    anonymous_rate_per_second: float = 1.0
+    """Calls without a valid token, per client address (a token guesser, a scanner)."""
+    anonymous_rate_burst: int = 10
+    body_timeout: float = 30.0
+    """Seconds a request body may take to arrive (408 ERR-1018 after)."""
+    header_timeout: float = 15.0
+    """Seconds a connection may stay without a complete request (new or kept alive)."""
+    max_connections: int = 512
+    """Open connections at most (also kept under the process's file limit)."""
 
     @property
     def host(self) -> str:
@@ -297,6 +306,13 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
                                           api.payment_rate_per_second, _positive),
             payment_rate_burst=t.get("payment_rate_burst", int, api.payment_rate_burst,
                                      _positive),
+            anonymous_rate_per_second=t.get("anonymous_rate_per_second", float,
+                                            api.anonymous_rate_per_second, _positive),
+            anonymous_rate_burst=t.get("anonymous_rate_burst", int, api.anonymous_rate_burst,
+                                       _positive),
+            body_timeout=t.get("body_timeout", float, api.body_timeout, _positive),
+            header_timeout=t.get("header_timeout", float, api.header_timeout, _positive),
+            max_connections=t.get("max_connections", int, api.max_connections, _positive),
         )
         t.done()
     discovery = DiscoveryConfig()

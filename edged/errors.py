@@ -41,6 +41,10 @@ CODES: dict[str, ErrorCode] = _table(
     ErrorCode("ERR-1014", 415, "The body must be sent as application/json"),
     ErrorCode("ERR-1015", 429, "Too many requests from this client", retryable=True),
     ErrorCode("ERR-1016", 503, "The daemon is shutting down", retryable=True),
+    ErrorCode("ERR-1017", 400, "The body is nested too deeply"),
+    ErrorCode("ERR-1018", 408, "The request did not arrive in time", retryable=True),
+    ErrorCode("ERR-1019", 503, "The store cannot write: the disk is full", retryable=True),
+    ErrorCode("ERR-1020", 400, "The request is not valid HTTP/1.1"),
     ErrorCode("ERR-1099", 500, "Internal error; the request may be retried with the same key",
               retryable=True),
     # 2xxx: payments and refunds

@@ -454,8 +454,10 @@ def _encode_cursor(n: int) -> str:
 def _decode_cursor(cursor: str) -> int:
     try:
         text = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4)).decode()
-        if not text.startswith("n:"):
-            raise ValueError(text)
-        return int(text[2:])
+        digits = text[2:]
+        if not (text.startswith("n:") and digits.isascii() and digits.isdigit()
+                and len(digits) <= 19 and int(digits) < 2**63):
+            raise ValueError("not a cursor")
+        return int(digits)
     except (ValueError, UnicodeDecodeError):
         raise ApiError("ERR-1013", "cursor is not one this daemon handed out") from None

@@ -38,6 +38,7 @@ class Services:
     inventory: InventoryService
     limits: ClientBuckets
     payment_limits: ClientBuckets
+    anonymous_limits: ClientBuckets
     sync_status: SyncStatus
     outbox: OutboxStore
     manager: ManagerParts

@@ -8,6 +8,7 @@ document is generated from the same declarations.
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import socket
@@ -15,13 +16,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import web
+from aiohttp import ClientConnectionError, ClientPayloadError, web
 
 from edged import idempotency
 from edged.api import session as _session
 from edged.api.schema import Obj, Schema
-from edged.cardnumbers import contains_pan
-from edged.errors import ApiError
+from edged.cardnumbers import MAX_DEPTH, Problem, inspect, mask, text_has_pan
+from edged.errors import ApiError, EdgedError
 from edged.idempotency import MAX_KEY_LENGTH, IdemRecord
 from edged.payments import Answer
 from edged.services import Services
@@ -101,16 +102,32 @@ def json_response(status: int, body: dict[str, Any],
 
 
 def error_response(err: ApiError) -> web.Response:
-    return json_response(err.status, err.body(), err.headers)
+    body = err.body()
+    body["error"]["message"] = mask(body["error"]["message"])  # never echo a card number
+    response = json_response(err.status, body, err.headers)
+    if err.headers.get("Connection") == "close":
+        response.force_close()  # do not wait for the rest of a body
+    return response
+
+
+class ClientGone(EdgedError):
+    """The client closed the connection before its request arrived in full."""
 
 
 async def _read_body(request: web.Request, schema: Obj | None) -> tuple[dict[str, Any], Any]:
     """(validated body, the raw decoded JSON for hashing). The raw body is never logged."""
+    timeout = request.app[SERVICES].cfg.api.body_timeout
     try:
-        raw = await request.read()
+        async with asyncio.timeout(timeout):
+            raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SERVICES].cfg.api.max_body_bytes
         raise ApiError("ERR-1007", f"the body is larger than {limit} bytes") from None
+    except TimeoutError:
+        raise ApiError("ERR-1018", f"the body did not arrive within {timeout:g} s",
+                       headers={"Connection": "close"}) from None
+    except (ConnectionError, ClientPayloadError, ClientConnectionError) as exc:
+        raise ClientGone(str(exc)) from None
     if not raw.strip():
         decoded: Any = {}
     else:
@@ -120,6 +137,9 @@ async def _read_body(request: web.Request, schema: Obj | None) -> tuple[dict[str
             raise ApiError("ERR-1014", f"send the body as application/json, not {ctype}")
         try:
             decoded = json.loads(raw)
+        except RecursionError:
+            raise ApiError("ERR-1017", f"the body is nested more than {MAX_DEPTH} levels"
+                           " deep") from None
         except (ValueError, UnicodeDecodeError) as exc:
             line = getattr(exc, "lineno", None)
             col = getattr(exc, "colno", None)
@@ -127,12 +147,22 @@ async def _read_body(request: web.Request, schema: Obj | None) -> tuple[dict[str
             raise ApiError("ERR-1001", f"the body is not valid JSON{where}") from None
     if not isinstance(decoded, dict):
         raise ApiError("ERR-1002", "the body must be a JSON object such as {\"amount\": 1250}")
-    if contains_pan(decoded):
-        raise ApiError("ERR-1010", "the body contains what looks like a card number; card"
-                       " numbers must never be sent to the daemon, use the terminal or a"
-                       " processor token")
+    problem = inspect(decoded)
+    if problem is Problem.TOO_DEEP:
+        raise ApiError("ERR-1017", f"the body is nested more than {MAX_DEPTH} levels deep")
+    if problem is Problem.SURROGATE:
+        raise ApiError("ERR-1001", "the body is not valid Unicode: a string holds a lone"
+                       " UTF-16 surrogate (such as \\ud800)")
+    if problem is Problem.CARD_NUMBER:
+        raise _card_number("the body")
     validated = schema.validate(decoded, "body") if schema is not None else {}
     return validated, decoded
+
+
+def _card_number(where: str) -> ApiError:
+    return ApiError("ERR-1010", f"{where} contains what looks like a card number; card"
+                    " numbers must never be sent to the daemon, use the terminal or a"
+                    " processor token")
 
 
 def _idempotency_key(request: web.Request) -> str:
@@ -143,6 +173,8 @@ def _idempotency_key(request: web.Request) -> str:
     if len(key) > MAX_KEY_LENGTH or not key.isprintable() or not key.isascii():
         raise ApiError("ERR-1008", f"the Idempotency-Key must be 1 to {MAX_KEY_LENGTH}"
                        " printable ASCII characters")
+    if text_has_pan(key):
+        raise _card_number("the Idempotency-Key")
     return key
 
 
@@ -228,15 +260,24 @@ async def errors_middleware(request: web.Request,
         if err.status >= 500:
             log.warning("%s %s: %s %s", request.method, request.path, err.code, err.message)
         return error_response(err)
+    except ClientGone:
+        status = 499  # nginx's "client closed request": nothing to answer, nothing done
+        log.debug("%s %s: the client left before its body arrived", request.method,
+                  request.path)
+        return web.Response(status=400)
     except web.HTTPException as exc:
         status = exc.status
         code = {404: "ERR-1011", 405: "ERR-1012", 413: "ERR-1007"}.get(exc.status)
         if code is None:
             raise
+        method = method_label(request.method)
         message = {"ERR-1011": f"no route {request.path}; see /v1/openapi.json",
-                   "ERR-1012": f"{request.method} is not allowed on {request.path}",
+                   "ERR-1012": f"{method} is not allowed on {request.path}",
                    "ERR-1007": "the body is larger than the daemon accepts"}[code]
-        return error_response(ApiError(code, message))
+        headers = {}
+        if isinstance(exc, web.HTTPMethodNotAllowed):
+            headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
+        return error_response(ApiError(code, message, headers=headers))
     except Exception:
         log.exception("unhandled error in %s %s", request.method, request.path)
         return error_response(ApiError("ERR-1099", "internal error; nothing is lost, retry"
@@ -245,7 +286,17 @@ async def errors_middleware(request: web.Request,
         route = request.match_info.route.resource
         name = route.canonical if route is not None else "unmatched"
         services.metrics.inc("edged_http_requests_total", "HTTP requests answered",
-                             route=name, method=request.method, status=str(status))
+                             route=name, method=method_label(request.method),
+                             status=str(status))
+
+
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",
+                           "CONNECT", "TRACE"})
+
+
+def method_label(method: str) -> str:
+    """The method as a metric label or in a message: invented methods are one value."""
+    return method if method in KNOWN_METHODS else "other"
 
 
 @web.middleware
@@ -267,12 +318,16 @@ async def gate_middleware(request: web.Request,
         return await handler(request)
     if "Authorization" not in request.headers and _session.COOKIE in request.cookies:
         return await _session.cookie_gate(request, handler, services, PRINCIPAL)
-    auth = request.headers.get("Authorization", "")
-    if not auth.startswith("Bearer ") or not auth[7:].strip():
+    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+    token = token.strip()
+    if scheme.lower() != "bearer" or not token:
+        _limit_anonymous(request, services)
         raise ApiError("ERR-5001", "send Authorization: Bearer <token>; create one with"
                        " `edged token create NAME`", headers={"WWW-Authenticate": "Bearer"})
-    principal = await services.principal(auth[7:].strip())
+    # a token is printable ASCII; anything else (bytes that were not UTF-8) is no token
+    principal = await services.principal(token) if _plain(token) else None
     if principal is None:
+        _limit_anonymous(request, services)
         raise ApiError("ERR-5002", "the token is unknown or revoked",
                        headers={"WWW-Authenticate": 'Bearer error="invalid_token"'})
     request[PRINCIPAL] = principal
@@ -287,3 +342,15 @@ async def gate_middleware(request: web.Request,
     if not response.prepared:
         response.headers.update(verdict.headers())
     return response
+
+
+def _plain(text: str) -> bool:
+    return text.isascii() and text.isprintable()
+
+
+def _limit_anonymous(request: web.Request, services: Services) -> None:
+    """Unauthenticated calls are limited per client address (a token guesser, a scanner)."""
+    verdict = services.anonymous_limits.take(f"addr:{request.remote or 'unknown'}")
+    if not verdict.allowed:
+        raise ApiError("ERR-1015", f"too many requests without a valid token; retry after"
+                       f" {verdict.retry_after} s", headers=verdict.headers())

@@ -185,8 +185,9 @@ async def discard_job(ctx: Ctx) -> Answer:
 
 async def _move_job(ctx: Ctx, action: str) -> Answer:
     raw = ctx.match("id")
-    if not raw.isdigit():
-        raise ApiError("ERR-6001", f"no sync job {raw!r}")
+    # a plain decimal that fits SQLite's INTEGER (str.isdigit() also takes "²")
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19 and int(raw) < 2**63):
+        raise ApiError("ERR-6001", f"no sync job {raw[:40]!r}: a job id is a whole number")
 
     def record(conn: sqlite3.Connection, job: dict[str, Any]) -> None:
         audit.append(conn, ctx.actor, f"sync.job.{action}", str(job["id"]),
