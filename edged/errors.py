@@ -63,6 +63,8 @@ CODES: dict[str, ErrorCode] = _table(
     ErrorCode("ERR-2013", 422, "The capture is larger than the authorised amount"),
     ErrorCode("ERR-2014", 409, "The payment cannot be voided in its current state"),
     ErrorCode("ERR-2015", 422, "Manual capture is for card_present and token payments"),
+    ErrorCode("ERR-2016", 409, "Only a refund in state unknown can be resolved"),
+    ErrorCode("ERR-2017", 404, "No such refund"),
     # 3xxx: terminals
     ErrorCode("ERR-3001", 422, "No such terminal"),
     ErrorCode("ERR-3002", 409, "The terminal is running another transaction", retryable=True),

@@ -145,6 +145,33 @@ class RefundService:
         if body is not None:
             self._bus.publish("refund", body)
 
+    async def resolve(self, refund_id: str, outcome: str, note: str, idem: IdemRecord,
+                      actor: str) -> Answer:
+        """A manager settles a refund left ``unknown`` (audited, under the request's key)."""
+        now = self._now()
+        new = RefundState(outcome)
+
+        def write(conn: sqlite3.Connection) -> Answer:
+            row = records.refund_row(conn, refund_id)
+            if row is None:
+                raise ApiError("ERR-2017", f"no refund {refund_id!r}")
+            try:
+                move_refund(conn, refund_id, new, Actor.MANAGER, now,
+                            failure=f"resolved by {actor}: {note}")
+            except IllegalTransition:
+                raise ApiError("ERR-2016", f"refund {refund_id} is {row['state']}, not"
+                               " unknown; nothing to resolve") from None
+            audit.append(conn, actor, "refund.resolved", refund_id,
+                         {"outcome": outcome, "note": note, "payment": row["payment_id"],
+                          "amount": row["amount"], "currency": row["currency"]})
+            body = _refund_body(conn, refund_id)
+            idempotency.save(conn, idem, 200, body)
+            return Answer(200, body)
+
+        answer = await self._db.write(write)
+        self._bus.publish("refund", answer.body)
+        return answer
+
     def interrupted(self, conn: sqlite3.Connection) -> None:
         """At start: a refund that was running on a terminal is unknown."""
         now = self._now()

@@ -101,3 +101,47 @@ def test_check_config_refuses_a_store_currency_a_concert_lane_cannot_take(
     ok = subprocess.run([sys.executable, "-m", "edged", "check-config", str(path)],
                         capture_output=True, text=True, timeout=60, check=False)
     assert ok.returncode == 0, ok.stderr
+
+
+async def test_a_refund_left_unknown_is_resolved_by_a_manager(api: Api,
+                                                               sim: ConcertSimulator) -> None:
+    """Defect 7: an unknown refund no longer blocks the rest of its payment: a manager
+    resolves it (manager scope, idempotency key, audit), like a payment."""
+    sim.push(Behaviour.APPROVE)
+    paid = await final(api, str((await _card(api, 3000))["id"]))
+    assert paid["state"] == "approved"
+    sim.push(Behaviour.SILENT)  # the terminal goes quiet during the refund
+    status, refund = await api.post(f"/v1/payments/{paid['id']}/refunds", {"amount": 3000})
+    assert status == 202, refund
+
+    async def refund_state() -> str | None:
+        _, body = await api.get(f"/v1/payments/{paid['id']}")
+        state = body["refunds"][0]["state"]
+        return str(state) if state != "pending" else None
+
+    assert await until(refund_state, "the silent refund to end") == "unknown"
+    await until(lambda: terminal_state(api, "online"), "the lane free again")
+    status, body = await api.post(f"/v1/payments/{paid['id']}/refunds", {"amount": 100})
+    assert status == 422 and body["error"]["code"] == "ERR-2007", body  # held by the unknown
+
+    path = f"/v1/refunds/{refund['id']}/resolve"
+    decision = {"outcome": "failed", "note": "not in the terminal's journal"}
+    status, body = await api.post(path, decision)
+    assert status == 403 and body["error"]["code"] == "ERR-5003", body  # register scope
+    status, resolved = await api.post(path, decision, key="resolve-1", token=api.manager_token)
+    assert status == 200, resolved
+    assert resolved["state"] == "failed" and "not in the terminal's journal" in \
+        resolved["failure"]
+    again = await api.post(path, decision, key="resolve-1", token=api.manager_token)
+    assert again == (200, resolved)  # the same key replays the answer
+    status, body = await api.post(path, {"outcome": "succeeded", "note": "x"},
+                                  token=api.manager_token)
+    assert status == 409 and body["error"]["code"] == "ERR-2016", body
+    status, body = await api.post("/v1/refunds/ref_nope/resolve", decision,
+                                  token=api.manager_token)
+    assert status == 404 and body["error"]["code"] == "ERR-2017", body
+    assert api.count("audit", f"action = 'refund.resolved' AND subject = '{refund['id']}'") == 1
+
+    sim.push(Behaviour.APPROVE)
+    status, second = await api.post(f"/v1/payments/{paid['id']}/refunds", {"amount": 3000})
+    assert status == 202, second  # the whole amount can be refunded again

@@ -53,6 +53,13 @@ RESOLVE = Obj(
            "note": Str(max_length=1000, description="Why: what the terminal's journal says")},
     required=("outcome", "note"),
 )
+REFUND_RESOLVE = Obj(
+    name="RefundResolve",
+    props={"outcome": Str(enum=("succeeded", "failed")),
+           "note": Str(max_length=1000, description="Why: what the terminal's journal or the"
+                       " processor's dashboard says")},
+    required=("outcome", "note"),
+)
 _SKU = Str(max_length=100)
 _VARIANT = Str(max_length=100, description="gid://shopify/ProductVariant/N or N")
 ORDER_LINE = Obj(

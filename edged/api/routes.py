@@ -94,6 +94,11 @@ def _plain_cash(body: dict[str, Any]) -> bool:
             and not body.get("token") and not body.get("processor"))
 
 
+async def resolve_refund(ctx: Ctx) -> Answer:
+    return await ctx.services.payments.refunds.resolve(
+        ctx.match("id"), ctx.body["outcome"], ctx.body["note"], _idem(ctx), ctx.actor)
+
+
 def _idem(ctx: Ctx) -> Any:
     assert ctx.idem is not None
     return ctx.idem
@@ -297,6 +302,10 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/payments/{id}/resolve", resolve_payment, "Settle a payment in state"
           " unknown (manager scope), with an audit entry", models.PAYMENT, 200, models.RESOLVE,
           _BODY_ERRORS + ("ERR-2003", "ERR-2008", "ERR-5003"), scope="manager"),
+    Route("POST", "/v1/refunds/{id}/resolve", resolve_refund, "Settle a refund in state"
+          " unknown (manager scope), with an audit entry", models.REFUND, 200,
+          models.REFUND_RESOLVE, _BODY_ERRORS + ("ERR-2016", "ERR-2017", "ERR-5003"),
+          scope="manager"),
     Route("POST", "/v1/orders", create_order, "Record a sale and the payments that paid it;"
           " decrements local stock once", models.ORDER, 201, models.ORDER_CREATE,
           _BODY_ERRORS + ("ERR-4001", "ERR-4003", "ERR-4004", "ERR-4005", "ERR-4006",
