@@ -129,6 +129,9 @@ class Daemon:
         if self.sync is not None:
             await sync_setup.start(self.sync, self.cfg, self.db, self.bus, self.clock,
                                    self.payments.tokens.store_pending)
+            # token payments: the bounded wait for the processor, the offline maximum age
+            self._tasks.append(asyncio.create_task(self.payments.tokens.run_deadlines(),
+                                                   name="token-deadlines"))
         self.services.manager.start()
         self._runner = web.AppRunner(self.app, access_log=None,
                                      shutdown_timeout=self.shutdown_grace)

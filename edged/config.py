@@ -98,6 +98,9 @@ class OfflineConfig:
     max_payment: int = 20000
     max_stored_total: int = 200000
     max_age_hours: int = 24
+    forward_wait_seconds: float = 30.0
+    """How long a token payment waits for its processor before the register gets an
+    answer it can act on (stored, failed, or unknown when a send is in flight)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -376,6 +379,8 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
             max_stored_total=t.get("max_stored_total", int, offline.max_stored_total,
                                    _positive),
             max_age_hours=t.get("max_age_hours", int, offline.max_age_hours, _positive),
+            forward_wait_seconds=t.get("forward_wait_seconds", float,
+                                       offline.forward_wait_seconds, _positive),
         )
         t.done()
     sync = SyncConfig()

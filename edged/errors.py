@@ -65,6 +65,8 @@ CODES: dict[str, ErrorCode] = _table(
     ErrorCode("ERR-2015", 422, "Manual capture is for card_present and token payments"),
     ErrorCode("ERR-2016", 409, "Only a refund in state unknown can be resolved"),
     ErrorCode("ERR-2017", 404, "No such refund"),
+    ErrorCode("ERR-2018", 503, "The processor did not answer in time; nothing was charged:"
+              " take the payment again", retryable=True),
     # 3xxx: terminals
     ErrorCode("ERR-3001", 422, "No such terminal"),
     ErrorCode("ERR-3002", 409, "The terminal is running another transaction", retryable=True),

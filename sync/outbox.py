@@ -56,6 +56,27 @@ def enqueue(conn: sqlite3.Connection, destination: str, payload: Payload, now: s
     return cur.lastrowid
 
 
+def stop_unsent(conn: sqlite3.Connection, kind: str, subject_id: str, target: str,
+                reason: str, now: str) -> bool:
+    """Stop ``subject_id``'s live rows of ``kind`` that were never sent in doubt, in the
+    caller's transaction: ``discarded`` (never sent) or ``dead`` (held for a manager).
+
+    Returns False and changes nothing when a row is in flight or an earlier send's outcome
+    is unknown: it may have been applied upstream, so it is not the caller's to stop.
+    """
+    if target not in ("discarded", "dead"):
+        raise ValueError(f"cannot stop a row into {target!r}")
+    rows = conn.execute("SELECT id, state, outcome_unknown FROM outbox WHERE kind = ? AND"
+                        " subject_id = ? AND state IN ('pending', 'inflight')",
+                        (kind, subject_id)).fetchall()
+    if any(r[1] == "inflight" or r[2] for r in rows):
+        return False
+    conn.executemany("UPDATE outbox SET state = ?, last_error = ?, lease_until = NULL,"
+                     " updated_at = ? WHERE id = ? AND state = 'pending'",
+                     [(target, reason, now, r[0]) for r in rows])
+    return True
+
+
 @dataclass(frozen=True, slots=True)
 class QueueDepth:
     destination: str

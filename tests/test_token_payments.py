@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 from edged import secrets
+from edged.config import OfflineConfig
 from edged.store.database import open_sync
 from edged.sync_hooks import StoreHooks
 from sync.gateway import OutboxRow, RowFailure
@@ -154,3 +155,30 @@ def test_a_forward_approval_settles_a_payment_left_unknown(tmp_path: Path) -> No
         conn.execute("ROLLBACK")
     finally:
         conn.close()
+
+
+# -- defect 6: an answer within a bounded time ------------------------------------------------
+
+
+async def test_a_token_payment_answers_within_the_forward_wait_and_is_charged_once(
+        tmp_path: Path) -> None:
+    """Defect 6 as a register sees it: Stripe takes the request and says nothing. Within
+    the forward wait the long-poll answers: not failed (the send in flight may charge the
+    card) but unknown; when Stripe answers, its answer settles the payment, charged once.
+    (The other outcomes of the wait are tested on a manual clock: test_forward_deadlines.)"""
+    async with FakeStripe() as stripe:
+        cfg = e2e_config(tmp_path / "data", None, stripe,
+                         offline=OfflineConfig(forward_wait_seconds=3.0))
+        prepare(cfg, None)
+        async with running(cfg) as api:
+            stripe.faults.hang()
+            status, body = await token_payment(api, 1300)
+            assert status == 202, body
+            payment_id = body["id"]
+            _, polled = await api.get(f"/v1/payments/{payment_id}?wait=20")
+            assert polled["state"] == "unknown", polled
+            assert "may be charged" in polled["failure"]
+            await stripe.faults.restore()
+            await until(partial(reaches, api, payment_id, "approved"),
+                        "Stripe's answer to settle the payment")
+    assert len(intents_for(stripe, payment_id)) == 1
