@@ -103,6 +103,7 @@ PAYMENT_MOVES: Mapping[tuple[PaymentState, PaymentState], frozenset[Actor]] = {
     (P.UNKNOWN, P.APPROVED): frozenset({A.MANAGER, A.PROCESSOR}),
     (P.UNKNOWN, P.DECLINED): frozenset({A.MANAGER, A.PROCESSOR}),
     (P.UNKNOWN, P.FORWARD_DECLINED): frozenset({A.PROCESSOR}),
+    (P.UNKNOWN, P.AUTHORIZED): frozenset({A.PROCESSOR}),  # a manual-capture forward
 }
 
 # What the states mean to the people around the payment.
