@@ -447,6 +447,25 @@ async def test_sigkill_mid_payment_then_restart_reconciles(tmp_path: Path) -> No
                 assert done["state"] == "canceled", done
                 assert st.payment_intents[intent_open]["status"] == "canceled"
                 assert st.stats.by_path["POST /v1/payment_intents"] == creates_before
+                # killed again; meanwhile another integration took the reader over: the
+                # restart cancels our PaymentIntent and leaves the other action alone
+                await until(lambda: _is(lane_state(api, "reader-1"), "online"), "reader")
+                status, third = await pay(api, "reader-1", 4444)
+                assert status == 202, third
+                intent_third = await until(reader_intent(st), "the third PaymentIntent")
+            await asyncio.to_thread(daemon.kill)
+            st.occupy_reader(READER, "pi_someone_else")
+            cancels = st.stats.by_path[f"POST /v1/terminal/readers/{READER}/cancel_action"]
+            daemon = daemon.restarted()
+            await asyncio.to_thread(daemon.start)
+            async with process_api(daemon, token) as api:
+                done = await final(api, third["id"])
+                assert done["state"] == "canceled", done
+                assert st.payment_intents[intent_third]["status"] == "canceled"
+                assert st.reader_intent(READER) == "pi_someone_else"
+                assert st.readers[READER]["action"]["status"] == "in_progress"
+                assert st.stats.by_path[
+                    f"POST /v1/terminal/readers/{READER}/cancel_action"] == cancels
         finally:
             await asyncio.to_thread(daemon.close)
 

@@ -163,15 +163,19 @@ class StripeReaderTerminal(Terminal):
                         run.intent_id = named.id
             if run.intent_id is None:
                 return await self._poller.stop(run, "the daemon stopped before the reader"
-                                               " took the payment")
+                                               " took the payment", reader_is_ours=False)
             intent = await self.client.intent(run.intent_id)
+            if result_of(intent, run.amount, run.currency) is None:
+                reader = await self.client.reader(self.settings.device)
         except (SyncError, *LINK_ERRORS) as exc:
             log.warning("payment %s: Stripe cannot say how it ended (%s)", run.payment_id, exc)
             return None
         settled = result_of(intent, run.amount, run.currency)
         if settled is not None:
             return settled
-        result = await self._poller.stop(run, "the daemon stopped during the payment")
+        # still open: stop it; the reader's action only if it is this payment's
+        result = await self._poller.stop(run, "the daemon stopped during the payment",
+                                         reader_is_ours=reader.action_intent == run.intent_id)
         return None if result.outcome.value == "unknown" else result
 
     async def close(self) -> None:

@@ -154,8 +154,13 @@ class ReaderPoller:
             return await self.stop(run, "the reader stopped the payment")
         return None
 
-    async def stop(self, run: Run, why: str) -> TransactionResult:
-        """Stop the reader's action, then cancel the PaymentIntent; Stripe's answer wins."""
+    async def stop(self, run: Run, why: str, *, reader_is_ours: bool = True
+                   ) -> TransactionResult:
+        """Stop the reader's action, then cancel the PaymentIntent; Stripe's answer wins.
+
+        ``reader_is_ours=False``: the reader's action is not this payment's (found at a
+        restart): it is left alone, and only the PaymentIntent is cancelled.
+        """
         log.info("reader %s: stopping %s (%s)", self._reader, run.payment_id, why)
         try:
             if run.intent_id is None:
@@ -165,8 +170,9 @@ class ReaderPoller:
                                              detail=f"{why}; no PaymentIntent was made")
                 run.intent_id = found.id
             try:
-                await self._client.cancel_action(self._reader,
-                                                 f"edged-{run.payment_id}-cancel-action")
+                if reader_is_ours:
+                    await self._client.cancel_action(
+                        self._reader, f"edged-{run.payment_id}-cancel-action")
             except TerminalRefused as exc:  # no action in progress (any more): fine
                 log.info("reader %s: nothing to cancel on the reader (%s)", self._reader,
                          exc.code)
