@@ -31,6 +31,15 @@ def make_config(data_dir: Path, *, sim: dict[str, Any] | None = None,
     return replace(cfg, **extra)
 
 
+_NO_DIGITS = str.maketrans("0123456789", "ghijklmnop")
+
+
+def new_key() -> str:
+    """A random Idempotency-Key without digits: a random UUID's digit groups look like a
+    card number to the daemon's guard often enough (about 1 in 270) to make tests flaky."""
+    return "k-" + uuid.uuid4().hex.translate(_NO_DIGITS)
+
+
 @dataclass
 class Api:
     """A client of one running daemon, with a register token and a manager token."""
@@ -53,7 +62,7 @@ class Api:
 
     async def post(self, path: str, body: Any, key: str | None = None,
                    token: str | None = None) -> tuple[int, Any]:
-        key = key if key is not None else str(uuid.uuid4())
+        key = key if key is not None else new_key()
         async with self.session.post(self.base + path, json=body,
                                      headers=self.headers(key, token)) as r:
             return r.status, await r.json()
