@@ -75,6 +75,7 @@ class Daemon:
     def __post_init__(self) -> None:
         self.db = Database(self.cfg.data_dir / "edged.db")
         self.bus = EventBus()
+        self.db.on_full = self._store_full
         self.metrics = Metrics()
         self.sync = sync_setup.build(self.cfg, self.db, self.bus, self.clock)
         self.links = sync_setup.cloud_links(self.sync, self.cfg, self.clock)
@@ -163,6 +164,14 @@ class Daemon:
         await self.links.close()
         await self.db.close()
         log.info("edged stopped cleanly")
+
+    def _store_full(self, full: bool) -> None:
+        """An alert on the bus (the alerts table cannot take it while the disk is full)."""
+        self.bus.publish("alert", {"event": "raised" if full else "cleared", "alert": {
+            "key": "store.full", "kind": "store_full", "severity": "critical",
+            "subject": str(self.db.path.parent),
+            "message": "the store cannot write: the disk is full" if full
+            else "the store writes again"}})
 
     async def sync_status(self) -> dict[str, Any]:
         depths = await self.db.read(lambda c: outbox.depths(c, self.cfg.destinations))

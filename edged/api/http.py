@@ -26,6 +26,7 @@ from edged.errors import ApiError, EdgedError
 from edged.idempotency import MAX_KEY_LENGTH, IdemRecord
 from edged.payments import Answer
 from edged.services import Services
+from edged.store.database import StoreFull
 from edged.tokens import Principal
 
 log = logging.getLogger(__name__)
@@ -260,6 +261,12 @@ async def errors_middleware(request: web.Request,
         if err.status >= 500:
             log.warning("%s %s: %s %s", request.method, request.path, err.code, err.message)
         return error_response(err)
+    except StoreFull:
+        full = ApiError("ERR-1019", "the store cannot write: the disk is full; nothing was"
+                        " changed, retry with the same Idempotency-Key once there is space",
+                        headers={"Retry-After": "30"})
+        status = full.status
+        return error_response(full)  # logged once by the store, not per request
     except ClientGone:
         status = 499  # nginx's "client closed request": nothing to answer, nothing done
         log.debug("%s %s: the client left before its body arrived", request.method,

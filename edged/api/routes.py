@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
 from typing import Any
 
 from aiohttp import web
 
-from edged import audit, idempotency
+from edged import audit, idempotency, systemd_notify
 from edged.api import models
 from edged.api.http import DRAINING, Ctx, Route, json_response
 from edged.api.manager_routes import MANAGER_ROUTES
@@ -259,6 +260,13 @@ async def healthz(ctx: Ctx) -> web.StreamResponse:
                                2.0)
     except (TimeoutError, Exception):
         return json_response(503, {"status": "unhealthy", "database": "not answering"})
+    db = ctx.services.db
+    if db.full:  # a write failed for want of space: see whether one commits now
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(db.write(systemd_notify.beat(ctx.services.clock)), 2.0)
+    if db.full:
+        return json_response(503, {"status": "unhealthy", "database": "cannot write: the"
+                                   " disk is full"})
     if ctx.request.app[DRAINING][0]:
         return json_response(503, {"status": "draining", "database": "ok"})
     return json_response(200, {"status": "ok", "database": "ok"})

@@ -1,5 +1,5 @@
 """The SQLite store: one file, one group-committing writer, reader connections."""
 
-from edged.store.database import Database, Job
+from edged.store.database import Database, Job, StoreFull
 
-__all__ = ["Database", "Job"]
+__all__ = ["Database", "Job", "StoreFull"]

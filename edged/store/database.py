@@ -13,6 +13,8 @@ for many registers. A caller is answered only after the commit that holds its wr
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import errno
 import logging
 import sqlite3
 import threading
@@ -30,6 +32,21 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_GROUP = 256
+
+_SQLITE_FULL = 13
+
+
+class StoreFull(StoreError):
+    """The disk (or the file system holding the data directory) is full: nothing was
+    written, and the same write can be retried once there is space."""
+
+
+def _is_full(exc: BaseException) -> bool:
+    if isinstance(exc, sqlite3.Error):
+        code = getattr(exc, "sqlite_errorcode", None)
+        return (code is not None and code & 0xFF == _SQLITE_FULL) or \
+            "disk is full" in str(exc)
+    return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
 def connect(path: Path) -> sqlite3.Connection:
@@ -67,8 +84,13 @@ class _Outcome:
 class Database:
     """The daemon's only door to the SQLite file."""
 
-    def __init__(self, path: Path, *, readers: int = 2) -> None:
+    def __init__(self, path: Path, *, readers: int = 2,
+                 on_full: Callable[[bool], None] | None = None) -> None:
         self.path = path
+        self.full = False
+        """True from a write that failed for want of space until a commit succeeds."""
+        self.on_full = on_full
+        """Called with True when the store becomes unable to write, False when it can again."""
         self.stats = WriterStats()
         self._readers = readers
         self._queue: asyncio.Queue[Job[Any] | None] = asyncio.Queue()
@@ -139,9 +161,16 @@ class Database:
             try:
                 outcomes = await loop.run_in_executor(self._writer_exec, self._run_group, batch)
             except BaseException as exc:  # the commit itself failed: nobody's write is durable
-                log.error("group commit of %d writes failed: %s", len(batch), exc)
-                outcomes = [_Outcome(False, error=StoreError(f"commit failed: {exc}"))
-                            for _ in batch]
+                if _is_full(exc):
+                    self._set_full(True, exc)
+                    outcomes = [_Outcome(False, error=StoreFull(f"disk full: {exc}"))
+                                for _ in batch]
+                else:
+                    log.error("group commit of %d writes failed: %s", len(batch), exc)
+                    outcomes = [_Outcome(False, error=StoreError(f"commit failed: {exc}"))
+                                for _ in batch]
+            else:
+                self._set_full(False, None)
             for job, outcome in zip(batch, outcomes, strict=True):
                 if job.future.done():
                     continue
@@ -150,6 +179,19 @@ class Database:
                 else:
                     assert outcome.error is not None
                     job.future.set_exception(outcome.error)
+
+    def _set_full(self, full: bool, exc: BaseException | None) -> None:
+        """One loud line when the store stops being able to write, one when it can again."""
+        if full == self.full:
+            return
+        self.full = full
+        if full:
+            log.error("the store cannot write: the file system of %s is full (%s); writes"
+                      " answer 503 ERR-1019 until there is space", self.path.parent, exc)
+        else:
+            log.warning("the store writes again: space is back in %s", self.path.parent)
+        if self.on_full is not None:
+            self.on_full(full)
 
     def _run_group(self, batch: list[Job[Any]]) -> list[_Outcome]:
         conn = self._writer_conn
@@ -162,6 +204,8 @@ class Database:
                 try:
                     value = job.fn(conn)
                 except Exception as exc:  # one write's failure undoes only that write
+                    if _is_full(exc):
+                        raise  # SQLite may have rolled the transaction back: none is written
                     conn.execute("ROLLBACK TO job")
                     conn.execute("RELEASE job")
                     outcomes.append(_Outcome(False, error=exc))
@@ -172,7 +216,8 @@ class Database:
             conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
-                conn.execute("ROLLBACK")
+                with contextlib.suppress(sqlite3.Error):
+                    conn.execute("ROLLBACK")
             raise
         self.stats.commits += 1
         self.stats.writes += len(batch)

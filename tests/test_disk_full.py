@@ -1,0 +1,98 @@
+"""A full disk (issue 7, defect 17): the data directory on a 2 MiB tmpfs, filled up.
+
+Writes answer 503 ERR-1019 (retryable) with one loud log line, not a traceback each;
+an alert goes out; /healthz says the store cannot write. When space returns, writes work
+again and the retried key is created exactly once. Needs root to mount the tmpfs (CI
+runs as root).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import Api, make_config, running
+
+
+@contextlib.contextmanager
+def small_filesystem(path: Path, size: str = "2m") -> Iterator[Path]:
+    path.mkdir()
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)],
+                   check=True, capture_output=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False, capture_output=True)
+
+
+def fill(path: Path) -> Path:
+    """Write zeros until the file system refuses; returns the filler file."""
+    filler = path / "filler"
+    fd = os.open(filler, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 16, 4096, 512, 1):
+            with contextlib.suppress(OSError):
+                while True:
+                    os.write(fd, b"\0" * size)
+    finally:
+        os.close(fd)
+    return filler
+
+
+def body(i: int) -> dict[str, object]:
+    return {"amount": 100 + i, "currency": "EUR", "method": "cash", "reference": f"full-{i}"}
+
+
+async def test_a_full_disk_is_a_retryable_503_and_recovers(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    caplog.set_level(logging.INFO)
+    with small_filesystem(tmp_path / "small") as small:
+        async with running(make_config(small / "data")) as api:
+            filler = fill(small)
+            status, answer, key, i = 0, {}, "", 0
+            for i in range(300):  # free pages inside the file may take a few writes first
+                key = f"full-{i}"
+                status, answer = await api.post("/v1/payments", body(i), key=key)
+                if status != 201:
+                    break
+            assert status == 503, answer
+            assert answer["error"]["code"] == "ERR-1019"
+            assert answer["error"]["retryable"] is True
+            for _ in range(5):  # the register retries: the same answer, no new log line
+                assert await api.post("/v1/payments", body(i), key=key) == (status, answer)
+            async with api.session.get(api.base + "/healthz") as r:
+                assert r.status == 503
+                assert "disk is full" in (await r.json())["database"]
+            alerts = [e.data for e in api.daemon.bus.recent("alert")]
+            assert any(a["alert"]["key"] == "store.full" and a["event"] == "raised"
+                       for a in alerts)
+            # one loud line per change of state, not one per request: a small write the
+            # file's free pages still take may flip it back for a moment, nothing more
+            loud = [r for r in caplog.records if "the store cannot write" in r.getMessage()]
+            back = [r for r in caplog.records if "the store writes again" in r.getMessage()]
+            assert len(loud) == len(back) + 1
+            assert len(loud) <= 3
+            assert not [r for r in caplog.records if "/v1/payments" in r.getMessage()]
+            assert "Traceback" not in caplog.text
+            assert not [r for r in caplog.records if r.exc_info]
+
+            filler.unlink()  # space is back
+            status, created = await api.post("/v1/payments", body(i), key=key)
+            assert status == 201, created
+            again, replayed = await api.post("/v1/payments", body(i), key=key)
+            assert (again, replayed) == (201, created)
+            assert _count(api, f"full-{i}") == 1
+            async with api.session.get(api.base + "/healthz") as r:
+                assert r.status == 200
+            assert any(e.data["alert"]["key"] == "store.full" and e.data["event"] == "cleared"
+                       for e in api.daemon.bus.recent("alert"))
+
+
+def _count(api: Api, reference: str) -> int:
+    return api.count("payments", f"reference = '{reference}'")
