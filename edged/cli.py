@@ -5,13 +5,19 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
+import sqlite3
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 from edged import audit, catalog_import, lan_cli, tokens
 from edged.config import Config, load, with_overrides
 from edged.errors import ConfigError
 from edged.store.database import open_sync
+
+T = TypeVar("T")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -109,12 +115,12 @@ def _dispatch(args: argparse.Namespace) -> int:
               f" destinations: {', '.join(cfg.destinations) or 'none'}")
         return 0
     if args.command == "token":
-        conn = open_sync(_db_path(args))
-        conn.execute("BEGIN IMMEDIATE")
-        token = tokens.create(conn, args.name, args.scope)
-        audit.append(conn, "cli", "token.created", args.name, {"scope": args.scope})
-        conn.execute("COMMIT")
-        conn.close()
+        def create(conn: sqlite3.Connection) -> str:
+            token = tokens.create(conn, args.name, args.scope)
+            audit.append(conn, "cli", "token.created", args.name, {"scope": args.scope})
+            return token
+
+        token = write_patiently(_db_path(args), create)
         print(token)
         print(f"token for {args.name} ({args.scope}); shown once, keep it safe",
               file=sys.stderr)
@@ -126,11 +132,8 @@ def _dispatch(args: argparse.Namespace) -> int:
         except (OSError, catalog_import.ImportFileError) as exc:
             print(f"edged: {exc}", file=sys.stderr)
             return 1
-        conn = open_sync(_db_path(args))
-        conn.execute("BEGIN IMMEDIATE")
-        count = catalog_import.apply(conn, rows, str(path))
-        conn.execute("COMMIT")
-        conn.close()
+        count = write_patiently(_db_path(args),
+                                lambda conn: catalog_import.apply(conn, rows, str(path)))
         print(f"imported {count} items from {path}")
         return 0
     if args.command == "secret":
@@ -159,6 +162,44 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_cli(args.link, args.behaviour)
     raise AssertionError(args.command)
+
+
+BUSY_BUDGET = 120.0
+"""Seconds a command-line write keeps retrying a database another process holds."""
+
+
+def write_patiently(path: Path, fn: Callable[[sqlite3.Connection], T],
+                    budget: float = BUSY_BUDGET) -> T:
+    """Open, migrate and run ``fn`` in one write transaction, retrying while the file is
+    busy (the daemon's group commit, another ``edged`` command, a migration at first
+    start). SQLite's busy timeout bounds each wait; a command must not give up on a store
+    that is merely busy, so the whole write is tried again until ``budget`` runs out."""
+    deadline = time.monotonic() + budget
+    pause = 0.05
+    while True:
+        conn: sqlite3.Connection | None = None
+        try:
+            conn = open_sync(path)
+            conn.execute("BEGIN IMMEDIATE")
+            value = fn(conn)
+            conn.execute("COMMIT")
+            return value
+        except sqlite3.OperationalError as exc:
+            if not _busy(exc) or time.monotonic() + pause > deadline:
+                raise
+            print(f"edged: the database is busy ({exc}); trying again", file=sys.stderr)
+        finally:
+            if conn is not None:
+                if conn.in_transaction:
+                    conn.rollback()
+                conn.close()
+        time.sleep(pause)
+        pause = min(pause * 2, 2.0)
+
+
+def _busy(exc: sqlite3.OperationalError) -> bool:
+    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
+    return code in (5, 6) or "locked" in str(exc) or "busy" in str(exc)  # BUSY, LOCKED
 
 
 def _report(args: argparse.Namespace) -> int:

@@ -105,3 +105,29 @@ async def test_a_closed_store_refuses_writes(tmp_path: Path) -> None:
     await db.close()
     with pytest.raises(StoreError):
         await db.write(lambda c: None)
+
+
+def test_a_cli_write_waits_for_a_busy_database_instead_of_giving_up(tmp_path: Path) -> None:
+    """The cause of the flaky chain test: a command gave up after SQLite's 10 s busy
+    timeout while other writers held the file. Here the lock is held longer than that."""
+    import subprocess
+    import sys
+    import time
+
+    data = tmp_path / "data"
+    conn = open_sync(data / "edged.db")
+    conn.execute("BEGIN IMMEDIATE")  # another writer holds the file
+    proc = subprocess.Popen([sys.executable, "-m", "edged", "token", "create", "patient",
+                             "--data-dir", str(data)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    try:
+        with pytest.raises(subprocess.TimeoutExpired):
+            proc.wait(12.0)  # past SQLite's 10 s busy timeout, the command still waits
+    finally:
+        conn.execute("ROLLBACK")
+        conn.close()
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert out.startswith("edg_")
+    check = open_sync(data / "edged.db")
+    assert audit.verify(check).entries == 1
