@@ -248,6 +248,26 @@ async def test_stripe_link_lost_mid_payment_and_restored(tmp_path: Path) -> None
         assert st.stats.requests > refused_from
 
 
+async def test_stripe_cancel_while_the_link_is_down_waits_for_it(tmp_path: Path) -> None:
+    """A register's cancel during an outage is not an unknown: the stop is sent when the
+    link returns (within link_grace), and Stripe's answer decides."""
+    async with fakes(square=False) as (st, _), running(cloud_config(tmp_path, st, None)) as api:
+        await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the reader online")
+        status, body = await pay(api, "reader-1", 1700)
+        assert status == 202, body
+        intent_id = await until(reader_intent(st), "the reader to get the PaymentIntent")
+        await st.faults.refuse()
+        status, answer = await api.post(f"/v1/payments/{body['id']}/cancel", {})
+        assert answer["state"] in ("in_progress", "canceled"), answer
+        await asyncio.sleep(0.3)
+        status, still = await api.get(f"/v1/payments/{body['id']}")
+        assert still["state"] == "in_progress", still
+        await st.faults.restore()
+        done = await final(api, body["id"])
+        assert done["state"] == "canceled", done
+        assert st.payment_intents[intent_id]["status"] == "canceled"
+
+
 async def test_stripe_lost_answer_to_the_create_is_read_back(tmp_path: Path) -> None:
     async with fakes(square=False) as (st, _), running(cloud_config(tmp_path, st, None)) as api:
         await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the reader online")

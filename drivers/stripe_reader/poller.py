@@ -87,17 +87,28 @@ class ReaderPoller:
         deadline = start + self._settings.customer_timeout
         schedule = Schedule(self._settings.poll_interval, self._settings.poll_max)
         lost_since: float | None = None
+        stopping_since: float | None = None
         while True:
-            if run.cancel.is_set():
-                return await self.stop(run, run.cancel_why)
             now = self._clock.monotonic()
-            if now >= deadline:
-                if lost_since is None:
-                    return await self.stop(run, "the customer did not pay within "
-                                           f"{self._settings.customer_timeout:g} s")
-                if now >= deadline + self._settings.link_grace:
-                    return self.unknown(run, "the link to Stripe was lost during the payment"
-                                        " and did not come back in time")
+            why: str | None = None
+            if run.cancel.is_set():
+                why = run.cancel_why
+            elif now >= deadline and lost_since is None:
+                why = f"the customer did not pay within {self._settings.customer_timeout:g} s"
+            if why is not None:  # stop it; a lost link only delays the stop, up to a bound
+                stopping_since = stopping_since or now
+                try:
+                    return await self.stop(run, why, give_up=False)
+                except LINK_ERRORS as exc:
+                    if now >= stopping_since + self._settings.link_grace:
+                        return self.unknown(run, f"{why}, but Stripe could not be told"
+                                            f" ({exc})")
+                    lost_since = lost_since or now
+                    await pause(self._clock, schedule.next(), asyncio.Event())
+                    continue
+            if now >= deadline + self._settings.link_grace:
+                return self.unknown(run, "the link to Stripe was lost during the payment"
+                                    " and did not come back in time")
             try:
                 done = await self.read_once(run)
             except LINK_ERRORS as exc:
@@ -154,12 +165,14 @@ class ReaderPoller:
             return await self.stop(run, "the reader stopped the payment")
         return None
 
-    async def stop(self, run: Run, why: str, *, reader_is_ours: bool = True
-                   ) -> TransactionResult:
+    async def stop(self, run: Run, why: str, *, reader_is_ours: bool = True,
+                   give_up: bool = True) -> TransactionResult:
         """Stop the reader's action, then cancel the PaymentIntent; Stripe's answer wins.
 
         ``reader_is_ours=False``: the reader's action is not this payment's (found at a
         restart): it is left alone, and only the PaymentIntent is cancelled.
+        ``give_up=False``: a lost link raises (the caller tries again) instead of ending
+        the payment ``unknown``.
         """
         log.info("reader %s: stopping %s (%s)", self._reader, run.payment_id, why)
         try:
@@ -182,6 +195,8 @@ class ReaderPoller:
             except TerminalRefused:
                 intent = await self._client.intent(run.intent_id)
         except LINK_ERRORS as exc:
+            if not give_up:
+                raise
             return self.unknown(run, f"{why}, but Stripe could not be told ({exc})")
         except SyncError as exc:
             return self.unknown(run, f"{why}, but Stripe refused: {exc}")
