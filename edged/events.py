@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import itertools
 import logging
+import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,19 @@ class Event:
     data: dict[str, Any]
 
 
+REPLAY = 1000
+"""Events kept for clients that reconnect with ``Last-Event-ID``."""
+
+
+@dataclass(frozen=True, slots=True)
+class Replay:
+    """What a reconnecting client missed: ``events``, or ``None`` when it is too far
+    behind (or its id is from another run of the daemon) and must start again (reset)."""
+
+    events: list[Event] | None
+    reason: str = ""
+
+
 @dataclass(slots=True, eq=False)
 class Subscription:
     queue: asyncio.Queue[Event]
@@ -30,9 +45,15 @@ class Subscription:
 class EventBus:
     """Fan-out to subscribers; a subscriber too slow to keep up is dropped, never waited on."""
 
-    def __init__(self, queue_size: int = 1000, recent: int = 200) -> None:
+    def __init__(self, queue_size: int = 1000, recent: int = 200,
+                 replay: int = REPLAY) -> None:
         self._subs: set[Subscription] = set()
         self._ids = itertools.count(1)
+        self.run = secrets.token_hex(4)
+        """Names this run of the daemon in event ids: an id from before a restart is
+        recognised as such (its events are gone)."""
+        self._replay: collections.deque[Event] = collections.deque(maxlen=replay)
+        self._last_id = 0
         self._queue_size = queue_size
         self._recent: list[Event] = []
         self._recent_max = recent
@@ -40,6 +61,8 @@ class EventBus:
 
     def publish(self, kind: str, data: dict[str, Any]) -> Event:
         event = Event(next(self._ids), kind, data)
+        self._last_id = event.id
+        self._replay.append(event)
         self._recent.append(event)
         if len(self._recent) > self._recent_max:
             del self._recent[: len(self._recent) - self._recent_max]
@@ -66,6 +89,25 @@ class EventBus:
 
     def unsubscribe(self, sub: Subscription) -> None:
         self._subs.discard(sub)
+
+    def sse_id(self, event_id: int | None = None) -> str:
+        """The SSE ``id:`` of an event (the latest one by default): ``<run>-<number>``."""
+        return f"{self.run}-{self._last_id if event_id is None else event_id}"
+
+    def since(self, last_event_id: str, kinds: frozenset[str] = frozenset()) -> Replay:
+        """The events after ``last_event_id`` (an :meth:`sse_id`), or a reset."""
+        run, _, number = last_event_id.strip().partition("-")
+        if run != self.run or not (number.isascii() and number.isdigit()) \
+                or len(number) > 18:
+            return Replay(None, "the id is not from this run of the daemon")
+        last = int(number)
+        if last > self._last_id:
+            return Replay(None, "the id is ahead of this daemon")
+        oldest = self._replay[0].id if self._replay else self._last_id + 1
+        if last + 1 < oldest:
+            return Replay(None, f"more than {self._replay.maxlen} events were missed")
+        return Replay([e for e in self._replay
+                       if e.id > last and (not kinds or e.kind in kinds)])
 
     def recent(self, kind: str | None = None) -> list[Event]:
         return [e for e in self._recent if kind is None or e.kind == kind]

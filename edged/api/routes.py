@@ -224,9 +224,19 @@ async def events(ctx: Ctx) -> web.StreamResponse:
                                            "X-Accel-Buffering": "no"})
     await response.prepare(ctx.request)
     sub = bus.subscribe(kinds)
+    last = ctx.request.headers.get("Last-Event-ID")
+    replay = bus.since(last, kinds) if last else None  # at once: nothing slips between
     stopping = ctx.services.stopping
     try:
         await response.write(b": edged events\n\n")
+        if replay is not None and replay.events is None:
+            reset = json.dumps({"reason": replay.reason}, separators=(",", ":"))
+            await response.write(
+                f"id: {bus.sse_id()}\nevent: reset\ndata: {reset}\n\n".encode())
+        for missed in (replay.events or []) if replay is not None else []:
+            data = json.dumps(missed.data, separators=(",", ":"))
+            await response.write(f"id: {bus.sse_id(missed.id)}\nevent: {missed.kind}\n"
+                                 f"data: {data}\n\n".encode())
         while not stopping.is_set() and not sub.dropped:
             getter = asyncio.ensure_future(sub.queue.get())
             stopper = asyncio.ensure_future(stopping.wait())
@@ -239,8 +249,8 @@ async def events(ctx: Ctx) -> web.StreamResponse:
                 continue
             event = getter.result()
             data = json.dumps(event.data, separators=(",", ":"))
-            await response.write(
-                f"id: {event.id}\nevent: {event.kind}\ndata: {data}\n\n".encode())
+            await response.write(f"id: {bus.sse_id(event.id)}\nevent: {event.kind}\n"
+                                 f"data: {data}\n\n".encode())
     except (ConnectionResetError, asyncio.CancelledError):
         pass
     finally:
@@ -349,7 +359,9 @@ ROUTES: tuple[Route, ...] = (
           " with an audit entry", models.JOB, 200, models.EMPTY,
           _BODY_ERRORS + ("ERR-6001", "ERR-6002"), scope="manager", tag="sync"),
     Route("GET", "/v1/events", events, "Server-sent events: payment, refund, order,"
-          " inventory, terminal, sync, alert", models.EVENT_STREAM, query={
+          " inventory, terminal, sync, alert. A client that reconnects with Last-Event-ID gets"
+          " the events it missed (the last 1000 are kept), or an event `reset` when it is"
+          " too far behind or the daemon restarted", models.EVENT_STREAM, query={
               "kinds": "comma-separated kinds to receive (all by default)"},
           tag="events", media_type="text/event-stream"),
     Route("GET", "/v1/openapi.json", openapi, "This contract", models.OPENAPI, tag="meta"),
