@@ -352,6 +352,22 @@ async def test_square_link_lost_mid_payment_and_restored(tmp_path: Path) -> None
         assert sq.executions[f"edged-{body['id']}-co"] == 1
 
 
+async def test_square_cancel_while_the_link_is_down_waits_for_it(tmp_path: Path) -> None:
+    async with fakes(stripe=False) as (_, sq), running(cloud_config(tmp_path, None, sq)) as api:
+        await until(lambda: _is(lane_state(api, "square-1"), "online"), "the device online")
+        status, body = await pay(api, "square-1", 1300)
+        assert status == 202, body
+        checkout_id = await until(square_checkout(sq), "the checkout")
+        await sq.faults.refuse()
+        await api.post(f"/v1/payments/{body['id']}/cancel", {})
+        status, still = await api.get(f"/v1/payments/{body['id']}")
+        assert still["state"] == "in_progress", still
+        await sq.faults.restore()
+        done = await final(api, body["id"])
+        assert done["state"] == "canceled", done
+        assert sq.checkouts[checkout_id]["status"] == "CANCELED"
+
+
 async def _holds(value: bool) -> bool:
     return value
 

@@ -93,8 +93,8 @@ class CheckoutPoller:
             if now >= deadline + self._settings.link_grace and run.stop_asked is not None:
                 return self.unknown(run, f"{run.stop_asked}; Square did not confirm the"
                                     " cancel in time")
-            await pause(self._clock, schedule.next(),
-                        run.cancel if run.stop_asked is None else asyncio.Event())
+            await pause(self._clock, schedule.next(),  # a cancel wakes only the first wait
+                        asyncio.Event() if run.cancel.is_set() else run.cancel)
 
     async def _create(self, run: Run) -> CheckoutView:
         return await self._client.create(
@@ -104,14 +104,14 @@ class CheckoutPoller:
 
     async def _ask_stop(self, run: Run, why: str, outcome: Outcome) -> None:
         assert run.checkout_id is not None
-        run.stop_asked = why
-        run.outcome_if_canceled = outcome
         log.info("square terminal: canceling checkout %s of %s (%s)", run.checkout_id,
                  run.payment_id, why)
         try:
-            await self._client.cancel(run.checkout_id)
+            await self._client.cancel(run.checkout_id)  # a lost link raises: asked again
         except CheckoutRefused as exc:  # COMPLETED meanwhile: the next read says so
             log.info("square terminal: cancel refused (%s)", exc)
+        run.stop_asked = why
+        run.outcome_if_canceled = outcome
 
     async def _judge(self, run: Run, checkout: CheckoutView) -> TransactionResult | None:
         if checkout.status == "IN_PROGRESS":
