@@ -72,7 +72,9 @@ function stateNode(value) { return el("span", { class: `state ${value}` }, value
 function newKey() {
   const bytes = new Uint8Array(16);
   crypto.getRandomValues(bytes);
-  return "page-" + Array.from(bytes, (b) => b.toString(16).padStart(2, "0")).join("");
+  // letters only: a long run of digits could look like a card number and be refused
+  return "page-" + Array.from(bytes, (b) =>
+    String.fromCharCode(97 + (b >> 4), 97 + (b & 15))).join("");
 }
 
 async function api(method, path, body) {
