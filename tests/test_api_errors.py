@@ -87,6 +87,26 @@ async def test_auth_is_required(api: Api, headers: dict[str, str], status: int,
     assert (got, body["error"]["code"]) == (status, code)
 
 
+async def test_a_token_revoked_by_another_process_fails_on_its_next_call(api: Api) -> None:
+    import sqlite3
+
+    from edged.tokens import hash_token
+
+    status, _ = await api.get("/v1/payments")
+    assert status == 200
+    other = sqlite3.connect(api.daemon.db.path, isolation_level=None)  # as the CLI would
+    try:
+        other.execute("UPDATE tokens SET revoked_at = '2026-01-01T00:00:00Z'"
+                      " WHERE token_hash = ?", (hash_token(api.token),))
+    finally:
+        other.close()
+    got, body = await api.get("/v1/payments")
+    assert (got, body["error"]["code"]) == (401, "ERR-5002")
+    got, body = await api.post(PAY, {"amount": 100, "currency": "EUR", "method": "cash"})
+    assert (got, body["error"]["code"]) == (401, "ERR-5002")
+    assert api.count("payments") == 0
+
+
 async def test_foreign_host_header_is_refused(api: Api) -> None:
     headers = api.headers() | {"Host": "attacker.example:8731"}
     status, body = await _raw(api, b"", headers, path="/v1/terminals", method="GET")

@@ -56,6 +56,60 @@ async def test_concurrent_writes_share_commits_and_fail_alone(tmp_path: Path) ->
     assert subjects == {n for n in range(100) if n % 10 != 3}
 
 
+async def test_inline_reads_see_the_last_commit_and_go_to_a_reader_when_locked(
+        tmp_path: Path) -> None:
+    import threading
+
+    db = Database(tmp_path / "edged.db")
+    await db.open()
+    try:
+        await db.write(lambda c: c.execute(
+            "INSERT INTO tokens (name, scope, token_hash, created_at)"
+            " VALUES ('a', 'register', 'h', 't')"))
+        threads: list[str] = []
+
+        def name(conn: sqlite3.Connection) -> str:
+            threads.append(threading.current_thread().name)
+            return str(conn.execute("SELECT name FROM tokens WHERE token_hash = 'h'")
+                       .fetchone()[0])
+
+        assert await db.read_inline(name) == "a"
+        assert threads == [threading.current_thread().name]  # on the loop's thread
+        await db.write(lambda c: c.execute("UPDATE tokens SET name = 'b'"))
+        assert await db.read_inline(name) == "b"  # the very next read sees the commit
+
+        # A file locked by another process: the inline read does not wait on the loop, it
+        # goes to a reader thread, which waits there.
+        other = tmp_path / "locked.db"
+        holder = sqlite3.connect(other, isolation_level=None)
+        holder.execute("PRAGMA locking_mode=EXCLUSIVE")
+        holder.execute("BEGIN EXCLUSIVE")
+        busy = sqlite3.connect(other, isolation_level=None, timeout=0)
+        tries: list[str] = []
+
+        def locked_then_name(conn: sqlite3.Connection) -> str:
+            tries.append(threading.current_thread().name)
+            if len(tries) == 1:
+                busy.execute("SELECT 1 FROM sqlite_master").fetchone()  # SQLITE_BUSY
+            return name(conn)
+
+        try:
+            assert await db.read_inline(locked_then_name) == "b"
+        finally:
+            holder.close()
+            busy.close()
+        assert tries[0] == threading.current_thread().name
+        assert tries[1].startswith("edged-reader")
+
+        def broken(conn: sqlite3.Connection) -> None:
+            conn.execute("SELECT nothing FROM tokens")
+
+        with pytest.raises(sqlite3.OperationalError):  # other errors are the caller's
+            await db.read_inline(broken)
+    finally:
+        await db.close()
+
+
 def test_audit_chain_detects_tampering(tmp_path: Path) -> None:
     conn = open_sync(tmp_path / "edged.db")
     for i in range(5):
