@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from edged import jsoncodec
 from edged.errors import EdgedError
 from sync.clock import utc_iso
 
@@ -63,7 +64,8 @@ def lookup(conn: sqlite3.Connection, scope: str, key: str) -> StoredAnswer | Non
     ).fetchone()
     if row is None:
         return None
-    return StoredAnswer(row["body_hash"], row["path"], row["status"], json.loads(row["response"]))
+    return StoredAnswer(row["body_hash"], row["path"], row["status"],
+                        jsoncodec.loads(row["response"]))
 
 
 def save(conn: sqlite3.Connection, record: IdemRecord, status: int, body: dict[str, Any]) -> None:
@@ -78,7 +80,7 @@ def save(conn: sqlite3.Connection, record: IdemRecord, status: int, body: dict[s
             "INSERT INTO idempotency (scope, key, method, path, body_hash, status, response,"
             " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (record.scope, record.key, record.method, record.path, record.body_hash, status,
-             json.dumps(body, separators=(",", ":")), utc_iso(datetime.now(UTC))),
+             jsoncodec.dumps_text(body), utc_iso(datetime.now(UTC))),
         )
     except sqlite3.IntegrityError:
         stored = lookup(conn, record.scope, record.key)

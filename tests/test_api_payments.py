@@ -29,6 +29,20 @@ async def test_same_key_same_body_replays_the_first_answer(api: Api) -> None:
     assert api.count("payments") == 1
 
 
+async def test_answers_are_utf8_json_and_a_replay_is_the_same_answer(api: Api) -> None:
+    payment = {"amount": 650, "currency": "EUR", "method": "cash", "reference": "Café ☕"}
+    answers = []
+    for _ in range(2):
+        async with api.session.post(api.base + "/v1/payments", json=payment,
+                                    headers=api.headers("k-utf8")) as r:
+            assert r.headers["Content-Type"] == "application/json; charset=utf-8"
+            answers.append((r.status, await r.read()))
+    assert answers[0] == answers[1]  # byte for byte, from the stored answer
+    status, raw = answers[0]
+    assert status == 201
+    assert "Café ☕".encode() in raw
+
+
 async def test_same_key_other_body_is_refused_and_changes_nothing(api: Api) -> None:
     await api.post("/v1/payments", {"amount": 500, "currency": "EUR", "method": "cash"},
                    key="k-1")

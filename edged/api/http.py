@@ -9,7 +9,6 @@ document is generated from the same declarations.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import socket
 from collections.abc import Awaitable, Callable
@@ -18,7 +17,7 @@ from typing import Any
 
 from aiohttp import ClientConnectionError, ClientPayloadError, web
 
-from edged import idempotency
+from edged import idempotency, jsoncodec
 from edged.api import session as _session
 from edged.api.schema import Obj, Schema
 from edged.cardnumbers import MAX_DEPTH, Problem, inspect, mask, text_has_pan
@@ -97,9 +96,8 @@ class Route:
 
 def json_response(status: int, body: dict[str, Any],
                   headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, headers=headers,
-                        text=json.dumps(body, separators=(",", ":")),
-                        content_type="application/json")
+    return web.Response(status=status, headers=headers, body=jsoncodec.dumps(body),
+                        content_type="application/json", charset="utf-8")
 
 
 def error_response(err: ApiError) -> web.Response:
@@ -137,7 +135,7 @@ async def _read_body(request: web.Request, schema: Obj | None) -> tuple[dict[str
                 and not ctype.endswith("+json"):
             raise ApiError("ERR-1014", f"send the body as application/json, not {ctype}")
         try:
-            decoded = json.loads(raw)
+            decoded = jsoncodec.loads(raw)
         except RecursionError:
             raise ApiError("ERR-1017", f"the body is nested more than {MAX_DEPTH} levels"
                            " deep") from None
