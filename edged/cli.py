@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
+import os
 import sqlite3
 import sys
 import time
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from edged import audit, catalog_import, lan_cli, tokens
+from edged import audit, catalog_import, event_loop, lan_cli, tokens
 from edged.config import Config, load, with_overrides
 from edged.errors import ConfigError
 from edged.store.database import open_sync
@@ -108,7 +108,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         # httpx (the squareup SDK's client) logs every request at INFO: a cloud lane's
         # heartbeat would fill the journal; edged logs what the calls mean instead
         logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
-        return asyncio.run(_serve(cfg))
+        return event_loop.run(_serve(cfg), os.environ)
     if args.command == "check-config":
         cfg = load(args.file)
         print(f"{args.file}: OK — store {cfg.store.id}, {len(cfg.terminals)} terminal(s),"
