@@ -194,7 +194,8 @@ def bind(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
                             idempotency.body_hash("POST", request.path, decoded))
         async with services.key_locks.hold(scope, key):
             if route.key_in_write is None or not route.key_in_write(body):
-                stored = await services.db.read(lambda c: idempotency.lookup(c, scope, key))
+                stored = await services.db.read_inline(
+                    lambda c: idempotency.lookup(c, scope, key))
                 if stored is not None:
                     return _replay(services, record, stored)
             try:

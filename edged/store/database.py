@@ -134,8 +134,9 @@ class Database:
     async def read_inline(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run a point read by primary key or unique index on the event loop's own thread.
 
-        For a lookup on every request (a bearer token), where the trip to a reader thread
-        would cost more CPU than the read (about 10 µs). In WAL mode a reader never waits for
+        For the lookups on a request's path (its bearer token, its Idempotency-Key), where
+        the trip to a reader thread and back costs more CPU and latency than the read
+        (about 10 µs). In WAL mode a reader never waits for
         the writer; this connection does not wait at all (``busy_timeout=0``): should the
         file be locked (a recovery, an exclusive lock), the read goes to a reader thread.
         """
