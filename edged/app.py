@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
@@ -250,6 +251,8 @@ class Daemon:
             metrics.set("edged_terminal_up", "1 when the terminal answers", 0 if
                         view.state == "offline" else 1, terminal=view.id)
         metrics.set("edged_event_subscribers", "Open event streams", self.bus.subscribers)
+        metrics.set("edged_gc_frozen_objects", "Objects from start-up the garbage collector"
+                    " skips", gc.get_freeze_count())
         if self.sync is not None:
             for name, worker in self.sync.engine.workers.items():
                 snap = worker.breaker.snapshot()
@@ -276,6 +279,10 @@ async def serve(cfg: Config, clock: Clock | None = None) -> int:
     daemon = Daemon(cfg, clock)
     notifier = systemd_notify.Notifier(os.environ)
     await daemon.start()
+    # What start-up built (modules, settings, routes, SDKs) lives as long as the daemon:
+    # frozen, the collector no longer walks it, which shortens its pauses on the hot path.
+    gc.collect()
+    gc.freeze()
     if daemon.tls is not None and daemon.tls.info is not None:
         print(f"TLS certificate SHA-256 fingerprint: {daemon.tls.info.fingerprint}", flush=True)
     print(f"edged ready on {daemon.scheme}://{cfg.api.host}:{daemon.port}", flush=True)

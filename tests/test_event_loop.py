@@ -45,6 +45,11 @@ def test_a_real_daemon_takes_a_payment_on_either_loop(tmp_path: Path, loop: str)
         again = daemon.post("/v1/payments", {"amount": 100, "currency": "EUR",
                                              "method": "cash"}, token=token, key="k-1")
         assert again.json() == resp.json()
+        # start-up's objects are frozen out of the collector's walks (shorter pauses)
+        metrics = daemon.get("/metrics").text
+        frozen = [line for line in metrics.splitlines()
+                  if line.startswith("edged_gc_frozen_objects ")]
+        assert frozen and float(frozen[0].split()[1]) > 10_000, frozen
         assert daemon.terminate() == 0
         expected = "uvloop" if loop == "auto" else "asyncio"
         assert f"event loop: {expected}" in daemon.stderr_text()
