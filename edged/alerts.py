@@ -43,6 +43,13 @@ log = logging.getLogger(__name__)
 
 FORWARD_DECLINED_HOURS = 24
 WATCHED_KINDS = frozenset({"payment", "refund", "terminal", "sync"})
+# The states an event can bring that may raise an alert at once; any other payment, refund
+# or terminal event matters only for a subject with an alert open (it may clear it). What
+# only time raises (a terminal offline for long, an old queue) the periodic look finds.
+RAISING_STATES = {"payment": frozenset({"unknown", "stored", "forward_declined",
+                                        "authorized"}),
+                  "refund": frozenset({"unknown"}),
+                  "terminal": frozenset({"offline"})}
 ALERT_FIELDS = ("id", "key", "kind", "severity", "subject", "message", "raised_at",
                 "cleared_at")
 
@@ -103,6 +110,7 @@ class AlertCenter:
         self._offline_since: dict[str, datetime] = {}
         self._poke = asyncio.Event()
         self._lock = asyncio.Lock()
+        self._subjects: frozenset[str] = frozenset()  # of the conditions the last look held
 
     # -- the conditions -------------------------------------------------------------------
 
@@ -238,8 +246,22 @@ class AlertCenter:
         """Raise what holds, clear what no longer does; return the changed alerts."""
         async with self._lock:
             held = {c.key: c for c in await self.conditions()}
+            self._subjects = frozenset(c.subject for c in held.values() if c.subject)
             now = utc_iso(self._clock.now())
             cutoff = utc_iso(self._clock.now() - timedelta(days=self._cfg.alerts.keep_days))
+
+            def unchanged(conn: sqlite3.Connection) -> bool:
+                open_keys = {r[0] for r in conn.execute(
+                    "SELECT key FROM alerts WHERE cleared_at IS NULL")}
+                stale = conn.execute("SELECT 1 FROM alerts WHERE cleared_at IS NOT NULL"
+                                     " AND cleared_at < ? LIMIT 1", (cutoff,)).fetchone()
+                return open_keys == held.keys() and stale is None
+
+            # Most looks change nothing (each payment pokes one): then no write, no commit
+            # and no fsync beside the payments'. The write below checks again in its own
+            # transaction.
+            if await self._db.read(unchanged):
+                return []
 
             def write(conn: sqlite3.Connection) -> list[dict[str, Any]]:
                 changed = []
@@ -297,11 +319,20 @@ class AlertCenter:
             watcher.cancel()
             await asyncio.gather(watcher, return_exceptions=True)
 
+    def matters(self, kind: str, data: dict[str, Any]) -> bool:
+        """Whether an event may raise or clear an alert now (a cash sale cannot)."""
+        raising = RAISING_STATES.get(kind)
+        if raising is None:
+            return True
+        return (data.get("state") in raising or data.get("id") in self._subjects
+                or data.get("currency") in self._subjects)  # stored offline, by currency
+
     async def _watch(self) -> None:
         sub = self._bus.subscribe(WATCHED_KINDS)
         try:
             while True:
-                await sub.queue.get()
-                self._poke.set()
+                event = await sub.queue.get()
+                if self.matters(event.kind, event.data):
+                    self._poke.set()
         finally:
             self._bus.unsubscribe(sub)

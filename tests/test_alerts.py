@@ -193,6 +193,21 @@ async def test_cleared_alerts_are_kept_for_keep_days(setup: Setup) -> None:
     assert s.api.count("alerts") == 0
 
 
+async def test_a_look_that_changes_nothing_writes_nothing(setup: Setup) -> None:
+    s = setup
+    await s.evaluate()
+    stats = s.api.daemon.db.stats
+    before = (stats.commits, stats.writes)
+    for _ in range(3):
+        assert await s.evaluate() == {}
+    assert (stats.commits, stats.writes) == before  # no commit, so no fsync, per look
+    _payment(s, "pay_u", "unknown", 100, "2026-11-26T11:00:00.000Z")
+    assert "payment.unknown:pay_u" in await s.evaluate()
+    assert stats.writes == before[1] + 1
+    assert await s.evaluate() == {}
+    assert stats.writes == before[1] + 1
+
+
 async def test_terminal_offline_longer_than_the_threshold(tmp_path: Path) -> None:
     cfg = make_config(tmp_path / "data", terminals=(TerminalConfig(
         id="lane-1", kind="concert", options={"port": str(tmp_path / "no-such-tty")}),),
@@ -223,6 +238,20 @@ async def _loop_case(s: Setup) -> None:
     row = conn.execute("SELECT severity, cleared_at FROM alerts").fetchone()
     conn.close()
     assert row == ("critical", None)
+    # a cash sale or a busy lane cannot change an alert: no look for them
+    alerts = s.api.daemon.services.manager.alerts
+    assert not alerts.matters("payment", {"id": "pay_c", "state": "approved",
+                                          "currency": "USD"})
+    assert not alerts.matters("terminal", {"id": "sim-1", "state": "busy"})
+    assert alerts.matters("terminal", {"id": "sim-1", "state": "offline"})
+    assert alerts.matters("sync", {"event": "job.retry"})
+    # the payment with the open alert is resolved: its event makes the center look again
+    s.sql("UPDATE payments SET state = 'approved' WHERE id = 'pay_u9'")
+    assert alerts.matters("payment", {"id": "pay_u9", "state": "approved"})
+    s.api.daemon.bus.publish("payment", {"id": "pay_u9", "state": "approved"})
+    event = await asyncio.wait_for(s.events.queue.get(), 5.0)
+    assert (event.data["event"], event.data["alert"]["key"]) == ("cleared",
+                                                                 "payment.unknown:pay_u9")
 
 
 def test_alert_settings_are_checked(tmp_path: Path) -> None:
