@@ -218,10 +218,13 @@ def main(argv: list[str] | None = None) -> int:
                     wait_online(register)
                     for n in range(args.warmup):
                         sale(register, sim, n, args.delay)
+                    cpu_before = daemon.cpu_seconds()
                     runs = [sale(register, sim, args.warmup + n, args.delay)
                             for n in range(args.runs)]
+                    cpu_per_sale = (daemon.cpu_seconds() - cpu_before) / args.runs
                 finally:
                     register.close()
+                daemon.terminate()  # a clean stop, as the service manager would
         finally:
             sim.stop()
         raw += raw_commits(base / "raw-after", args.runs)  # the disk drifts: both sides
@@ -240,6 +243,8 @@ def main(argv: list[str] | None = None) -> int:
     print(line("end to end beyond the simulator's delay (pty incl.)",
                [r.beyond_delay for r in runs]))
     print(line("reference: one raw synchronous=FULL commit, same disk", raw))
+    print(f"{'daemon CPU per sale (POST, long-poll, the lane, 2 commits)':<54}"
+          f" {cpu_per_sale * 1e3:7.2f} ms   (/proc/PID/stat: what a busy box cannot inflate)")
     verdict = "met" if overhead_p99 < TARGET_P99_MS else "MISSED"
     print(f"target: overhead p99 < {TARGET_P99_MS:g} ms: {verdict} ({overhead_p99:.2f} ms)")
     return 1 if args.check and overhead_p99 >= TARGET_P99_MS else 0
