@@ -185,3 +185,32 @@ def test_a_cli_write_waits_for_a_busy_database_instead_of_giving_up(tmp_path: Pa
     assert out.startswith("edg_")
     check = open_sync(data / "edged.db")
     assert audit.verify(check).entries == 1
+
+
+async def test_a_lone_write_runs_without_a_savepoint_and_fails_alone(tmp_path: Path) -> None:
+    db = Database(tmp_path / "edged.db")
+    await db.open()
+    statements: list[str] = []
+
+    def insert(name: str, fail: bool = False):  # type: ignore[no-untyped-def]
+        def write(conn: sqlite3.Connection) -> str:
+            conn.set_trace_callback(statements.append)
+            conn.execute("INSERT INTO tokens (name, scope, token_hash, created_at)"
+                         " VALUES (?, 'register', ?, 't')", (name, f"h-{name}"))
+            if fail:
+                raise ValueError("refused")
+            return name
+        return write
+
+    try:
+        assert await db.write(insert("a")) == "a"
+        with pytest.raises(ValueError):
+            await db.write(insert("b", fail=True))
+        assert await db.write(insert("c")) == "c"
+    finally:
+        await db.close()
+    assert not any("SAVEPOINT" in s or "RELEASE" in s for s in statements)
+    assert "ROLLBACK" in statements
+    conn = sqlite3.connect(tmp_path / "edged.db")
+    assert {r[0] for r in conn.execute("SELECT name FROM tokens")} == {"a", "c"}
+    conn.close()

@@ -223,7 +223,16 @@ class Database:
         outcomes: list[_Outcome] = []
         conn.execute("BEGIN IMMEDIATE")
         try:
-            for job in batch:
+            if len(batch) == 1:  # alone in its transaction: no savepoint needed to undo it
+                try:
+                    outcomes.append(_Outcome(True, value=batch[0].fn(conn)))
+                except Exception as exc:
+                    if _is_full(exc):
+                        raise  # as in a group: the store is full, StoreFull for the caller
+                    conn.execute("ROLLBACK")
+                    self.stats.failed_writes += 1
+                    outcomes.append(_Outcome(False, error=exc))
+            for job in batch if len(batch) > 1 else ():
                 conn.execute("SAVEPOINT job")
                 try:
                     value = job.fn(conn)
@@ -237,7 +246,8 @@ class Database:
                 else:
                     conn.execute("RELEASE job")
                     outcomes.append(_Outcome(True, value=value))
-            conn.execute("COMMIT")
+            if outcomes[0].ok or len(batch) > 1:  # a lone failed write was rolled back
+                conn.execute("COMMIT")
         except BaseException:
             if conn.in_transaction:
                 with contextlib.suppress(sqlite3.Error):
