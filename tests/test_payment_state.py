@@ -12,7 +12,7 @@ import sqlite3
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edged.api import models
@@ -52,7 +52,7 @@ def run(start: PaymentState, attempts: list[tuple[Actor, PaymentState]],
     return made
 
 
-@settings(max_examples=2000)
+@settings(max_examples=500)
 @given(st.sampled_from(sorted(INITIAL_PAYMENT_STATES)), moves)
 def test_a_settled_payment_never_moves(start: PaymentState,
                                        attempts: list[tuple[Actor, PaymentState]]) -> None:
@@ -61,7 +61,7 @@ def test_a_settled_payment_never_moves(start: PaymentState,
         assert old not in SETTLED
 
 
-@settings(max_examples=2000)
+@settings(max_examples=500)
 @given(st.sampled_from(sorted(INITIAL_PAYMENT_STATES)), moves)
 def test_only_a_manager_or_the_processor_settles_an_unknown_payment(
         start: PaymentState, attempts: list[tuple[Actor, PaymentState]]) -> None:
@@ -70,7 +70,7 @@ def test_only_a_manager_or_the_processor_settles_an_unknown_payment(
             assert actor in (Actor.MANAGER, Actor.PROCESSOR)
 
 
-@settings(max_examples=2000)
+@settings(max_examples=500)
 @given(st.sampled_from(sorted(INITIAL_PAYMENT_STATES)), moves)
 def test_nothing_that_may_have_been_charged_becomes_failed(
         start: PaymentState, attempts: list[tuple[Actor, PaymentState]]) -> None:
@@ -186,6 +186,15 @@ def test_upgrade_from_the_first_schema_keeps_payments_and_refunds(tmp_path: Path
 # -- the one door, on the real store -----------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def shared(tmp_path_factory: pytest.TempPathFactory) -> sqlite3.Connection:
+    """One migrated store for the property tests; each example runs in a savepoint."""
+    c = open_sync(tmp_path_factory.mktemp("db") / "edged.db")
+    c.execute("PRAGMA synchronous=OFF")  # every example is rolled back
+    yield c  # type: ignore[misc]
+    c.close()
+
+
 @pytest.fixture
 def conn(tmp_path: Path) -> sqlite3.Connection:
     c = open_sync(tmp_path / "edged.db")
@@ -201,15 +210,16 @@ def _payment(conn: sqlite3.Connection, state: PaymentState) -> str:
     return "pay-1"
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(st.sampled_from(list(PaymentState)), st.sampled_from(list(PaymentState)),
        st.sampled_from(list(Actor)))
 def test_move_payment_writes_allowed_moves_and_refuses_the_rest(
-        tmp_path_factory: pytest.TempPathFactory, old: PaymentState, new: PaymentState,
+        shared: sqlite3.Connection, old: PaymentState, new: PaymentState,
         actor: Actor) -> None:
-    c = open_sync(tmp_path_factory.mktemp("db") / "edged.db")
+    c = shared
+    c.execute("BEGIN")
     try:
-        c.execute("BEGIN")
         pid = _payment(c, old)
         if payment_move_allowed(old, new, actor):
             assert move_payment(c, pid, new, actor, "t1", failure="why") == old
@@ -220,9 +230,8 @@ def test_move_payment_writes_allowed_moves_and_refuses_the_rest(
             expected = (old.value, "t0", None)
         row = c.execute("SELECT state, updated_at, failure FROM payments").fetchone()
         assert tuple(row) == expected
-        c.execute("ROLLBACK")
     finally:
-        c.close()
+        c.execute("ROLLBACK")
 
 
 def test_move_refund_goes_through_its_table(conn: sqlite3.Connection) -> None:
@@ -234,3 +243,65 @@ def test_move_refund_goes_through_its_table(conn: sqlite3.Connection) -> None:
     assert move_refund(conn, "ref-1", RefundState.FAILED, Actor.MANAGER, "t1") == "unknown"
     with pytest.raises(IllegalTransition):
         move_refund(conn, "ref-1", RefundState.SUCCEEDED, Actor.MANAGER, "t2")
+
+
+# -- the writers themselves, on the real store --------------------------------------------------
+
+_EVENTS = st.lists(st.sampled_from([
+    "approved", "declined", "refused", "gave_up_in_doubt", "link_down", "resolve_approved",
+    "resolve_declined"]), max_size=12)
+
+
+@settings(max_examples=300, deadline=None,
+          suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(st.sampled_from(["pending", "stored"]), _EVENTS)
+def test_token_payment_writers_keep_the_promises(
+        shared: sqlite3.Connection, start: str, events: list[str]) -> None:
+    """Random outcomes from the sync hooks (the processor's answers, a send given up in
+    doubt), the link going down and a manager's resolve, through the real writers: a
+    settled payment never moves, only a manager or the processor leaves unknown, and
+    nothing that may have been charged becomes failed."""
+    from edged.sync_hooks import StoreHooks
+    from sync.gateway import OutboxRow, RowFailure
+    from tests.clock import ManualClock
+
+    hooks = StoreHooks(ManualClock())
+    row = OutboxRow(id=1, destination="stripe", kind="payment.forward", subject_id="pay-1",
+                    idempotency_key="ed-1", payload={
+                        "payment_id": "pay-1", "amount": 100, "currency": "EUR",
+                        "token": "pm_x", "reference": None, "created_at": "t0"},
+                    attempts=1, last_error=None, created_at="t0")
+    c = shared
+    c.execute("BEGIN")
+    try:
+        c.execute("INSERT INTO payments (id, method, state, amount, currency, processor, token,"
+                  " created_at, updated_at) VALUES ('pay-1', 'token', ?, 100, 'EUR', 'stripe',"
+                  " 'pm_x', 't0', 't0')", (start,))
+        state = P(start)
+        for event in events:
+            if event == "approved":
+                hooks.applied(c, row, {"processor_ref": "pi_1"})
+                actor = Actor.PROCESSOR
+            elif event in ("declined", "refused", "gave_up_in_doubt"):
+                code = {"declined": "ERR-6071", "refused": "ERR-6070"}.get(event, "ERR-6003")
+                hooks.failed(c, row, RowFailure(code, event,
+                                                outcome_unknown=event == "gave_up_in_doubt"))
+                actor = Actor.SYNC if event == "gave_up_in_doubt" else Actor.PROCESSOR
+            elif event == "link_down":
+                if state is P.PENDING:
+                    move_payment(c, "pay-1", P.STORED, Actor.SYNC, "t1", stored_at="t1")
+                actor = Actor.SYNC
+            else:
+                actor = Actor.MANAGER
+                try:
+                    move_payment(c, "pay-1", P(event.removeprefix("resolve_")), actor, "t1")
+                except IllegalTransition:
+                    pass
+            new = P(c.execute("SELECT state FROM payments").fetchone()[0])
+            if new is not state:
+                assert state not in SETTLED, (state, event, new)
+                assert state is not P.UNKNOWN or actor in (Actor.MANAGER, Actor.PROCESSOR)
+                assert new is not P.FAILED or state not in MAY_HAVE_BEEN_CHARGED
+            state = new
+    finally:
+        c.execute("ROLLBACK")
