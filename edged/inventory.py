@@ -17,6 +17,7 @@ from edged.errors import ApiError
 from edged.events import EventBus
 from edged.idempotency import IdemRecord
 from edged.ids import new_id
+from edged.payment_state import HAND_OVER
 from edged.payments import Answer
 from edged.store import Database
 from sync import contract, outbox
@@ -190,7 +191,7 @@ class InventoryService:
             row = records.payment_row(conn, pid)
             if row is None:
                 raise ApiError("ERR-4003", f"payments: no payment {pid!r}")
-            if row["state"] not in ("approved", "stored"):
+            if row["state"] not in HAND_OVER:
                 raise ApiError("ERR-4004", f"payments: payment {pid} is {row['state']}, not"
                                " approved")
             if row["order_id"] is not None:

@@ -117,6 +117,8 @@ NOT_TAKEN = frozenset({P.DECLINED, P.CANCELED, P.FAILED, P.FORWARD_DECLINED})
 """The customer's money was not taken."""
 MAY_HAVE_BEEN_CHARGED = frozenset({P.APPROVED, P.UNKNOWN, P.AUTHORIZED, P.STORED})
 """Taken, held, maybe taken or to be taken: never ``failed`` from here."""
+HAND_OVER = frozenset({P.APPROVED, P.STORED})
+"""The register may hand over the goods (a stored payment's risk is the store's)."""
 
 
 R = RefundState
@@ -133,6 +135,13 @@ REFUND_MOVES: Mapping[tuple[RefundState, RefundState], frozenset[Actor]] = {
 }
 REFUND_HOLDS_MONEY = frozenset({R.PENDING, R.QUEUED, R.SUCCEEDED, R.UNKNOWN})
 """Refunds that hold money back from what can still be refunded."""
+
+
+def manager_outcomes(table: Mapping[tuple[Any, Any], frozenset[Actor]],
+                     unknown: Any) -> tuple[str, ...]:
+    """The states a manager may settle ``unknown`` into (the resolve calls' enums)."""
+    return tuple(new.value for (old, new), actors in table.items()
+                 if old is unknown and Actor.MANAGER in actors)
 
 
 class IllegalTransition(EdgedError):

@@ -11,6 +11,7 @@ from pathlib import Path
 from edged.payment_state import (
     ACTOR_MEANING,
     ANSWERED,
+    HAND_OVER,
     INITIAL_PAYMENT_STATES,
     INITIAL_REFUND_STATES,
     MAY_CHANGE_UPSTREAM,
@@ -62,6 +63,7 @@ def render() -> str:
         f"- **Money not taken**: {_names(NOT_TAKEN)}.",
         f"- **May have been charged** (never `failed` from here):"
         f" {_names(MAY_HAVE_BEEN_CHARGED)}.",
+        f"- **The register may hand over the goods**: {_names(HAND_OVER)}.",
         "",
     ]
     lines += _moves(PAYMENT_MOVES, list(PaymentState))  # type: ignore[arg-type]

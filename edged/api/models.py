@@ -7,7 +7,13 @@ from typing import Any
 from edged.api.schema import Arr, Free, Int, Obj, Str
 from edged.inventory import COUNT_REASON, MAX_DELTA, MAX_QUANTITY, REASONS
 from edged.money import MAX_AMOUNT, is_known_currency
-from edged.payment_state import PaymentState, RefundState
+from edged.payment_state import (
+    PAYMENT_MOVES,
+    REFUND_MOVES,
+    PaymentState,
+    RefundState,
+    manager_outcomes,
+)
 
 
 def _currency(value: Any) -> str | None:
@@ -49,13 +55,13 @@ REFUND_CREATE = Obj(
 )
 RESOLVE = Obj(
     name="PaymentResolve",
-    props={"outcome": Str(enum=("approved", "declined")),
+    props={"outcome": Str(enum=manager_outcomes(PAYMENT_MOVES, PaymentState.UNKNOWN)),
            "note": Str(max_length=1000, description="Why: what the terminal's journal says")},
     required=("outcome", "note"),
 )
 REFUND_RESOLVE = Obj(
     name="RefundResolve",
-    props={"outcome": Str(enum=("succeeded", "failed")),
+    props={"outcome": Str(enum=manager_outcomes(REFUND_MOVES, RefundState.UNKNOWN)),
            "note": Str(max_length=1000, description="Why: what the terminal's journal or the"
                        " processor's dashboard says")},
     required=("outcome", "note"),
