@@ -42,6 +42,7 @@ def _parser() -> argparse.ArgumentParser:
     create.add_argument("name")
     create.add_argument("--scope", choices=tokens.SCOPES, default="register")
     common(create)
+    lan_cli.add_token_commands(tsub, common)
 
     items = sub.add_parser("items", help="the catalogue")
     isub = items.add_subparsers(dest="action", required=True)
@@ -113,17 +114,6 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = load(args.file)
         print(f"{args.file}: OK — store {cfg.store.id}, {len(cfg.terminals)} terminal(s),"
               f" destinations: {', '.join(cfg.destinations) or 'none'}")
-        return 0
-    if args.command == "token":
-        def create(conn: sqlite3.Connection) -> str:
-            token = tokens.create(conn, args.name, args.scope)
-            audit.append(conn, "cli", "token.created", args.name, {"scope": args.scope})
-            return token
-
-        token = write_patiently(_db_path(args), create)
-        print(token)
-        print(f"token for {args.name} ({args.scope}); shown once, keep it safe",
-              file=sys.stderr)
         return 0
     if args.command == "items":
         path = Path(args.file)

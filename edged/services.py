@@ -48,6 +48,12 @@ class Services:
         """The token's owner, read on every call: a revoked token fails at once.
 
         No cache (the CLI revokes from another process): an indexed read on the event
-        loop's thread costs less than the trip to a reader thread would.
+        loop's thread costs less than the trip to a reader thread would. The last use is
+        written at most once a minute per token.
         """
-        return await self.db.read_inline(lambda c: tokens.lookup(c, token))
+        found = await self.db.read_inline(lambda c: tokens.lookup(c, token))
+        if found is not None:
+            now = self.clock.now()
+            if tokens.touch_due(found, now):
+                await self.db.write(lambda c: tokens.touch(c, found.token_id, now))
+        return found

@@ -26,7 +26,7 @@ from edged.idempotency import MAX_KEY_LENGTH, IdemRecord
 from edged.payments import Answer
 from edged.services import Services
 from edged.store.database import StoreFull
-from edged.tokens import Principal
+from edged.tokens import Principal, refusal
 
 log = logging.getLogger(__name__)
 
@@ -181,9 +181,8 @@ def bind(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
     async def handle(request: web.Request) -> web.StreamResponse:
         services = request.app[SERVICES]
         principal: Principal | None = request.get(PRINCIPAL)
-        if route.scope == "manager" and (principal is None or not principal.is_manager):
-            raise ApiError("ERR-5003", "this call needs a token with the manager scope"
-                           " (edged token create NAME --scope manager)")
+        if (why := refusal(principal, route.scope, route.method)) is not None:
+            raise ApiError("ERR-5003", why)
         if route.method != "POST":
             answer = await route.handler(Ctx(request, services, principal, {}, None))
             return _render(answer)

@@ -274,6 +274,40 @@ ALTER TABLE payments ADD COLUMN capture TEXT NOT NULL DEFAULT 'automatic'
     CHECK (capture IN ('automatic', 'manual'));
 ALTER TABLE payments ADD COLUMN captured INTEGER CHECK (captured IS NULL OR captured > 0)
 """),
+    (5, "token scope monitor, last use; pairing codes", """
+-- Rebuild tokens for the new CHECK without renaming it, so the references to tokens(id)
+-- (sessions) keep naming it. The foreign keys are checked at commit, once every row is back.
+PRAGMA defer_foreign_keys = ON;
+CREATE TEMP TABLE tokens_v2 AS SELECT id, name, scope, token_hash, created_at, revoked_at
+    FROM tokens;
+DROP TABLE tokens;
+CREATE TABLE tokens (
+    id           INTEGER PRIMARY KEY,
+    name         TEXT NOT NULL,
+    scope        TEXT NOT NULL CHECK (scope IN ('register', 'manager', 'monitor')),
+    token_hash   TEXT NOT NULL UNIQUE,
+    created_at   TEXT NOT NULL,
+    revoked_at   TEXT,
+    last_used_at TEXT
+);
+INSERT INTO tokens (id, name, scope, token_hash, created_at, revoked_at)
+    SELECT id, name, scope, token_hash, created_at, revoked_at FROM temp.tokens_v2;
+DROP TABLE temp.tokens_v2;
+CREATE INDEX tokens_name ON tokens(name) WHERE revoked_at IS NULL;
+
+CREATE TABLE pairing_codes (
+    id           INTEGER PRIMARY KEY,
+    salt         TEXT NOT NULL,
+    code_hash    TEXT NOT NULL,
+    name         TEXT,
+    scope        TEXT NOT NULL CHECK (scope IN ('register', 'manager')),
+    created_at   TEXT NOT NULL,
+    expires_at   TEXT NOT NULL,
+    used_at      TEXT,
+    token_id     INTEGER REFERENCES tokens(id)
+);
+CREATE INDEX pairing_codes_open ON pairing_codes(expires_at) WHERE used_at IS NULL;
+"""),
 )
 
 # Migrations that rebuild a table others reference: run with foreign keys off (SQLite's
