@@ -9,7 +9,7 @@ import os
 import signal
 from dataclasses import dataclass
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
@@ -44,6 +44,9 @@ from edged.store import Database
 from edged.sync_hooks import StoreHooks
 from edged.terminals import TerminalManager
 from edged.tls import CertKeeper
+
+if TYPE_CHECKING:
+    from edged.discovery import Advertiser
 from sync import outbox
 from sync.clock import Clock, SystemClock
 from sync.outbox import OutboxStore
@@ -107,6 +110,7 @@ class Daemon:
         self.port = 0
         self.tls = CertKeeper(self.cfg, self.clock) if self.cfg.api.tls else None
         self._tasks: list[asyncio.Task[None]] = []
+        self.advertiser: Advertiser | None = None
 
     @property
     def scheme(self) -> str:
@@ -149,11 +153,17 @@ class Daemon:
         self.port = sockets[0].getsockname()[1] if sockets else self.cfg.api.port
         log.info("edged ready on %s://%s:%d (data %s)", self.scheme, self.cfg.api.host,
                  self.port, self.db.path)
+        if self.cfg.advertise:
+            from edged.discovery import announce  # noqa: PLC0415  (zeroconf only when used)
+
+            self.advertiser = await announce(self.cfg, self.port, self.tls)
 
     async def stop(self) -> None:
         """Refuse new requests, finish those in flight, close the lines and the database."""
         self.app[DRAINING][0] = True
         self.services.stopping.set()
+        if self.advertiser is not None:  # registers stop finding a daemon that is leaving
+            await self.advertiser.stop()
         for task in self._tasks:
             task.cancel()
         if self._runner is not None:

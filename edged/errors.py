@@ -96,6 +96,11 @@ CODES: dict[str, ErrorCode] = _table(
     ErrorCode("ERR-5002", 401, "The bearer token is not valid"),
     ErrorCode("ERR-5003", 403, "The token's scope does not allow this call"),
     ErrorCode("ERR-5004", 421, "The Host header names another server"),
+    ErrorCode("ERR-5010", 403, "The pairing code is wrong, expired or already used"),
+    ErrorCode("ERR-5011", 429, "Too many wrong pairing codes from this address",
+              retryable=True),
+    ErrorCode("ERR-5012", 403, "Pairing off this box needs HTTPS"),
+    ErrorCode("ERR-5013", 409, "A token with this name is in use"),
     ErrorCode("ERR-5020", 403, "A cross-site request was refused (Origin is not this daemon)"),
     ErrorCode("ERR-5021", 401, "Not signed in, or the session expired or its token was revoked"),
     # 6xxx: integrations

@@ -25,6 +25,20 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
                          " (last line); makes the certificate if there is none yet")
     common(fp)
 
+    pair = sub.add_parser("pair", help="a one-time code a register trades for its token"
+                          " (POST /v1/pair); the code is alone on the last line")
+    pair.add_argument("--name", help="the token's name (default: the name the register sends)")
+    pair.add_argument("--scope", choices=("register", "manager"), default="register")
+    common(pair)
+
+    disc = sub.add_parser("discover", help="list the edged daemons announced on the LAN")
+    disc.add_argument("--timeout", type=float, default=3.0, metavar="S",
+                      help="seconds to listen (default 3)")
+    disc.add_argument("--json", action="store_true")
+    disc.add_argument("--interface", action="append", default=[], metavar="NAME_OR_ADDR",
+                      help="listen on this interface only (repeatable; default: all)")
+    common(disc)
+
 
 def add_token_commands(tsub: argparse._SubParsersAction[argparse.ArgumentParser],
                        common: Common) -> None:
@@ -43,7 +57,61 @@ def dispatch(args: argparse.Namespace, config: ConfigOf) -> int | None:
         return _fingerprint(config(args))
     if args.command == "token":
         return _token(args, config(args))
+    if args.command == "pair":
+        return _pair(args, config(args))
+    if args.command == "discover":
+        return _discover(args)
     return None
+
+
+def _discover(args: argparse.Namespace) -> int:
+    import asyncio  # noqa: PLC0415
+
+    from edged import discovery  # noqa: PLC0415  (zeroconf only when needed)
+
+    if not 0 < args.timeout <= 600:
+        print("edged: --timeout must be more than 0 and at most 600 seconds", file=sys.stderr)
+        return 2
+    try:
+        found = asyncio.run(discovery.discover(args.timeout, tuple(args.interface)))
+    except (discovery.DiscoveryError, OSError) as exc:
+        print(f"edged: cannot listen for mDNS: {exc}", file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps([f.as_dict() for f in found], indent=2))
+        return 0
+    rows: list[dict[str, object]] = [
+        {"name": f.name, "store": f.store, "addresses": ",".join(f.addresses),
+         "port": f.port, "tls": "yes" if f.tls else "no",
+         "fingerprint": f.fingerprint or "-"} for f in found]
+    _print_table(["NAME", "STORE", "ADDRESSES", "PORT", "TLS", "FINGERPRINT"],
+                 ["name", "store", "addresses", "port", "tls", "fingerprint"], rows)
+    if not found:
+        print(f"(no edged daemon heard in {args.timeout:g} s)", file=sys.stderr)
+    return 0
+
+
+def _pair(args: argparse.Namespace, cfg: Config) -> int:
+    from edged import pairing  # noqa: PLC0415
+
+    conn = open_sync(cfg.data_dir / "edged.db")
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            code = pairing.create(conn, args.scope, args.name, datetime.now(UTC))
+        except pairing.PairingError as exc:
+            conn.execute("ROLLBACK")
+            print(f"edged: {exc.message}", file=sys.stderr)
+            return 1
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    minutes = int(pairing.CODE_TTL.total_seconds() // 60)
+    who = f"token {args.name!r}" if args.name else "a token named by the register"
+    print(f"pairing code for {who} ({args.scope} scope): works once, for {minutes} minutes")
+    print('on the register: POST /v1/pair {"code": "<code>", "name": "<register name>"}')
+    print(code)
+    return 0
 
 
 def _token(args: argparse.Namespace, cfg: Config) -> int:
@@ -91,8 +159,12 @@ def _table(rows: list[dict[str, object]], revoked: bool) -> None:
     head = ["NAME", "SCOPE", "CREATED", "LAST USED"] + (["REVOKED"] if revoked else [])
     keys = ["name", "scope", "created_at", "last_used_at"] + (["revoked_at"] if revoked
                                                               else [])
+    _print_table(head, keys, rows)
+
+
+def _print_table(head: list[str], keys: list[str], rows: list[dict[str, object]]) -> None:
     cells = [[str(r[k] or "-") for k in keys] for r in rows]
-    widths = [max(len(h), *(len(c[i]) for c in cells)) for i, h in enumerate(head)]
+    widths = [max([len(h)] + [len(c[i]) for c in cells]) for i, h in enumerate(head)]
     for line in [head, *cells]:
         print("  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip())
 

@@ -15,6 +15,7 @@ from edged.idempotency import KeyLocks
 from edged.inventory import InventoryService
 from edged.manager import ManagerParts
 from edged.metrics import Metrics
+from edged.pairing import PairingGuard
 from edged.payments import PaymentService
 from edged.store import Database
 from edged.terminals import TerminalManager
@@ -43,6 +44,7 @@ class Services:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     allowed_hosts: frozenset[str] = frozenset()
     key_locks: KeyLocks = field(default_factory=KeyLocks)
+    pair_guard: PairingGuard | None = None  # made on the first POST /v1/pair
 
     async def principal(self, token: str) -> tokens.Principal | None:
         """The token's owner, read on every call: a revoked token fails at once.

@@ -33,6 +33,7 @@ log = logging.getLogger(__name__)
 SERVICES = web.AppKey("services", Services)
 DRAINING = web.AppKey("draining", list)  # a one-element list holding a bool
 PRINCIPAL = web.RequestKey("principal", Principal)
+PUBLIC_PATHS = frozenset({"/v1/pair"})  # /v1 calls without a bearer token
 
 
 @dataclass(frozen=True, slots=True)
@@ -92,6 +93,8 @@ class Route:
     # key is looked up in that write (idempotency.save replays a stored answer) instead of
     # in a read beforehand, which spares a trip to a reader thread.
     key_in_write: Callable[[dict[str, Any]], bool] | None = None
+    idempotent: bool = True
+    """False: a POST without Idempotency-Key whose answer is never stored (POST /v1/pair)."""
 
 
 def json_response(status: int, body: dict[str, Any],
@@ -187,6 +190,8 @@ def bind(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
             answer = await route.handler(Ctx(request, services, principal, {}, None))
             return _render(answer)
         body, decoded = await _read_body(request, route.body)
+        if not route.idempotent:  # an answer that must not be stored (a token shown once)
+            return _render(await route.handler(Ctx(request, services, principal, body, None)))
         key = _idempotency_key(request)
         scope = f"token:{principal.token_id}" if principal else "anonymous"
         record = IdemRecord(scope, key, "POST", request.path,
@@ -319,7 +324,7 @@ async def gate_middleware(request: web.Request,
         if not (sock and host == str(sock[0]).lower()):
             raise ApiError("ERR-5004", "the Host header does not name this daemon; add the"
                            " name to [api].allowed_hosts if it is really this box")
-    if not request.path.startswith("/v1/"):
+    if not request.path.startswith("/v1/") or request.path in PUBLIC_PATHS:
         return await handler(request)
     if "Authorization" not in request.headers and _session.COOKIE in request.cookies:
         return await _session.cookie_gate(request, handler, services, PRINCIPAL)

@@ -39,7 +39,7 @@ def document(routes: Iterable[Route]) -> dict[str, Any]:
         params += [{"name": name, "in": "query", "required": False, "description": text,
                     "schema": _query_schema(route, name)}
                    for name, text in route.query.items()]
-        if route.method == "POST":
+        if route.method == "POST" and route.idempotent:
             params.append({"name": "Idempotency-Key", "in": "header", "required": True,
                            "description": "Unique per operation; reuse it to retry safely",
                            "schema": {"type": "string", "maxLength": 255}})
