@@ -55,6 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     sset = ssub.add_parser("set", help="store NAME, the value read from standard input")
     sset.add_argument("name")
     common(sset)
+    rot = ssub.add_parser("rotate-key", help="encrypt every stored secret again under a new"
+                          " key, in one transaction; the old key is kept until it succeeds")
+    rot.add_argument("--key-file", metavar="FILE", help="the key file to rotate (default:"
+                     " DATA_DIR/secret.key; for systemd, the file LoadCredential= names)")
+    common(rot)
 
     aud = sub.add_parser("audit", help="the audit chain")
     asub = aud.add_subparsers(dest="action", required=True)
@@ -130,7 +135,11 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edged import secrets  # noqa: PLC0415  (cryptography only when needed)
 
         try:
-            print(secrets.cli_set(_config(args).data_dir, args.name, sys.stdin))
+            if args.action == "rotate-key":
+                key_file = Path(args.key_file) if args.key_file else None
+                print(secrets.rotate_key(_config(args).data_dir, key_file))
+            else:
+                print(secrets.cli_set(_config(args).data_dir, args.name, sys.stdin))
         except secrets.SecretError as exc:
             print(f"edged: {exc}", file=sys.stderr)
             return 1

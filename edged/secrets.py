@@ -33,7 +33,7 @@ import logging
 import os
 import sqlite3
 import stat
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Final, TextIO
@@ -366,3 +366,115 @@ def cli_set(data_dir: Path, name: str, stdin: TextIO,
     finally:
         conn.close()
     return f"secret {name} stored, encrypted with the key from {source}"
+
+
+def _new_key_file(path: Path, key: bytes) -> None:
+    """Write ``key`` to a new file ``path`` (mode 0600, synced); it must not exist."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
+                 0o600)
+    try:
+        os.fchmod(fd, 0o600)
+        view = memoryview(key)
+        while view:
+            view = view[os.write(fd, view):]
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _sync_dir(path: Path) -> None:
+    dir_fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(dir_fd)
+    finally:
+        os.close(dir_fd)
+
+
+def _swap_in(key_file: Path, new_file: Path) -> None:
+    """Put ``new_file`` in place of ``key_file``; the old key stays as ``.old`` until then."""
+    old_file = key_file.with_name(key_file.name + ".old")
+    old_file.unlink(missing_ok=True)
+    os.link(key_file, old_file)
+    os.replace(new_file, key_file)
+    _sync_dir(key_file.parent)
+    old_file.unlink()
+    _sync_dir(key_file.parent)
+
+
+def _finish_interrupted(conn: sqlite3.Connection, key_file: Path, new_file: Path) -> str | None:
+    """A ``.new`` key left by an interrupted rotation: finish it if the database moved to it,
+    else drop it. Returns what was done, or None if there was nothing to do."""
+    if not new_file.exists():
+        key_file.with_name(key_file.name + ".old").unlink(missing_ok=True)
+        return None
+    new_store = SecretStore(_read_key_file(new_file))
+    stored = conn.execute("SELECT count(*) FROM secrets").fetchone()[0]
+    if stored and not new_store.unreadable(conn):
+        _swap_in(key_file, new_file)
+        return "finished the rotation an earlier run left half done"
+    new_file.unlink()
+    return "dropped the unused new key an earlier run left behind"
+
+
+def rotate_key(data_dir: Path, key_file: Path | None = None,
+               env: Mapping[str, str] | None = None, *,
+               before_swap: Callable[[], None] | None = None) -> str:
+    """``edged secret rotate-key``: every stored secret sealed again under a new key.
+
+    The new key is written beside the old one (``secret.key.new``, 0600), every row is
+    re-encrypted and an audit entry appended in one transaction, and only after its commit
+    does the new key take the old one's place; the old key file is kept until then (as
+    ``.old`` for the instant of the swap). A failure before the commit changes nothing and
+    removes the new key; a crash between the commit and the swap is finished by the next
+    run. With the key in ``$CREDENTIALS_DIRECTORY`` (systemd), name the file
+    ``LoadCredential=`` reads with ``key_file`` and restart the daemon afterwards.
+    ``before_swap`` is a test hook run between the commit and the swap.
+    """
+    env = os.environ if env is None else env
+    if key_file is None:
+        cred_dir = env.get("CREDENTIALS_DIRECTORY", "")
+        if cred_dir and (Path(cred_dir) / CREDENTIAL_NAME).is_file():
+            raise SecretError(
+                f"the key is the systemd credential {Path(cred_dir) / CREDENTIAL_NAME}, a"
+                " read-only copy: rotate the file LoadCredential= names instead (edged secret"
+                " rotate-key --key-file /etc/edged/edged.key), then restart the daemon")
+        key_file = data_dir / KEY_FILE_NAME
+    if not key_file.exists():
+        raise SecretError(f"no key file {key_file}: nothing is encrypted yet, nothing to"
+                          " rotate")
+    new_file = key_file.with_name(key_file.name + ".new")
+    conn = open_sync(data_dir / DB_FILE_NAME)
+    try:
+        conn.execute("BEGIN IMMEDIATE")  # one rotation at a time, and no `secret set` meanwhile
+        try:
+            recovered = _finish_interrupted(conn, key_file, new_file)
+            old_store = SecretStore(_read_key_file(key_file))
+            bad = old_store.unreadable(conn)
+            if bad:
+                raise SecretUnreadable(
+                    f"the key in {key_file} does not decrypt {', '.join(bad)}; nothing was"
+                    " changed (rotate with the key the daemon uses)")
+            new_key = os.urandom(KEY_BYTES)
+            new_store = SecretStore(new_key)
+            _new_key_file(new_file, new_key)
+            rows = conn.execute("SELECT name, ciphertext FROM secrets ORDER BY name").fetchall()
+            now = utc_iso(datetime.now(UTC))
+            for name, blob in rows:
+                conn.execute("UPDATE secrets SET ciphertext = ?, updated_at = ? WHERE name = ?",
+                             (new_store.seal(name, old_store.open(name, bytes(blob))), now,
+                              name))
+            audit.append(conn, "cli", "secret.key_rotated", str(key_file),
+                         {"secrets": [r[0] for r in rows]})
+        except BaseException:
+            conn.execute("ROLLBACK")
+            new_file.unlink(missing_ok=True)
+            raise
+        conn.execute("COMMIT")
+    finally:
+        conn.close()
+    if before_swap is not None:
+        before_swap()
+    _swap_in(key_file, new_file)
+    log.warning("secret key %s rotated: %d secrets sealed again", key_file, len(rows))
+    done = f"key {key_file} rotated: {len(rows)} secret(s) encrypted again under the new key"
+    return f"{recovered}; {done}" if recovered else done
