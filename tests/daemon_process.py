@@ -185,6 +185,7 @@ class DaemonProcess:
     ready_timeout: float = DEFAULT_READY_TIMEOUT
     env: Mapping[str, str] | None = None
     extra_args: Sequence[str] = ()
+    wrapper: Sequence[str] = ()  # e.g. ("ip", "netns", "exec", "ns1"): run inside a namespace
     proc: subprocess.Popen[str] | None = field(default=None, init=False, repr=False)
     base_url: str = field(default="", init=False)
     startup_seconds: float = field(default=0.0, init=False)
@@ -241,7 +242,8 @@ class DaemonProcess:
         raise AssertionError("unreachable")
 
     def _start_once(self) -> DaemonProcess:
-        cmd = [sys.executable, "-m", "edged", "run", "--data-dir", str(self.data_dir),
+        cmd = [*self.wrapper, sys.executable, "-m", "edged", "run", "--data-dir",
+               str(self.data_dir),
                "--listen", f"{self.host}:{self.port}", *self.extra_args]
         if self.config is not None:
             cmd += ["--config", str(self.config)]

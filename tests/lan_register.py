@@ -1,0 +1,70 @@
+"""A register on the store LAN, in a few lines: what the namespace test runs on the far side.
+
+    python -m tests.lan_register find STORE [--timeout S]       # mDNS: address, port, fp
+    python -m tests.lan_register pair URL FP CODE NAME          # HTTPS pinned to FP
+    python -m tests.lan_register get URL FP PATH TOKEN          # HTTPS pinned to FP
+    python -m tests.lan_register plain URL PATH                 # plain HTTP (must fail)
+
+Each prints one JSON object. The token travels in the Authorization header only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+import aiohttp
+
+
+async def _call(method: str, url: str, fp: str | None, body: Any = None,
+                token: str | None = None) -> dict[str, Any]:
+    ssl: Any = aiohttp.Fingerprint(bytes.fromhex(fp)) if fp else None
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    timeout = aiohttp.ClientTimeout(total=10)
+    try:
+        async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
+                method, url, json=body, headers=headers, ssl=ssl) as r:
+            text = await r.text()
+            try:
+                data: Any = json.loads(text)
+            except ValueError:
+                data = text[:200]
+            return {"status": r.status, "body": data}
+    except (aiohttp.ClientError, TimeoutError) as exc:
+        return {"status": None, "error": f"{type(exc).__name__}: {exc}"}
+
+
+async def _find(store: str, timeout: float) -> dict[str, Any]:
+    from edged.discovery import discover
+
+    for found in await discover(timeout):
+        if found.store == store:
+            return found.as_dict()
+    return {"store": store, "found": False}
+
+
+def main(argv: list[str]) -> int:
+    action, *rest = argv
+    if action == "find":
+        timeout = float(rest[2]) if len(rest) > 2 and rest[1] == "--timeout" else 3.0
+        out = asyncio.run(_find(rest[0], timeout))
+    elif action == "pair":
+        url, fp, code, name = rest
+        out = asyncio.run(_call("POST", f"{url}/v1/pair", fp, {"code": code, "name": name}))
+    elif action == "get":
+        url, fp, path, token = rest
+        out = asyncio.run(_call("GET", f"{url}{path}", fp, token=token))
+    elif action == "plain":
+        url, path = rest
+        out = asyncio.run(_call("GET", f"{url}{path}", None))
+    else:
+        print(__doc__, file=sys.stderr)
+        return 2
+    print(json.dumps(out))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
