@@ -93,19 +93,14 @@ def _discover(args: argparse.Namespace) -> int:
 
 def _pair(args: argparse.Namespace, cfg: Config) -> int:
     from edged import pairing  # noqa: PLC0415
+    from edged.cli import write_patiently  # noqa: PLC0415  (cli imports this module)
 
-    conn = open_sync(cfg.data_dir / "edged.db")
     try:
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            code = pairing.create(conn, args.scope, args.name, datetime.now(UTC))
-        except pairing.PairingError as exc:
-            conn.execute("ROLLBACK")
-            print(f"edged: {exc.message}", file=sys.stderr)
-            return 1
-        conn.execute("COMMIT")
-    finally:
-        conn.close()
+        code = write_patiently(cfg.data_dir / "edged.db", lambda conn: pairing.create(
+            conn, args.scope, args.name, datetime.now(UTC)))
+    except pairing.PairingError as exc:
+        print(f"edged: {exc.message}", file=sys.stderr)
+        return 1
     minutes = int(pairing.CODE_TTL.total_seconds() // 60)
     who = f"token {args.name!r}" if args.name else "a token named by the register"
     print(f"pairing code for {who} ({args.scope} scope): works once, for {minutes} minutes")
