@@ -130,6 +130,8 @@ class StoreHooks:
             elif failure.code == DECLINED:
                 new = PaymentState.FORWARD_DECLINED if state == PaymentState.STORED \
                     else PaymentState.DECLINED
+            elif state == PaymentState.STORED:  # refused for good after the goods went:
+                new = PaymentState.FORWARD_DECLINED  # not taken, no longer held as stored
             else:
                 new = PaymentState.FAILED if state == PaymentState.PENDING else None
             if new is not None:

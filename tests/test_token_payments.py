@@ -182,3 +182,20 @@ async def test_a_token_payment_answers_within_the_forward_wait_and_is_charged_on
             await until(partial(reaches, api, payment_id, "approved"),
                         "Stripe's answer to settle the payment")
     assert len(intents_for(stripe, payment_id)) == 1
+
+
+def test_a_stored_payment_the_processor_refuses_for_good_is_forward_declined(
+        tmp_path: Path) -> None:
+    """Accepted offline, then refused for good (not a decline: e.g. the token is not valid):
+    the money is not taken, so it no longer counts as stored against the offline caps."""
+    conn, row = _hook_db(tmp_path, "stored")
+    try:
+        events = StoreHooks(ManualClock()).failed(
+            conn, row, RowFailure("ERR-6070", "No such PaymentMethod: 'pm_x'"))
+        assert conn.execute("SELECT state FROM payments").fetchone()[0] == "forward_declined"
+        assert ("alert", {"kind": "payment.forward_failed", "payment": "pay-1",
+                          "state": "forward_declined",
+                          "message": "No such PaymentMethod: 'pm_x'"}) in events
+        conn.execute("ROLLBACK")
+    finally:
+        conn.close()
