@@ -97,7 +97,8 @@ PAYMENT_MOVES: Mapping[tuple[PaymentState, PaymentState], frozenset[Actor]] = {
     (P.PENDING, P.UNKNOWN): frozenset({A.SYNC, A.DEADLINE}),
     # accepted offline, forwarded later
     (P.STORED, P.APPROVED): frozenset({A.PROCESSOR}),
-    (P.STORED, P.FORWARD_DECLINED): frozenset({A.PROCESSOR}),
+    # the processor refused it, or a manager gave up collecting it (its forward discarded)
+    (P.STORED, P.FORWARD_DECLINED): frozenset({A.PROCESSOR, A.MANAGER}),
     (P.STORED, P.UNKNOWN): frozenset({A.SYNC}),
     # a person, or the processor's own answer, settles what is in doubt
     (P.UNKNOWN, P.APPROVED): frozenset({A.MANAGER, A.PROCESSOR}),

@@ -169,3 +169,23 @@ class StoreHooks:
                                      "job": row.id, "subject": row.subject_id,
                                      "code": failure.code, "message": failure.message}))
         return events
+
+
+def job_discarded(conn: sqlite3.Connection, kind: str, subject_id: str, actor: str,
+                  now: str) -> list[Event]:
+    """A manager gave up a dead job for good: what it means for the store's records.
+
+    A stored payment whose forward is discarded (e.g. held past the offline maximum age)
+    will never be collected: it is ``forward_declined`` (not taken) and stops counting
+    against the offline caps. Anything else keeps its state.
+    """
+    if kind != OutboxKind.PAYMENT_FORWARD:
+        return []
+    row = conn.execute("SELECT state FROM payments WHERE id = ?", (subject_id,)).fetchone()
+    if row is None or row[0] != PaymentState.STORED:
+        return []
+    move_payment(conn, subject_id, PaymentState.FORWARD_DECLINED, Actor.MANAGER, now,
+                 finished_at=now, failure=f"not collected: its forward was discarded by {actor}")
+    audit.append(conn, actor, "payment.forward_declined", subject_id,
+                 {"why": "forward discarded by a manager"})
+    return [("payment", {"id": subject_id, "state": str(PaymentState.FORWARD_DECLINED)})]

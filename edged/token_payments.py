@@ -16,7 +16,8 @@ Two bounds run on the daemon's clock (:meth:`TokenPayments.run_deadlines`):
 - **The offline maximum age** (``[offline] max_age_hours``): a ``stored`` payment still
   unsent then is not forwarded blindly: its forward row is held (``dead``, with the
   reason) and an alert raised, once. The payment stays ``stored`` (nothing taken yet); a
-  manager retries the job (forward anyway) or discards it.
+  manager retries the job (forward anyway) or discards it (the payment is then
+  ``forward_declined``: not collected, see ``edged.sync_hooks.job_discarded``).
 """
 
 from __future__ import annotations

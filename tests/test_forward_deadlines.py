@@ -22,7 +22,7 @@ from edged.errors import CODES
 from edged.events import EventBus
 from edged.idempotency import IdemRecord
 from edged.store import Database
-from edged.sync_hooks import StoreHooks
+from edged.sync_hooks import StoreHooks, job_discarded
 from edged.token_payments import TokenPayments
 from sync.gateway import OutboxRow, Work, WorkResult
 from sync.outbox import JobStateError, OutboxStore
@@ -174,3 +174,29 @@ async def test_a_stored_payment_past_the_maximum_age_is_held_for_a_manager(box: 
     await box.store.retry_dead(job["id"])
     assert (await box.tokens.settle_overdue()).held == ()
     assert await box.store.claim(Stripe()) is not None
+
+
+@pytest.mark.parametrize("offline", [OfflineConfig(enabled=True, max_age_hours=24)])
+async def test_a_held_payment_whose_forward_a_manager_discards_is_not_collected(
+        box: Box) -> None:
+    """The manager's other choice: discard the held job (as POST /v1/sync/jobs/{id}/discard
+    does). The payment is forward_declined (not taken) and leaves the offline total."""
+    box.tokens.link_down = lambda destination: True
+    payment_id = await box.pay(900)
+    box.clock.advance(24 * 3600.0 + 1)
+    assert (await box.tokens.settle_overdue()).held == (payment_id,)
+    job = await box.job(payment_id)
+
+    def consequence(conn: Any, moved: dict[str, Any]) -> None:
+        events.extend(job_discarded(conn, moved["kind"], moved["subject_id"], "manager-1",
+                                    "t-discard"))
+
+    events: list[tuple[str, dict[str, Any]]] = []
+    await box.store.discard(job["id"], consequence)
+    payment = await box.payment(payment_id)
+    assert payment["state"] == "forward_declined", payment
+    assert "discarded by manager-1" in payment["failure"]
+    assert events == [("payment", {"id": payment_id, "state": "forward_declined"})]
+    total = await box.db.read(lambda c: c.execute(
+        "SELECT coalesce(sum(amount), 0) FROM payments WHERE state = 'stored'").fetchone()[0])
+    assert total == 0

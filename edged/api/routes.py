@@ -20,6 +20,8 @@ from edged.inventory import COUNT_REASON, ItemRef, OrderLine, StockChange, Stock
 from edged.payment_methods import available
 from edged.payment_state import PaymentState
 from edged.payments import Answer, NewPayment
+from edged.sync_hooks import job_discarded
+from sync.clock import utc_iso
 from sync.outbox import JOB_STATES, JobStateError
 
 _BODY_ERRORS = ("ERR-1001", "ERR-1002", "ERR-1003", "ERR-1004", "ERR-1005", "ERR-1006",
@@ -196,9 +198,14 @@ async def _move_job(ctx: Ctx, action: str) -> Answer:
     if not (raw.isascii() and raw.isdigit() and len(raw) <= 19 and int(raw) < 2**63):
         raise ApiError("ERR-6001", f"no sync job {raw[:40]!r}: a job id is a whole number")
 
+    events: list[tuple[str, dict[str, Any]]] = []
+
     def record(conn: sqlite3.Connection, job: dict[str, Any]) -> None:
         audit.append(conn, ctx.actor, f"sync.job.{action}", str(job["id"]),
                      {"destination": job["destination"], "kind": job["kind"]})
+        if action == "discard":
+            events.extend(job_discarded(conn, job["kind"], job["subject_id"], ctx.actor,
+                                        utc_iso(ctx.services.clock.now())))
         assert ctx.idem is not None
         idempotency.save(conn, ctx.idem, 200, job)
 
@@ -212,6 +219,8 @@ async def _move_job(ctx: Ctx, action: str) -> Answer:
     if job is None:
         raise ApiError("ERR-6001", f"no sync job {raw}")
     ctx.services.bus.publish("sync", {"event": f"job.{action}", "job": job["id"]})
+    for kind, data in events:
+        ctx.services.bus.publish(kind, data)
     return Answer(200, job)
 
 
