@@ -770,11 +770,16 @@ async def test_token_payments_online_declined_offline_and_forwarded(tmp_path: Pa
 
             # Stripe down: pending payments wait; once the breaker opens they are accepted
             # offline (stored, within the caps), and new ones are stored at once
+            # (the breaker may open between two of these posts when the first forward's
+            # refusal is quick: a later one is then stored at once, the same end state)
             await stripe.faults.refuse()
             waiting = []
             for amount in (1000, 1100, 1300):
                 status, body = await token_payment(api, amount)
-                assert status == 202, body
+                if not waiting:  # the breaker is still closed: it waits for the link
+                    assert (status, body["state"]) == (202, "pending"), body
+                else:
+                    assert (status, body["state"]) in ((202, "pending"), (201, "stored")), body
                 waiting.append(body["id"])
 
             async def while_open(amount: int, method: str = "pm_card_visa") -> tuple[int, Any]:
