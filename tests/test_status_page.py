@@ -83,11 +83,13 @@ async def test_status_page_live_in_a_real_browser(tmp_path: Path, browser: objec
                 await page.set_viewport_size({"width": 1280, "height": 1600})
                 await page.screenshot(path=SCREENSHOT, full_page=True)
 
-            # the printable report, linked from the page: 12.50 + 6 x 4.50 + 20.99 + 7.77
+            # the printable report, linked from the page:
+            # takings 12.50 + 6 x 4.50 + 20.99 + 50.00 + 7.77, refunds 10.99
             await page.click("#report-link")
             report = page.locator("#report-EUR")
             await expect(report).to_contain_text("Takings (approved)")
-            await expect(report).to_contain_text("68.26 EUR")
+            await expect(report).to_contain_text("118.26 EUR")
+            await expect(report).to_contain_text("107.27 EUR")  # net
             await expect(page.locator("#lists")).to_contain_text("Changes not yet synced")
             await page.close()
 
@@ -147,6 +149,30 @@ async def _resolve_with_the_page(api: Api, page: object, expect: object) -> None
     assert "terminal journal: approved, auth 123456" in body["failure"]
     row = page.locator(f"#pay-{pid} .state")  # type: ignore[attr-defined]
     await expect(row).to_have_text("approved", timeout=LIVE)  # type: ignore[operator]
+
+    # a refund the terminal left unknown, settled with the page's own buttons
+    status, paid = await api.post("/v1/payments", {
+        "amount": 5000, "currency": "EUR", "method": "card_present", "terminal": "sim-1"})
+    assert status == 202
+    _, body = await api.get(f"/v1/payments/{paid['id']}?wait=10")
+    assert body["state"] == "approved"
+    status, refund = await api.post(f"/v1/payments/{paid['id']}/refunds", {"amount": 1099})
+    assert status in (201, 202), refund
+    rid = refund["id"]
+    await until(lambda: _refund_unknown(api, paid["id"]), "the refund to end unknown")
+    item = page.locator(f"#unknown-{rid}")  # type: ignore[attr-defined]
+    await expect(item).to_be_visible(timeout=LIVE)  # type: ignore[operator]
+    await expect(item).to_contain_text("10.99 EUR")  # type: ignore[operator]
+    await item.locator("input.note").fill("terminal journal: refund 10.99 done")
+    await item.locator("button[data-outcome=succeeded]").click()
+    await expect(item).to_have_count(0, timeout=LIVE)  # type: ignore[operator]
+    _, body = await api.get(f"/v1/payments/{paid['id']}")
+    assert [(r["id"], r["state"]) for r in body["refunds"]] == [(rid, "succeeded")]
+
+
+async def _refund_unknown(api: Api, payment_id: str) -> bool | None:
+    _, body = await api.get(f"/v1/payments/{payment_id}")
+    return True if [r["state"] for r in body["refunds"]] == ["unknown"] else None
 
 
 async def _stream_drop_is_said_and_recovered(api: Api, page: object, expect: object) -> None:
