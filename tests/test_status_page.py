@@ -143,9 +143,11 @@ async def _resolve_with_the_page(api: Api, page: object, expect: object) -> None
     await expect(item.locator("input.note")).to_have_attribute("aria-invalid", "true")  # type: ignore[operator]
     await item.locator("input.note").fill("terminal journal: approved, auth 123456")
     await item.locator("button[data-outcome=approved]").click()
-    await expect(item).to_have_count(0, timeout=LIVE)  # type: ignore[operator]
+    # the click's POST is done when the API agrees; the page shows it within a second
+    await until(lambda: _payment_is(api, pid, "approved"), "the page's resolve to land",
+                timeout=10.0)
+    await _gone(page, item, expect)
     _, body = await api.get(f"/v1/payments/{pid}")
-    assert body["state"] == "approved"
     assert "terminal journal: approved, auth 123456" in body["failure"]
     row = page.locator(f"#pay-{pid} .state")  # type: ignore[attr-defined]
     await expect(row).to_have_text("approved", timeout=LIVE)  # type: ignore[operator]
@@ -165,14 +167,34 @@ async def _resolve_with_the_page(api: Api, page: object, expect: object) -> None
     await expect(item).to_contain_text("10.99 EUR")  # type: ignore[operator]
     await item.locator("input.note").fill("terminal journal: refund 10.99 done")
     await item.locator("button[data-outcome=succeeded]").click()
-    await expect(item).to_have_count(0, timeout=LIVE)  # type: ignore[operator]
+    await until(lambda: _refund_is(api, paid["id"], "succeeded"), "the page's refund resolve",
+                timeout=10.0)
+    await _gone(page, item, expect)
     _, body = await api.get(f"/v1/payments/{paid['id']}")
     assert [(r["id"], r["state"]) for r in body["refunds"]] == [(rid, "succeeded")]
 
 
 async def _refund_unknown(api: Api, payment_id: str) -> bool | None:
+    return await _refund_is(api, payment_id, "unknown")
+
+
+async def _refund_is(api: Api, payment_id: str, state: str) -> bool | None:
     _, body = await api.get(f"/v1/payments/{payment_id}")
-    return True if [r["state"] for r in body["refunds"]] == ["unknown"] else None
+    return True if [r["state"] for r in body["refunds"]] == [state] else None
+
+
+async def _payment_is(api: Api, payment_id: str, state: str) -> bool | None:
+    _, body = await api.get(f"/v1/payments/{payment_id}")
+    return True if body["state"] == state else None
+
+
+async def _gone(page: object, item: object, expect: object) -> None:
+    try:
+        await expect(item).to_have_count(0, timeout=LIVE)  # type: ignore[operator]
+    except AssertionError:
+        error = await page.locator("#action-error").inner_text()  # type: ignore[attr-defined]
+        raise AssertionError(f"still listed a second after the API agreed; page error:"
+                             f" {error!r}") from None
 
 
 async def _stream_drop_is_said_and_recovered(api: Api, page: object, expect: object) -> None:
