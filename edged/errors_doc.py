@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
+from edged import generated_doc
 from edged.errors import CODES
 
 _GROUPS = {
@@ -38,20 +38,5 @@ def render() -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str]) -> int:
-    check = "--check" in argv
-    paths = [a for a in argv if not a.startswith("--")]
-    target = Path(paths[0] if paths else "docs/errors.md")
-    text = render()
-    if check:
-        if not target.exists() or target.read_text(encoding="utf-8") != text:
-            print(f"{target} is stale: run `make errors` and commit it", file=sys.stderr)
-            return 1
-        return 0
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text, encoding="utf-8")
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(generated_doc.main(sys.argv[1:], "docs/errors.md", render, "errors"))

@@ -6,8 +6,8 @@ from __future__ import annotations
 import sys
 from collections.abc import Iterable, Mapping
 from enum import StrEnum
-from pathlib import Path
 
+from edged import generated_doc
 from edged.payment_state import (
     ACTOR_MEANING,
     ANSWERED,
@@ -76,20 +76,5 @@ def render() -> str:
     return "\n".join(lines) + "\n"
 
 
-def main(argv: list[str]) -> int:
-    check = "--check" in argv
-    paths = [a for a in argv if not a.startswith("--")]
-    target = Path(paths[0] if paths else "docs/payment-states.md")
-    text = render()
-    if check:
-        if not target.exists() or target.read_text(encoding="utf-8") != text:
-            print(f"{target} is stale: run `make docs` and commit it", file=sys.stderr)
-            return 1
-        return 0
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(text, encoding="utf-8")
-    return 0
-
-
 if __name__ == "__main__":
-    raise SystemExit(main(sys.argv[1:]))
+    raise SystemExit(generated_doc.main(sys.argv[1:], "docs/payment-states.md", render, "docs"))
