@@ -89,7 +89,9 @@ class StoreHooks:
     def _payment_forwarded(self, conn: sqlite3.Connection, row: OutboxRow,
                            payload: PaymentForward, result: Mapping[str, Any],
                            now: str) -> list[Event]:
-        fields = {"processor_ref": result.get("processor_ref"), "finished_at": now}
+        # the processor's own answer settles it: a failure said while in doubt no longer holds
+        fields = {"processor_ref": result.get("processor_ref"), "finished_at": now,
+                  "failure": None}
         for name in ("brand", "last4"):
             if result.get(name) is not None:
                 fields[name] = result.get(name)

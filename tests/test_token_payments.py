@@ -107,6 +107,8 @@ async def test_forward_given_up_in_doubt_is_unknown_and_a_retry_settles_it(
             assert status == 200, body
             await until(partial(reaches, api, payment_id, "approved"),
                         "the manager's retry to settle the payment")
+            _, settled = await api.get(f"/v1/payments/{payment_id}")
+            assert settled["failure"] is None, settled  # the doubt no longer holds
     assert len(intents_for(stripe, payment_id)) == 1
 
 
