@@ -82,10 +82,12 @@ def create(conn: sqlite3.Connection, scope: str, name: str | None, now: datetime
 
 
 def redeem(conn: sqlite3.Connection, code: str, name: str | None, now: datetime,
-           client: str) -> Paired | None:
+           client: str, scopes: tuple[str, ...] = PAIR_SCOPES) -> Paired | None:
     """Trade a live code for a new token in the caller's transaction; None if no code matches.
 
     Every live code is compared (each has its own salt) with :func:`hmac.compare_digest`.
+    A right code whose scope is not in ``scopes`` raises :class:`PairingError` (ERR-5003)
+    and stays unused.
     """
     rows = conn.execute(
         "SELECT id, salt, code_hash, name, scope FROM pairing_codes"
@@ -96,6 +98,10 @@ def redeem(conn: sqlite3.Connection, code: str, name: str | None, now: datetime,
             match = row
     if match is None:
         return None
+    if match["scope"] not in scopes:
+        raise PairingError("ERR-5003", f"a {match['scope']} pairing code cannot sign in to the"
+                           " status page; the code is still unused (pair the register with"
+                           " it), or make one with edged pair --scope manager")
     token_name = match["name"] or name
     if not token_name:
         raise PairingError("ERR-1003", "body.name is required: the name of this register's"

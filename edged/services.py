@@ -44,7 +44,13 @@ class Services:
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     allowed_hosts: frozenset[str] = frozenset()
     key_locks: KeyLocks = field(default_factory=KeyLocks)
-    pair_guard: PairingGuard | None = None  # made on the first POST /v1/pair
+    pair_guard: PairingGuard | None = None  # made on the first pairing code tried
+
+    def pairing_guard(self) -> PairingGuard:
+        """The one wrong-code counter shared by ``POST /v1/pair`` and the page's sign-in."""
+        if self.pair_guard is None:
+            self.pair_guard = PairingGuard(self.clock)
+        return self.pair_guard
 
     async def principal(self, token: str) -> tokens.Principal | None:
         """The token's owner, read on every call: a revoked token fails at once.

@@ -1,5 +1,9 @@
 """Status-page sessions: a manager token traded for a cookie, stored hashed, that expires.
 
+A manager pairing code (``edged pair --scope manager``) signs in too: it is redeemed as
+``POST /v1/pair`` would (a new named token, once) and the session is bound to that token,
+in one transaction; the token itself never leaves the box.
+
 The browser keeps only a random session id (an HttpOnly cookie); the database keeps its
 SHA-256, the token it came from and when it expires. A session lives only as long as its
 token: a revoked token's sessions stop working at their next request.
@@ -13,7 +17,7 @@ import sqlite3
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from edged import tokens
+from edged import pairing, tokens
 from edged.store import Database
 from sync.clock import Clock, utc_iso
 
@@ -29,6 +33,15 @@ class NewSession:
 
 def _hash(session_id: str) -> str:
     return hashlib.sha256(session_id.encode()).hexdigest()
+
+
+def _open(conn: sqlite3.Connection, principal: tokens.Principal, session_id: str,
+          now: datetime, expires: str) -> NewSession:
+    conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (utc_iso(now),))
+    conn.execute("INSERT INTO sessions (id_hash, token_id, created_at, expires_at)"
+                 " VALUES (?, ?, ?, ?)",
+                 (_hash(session_id), principal.token_id, utc_iso(now), expires))
+    return NewSession(session_id, principal, expires)
 
 
 class SessionStore:
@@ -52,11 +65,27 @@ class SessionStore:
             principal = tokens.lookup(conn, token)
             if principal is None or principal.scope not in SIGN_IN_SCOPES:
                 return principal
-            conn.execute("DELETE FROM sessions WHERE expires_at <= ?", (utc_iso(now),))
-            conn.execute("INSERT INTO sessions (id_hash, token_id, created_at, expires_at)"
-                         " VALUES (?, ?, ?, ?)",
-                         (_hash(session_id), principal.token_id, utc_iso(now), expires))
-            return NewSession(session_id, principal, expires)
+            return _open(conn, principal, session_id, now, expires)
+
+        return await self._db.write(write)
+
+    async def sign_in_with_code(self, code: str, name: str | None,
+                                client: str) -> NewSession | None:
+        """Redeem a manager pairing code and open a session on the new token, at once;
+        None when no live code matches. Raises :class:`pairing.PairingError` (nothing used
+        up) for a register code or a name in use."""
+        now: datetime = self._clock.now()
+        session_id = secrets.token_urlsafe(32)
+        expires = utc_iso(now + self._lifetime)
+
+        def write(conn: sqlite3.Connection) -> NewSession | None:
+            paired = pairing.redeem(conn, code, name, now, client, scopes=SIGN_IN_SCOPES)
+            if paired is None:
+                return None
+            principal = tokens.lookup(conn, paired.token)
+            if principal is None:  # pragma: no cover  (made just above)
+                raise RuntimeError("a paired token is not found")
+            return _open(conn, principal, session_id, now, expires)
 
         return await self._db.write(write)
 

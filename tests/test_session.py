@@ -15,7 +15,7 @@ from typing import Any
 import aiohttp
 import pytest
 
-from edged import tokens
+from edged import pairing, tokens
 from edged.app import Daemon
 from edged.config import ManagerConfig
 from tests.clock import ManualClock
@@ -219,3 +219,124 @@ async def test_under_tls_the_cookie_is_secure(tmp_path: Path) -> None:
                 assert r.status == 200
     finally:
         await daemon.stop()
+
+
+def _unknown_payment(api: Api) -> None:
+    conn = _db(api)
+    conn.execute("INSERT INTO payments (id, method, state, amount, currency, created_at,"
+                 " updated_at) VALUES ('pay_u', 'card_present', 'unknown', 500, 'EUR',"
+                 " '2026-11-26T11:00:00.000Z', '2026-11-26T11:00:00.000Z')")
+    conn.commit()
+    conn.close()
+
+
+async def _code(api: Api, clock: ManualClock, scope: str, name: str | None) -> str:
+    now = clock.now()
+    return await api.daemon.db.write(lambda c: pairing.create(c, scope, name, now))
+
+
+async def code_sign_in(api: Api, body: dict[str, Any]) -> tuple[int, Any, aiohttp.ClientResponse]:
+    async with api.session.post(api.base + "/session", json=body, headers=origin(api)) as r:
+        return r.status, await r.json(), r
+
+
+async def test_a_monitor_signs_in_and_only_looks(setup: tuple[Api, ManualClock]) -> None:
+    api, _ = setup
+    monitor = await api.daemon.db.write(lambda c: tokens.create(c, "wall-1", "monitor"))
+    _unknown_payment(api)
+    status, body, _ = await sign_in(api, monitor)
+    assert status == 200, body
+    assert (body["scope"], body["actions"]) == ("monitor", False)
+    status, page = await as_page(api, "GET", "/v1/status")
+    assert status == 200 and page["viewer"] == {"name": "wall-1", "scope": "monitor",
+                                                "actions": False}
+    assert (await as_page(api, "GET", "/session"))[1]["actions"] is False
+    resolve = {"outcome": "declined", "note": "journal: no transaction"}
+    status, body = await as_page(api, "POST", "/v1/payments/pay_u/resolve",
+                                 {**origin(api), "Idempotency-Key": "k-mon"}, resolve)
+    assert (status, body["error"]["code"]) == (403, "ERR-5003")
+    status, body = await as_page(api, "POST", "/v1/sync/jobs/1/retry",
+                                 {**origin(api), "Idempotency-Key": "k-mon2"}, {})
+    assert (status, body["error"]["code"]) == (403, "ERR-5003")
+    assert api.count("payments", "state = 'unknown'") == 1
+    assert api.count("audit", "action = 'payment.resolved'") == 0
+
+
+async def test_a_manager_pairing_code_signs_in_once_bound_to_a_new_token(
+        setup: tuple[Api, ManualClock]) -> None:
+    api, clock = setup
+    _unknown_payment(api)
+    code = await _code(api, clock, "manager", "alice-phone")
+    status, body, response = await code_sign_in(api, {"code": code.lower()})
+    assert status == 200, body
+    assert body == {"name": "alice-phone", "scope": "manager", "actions": True,
+                    "expires_at": "2026-11-26T13:00:00.000Z"}
+    assert "edg_" not in await response.text()  # the new token never reaches the browser
+    sid = SimpleCookie(response.headers["Set-Cookie"])["edged_session"].value
+    conn = _db(api)
+    token_id, scope = conn.execute("SELECT id, scope FROM tokens WHERE name = 'alice-phone'"
+                                   " AND revoked_at IS NULL").fetchone()
+    used = conn.execute("SELECT used_at, token_id FROM pairing_codes").fetchone()
+    session = conn.execute("SELECT token_id FROM sessions WHERE id_hash = ?",
+                           (hashlib.sha256(sid.encode()).hexdigest(),)).fetchone()
+    actions = [r[0] for r in conn.execute(
+        "SELECT action FROM audit WHERE action IN ('token.paired', 'session.signed_in')"
+        " ORDER BY rowid")]
+    conn.close()
+    assert scope == "manager"
+    assert used == ("2026-11-26T12:00:00.000Z", token_id)
+    assert session == (token_id,)
+    assert actions == ["token.paired", "session.signed_in"]
+
+    status, page = await as_page(api, "GET", "/v1/status")
+    assert (status, page["viewer"]["name"]) == (200, "alice-phone")
+    status, paid = await as_page(api, "POST", "/v1/payments/pay_u/resolve",
+                                 {**origin(api), "Idempotency-Key": "k-pair"},
+                                 {"outcome": "declined", "note": "journal: none"})
+    assert (status, paid["state"]) == (200, "declined")
+
+    status, body, _ = await code_sign_in(api, {"code": code})  # once only
+    assert (status, body["error"]["code"]) == (403, "ERR-5010")
+    late = await _code(api, clock, "manager", "bob-phone")
+    clock.advance(5 * 60 + 1)  # the same five minutes as POST /v1/pair
+    status, body, _ = await code_sign_in(api, {"code": late})
+    assert (status, body["error"]["code"]) == (403, "ERR-5010")
+    assert api.count("tokens", "name = 'bob-phone'") == 0
+
+    await api.daemon.db.write(lambda c: tokens.revoke(c, "alice-phone"))
+    status, body = await as_page(api, "GET", "/v1/status")
+    assert (status, body["error"]["code"]) == (401, "ERR-5021")
+
+
+async def test_a_register_code_does_not_sign_in_and_stays_unused(
+        setup: tuple[Api, ManualClock]) -> None:
+    api, clock = setup
+    code = await _code(api, clock, "register", "till-2")
+    status, body, _ = await code_sign_in(api, {"code": code})
+    assert (status, body["error"]["code"]) == (403, "ERR-5003")
+    assert api.count("sessions") == 0
+    assert api.count("tokens", "name = 'till-2'") == 0
+    assert api.count("pairing_codes", "used_at IS NULL") == 1
+    async with api.session.post(api.base + "/v1/pair", json={"code": code}) as r:
+        assert r.status == 201  # the register still pairs with it
+        assert (await r.json())["scope"] == "register"
+
+
+async def test_code_sign_in_shares_the_wrong_code_limit_with_pairing(
+        setup: tuple[Api, ManualClock]) -> None:
+    api, clock = setup
+    code = await _code(api, clock, "manager", None)
+    status, body, _ = await code_sign_in(api, {"code": code})
+    assert (status, body["error"]["code"]) == (422, "ERR-1003")  # a name is needed
+    assert api.count("pairing_codes", "used_at IS NULL") == 1
+    for _ in range(3):
+        status, body, _ = await code_sign_in(api, {"code": "AAAAA-AAAAA", "name": "x"})
+        assert (status, body["error"]["code"]) == (403, "ERR-5010")
+    for _ in range(2):
+        async with api.session.post(api.base + "/v1/pair", json={"code": "BBBBB-BBBBB",
+                                                                  "name": "x"}) as r:
+            assert r.status == 403
+    status, body, response = await code_sign_in(api, {"code": code, "name": "carol"})
+    assert (status, body["error"]["code"]) == (429, "ERR-5011")
+    assert int(response.headers["Retry-After"]) >= 1
+    assert api.count("sessions") == 0 and api.count("pairing_codes", "used_at IS NULL") == 1

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 
+from edged import pairing, tokens
 from edged.config import TerminalConfig
 from tests.fakes.shopify import FakeShopify, load_admin_schema
 from tests.helpers import Api, running
@@ -66,16 +67,22 @@ async def test_status_page_live_in_a_real_browser(tmp_path: Path, browser: objec
             page = await browser.new_page(viewport={"width": 412, "height": 915})  # a phone
             await page.goto(api.base + "/")
             await expect(page.locator("#signin")).to_be_visible()
-            await page.fill("#token", api.manager_token)
+            # a one-time code from `edged pair --scope manager` (made without --name)
+            now = api.daemon.clock.now()
+            code = await api.daemon.db.write(
+                lambda c: pairing.create(c, "manager", None, now))
+            await page.fill("#token", code)
+            await page.fill("#pair-name", "phone-1")
             await page.click("#signin-form button[type=submit]")
-            await expect(page.locator("#viewer")).to_have_text("manager-1 (manager)")
+            await expect(page.locator("#viewer")).to_have_text("phone-1 (manager)")
+            assert api.count("pairing_codes", "used_at IS NOT NULL") == 1
             await expect(page.locator("#terminal-sim-1 .state")).to_have_text("online")
             await expect(page.locator("#live")).to_have_text("Live")
             await page.evaluate("window.sameDocument = 'yes'")
 
             await _payment_shows_live(api, page, expect)
             await _outage_shows_live(api, shop, page, expect)
-            await _resolve_with_the_page(api, page, expect)
+            await _resolve_with_the_page(api, page, expect, browser)
             await _stream_drop_is_said_and_recovered(api, page, expect)
 
             assert await page.evaluate("window.sameDocument") == "yes"  # never reloaded
@@ -128,7 +135,8 @@ async def _outage_shows_live(api: Api, shop: FakeShopify, page: object,
         "shopify is unreachable", timeout=LIVE)
 
 
-async def _resolve_with_the_page(api: Api, page: object, expect: object) -> None:
+async def _resolve_with_the_page(api: Api, page: object, expect: object,
+                                 browser: object) -> None:
     status, started = await api.post("/v1/payments", {
         "amount": 2099, "currency": "EUR", "method": "card_present", "terminal": "sim-1"})
     assert status == 202
@@ -139,6 +147,7 @@ async def _resolve_with_the_page(api: Api, page: object, expect: object) -> None
     await expect(item).to_be_visible(timeout=LIVE)  # type: ignore[operator]
     await expect(item).to_contain_text("20.99 EUR")  # type: ignore[operator]
     await expect(page.locator("#unknown-count")).to_have_text("1")  # type: ignore[attr-defined,operator]
+    await _monitor_sees_no_actions(api, browser, f"#unknown-{pid}", expect)
     await item.locator("button[data-outcome=approved]").click()  # no note: refused
     await expect(item.locator("input.note")).to_have_attribute("aria-invalid", "true")  # type: ignore[operator]
     await item.locator("input.note").fill("terminal journal: approved, auth 123456")
@@ -172,6 +181,25 @@ async def _resolve_with_the_page(api: Api, page: object, expect: object) -> None
     await _gone(page, item, expect)
     _, body = await api.get(f"/v1/payments/{paid['id']}")
     assert [(r["id"], r["state"]) for r in body["refunds"]] == [(rid, "succeeded")]
+
+
+async def _monitor_sees_no_actions(api: Api, browser: object, selector: str,
+                                   expect: object) -> None:
+    """A monitor token signs in (its own browser context) and sees the item, no buttons."""
+    monitor = await api.daemon.db.write(lambda c: tokens.create(c, "wall-1", "monitor"))
+    context = await browser.new_context()  # type: ignore[attr-defined]
+    try:
+        wall = await context.new_page()
+        await wall.goto(api.base + "/")
+        await wall.fill("#token", monitor)
+        await wall.click("#signin-form button[type=submit]")
+        await expect(wall.locator("#viewer")).to_have_text("wall-1 (monitor, view only)")  # type: ignore[operator]
+        item = wall.locator(selector)
+        await expect(item).to_be_visible(timeout=LIVE)  # type: ignore[operator]
+        await expect(item.locator("button")).to_have_count(0)  # type: ignore[operator]
+        await expect(wall.locator("main button:visible")).to_have_count(0)  # type: ignore[operator]
+    finally:
+        await context.close()
 
 
 async def _refund_unknown(api: Api, payment_id: str) -> bool | None:

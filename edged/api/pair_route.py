@@ -30,9 +30,7 @@ async def pair(ctx: Ctx) -> Answer:
     if not request.secure and not is_loopback(client):
         raise ApiError("ERR-5012", "pairing off this box needs HTTPS; set [api] tls = true")
     services = ctx.services
-    if services.pair_guard is None:
-        services.pair_guard = pairing.PairingGuard(services.clock)
-    guard = services.pair_guard
+    guard = services.pairing_guard()
     wait = guard.retry_after(client)
     if wait is not None:
         raise ApiError("ERR-5011", f"too many wrong pairing codes; retry after {wait} s",

@@ -110,11 +110,15 @@ function showSignIn(message) {
 
 async function signIn(event) {
   event.preventDefault();
-  const token = $("token").value.trim();
+  const secret = $("token").value.trim();
+  const name = $("pair-name").value.trim();
+  // a token starts edg_; anything else is a pairing code from `edged pair`
+  const body = secret.startsWith("edg_") ? { token: secret }
+    : name ? { code: secret, name } : { code: secret };
   $("signin-error").textContent = "";
   const response = await fetch("/session", {
     method: "POST", credentials: "same-origin",
-    headers: { "Content-Type": "application/json" }, body: JSON.stringify({ token }),
+    headers: { "Content-Type": "application/json" }, body: JSON.stringify(body),
   });
   const data = await response.json().catch(() => null);
   $("token").value = "";
