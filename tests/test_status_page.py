@@ -91,12 +91,12 @@ async def test_status_page_live_in_a_real_browser(tmp_path: Path, browser: objec
                 await page.screenshot(path=SCREENSHOT, full_page=True)
 
             # the printable report, linked from the page:
-            # takings 12.50 + 6 x 4.50 + 20.99 + 50.00 + 7.77, refunds 10.99
+            # takings 12.50 + 6 x 4.50 + 20.99 + 50.00 + 3.50 + 7.77, refunds 10.99
             await page.click("#report-link")
             report = page.locator("#report-EUR")
             await expect(report).to_contain_text("Takings (approved)")
-            await expect(report).to_contain_text("118.26 EUR")
-            await expect(report).to_contain_text("107.27 EUR")  # net
+            await expect(report).to_contain_text("121.76 EUR")
+            await expect(report).to_contain_text("110.77 EUR")  # net
             await expect(page.locator("#lists")).to_contain_text("Changes not yet synced")
             await page.close()
 
@@ -175,6 +175,14 @@ async def _resolve_with_the_page(api: Api, page: object, expect: object,
     await expect(item).to_be_visible(timeout=LIVE)  # type: ignore[operator]
     await expect(item).to_contain_text("10.99 EUR")  # type: ignore[operator]
     await item.locator("input.note").fill("terminal journal: refund 10.99 done")
+    # a sale meanwhile refreshes the page live: the note being typed keeps its text
+    status, sale = await api.post("/v1/payments", {"amount": 350, "currency": "EUR",
+                                                   "method": "cash"})
+    assert status == 201, sale
+    await expect(page.locator(f"#pay-{sale['id']} .state")).to_have_text(  # type: ignore[attr-defined]
+        "approved", timeout=LIVE)  # type: ignore[operator]
+    await expect(item.locator("input.note")).to_have_value(  # type: ignore[operator]
+        "terminal journal: refund 10.99 done")
     await item.locator("button[data-outcome=succeeded]").click()
     await until(lambda: _refund_is(api, paid["id"], "succeeded"), "the page's refund resolve",
                 timeout=10.0)

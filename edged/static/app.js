@@ -4,7 +4,7 @@
 
 const KINDS = ["payment", "refund", "order", "inventory", "terminal", "sync", "alert"];
 const state = { status: null, offset: 0, source: null, refreshing: false, again: false,
-                drops: 0, actions: false };
+                drops: 0, actions: false, notes: {} };  // notes: what a manager is typing, by item
 
 // -- small helpers ------------------------------------------------------------------------
 
@@ -217,6 +217,10 @@ setInterval(() => {
 // -- rendering ----------------------------------------------------------------------------
 
 function render(s) {
+  // a live refresh rebuilds the lists: a note being typed keeps its text, caret and focus
+  const active = document.activeElement;
+  const typing = active && active.dataset ? active.dataset.note : undefined;
+  const caret = typing ? active.selectionStart : null;
   $("store-id").textContent = s.store.id;
   $("report-link").href = `/report?date=${encodeURIComponent(s.today.date)}`;
   renderToday(s.today);
@@ -228,6 +232,12 @@ function render(s) {
   renderDeadJobs(s.dead_jobs);
   renderAlerts(s.alerts);
   renderPayments(s.recent_payments);
+  const present = new Set([...document.querySelectorAll("input.note")].map((n) => n.dataset.note));
+  for (const label of Object.keys(state.notes)) if (!present.has(label)) delete state.notes[label];
+  if (typing) {
+    const again = [...document.querySelectorAll("input.note")].find((n) => n.dataset.note === typing);
+    if (again) { again.focus(); again.setSelectionRange(caret, caret); }
+  }
 }
 
 function empty(text) { return el("p", { class: "empty" }, text); }
@@ -305,7 +315,9 @@ function renderOffline(offline) {
 
 function noteAndButtons(label, choices, act) {
   const note = el("input", { type: "text", placeholder: "Note: what the journal says",
-                             "aria-label": `note for ${label}`, class: "note" });
+                             "aria-label": `note for ${label}`, class: "note", "data-note": label,
+                             oninput: () => { state.notes[label] = note.value; } });
+  note.value = state.notes[label] || "";
   const buttons = choices.map(([text, value, cls]) => el("button", {
     type: "button", class: cls, "data-outcome": value,
     onclick: async (event) => {
@@ -314,6 +326,7 @@ function noteAndButtons(label, choices, act) {
       for (const b of buttons) b.disabled = true;
       try {
         await act(value, text);
+        delete state.notes[label];
         $("action-error").textContent = "";
         refresh();
       } catch (e) {
