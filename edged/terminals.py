@@ -71,7 +71,6 @@ class _Lane:
         self.detail: str | None = "not opened yet"
         self.last_seen: datetime | None = None
         self.busy_with: str | None = None
-        self.task: asyncio.Task[None] | None = None
         self.backoff = min(1.0, config.max_backoff_seconds)
 
 
@@ -82,6 +81,8 @@ class TerminalManager:
         self._clock = clock
         self._lanes = {c.id: _Lane(c, build_terminal(c, clock, links)) for c in configs}
         self._loops: list[asyncio.Task[None]] = []
+        # every transaction until its outcome is recorded (which may be after its lane is free)
+        self._running: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         for lane in self._lanes.values():
@@ -122,7 +123,6 @@ class TerminalManager:
         lane = self._lanes[terminal_id]
         if lane.busy_with == subject_id:
             lane.busy_with = None
-            lane.task = None
             if lane.state is TerminalState.BUSY:
                 self._set_state(lane, TerminalState.ONLINE, None)
 
@@ -149,10 +149,15 @@ class TerminalManager:
             except Exception:  # a bug must not lose the outcome: it becomes unknown
                 log.exception("terminal %s crashed during %s", terminal_id, subject_id)
                 result = TransactionResult(Outcome.UNKNOWN, 0, "", detail="driver error")
+            unknown = isinstance(result, TransactionResult) and \
+                result.outcome is Outcome.UNKNOWN
+            if not unknown:
+                # the terminal is done: free the lane before the outcome is committed, so a
+                # register that can read the outcome can start the next sale on this lane
+                self._touch_and_release(lane, terminal_id, subject_id)
             try:
                 await done(result, subject_id)
-                if isinstance(result, TransactionResult) and \
-                        result.outcome is Outcome.UNKNOWN:
+                if unknown:
                     await self._recheck(lane)
             except Exception:  # e.g. the disk is full: the row stays in progress
                 log.exception("terminal %s: the outcome of %s (%s) could not be recorded; it"
@@ -161,11 +166,19 @@ class TerminalManager:
                               result.outcome.value if isinstance(result, TransactionResult)
                               else "not sent")
             finally:
-                if lane.state is not TerminalState.OFFLINE:
-                    lane.last_seen = self._clock.now()
-                self.release(terminal_id, subject_id)
+                self._touch_and_release(lane, terminal_id, subject_id)
 
-        lane.task = asyncio.create_task(_go(), name=f"txn-{subject_id}")
+        task = asyncio.create_task(_go(), name=f"txn-{subject_id}")
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+
+    def _touch_and_release(self, lane: _Lane, terminal_id: str, subject_id: str) -> None:
+        """The lane's transaction ``subject_id`` is over (a no-op once released)."""
+        if lane.busy_with != subject_id:
+            return
+        if lane.state is not TerminalState.OFFLINE:
+            lane.last_seen = self._clock.now()
+        self.release(terminal_id, subject_id)
 
     async def _recheck(self, lane: _Lane) -> None:
         """After an unknown ending (silence, a lost line), probe before freeing the lane.
@@ -192,9 +205,8 @@ class TerminalManager:
         await lane.driver.cancel()
 
     async def wait_idle(self, timeout: float) -> None:
-        tasks = [lane.task for lane in self._lanes.values() if lane.task is not None]
-        if tasks:
-            await asyncio.wait(tasks, timeout=timeout)
+        if self._running:
+            await asyncio.wait(set(self._running), timeout=timeout)
 
     def views(self) -> list[TerminalView]:
         return [self._view(lane) for lane in self._lanes.values()]
@@ -255,11 +267,12 @@ class TerminalManager:
             task.cancel()
         await asyncio.gather(*self._loops, return_exceptions=True)
         await self.wait_idle(grace)
+        for task in list(self._running):
+            if not task.done():
+                log.warning("%s still running at shutdown; it will be reconciled at the next"
+                            " start", task.get_name())
+                task.cancel()
         for lane in self._lanes.values():
-            if lane.task is not None and not lane.task.done():
-                log.warning("terminal %s still busy with %s at shutdown; it will be"
-                            " reconciled at the next start", lane.config.id, lane.busy_with)
-                lane.task.cancel()
             try:
                 await lane.driver.close()
             except DriverError as exc:

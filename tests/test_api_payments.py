@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+from typing import Any
 from pathlib import Path
 
 from tests.helpers import Api, make_config, running
@@ -299,3 +300,34 @@ async def test_sync_jobs_show_payment_method_tokens_to_managers_only(tmp_path: P
         assert "pm_1SecretCardToken" not in str(jobs)
         status, jobs = await api.get("/v1/sync/jobs", token=api.manager_token)
         assert jobs["data"][0]["payload"]["token"] == "pm_1SecretCardToken"
+
+
+async def test_once_a_register_can_read_the_outcome_the_lane_takes_the_next_sale(
+        tmp_path: Path) -> None:
+    """The lane is free by the time a terminal's outcome is committed, so a register that
+    polls (without a long-poll) and starts the next sale at once is never told busy."""
+    async with running(make_config(tmp_path, sim={"delay": 0.02})) as api:
+        payments = api.daemon.payments
+        record = payments._finish_payment
+        answers: list[tuple[int, Any]] = []
+        asked = asyncio.Event()
+
+        async def then_next_sale(result: Any, payment_id: str) -> None:
+            await record(result, payment_id)  # committed: a GET now reads the final state
+            if not answers:
+                _, seen = await api.get(f"/v1/payments/{payment_id}")
+                assert seen["state"] == "approved", seen
+                answers.append(await api.post("/v1/payments", {
+                    "amount": 1200, "currency": "EUR", "method": "card_present"}))
+                asked.set()
+
+        payments._finish_payment = then_next_sale  # type: ignore[method-assign]
+        _, first = await api.post("/v1/payments", {"amount": 1100, "currency": "EUR",
+                                                   "method": "card_present"})
+        _, done = await api.get(f"/v1/payments/{first['id']}?wait=10")
+        assert done["state"] == "approved"
+        await asyncio.wait_for(asked.wait(), 10)
+        ((status, second),) = answers
+        assert status == 202, second
+        _, after = await api.get(f"/v1/payments/{second['id']}?wait=10")
+        assert after["state"] == "approved"
