@@ -33,6 +33,14 @@ logger = logging.getLogger(__name__)
 EPSILON = 1e-9
 
 
+def header(headers: Mapping[str, str] | None, name: str) -> str | None:
+    """A header by its lower-case ``name`` from an SDK error's plain mapping of headers."""
+    for key, value in (headers or {}).items():
+        if key.lower() == name:
+            return value
+    return None
+
+
 def retry_after_seconds(value: str | None, now: datetime) -> float | None:
     """Parse a ``Retry-After`` header (delta seconds or an HTTP date) into seconds from now.
 

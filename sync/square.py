@@ -79,7 +79,7 @@ from sync.errors import (
     TransientError,
 )
 from sync.gateway import OutboxRow, RowFailure, Work, WorkResult
-from sync.limiter import TokenBucket, TokenBucketSettings, retry_after_seconds
+from sync.limiter import TokenBucket, TokenBucketSettings, header, retry_after_seconds
 
 if TYPE_CHECKING:
     from square.core.api_error import ApiError
@@ -122,13 +122,6 @@ def square_key(key: str) -> str:
     if len(key) <= KEY_MAX:
         return key
     return "edged-" + hashlib.sha256(key.encode()).hexdigest()[:KEY_MAX - 6]
-
-
-def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
-    for key, value in (headers or {}).items():
-        if key.lower() == name:
-            return value
-    return None
 
 
 class SquareGateway:
@@ -350,7 +343,7 @@ class SquareGateway:
     def _api_error(self, exc: ApiError, what: str, work: Work) -> Exception:
         status: int | None = exc.status_code
         if status == 429:
-            retry_after = retry_after_seconds(_header(exc.headers, "retry-after"),
+            retry_after = retry_after_seconds(header(exc.headers, "retry-after"),
                                               self._clock.now())
             wait = self.bucket.on_429(retry_after)
             return Throttled(wait, f"square rate-limited the call to {what} (429)")

@@ -24,7 +24,7 @@ answer → :class:`OutcomeUnknown`; nothing sent → :class:`TransientError`; 40
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
@@ -38,7 +38,7 @@ from sync.errors import (
     TransientError,
 )
 from sync.guarded import through
-from sync.limiter import TokenBucket, retry_after_seconds
+from sync.limiter import TokenBucket, header, retry_after_seconds
 
 if TYPE_CHECKING:
     from square.core.request_options import RequestOptions
@@ -97,13 +97,6 @@ def _view(c: TerminalCheckout) -> CheckoutView:
                         currency=str(c.amount_money.currency or ""),
                         payment_ids=tuple(c.payment_ids or ()),
                         cancel_reason=str(c.cancel_reason) if c.cancel_reason else None)
-
-
-def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
-    for key, value in (headers or {}).items():
-        if key.lower() == name:
-            return value
-    return None
 
 
 class SquareTerminalClient:
@@ -213,7 +206,7 @@ class SquareTerminalClient:
             status = exc.status_code
             if status == 429:
                 wait = self.bucket.on_429(retry_after_seconds(
-                    _header(exc.headers, "retry-after"), self._clock.now()))
+                    header(exc.headers, "retry-after"), self._clock.now()))
                 raise Throttled(wait, f"square rate-limited the call to {what} (429)") from None
             self.bucket.on_success()
             if status in (401, 403):

@@ -79,7 +79,7 @@ from sync.errors import (
     TransientError,
 )
 from sync.gateway import OutboxRow, RowFailure, Work, WorkResult
-from sync.limiter import TokenBucket, TokenBucketSettings, retry_after_seconds
+from sync.limiter import TokenBucket, TokenBucketSettings, header, retry_after_seconds
 
 if TYPE_CHECKING:
     import stripe
@@ -115,13 +115,6 @@ class _Refused(Exception):
         super().__init__(message)
         self.message = message
         self.decline = decline
-
-
-def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
-    for key, value in (headers or {}).items():
-        if key.lower() == name:
-            return value
-    return None
 
 
 def _search_literal(value: str) -> str:
@@ -422,7 +415,7 @@ class StripeGateway:
         try:
             answer = await call()
         except stripe.RateLimitError as exc:
-            retry_after = retry_after_seconds(_header(exc.headers, "retry-after"),
+            retry_after = retry_after_seconds(header(exc.headers, "retry-after"),
                                               self._clock.now())
             wait = self.bucket.on_429(retry_after)
             raise Throttled(wait, f"stripe rate-limited the call to {what} (429)") from None
@@ -457,7 +450,7 @@ class StripeGateway:
             if status is not None and 400 <= status < 500 and status != 409:
                 raise PermanentError(f"Stripe refused the call to {what} ({status}): "
                                      f"{exc.user_message}", "ERR-6070") from None
-            replayed = _header(exc.headers, "idempotent-replayed") == "true"
+            replayed = header(exc.headers, "idempotent-replayed") == "true"
             raise OutcomeUnknown(
                 f"stripe answered {status} to the call to {what}"
                 + (" (the answer stored under this idempotency key, replayed: the key is spent"

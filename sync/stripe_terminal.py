@@ -48,7 +48,7 @@ from sync.errors import (
     TransientError,
 )
 from sync.guarded import through
-from sync.limiter import TokenBucket, retry_after_seconds
+from sync.limiter import TokenBucket, header, retry_after_seconds
 
 if TYPE_CHECKING:
     import stripe
@@ -167,13 +167,6 @@ def _reader_view(reader: Mapping[str, Any]) -> ReaderView:
         action_intent=intent if isinstance(intent, str) else None, intent=expanded,
         failure_code=action.get("failure_code"), failure_message=action.get("failure_message"),
         decline_code=decline)
-
-
-def _header(headers: Mapping[str, str] | None, name: str) -> str | None:
-    for key, value in (headers or {}).items():
-        if key.lower() == name:
-            return value
-    return None
 
 
 class StripeTerminalClient:
@@ -300,7 +293,7 @@ class StripeTerminalClient:
         try:
             answer = await call()
         except stripe.RateLimitError as exc:
-            wait = self.bucket.on_429(retry_after_seconds(_header(exc.headers, "retry-after"),
+            wait = self.bucket.on_429(retry_after_seconds(header(exc.headers, "retry-after"),
                                                           self._clock.now()))
             raise Throttled(wait, f"stripe rate-limited the call to {what} (429)") from None
         except (stripe.AuthenticationError, stripe.PermissionError) as exc:
