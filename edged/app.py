@@ -20,10 +20,8 @@ from edged.api.http import (
     SERVICES,
     allowed_hosts,
     bind,
-    errors_middleware,
-    gate_middleware,
 )
-from edged.api.latency import latency_middleware
+from edged.api.middleware import edge_middleware
 from edged.api.ratelimit import ClientBuckets
 from edged.api.routes import ROUTES
 from edged.api.server import (
@@ -31,7 +29,6 @@ from edged.api.server import (
     ConnectionGuard,
     GuardedSite,
     connection_limit,
-    guard_middleware,
     handler_args,
 )
 from edged.config import Config
@@ -58,8 +55,7 @@ SHUTDOWN_GRACE = 10.0
 
 
 def build_web_app(services: Services) -> web.Application:
-    app = web.Application(middlewares=[guard_middleware, latency_middleware, errors_middleware,
-                                       gate_middleware],
+    app = web.Application(middlewares=[edge_middleware],
                           client_max_size=services.cfg.api.max_body_bytes)
     app[SERVICES] = services
     app[GUARD] = ConnectionGuard(connection_limit(services.cfg.api.max_connections))

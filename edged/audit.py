@@ -7,12 +7,12 @@ deleted entry breaks the chain; ``edged audit verify`` walks it.
 from __future__ import annotations
 
 import hashlib
-import json
 import sqlite3
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from edged import jsoncodec
 from sync.clock import utc_iso
 
 GENESIS = "0" * 64
@@ -35,7 +35,7 @@ def append(conn: sqlite3.Connection, actor: str, action: str, subject: str,
     row = conn.execute("SELECT hash FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
     prev = row[0] if row else GENESIS
     stamp = utc_iso(at or datetime.now(UTC))
-    body = json.dumps(data, sort_keys=True, separators=(",", ":"))
+    body = jsoncodec.canonical(data)  # hashed as stored: verify never re-encodes it
     conn.execute(
         "INSERT INTO audit (at, actor, action, subject, data, prev_hash, hash)"
         " VALUES (?, ?, ?, ?, ?, ?, ?)",

@@ -9,11 +9,10 @@ a per-key lock, so the second sees the first one's stored answer.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
-import json
 import sqlite3
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -53,7 +52,7 @@ class Replayed(EdgedError):
 
 
 def body_hash(method: str, path: str, body: Any) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    canonical = jsoncodec.canonical(body)
     return hashlib.sha256(f"{method} {path}\n{canonical}".encode()).hexdigest()
 
 
@@ -96,22 +95,53 @@ def forget(conn: sqlite3.Connection, record: IdemRecord) -> None:
 
 
 class KeyLocks:
-    """One asyncio lock per key in use; entries vanish when nobody holds or waits."""
+    """One holder per key at a time, the others queued in arrival order.
+
+    An entry lives only while its key is held, and an uncontended key costs no lock and no
+    wait: the first holder just marks the key; a second one queues a future that the
+    holder's release hands the key to.
+    """
 
     def __init__(self) -> None:
-        self._locks: dict[tuple[str, str], tuple[asyncio.Lock, int]] = {}
+        self._held: dict[tuple[str, str], deque[asyncio.Future[None]]] = {}
 
-    @asynccontextmanager
-    async def hold(self, scope: str, key: str) -> AsyncIterator[None]:
-        ident = (scope, key)
-        lock, users = self._locks.get(ident, (asyncio.Lock(), 0))
-        self._locks[ident] = (lock, users + 1)
+    def hold(self, scope: str, key: str) -> _KeyHold:
+        return _KeyHold(self._held, (scope, key))
+
+
+class _KeyHold:
+    __slots__ = ("_held", "_ident")
+
+    def __init__(self, held: dict[tuple[str, str], deque[asyncio.Future[None]]],
+                 ident: tuple[str, str]) -> None:
+        self._held = held
+        self._ident = ident
+
+    async def __aenter__(self) -> None:
+        queue = self._held.get(self._ident)
+        if queue is None:
+            self._held[self._ident] = deque()
+            return
+        waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        queue.append(waiter)
         try:
-            async with lock:
-                yield
-        finally:
-            lock, users = self._locks[ident]
-            if users <= 1:
-                del self._locks[ident]
+            await waiter
+        except asyncio.CancelledError:
+            if waiter.done() and not waiter.cancelled():  # handed the key as it was cancelled
+                self._release()
             else:
-                self._locks[ident] = (lock, users - 1)
+                with contextlib.suppress(ValueError):  # a release may have dropped it already
+                    queue.remove(waiter)
+            raise
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        queue = self._held[self._ident]
+        while queue:
+            waiter = queue.popleft()
+            if not waiter.done():  # a cancelled waiter has left
+                waiter.set_result(None)  # the key is its now
+                return
+        del self._held[self._ident]

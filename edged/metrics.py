@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import bisect
+import itertools
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
@@ -77,10 +79,7 @@ class Metrics:
         counts = hist.counts.get(key)
         if counts is None:
             counts = hist.counts[key] = [0] * (len(hist.buckets) + 1)
-        for i, bound in enumerate(hist.buckets):
-            if value <= bound:
-                counts[i] += 1
-        counts[-1] += 1
+        counts[bisect.bisect_left(hist.buckets, value)] += 1  # its own bucket; summed on output
         hist.sums[key] = hist.sums.get(key, 0.0) + value
 
     def async_collector(self, fn: Callable[[Metrics], Awaitable[None]]) -> None:
@@ -115,12 +114,13 @@ class Metrics:
             out.append(f"# TYPE {hist.name} histogram")
             for labels, counts in sorted(hist.counts.items()):
                 pairs = [f'{k}="{_escape(v)}"' for k, v in labels]
-                for bound, count in zip((*hist.buckets, float("inf")), counts, strict=True):
+                for bound, count in zip((*hist.buckets, float("inf")),
+                                        itertools.accumulate(counts), strict=True):
                     le = "+Inf" if bound == float("inf") else repr(bound)
                     text = ",".join([*pairs, 'le="' + le + '"'])
                     out.append(f"{hist.name}_bucket{{{text}}} {count}")
                 text = ",".join(pairs)
                 braces = f"{{{text}}}" if text else ""
                 out.append(f"{hist.name}_sum{braces} {_number(hist.sums[labels])}")
-                out.append(f"{hist.name}_count{braces} {counts[-1]}")
+                out.append(f"{hist.name}_count{braces} {sum(counts)}")
         return "\n".join(out) + "\n"

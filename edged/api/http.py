@@ -19,6 +19,7 @@ from aiohttp import ClientConnectionError, ClientPayloadError, web
 
 from edged import idempotency, jsoncodec
 from edged.api import session as _session
+from edged.api.ratelimit import Verdict
 from edged.api.schema import Obj, Schema
 from edged.cardnumbers import MAX_DEPTH, Problem, inspect, mask, text_has_pan
 from edged.errors import ApiError, EdgedError
@@ -120,8 +121,11 @@ async def _read_body(request: web.Request, schema: Obj | None) -> tuple[dict[str
     """(validated body, the raw decoded JSON for hashing). The raw body is never logged."""
     timeout = request.app[SERVICES].cfg.api.body_timeout
     try:
-        async with asyncio.timeout(timeout):
+        if request.content.is_eof():  # all of it has arrived: nothing to wait for
             raw = await request.read()
+        else:
+            async with asyncio.timeout(timeout):
+                raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
         limit = request.app[SERVICES].cfg.api.max_body_bytes
         raise ApiError("ERR-1007", f"the body is larger than {limit} bytes") from None
@@ -230,7 +234,7 @@ def _render(answer: Answer | web.StreamResponse) -> web.StreamResponse:
     return answer
 
 
-# -- middleware ---------------------------------------------------------------------------
+# -- the gate and the error answers (edged.api.middleware runs them) --------------------
 
 
 def allowed_hosts(services: Services) -> frozenset[str]:
@@ -249,37 +253,30 @@ def _host_of(header: str) -> str:
     return header.rsplit(":", 1)[0] if header.count(":") == 1 else header
 
 
-@web.middleware
-async def errors_middleware(request: web.Request,
-                            handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                            ) -> web.StreamResponse:
-    services = request.app[SERVICES]
-    status = 500
-    try:
-        response = await handler(request)
-        status = response.status
-        return response
-    except ApiError as err:
-        status = err.status
-        if err.status >= 500:
-            log.warning("%s %s: %s %s", request.method, request.path, err.code, err.message)
-        return error_response(err)
-    except StoreFull:
+def error_answer(request: web.Request, exc: Exception) -> tuple[int, web.StreamResponse]:
+    """(status for the metrics, the answer) for what a request raised; re-raises the rest.
+
+    Every refusal is the JSON error shape with its ERR code; a client that left before its
+    body arrived counts as 499 (nginx's "client closed request": nothing done, nothing to
+    answer); anything unexpected is logged with its traceback and answered ERR-1099.
+    """
+    if isinstance(exc, ApiError):
+        if exc.status >= 500:
+            log.warning("%s %s: %s %s", request.method, request.path, exc.code, exc.message)
+        return exc.status, error_response(exc)
+    if isinstance(exc, StoreFull):
         full = ApiError("ERR-1019", "the store cannot write: the disk is full; nothing was"
                         " changed, retry with the same Idempotency-Key once there is space",
                         headers={"Retry-After": "30"})
-        status = full.status
-        return error_response(full)  # logged once by the store, not per request
-    except ClientGone:
-        status = 499  # nginx's "client closed request": nothing to answer, nothing done
+        return full.status, error_response(full)  # logged once by the store, not per request
+    if isinstance(exc, ClientGone):
         log.debug("%s %s: the client left before its body arrived", request.method,
                   request.path)
-        return web.Response(status=400)
-    except web.HTTPException as exc:
-        status = exc.status
+        return 499, web.Response(status=400)
+    if isinstance(exc, web.HTTPException):
         code = {404: "ERR-1011", 405: "ERR-1012", 413: "ERR-1007"}.get(exc.status)
         if code is None:
-            raise
+            raise exc
         method = method_label(request.method)
         message = {"ERR-1011": f"no route {request.path}; see /v1/openapi.json",
                    "ERR-1012": f"{method} is not allowed on {request.path}",
@@ -287,17 +284,17 @@ async def errors_middleware(request: web.Request,
         headers = {}
         if isinstance(exc, web.HTTPMethodNotAllowed):
             headers["Allow"] = ", ".join(sorted(exc.allowed_methods))
-        return error_response(ApiError(code, message, headers=headers))
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, request.path)
-        return error_response(ApiError("ERR-1099", "internal error; nothing is lost, retry"
-                                       " with the same Idempotency-Key"))
-    finally:
-        route = request.match_info.route.resource
-        name = route.canonical if route is not None else "unmatched"
-        services.metrics.inc("edged_http_requests_total", "HTTP requests answered",
-                             route=name, method=method_label(request.method),
-                             status=str(status))
+        return exc.status, error_response(ApiError(code, message, headers=headers))
+    log.error("unhandled error in %s %s", request.method, request.path, exc_info=exc)
+    return 500, error_response(ApiError("ERR-1099", "internal error; nothing is lost, retry"
+                                        " with the same Idempotency-Key"))
+
+
+def count_request(services: Services, request: web.Request, status: int,
+                  route: str) -> None:
+    services.metrics.inc("edged_http_requests_total", "HTTP requests answered",
+                         route=route, method=method_label(request.method),
+                         status=str(status))
 
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",
@@ -309,12 +306,12 @@ def method_label(method: str) -> str:
     return method if method in KNOWN_METHODS else "other"
 
 
-@web.middleware
-async def gate_middleware(request: web.Request,
-                          handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                          ) -> web.StreamResponse:
-    """Draining, Host (DNS rebinding), bearer token and per-client limits."""
-    services = request.app[SERVICES]
+async def admit(request: web.Request, services: Services) -> Verdict | None:
+    """Draining, Host (DNS rebinding), bearer token and per-client limits.
+
+    Raises the refusal; returns the rate-limit verdict whose headers go on the answer
+    (``None`` for a request that needs no token or carries the session cookie).
+    """
     if request.app[DRAINING][0]:
         raise ApiError("ERR-1016", "the daemon is shutting down; retry in a moment",
                        headers={"Retry-After": "5", "Connection": "close"})
@@ -324,11 +321,14 @@ async def gate_middleware(request: web.Request,
         if not (sock and host == str(sock[0]).lower()):
             raise ApiError("ERR-5004", "the Host header does not name this daemon; add the"
                            " name to [api].allowed_hosts if it is really this box")
-    if not request.path.startswith("/v1/") or request.path in PUBLIC_PATHS:
-        return await handler(request)
-    if "Authorization" not in request.headers and _session.COOKIE in request.cookies:
-        return await _session.cookie_gate(request, handler, services, PRINCIPAL)
-    scheme, _, token = request.headers.get("Authorization", "").strip().partition(" ")
+    path = request.path
+    if not path.startswith("/v1/") or path in PUBLIC_PATHS:
+        return None
+    authorization = request.headers.get("Authorization")
+    if authorization is None and _session.COOKIE in request.cookies:
+        request[PRINCIPAL] = await _session.cookie_principal(request, services)
+        return None
+    scheme, _, token = (authorization or "").strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         _limit_anonymous(request, services)
@@ -343,15 +343,12 @@ async def gate_middleware(request: web.Request,
     request[PRINCIPAL] = principal
     client = f"token:{principal.token_id}"
     verdict = services.limits.take(client)
-    if verdict.allowed and request.method == "POST" and request.path == "/v1/payments":
+    if verdict.allowed and request.method == "POST" and path == "/v1/payments":
         verdict = services.payment_limits.take(client)
     if not verdict.allowed:
         raise ApiError("ERR-1015", f"too many requests; retry after {verdict.retry_after} s",
                        headers=verdict.headers())
-    response = await handler(request)
-    if not response.prepared:
-        response.headers.update(verdict.headers())
-    return response
+    return verdict
 
 
 def _plain(text: str) -> bool:

@@ -19,7 +19,6 @@ import asyncio
 import logging
 import resource
 import ssl
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -151,19 +150,6 @@ class ConnectionGuard:
     def leave(conn: _Guarded | None) -> None:
         if conn is not None:
             conn.active -= 1
-
-
-@web.middleware
-async def guard_middleware(request: web.Request,
-                           handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
-                           ) -> web.StreamResponse:
-    """Marks the connection as inside a request while the handler runs."""
-    guard = request.app.get(GUARD)
-    conn = guard.enter(request.transport) if guard is not None else None
-    try:
-        return await handler(request)
-    finally:
-        ConnectionGuard.leave(conn)
 
 
 class JsonRequestHandler(web.RequestHandler):

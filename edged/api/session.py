@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Awaitable, Callable
 from typing import Any
 
 from aiohttp import web
@@ -34,7 +33,6 @@ log = logging.getLogger(__name__)
 
 COOKIE = "edged_session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
-Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
 def _own_origin(request: web.Request) -> str:
@@ -59,21 +57,19 @@ async def principal_of(request: web.Request, services: Services) -> tuple[Princi
     return found
 
 
-async def cookie_gate(request: web.Request, handler: Handler, services: Services,
-                      key: web.RequestKey[Principal]) -> web.StreamResponse:
-    """The gate for a /v1 request authenticated by the session cookie."""
+async def cookie_principal(request: web.Request, services: Services) -> Principal:
+    """Who a /v1 request authenticated by the session cookie acts as, after its checks."""
     principal, _ = await principal_of(request, services)
     if request.method not in SAFE_METHODS:
         check_origin(request)
         if not principal.is_manager:  # a monitor's page only looks
             raise ApiError("ERR-5003", f"a {principal.scope} sign-in can only look; sign in"
                            " with a manager token to act")
-    request[key] = principal
     verdict = services.limits.take(f"token:{principal.token_id}")
     if not verdict.allowed:
         raise ApiError("ERR-1015", f"too many requests; retry after {verdict.retry_after} s",
                        headers=verdict.headers())
-    return await handler(request)
+    return principal
 
 
 def _body(principal: Principal, expires_at: str) -> dict[str, Any]:
