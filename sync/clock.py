@@ -40,4 +40,6 @@ class SystemClock:
 
 def utc_iso(moment: datetime) -> str:
     """UTC ISO 8601 with milliseconds and a ``Z``: the one time format in the data."""
-    return moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.%f")[:-3] + "Z"
+    if moment.tzinfo is not UTC:
+        moment = moment.astimezone(UTC)
+    return moment.isoformat(timespec="milliseconds")[:23] + "Z"  # no "+00:00"
