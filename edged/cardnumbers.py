@@ -27,6 +27,11 @@ _UUID = re.compile(r"(?<![0-9A-Za-z])[0-9a-fA-F]{8}(?:-[0-9a-fA-F]{4}){3}-[0-9a-
                    r"(?![0-9A-Za-z])")
 
 
+# 13 digits or more, grouped or not: a text without such a run holds no card number.
+_LONG_RUN = re.compile(r"\d(?:[ ./-]?\d){12}")
+_LONG_RUN_BYTES = re.compile(rb"[0-9](?:[ ./-]?[0-9]){12}")
+
+
 def _without_uuids(text: str) -> str:
     return _UUID.sub(lambda m: "u" * len(m.group()), text) if "-" in text else text
 
@@ -110,6 +115,8 @@ def _runs(text: str) -> list[tuple[int, int, str]]:
 
 
 def text_has_pan(text: str) -> bool:
+    if _LONG_RUN.search(text) is None:  # the common case, in one scan in C
+        return False
     return any(_run_has_pan(digits) for _, _, digits in _runs(_without_uuids(text)))
 
 
@@ -146,6 +153,17 @@ def inspect(value: Any, max_depth: int = MAX_DEPTH) -> Problem | None:
             else:
                 stack.extend((child, depth + 1) for child in item)
     return None
+
+
+def plain(raw: bytes) -> bool:
+    """Whether a JSON body's raw bytes cannot hold any :class:`Problem`, so that
+    :func:`inspect` of its decoded value may be skipped: ASCII without escapes (so every
+    decoded string and number is a run of these bytes, and no surrogate can appear), fewer
+    brackets than :data:`MAX_DEPTH` and no run of 13 digits or more.
+    """
+    return (raw.isascii() and b"\\" not in raw
+            and raw.count(b"{") + raw.count(b"[") <= MAX_DEPTH
+            and _LONG_RUN_BYTES.search(raw) is None)
 
 
 def contains_pan(value: Any) -> bool:

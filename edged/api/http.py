@@ -21,7 +21,7 @@ from edged import idempotency, jsoncodec
 from edged.api import session as _session
 from edged.api.ratelimit import Verdict
 from edged.api.schema import Obj, Schema
-from edged.cardnumbers import MAX_DEPTH, Problem, inspect, mask, text_has_pan
+from edged.cardnumbers import MAX_DEPTH, Problem, inspect, mask, plain, text_has_pan
 from edged.errors import ApiError, EdgedError
 from edged.idempotency import MAX_KEY_LENGTH, IdemRecord
 from edged.payments import Answer
@@ -153,7 +153,7 @@ async def _read_body(request: web.Request, schema: Obj | None) -> tuple[dict[str
             raise ApiError("ERR-1001", f"the body is not valid JSON{where}") from None
     if not isinstance(decoded, dict):
         raise ApiError("ERR-1002", "the body must be a JSON object such as {\"amount\": 1250}")
-    problem = inspect(decoded)
+    problem = None if plain(raw) else inspect(decoded)
     if problem is Problem.TOO_DEEP:
         raise ApiError("ERR-1017", f"the body is nested more than {MAX_DEPTH} levels deep")
     if problem is Problem.SURROGATE:

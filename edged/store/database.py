@@ -16,6 +16,7 @@ import asyncio
 import contextlib
 import errno
 import logging
+import queue
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -93,35 +94,34 @@ class Database:
         """Called with True when the store becomes unable to write, False when it can again."""
         self.stats = WriterStats()
         self._readers = readers
-        self._queue: asyncio.Queue[Job[Any] | None] = asyncio.Queue()
-        self._writer_exec = ThreadPoolExecutor(1, thread_name_prefix="edged-writer")
+        self._jobs: queue.SimpleQueue[Job[Any] | None] = queue.SimpleQueue()
+        self._writer: threading.Thread | None = None
+        self._writer_done: asyncio.Future[None] | None = None
         self._reader_exec = ThreadPoolExecutor(readers, thread_name_prefix="edged-reader")
         self._writer_conn: sqlite3.Connection | None = None
         self._reader_local = threading.local()
         self._reader_conns: list[sqlite3.Connection] = []
         self._reader_lock = threading.Lock()
         self._inline_conn: sqlite3.Connection | None = None
-        self._task: asyncio.Task[None] | None = None
         self._closed = False
         self.migrations_applied: list[int] = []
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         loop = asyncio.get_running_loop()
-        self.migrations_applied = await loop.run_in_executor(self._writer_exec, self._open_writer)
-        self._task = asyncio.create_task(self._writer_loop(), name="edged-db-writer")
-
-    def _open_writer(self) -> list[int]:
-        conn = connect(self.path)
-        self._writer_conn = conn
-        return migrate(conn)
+        opened: asyncio.Future[list[int]] = loop.create_future()
+        self._writer_done = loop.create_future()
+        self._writer = threading.Thread(target=self._writer_main, args=(loop, opened),
+                                        name="edged-writer", daemon=True)
+        self._writer.start()
+        self.migrations_applied = await opened
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in a write transaction; return once its commit is durable."""
-        if self._closed or self._task is None:
+        if self._closed or self._writer is None:
             raise StoreError("the database is closed")
         future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._queue.put_nowait(Job(fn, future))
+        self._jobs.put(Job(fn, future))
         return await future
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -168,41 +168,73 @@ class Database:
         finally:
             conn.execute("COMMIT")
 
-    async def _writer_loop(self) -> None:
-        loop = asyncio.get_running_loop()
+    def _writer_main(self, loop: asyncio.AbstractEventLoop,
+                     opened: asyncio.Future[list[int]]) -> None:
+        """The writer thread: open and migrate, then commit groups until told to stop.
+
+        It takes every write queued while the previous group was committing (no trip
+        through the event loop between two groups) and hands each group's outcomes back
+        to the loop in one call.
+        """
+        try:
+            conn = connect(self.path)
+            self._writer_conn = conn
+            applied = migrate(conn)
+        except BaseException as exc:
+            _call_soon(loop, _settle, opened, None, exc)
+            self._writer = None
+            return
+        _call_soon(loop, _settle, opened, applied, None)
         stop = False
         while not stop:
-            first = await self._queue.get()
+            first = self._jobs.get()
             if first is None:
                 break
             batch: list[Job[Any]] = [first]
-            while len(batch) < MAX_GROUP and not self._queue.empty():
-                nxt = self._queue.get_nowait()
+            while len(batch) < MAX_GROUP:
+                try:
+                    nxt = self._jobs.get_nowait()
+                except queue.Empty:
+                    break
                 if nxt is None:
                     stop = True
                     break
                 batch.append(nxt)
+            full: bool | None = False
+            problem: BaseException | None = None
             try:
-                outcomes = await loop.run_in_executor(self._writer_exec, self._run_group, batch)
+                outcomes = self._run_group(batch)
             except BaseException as exc:  # the commit itself failed: nobody's write is durable
+                problem = exc
                 if _is_full(exc):
-                    self._set_full(True, exc)
+                    full = True
                     outcomes = [_Outcome(False, error=StoreFull(f"disk full: {exc}"))
                                 for _ in batch]
                 else:
+                    full = None  # says nothing about space
                     log.error("group commit of %d writes failed: %s", len(batch), exc)
                     outcomes = [_Outcome(False, error=StoreError(f"commit failed: {exc}"))
                                 for _ in batch]
+            _call_soon(loop, self._deliver, batch, outcomes, full, problem)
+        try:
+            self._close_writer()
+        finally:
+            if self._writer_done is not None:
+                _call_soon(loop, _settle, self._writer_done, None, None)
+
+    def _deliver(self, batch: list[Job[Any]], outcomes: list[_Outcome], full: bool | None,
+                 problem: BaseException | None) -> None:
+        """On the loop: answer each write of a group once its commit is known."""
+        if full is not None:
+            self._set_full(full, problem)
+        for job, outcome in zip(batch, outcomes, strict=True):
+            if job.future.done():
+                continue
+            if outcome.ok:
+                job.future.set_result(outcome.value)
             else:
-                self._set_full(False, None)
-            for job, outcome in zip(batch, outcomes, strict=True):
-                if job.future.done():
-                    continue
-                if outcome.ok:
-                    job.future.set_result(outcome.value)
-                else:
-                    assert outcome.error is not None
-                    job.future.set_exception(outcome.error)
+                assert outcome.error is not None
+                job.future.set_exception(outcome.error)
 
     def _set_full(self, full: bool, exc: BaseException | None) -> None:
         """One loud line when the store stops being able to write, one when it can again."""
@@ -263,11 +295,9 @@ class Database:
         if self._closed:
             return
         self._closed = True
-        if self._task is not None:
-            self._queue.put_nowait(None)
-            await self._task
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer_exec, self._close_writer)
+        if self._writer is not None and self._writer_done is not None:
+            self._jobs.put(None)  # after every write queued before it
+            await self._writer_done
         if self._inline_conn is not None:
             self._inline_conn.close()
             self._inline_conn = None
@@ -275,7 +305,6 @@ class Database:
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
-        self._writer_exec.shutdown(wait=True)
         self._reader_exec.shutdown(wait=True)
 
     def _close_writer(self) -> None:
@@ -283,6 +312,21 @@ class Database:
             self._writer_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._writer_conn.close()
             self._writer_conn = None
+
+
+def _settle(future: asyncio.Future[T], value: T | None, error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is not None:
+        future.set_exception(error)
+    else:
+        future.set_result(value)  # type: ignore[arg-type]
+
+
+def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
+    """Hand a result to the loop; a loop already closed has nobody left to tell."""
+    with contextlib.suppress(RuntimeError):
+        loop.call_soon_threadsafe(fn, *args)
 
 
 def open_sync(path: Path) -> sqlite3.Connection:
