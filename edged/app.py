@@ -40,10 +40,10 @@ from edged.services import Services
 from edged.store import Database
 from edged.sync_hooks import StoreHooks
 from edged.terminals import TerminalManager
-from edged.tls import CertKeeper
 
 if TYPE_CHECKING:
     from edged.discovery import Advertiser
+    from edged.tls import CertKeeper
 from sync import outbox
 from sync.clock import Clock, SystemClock
 from sync.outbox import OutboxStore
@@ -104,7 +104,11 @@ class Daemon:
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
         self.port = 0
-        self.tls = CertKeeper(self.cfg, self.clock) if self.cfg.api.tls else None
+        self.tls: CertKeeper | None = None
+        if self.cfg.api.tls:
+            from edged.tls import CertKeeper  # noqa: PLC0415  (cryptography's x509 only for TLS)
+
+            self.tls = CertKeeper(self.cfg, self.clock)
         self._tasks: list[asyncio.Task[None]] = []
         self.advertiser: Advertiser | None = None
 

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from edged import audit, catalog_import, event_loop, lan_cli, tokens
+from edged import audit, event_loop, lan_cli, tokens
 from edged.config import Config, load, with_overrides
 from edged.errors import ConfigError
 from edged.store.database import open_sync
@@ -121,6 +121,8 @@ def _dispatch(args: argparse.Namespace) -> int:
               f" destinations: {', '.join(cfg.destinations) or 'none'}")
         return 0
     if args.command == "items":
+        from edged import catalog_import  # noqa: PLC0415  (only this command reads a catalogue)
+
         path = Path(args.file)
         try:
             rows = catalog_import.parse(path)

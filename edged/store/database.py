@@ -94,7 +94,8 @@ class Database:
         """Called with True when the store becomes unable to write, False when it can again."""
         self.stats = WriterStats()
         self._readers = readers
-        self._jobs: queue.SimpleQueue[Job[Any] | None] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[list[Job[Any]] | None] = queue.SimpleQueue()
+        self._pending: list[Job[Any]] = []  # writes of this loop iteration, not handed over
         self._writer: threading.Thread | None = None
         self._writer_done: asyncio.Future[None] | None = None
         self._reader_exec = ThreadPoolExecutor(readers, thread_name_prefix="edged-reader")
@@ -120,9 +121,17 @@ class Database:
         """Run ``fn`` in a write transaction; return once its commit is durable."""
         if self._closed or self._writer is None:
             raise StoreError("the database is closed")
-        future: asyncio.Future[T] = asyncio.get_running_loop().create_future()
-        self._jobs.put(Job(fn, future))
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+        self._pending.append(Job(fn, future))
+        if len(self._pending) == 1:  # one hand-over (one wake-up of the writer) per iteration
+            loop.call_soon(self._hand_over)
         return await future
+
+    def _hand_over(self) -> None:
+        if self._pending:
+            jobs, self._pending = self._pending, []
+            self._jobs.put(jobs)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on a reader connection (a consistent snapshot of the last commits)."""
@@ -174,7 +183,8 @@ class Database:
 
         It takes every write queued while the previous group was committing (no trip
         through the event loop between two groups) and hands each group's outcomes back
-        to the loop in one call.
+        to the loop in one call. The loop hands writes over once per iteration of its own
+        (:meth:`write`), so a burst of requests wakes this thread once, not once each.
         """
         try:
             conn = connect(self.path)
@@ -190,37 +200,42 @@ class Database:
             first = self._jobs.get()
             if first is None:
                 break
-            batch: list[Job[Any]] = [first]
-            while len(batch) < MAX_GROUP:
+            waiting: list[Job[Any]] = list(first)
+            while True:
                 try:
-                    nxt = self._jobs.get_nowait()
+                    more = self._jobs.get_nowait()
                 except queue.Empty:
                     break
-                if nxt is None:
+                if more is None:
                     stop = True
                     break
-                batch.append(nxt)
-            full: bool | None = False
-            problem: BaseException | None = None
-            try:
-                outcomes = self._run_group(batch)
-            except BaseException as exc:  # the commit itself failed: nobody's write is durable
-                problem = exc
-                if _is_full(exc):
-                    full = True
-                    outcomes = [_Outcome(False, error=StoreFull(f"disk full: {exc}"))
-                                for _ in batch]
-                else:
-                    full = None  # says nothing about space
-                    log.error("group commit of %d writes failed: %s", len(batch), exc)
-                    outcomes = [_Outcome(False, error=StoreError(f"commit failed: {exc}"))
-                                for _ in batch]
-            _call_soon(loop, self._deliver, batch, outcomes, full, problem)
+                waiting.extend(more)
+            for start in range(0, len(waiting), MAX_GROUP):
+                self._commit_group(loop, waiting[start:start + MAX_GROUP])
         try:
             self._close_writer()
         finally:
             if self._writer_done is not None:
                 _call_soon(loop, _settle, self._writer_done, None, None)
+
+    def _commit_group(self, loop: asyncio.AbstractEventLoop, batch: list[Job[Any]]) -> None:
+        """One transaction for the group, its outcomes handed back to the loop in one call."""
+        full: bool | None = False
+        problem: BaseException | None = None
+        try:
+            outcomes = self._run_group(batch)
+        except BaseException as exc:  # the commit itself failed: nobody's write is durable
+            problem = exc
+            if _is_full(exc):
+                full = True
+                outcomes = [_Outcome(False, error=StoreFull(f"disk full: {exc}"))
+                            for _ in batch]
+            else:
+                full = None  # says nothing about space
+                log.error("group commit of %d writes failed: %s", len(batch), exc)
+                outcomes = [_Outcome(False, error=StoreError(f"commit failed: {exc}"))
+                            for _ in batch]
+        _call_soon(loop, self._deliver, batch, outcomes, full, problem)
 
     def _deliver(self, batch: list[Job[Any]], outcomes: list[_Outcome], full: bool | None,
                  problem: BaseException | None) -> None:
@@ -296,6 +311,7 @@ class Database:
             return
         self._closed = True
         if self._writer is not None and self._writer_done is not None:
+            self._hand_over()
             self._jobs.put(None)  # after every write queued before it
             await self._writer_done
         if self._inline_conn is not None:
