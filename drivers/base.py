@@ -170,8 +170,15 @@ class Terminal(abc.ABC):
 
         A cloud terminal gives the sale to the device here, so that an offline or busy
         device is refused at once (:class:`TerminalUnavailable`, :class:`TerminalBusy`:
-        nothing was charged). Local terminals do everything in :meth:`collect`: the default
-        does nothing.
+        nothing was charged). A Concert lane sends the request frame it held back since
+        :meth:`prepare`. Others do everything in :meth:`collect`: the default does nothing.
+        """
+        return None
+
+    def abandon(self, request: TransactionRequest) -> None:
+        """The payment :meth:`prepare` was for could not be written: give the terminal
+        nothing to charge (a Concert lane closes the exchange it opened). Never raises;
+        :meth:`collect` is not called for it. The default does nothing.
         """
         return None
 

@@ -160,15 +160,18 @@ class PaymentService:
         try:
             answer = await self._db.write(write)
         except BaseException:
+            driver.abandon(request)  # nothing recorded: the terminal gets nothing to charge
             self._terminals.release(terminal_id, payment_id)
             raise
+        # durable: the terminal may have the request now (a Concert lane sends the frame it
+        # held since prepare; a cloud terminal is handed the sale)
         await self._start_on_terminal(terminal_id, request, idem)
-        self._bus.publish("payment", answer.body)
 
         async def collect(driver: Terminal) -> TransactionResult:
             return await driver.collect(request)
 
         self._terminals.run(terminal_id, payment_id, collect, self._finish_payment)
+        self._bus.publish("payment", answer.body)
         return answer
 
     def _refused(self, terminal_id: str, payment_id: str, exc: Exception) -> NoReturn:
@@ -243,8 +246,11 @@ class PaymentService:
 
         body = await self._db.write(write)
         if body is not None:
-            log.info("payment %s on %s ended %s", payment_id, body["terminal_id"], body["state"])
-            self._bus.publish("payment", body)
+            self._bus.publish("payment", body)  # wakes the register's long-poll
+            # logged once the long-poll's answer is on its way (it runs first on the loop)
+            asyncio.get_running_loop().call_soon(
+                log.info, "payment %s on %s ended %s", payment_id, body["terminal_id"],
+                body["state"])
 
     def _apply_result(self, conn: sqlite3.Connection, row: sqlite3.Row,
                       result: TransactionResult | NotSent, now: str,

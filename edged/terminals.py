@@ -221,14 +221,19 @@ class TerminalManager:
                             lane.driver.capabilities)
 
     def _set_state(self, lane: _Lane, state: TerminalState, detail: str | None) -> None:
-        changed = state is not lane.state
+        previous = lane.state
+        changed = state is not previous
         lane.state = state
         lane.detail = detail
         if state is TerminalState.ONLINE:
             lane.last_seen = self._clock.now()
         if changed:
-            log.info("terminal %s is %s%s", lane.config.id, state.value,
-                     f" ({detail})" if detail else "")
+            # online <-> busy is every sale (the payment's own lines say it): not worth a
+            # line each on the path of a sale; coming and going offline is
+            routine = {state, previous} <= {TerminalState.ONLINE, TerminalState.BUSY}
+            (log.debug if routine else log.info)(
+                "terminal %s is %s%s", lane.config.id, state.value,
+                f" ({detail})" if detail else "")
             self._bus.publish("terminal", self._view(lane).as_dict())
 
     async def _try_open(self, lane: _Lane) -> None:

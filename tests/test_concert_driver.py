@@ -12,7 +12,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -437,3 +437,90 @@ def test_simulator_command_prints_the_link_and_stops_on_sigterm(tmp_path: Path) 
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+
+
+# -- a sale opened while its payment is committed (prepare, then start or abandon) --------
+
+
+async def until_true(check: Callable[[], bool], what: str) -> None:
+    """Poll a simulator counter (bounded); the simulator thread sets no asyncio event."""
+
+    async def poll() -> None:
+        while not check():
+            await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.wait_for(poll(), 5.0)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
+async def test_a_prepared_sale_holds_its_request_until_started(
+    terminal: ConcertTerminal, sim: ConcertSimulator
+) -> None:
+    """The ENQ goes out at prepare (it commits the terminal to nothing); the request
+    frame only once start() says the payment is committed."""
+    request = sale(1250)
+    assert await terminal.prepare(request) is None
+    await wait_for_phase(terminal, Phase.HELD)  # the terminal ACKed the ENQ
+    assert sim.sessions_opened == 1
+    assert sim.requests == ()  # nothing it could charge
+    assert (await terminal.status()).state is TerminalState.BUSY
+    await terminal.start(request)
+    result = await terminal.collect(request)
+    assert result.outcome is Outcome.APPROVED
+    (received,) = sim.requests
+    assert received.request.amount == 1250 and received.copies == 1
+    assert sim.sessions_opened == 1  # the frame went out in the session the ENQ opened
+
+
+async def test_an_abandoned_sale_sends_nothing_and_the_next_one_runs(
+    terminal: ConcertTerminal, sim: ConcertSimulator
+) -> None:
+    """The payment's first commit failed: EOT, no request, the terminal is free."""
+    first = sale(1250, payment_id="pay-1")
+    await terminal.prepare(first)
+    await wait_for_phase(terminal, Phase.HELD)
+    terminal.abandon(first)
+    await until_true(lambda: sim.sessions_closed_empty == 1, "the EOT closing the session")
+    await wait_for_phase(terminal, Phase.IDLE)
+    assert sim.requests == ()
+    result = await terminal.collect(sale(1400, payment_id="pay-2"))
+    assert result.outcome is Outcome.APPROVED
+    (received,) = sim.requests
+    assert received.request.amount == 1400
+
+
+async def test_a_slow_commit_closes_the_session_and_opens_another(
+    sim: ConcertSimulator,
+) -> None:
+    """The terminal never waits for a frame past hold_timeout: EOT, and once the payment
+    is committed a new ENQ before the request (sent once)."""
+    clock = ManualClock()
+    terminal = await make_terminal(sim, clock, hold_timeout=0.5)
+    try:
+        request = sale(1250)
+        await terminal.prepare(request)
+        await wait_for_phase(terminal, Phase.HELD)
+        clock.advance(0.6)
+        await until_true(lambda: sim.sessions_closed_empty == 1, "the EOT of the held session")
+        assert sim.requests == ()
+        await terminal.start(request)
+        result = await terminal.collect(request)
+        assert result.outcome is Outcome.APPROVED
+        assert sim.sessions_opened == 2
+        (received,) = sim.requests
+        assert received.copies == 1
+    finally:
+        await terminal.close()
+
+
+async def test_a_held_request_is_never_sent_after_close(sim: ConcertSimulator) -> None:
+    terminal = await make_terminal(sim)
+    request = sale()
+    await terminal.prepare(request)
+    await wait_for_phase(terminal, Phase.HELD)
+    await terminal.close()
+    with pytest.raises(TerminalUnavailable):
+        await terminal.collect(request)
+    assert sim.requests == ()

@@ -5,15 +5,22 @@ A real daemon, a Concert lane on a pty simulator, driven through ``/v1`` only.
 
 from __future__ import annotations
 
+import asyncio
+import sqlite3
 import subprocess
 import sys
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from drivers.concert.adapter import ConcertTerminal
+from drivers.concert.messages import ConcertRequest
+from drivers.concert.session import Phase
 from drivers.simulators.concert import Behaviour, ConcertSimulator
+from edged.store import Database
 from tests.helpers import Api, make_config, running
 from tests.test_concert_e2e import LANE, final, lane_config, terminal_state, until
 
@@ -147,3 +154,122 @@ async def test_a_refund_left_unknown_is_resolved_by_a_manager(api: Api,
     sim.push(Behaviour.APPROVE)
     status, second = await api.post(f"/v1/payments/{paid['id']}/refunds", {"amount": 3000})
     assert status == 202, second  # the whole amount can be refunded again
+
+
+# -- the ENQ goes out while the payment is committed; the request only after it -----------
+
+
+class WatchfulSimulator(ConcertSimulator):
+    """Notes, when the terminal is about to charge a request, how its payment stands in
+    the daemon's file (read on a connection of its own: only what is committed)."""
+
+    def __init__(self, db_path: Path, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.db_path = db_path
+        self.rows_when_charging: list[tuple[int, str | None]] = []
+
+    def _act(self, request: ConcertRequest, behaviour: Behaviour) -> None:
+        conn = sqlite3.connect(self.db_path)
+        try:
+            row = conn.execute("SELECT state FROM payments WHERE amount = ? ORDER BY n DESC",
+                               (request.amount,)).fetchone()
+        finally:
+            conn.close()
+        self.rows_when_charging.append((request.amount, row[0] if row else None))
+        super()._act(request, behaviour)
+
+
+class HeldWrites:
+    """Holds the daemon's next card payment insert before the writer gets it, and then
+    lets it through or makes the writer fail it as a full disk would."""
+
+    def __init__(self, db: Database) -> None:
+        self.db = db
+        self.original = db.write
+        self.go = asyncio.Event()
+        self.fail = False
+        self.held = 0
+
+    async def write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+        if fn.__qualname__.endswith("_create_card_present.<locals>.write") and not self.held:
+            self.held += 1
+            await self.go.wait()
+            if self.fail:
+                def full(conn: sqlite3.Connection) -> Any:
+                    raise sqlite3.OperationalError("database or disk is full")
+                return await self.original(full)
+        return await self.original(fn)
+
+    def __enter__(self) -> HeldWrites:
+        self.db.write = self.write  # type: ignore[method-assign]
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.db.write = self.original  # type: ignore[method-assign]
+
+
+@pytest.fixture
+async def watched(tmp_path: Path) -> AsyncIterator[tuple[Api, WatchfulSimulator]]:
+    data = tmp_path / "data"
+    simulator = WatchfulSimulator(data / "edged.db", link=str(tmp_path / "concert0"),
+                                  ack_timeout=0.3, frame_timeout=0.5, late_delay=0.1)
+    simulator.start()
+    try:
+        cfg = make_config(data, terminals=(lane_config(simulator, hold_timeout=5.0),))
+        async with running(cfg) as client:
+            assert client.daemon.db.path == data / "edged.db"
+            await until(lambda: terminal_state(client, "online"), "the lane online at start")
+            yield client, simulator
+    finally:
+        simulator.stop()
+
+
+async def held_phase(api: Api) -> bool:
+    driver = api.daemon.terminals.driver(LANE)
+    assert isinstance(driver, ConcertTerminal)
+    return driver.phase is Phase.HELD
+
+
+async def test_the_request_reaches_the_terminal_only_once_its_payment_is_committed(
+        watched: tuple[Api, WatchfulSimulator]) -> None:
+    api, sim = watched
+    with HeldWrites(api.daemon.db) as writes:
+        post = asyncio.create_task(_card(api, 2000))
+        await until(lambda: held_phase(api), "the terminal's ACK to the ENQ")
+        # the terminal answered the ENQ while the payment is not written: it has nothing
+        assert sim.requests == () and api.count("payments") == 0
+        writes.go.set()
+        started = await post
+    body = await final(api, str(started["id"]))
+    assert body["state"] == "approved", body
+    (received,) = sim.requests
+    assert received.copies == 1
+    assert sim.rows_when_charging == [(2000, "in_progress")]  # committed before it charged
+
+
+async def test_a_failed_first_commit_leaves_the_terminal_nothing_to_charge(
+        watched: tuple[Api, WatchfulSimulator]) -> None:
+    api, sim = watched
+    with HeldWrites(api.daemon.db) as writes:
+        writes.fail = True
+        post = asyncio.create_task(api.post("/v1/payments", {
+            "amount": 2000, "currency": "EUR", "method": "card_present", "terminal": LANE}))
+        await until(lambda: held_phase(api), "the terminal's ACK to the ENQ")
+        closed = sim.sessions_closed_empty
+        writes.go.set()
+        status, body = await post
+    assert status == 503 and body["error"]["code"] == "ERR-1019", body
+    assert api.count("payments") == 0
+    await until(lambda: _true(sim.sessions_closed_empty > closed), "the EOT to the terminal")
+    assert sim.requests == () and sim.rows_when_charging == []
+    view = await until(lambda: terminal_state(api, "online"), "the lane free again")
+    assert view["busy_with"] is None
+    # the lane works at once: the next sale is charged, once
+    body = await final(api, str((await _card(api, 2400))["id"]))
+    assert body["state"] == "approved", body
+    assert [r.request.amount for r in sim.requests] == [2400]
+    assert sim.rows_when_charging == [(2400, "in_progress")]
+
+
+async def _true(value: bool) -> bool:
+    return value

@@ -18,6 +18,13 @@ One transaction, host (this driver) and terminal::
     terminal answer     → host ACK | NAK          (NAK on a broken frame: sent again)
     terminal EOT
 
+A sale opens its exchange early: :meth:`ConcertTerminal.prepare` (called while the
+payment's ``in_progress`` row is being committed) sends the ENQ, which commits the terminal
+to nothing, and holds the request frame; :meth:`ConcertTerminal.start` (the row is durable)
+lets it go, :meth:`ConcertTerminal.abandon` (the row could not be written) sends EOT and
+nothing else. A commit slower than ``hold_timeout`` closes the session (EOT) and opens a
+new one for the frame, so the terminal never waits for a frame past its own timer.
+
 The money rule: until the request frame was handed over the driver raises
 :class:`~drivers.base.TerminalUnavailable`; from then on every ending is a
 :class:`~drivers.base.TransactionResult`, and silence, a dropped line or garbage give

@@ -10,6 +10,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TypeVar, cast
 
 import serial
@@ -18,12 +19,14 @@ from drivers.base import (
     CancelNotSupported,
     Capabilities,
     InterruptedTransaction,
+    NothingSent,
     Outcome,
     Terminal,
     TerminalBusy,
     TerminalState,
     TerminalStatus,
     TerminalUnavailable,
+    TransactionKind,
     TransactionRequest,
     TransactionResult,
 )
@@ -72,6 +75,48 @@ _OUTCOMES = {
 }
 
 
+class Hold:
+    """The request frame of a sale, held back until its payment is committed.
+
+    Decided once, on the event loop: :meth:`release` (the payment is durable: send it) or
+    :meth:`drop` (it was not written, or the driver stops: send nothing). The worker
+    thread waits in :meth:`wait`.
+    """
+
+    def __init__(self) -> None:
+        self._decided = threading.Event()
+        self.send = False
+
+    def release(self) -> None:
+        self._decide(True)
+
+    def drop(self) -> None:
+        self._decide(False)
+
+    def _decide(self, send: bool) -> None:
+        if not self._decided.is_set():
+            self.send = send
+            self._decided.set()
+
+    def wait(self, timeout: float) -> bool:
+        """True once decided (then read :attr:`send`)."""
+        return self._decided.wait(timeout)
+
+
+class _Abandoned(NothingSent):
+    """The payment was not written: the held request was never sent."""
+
+
+@dataclass(slots=True)
+class _Opened:
+    """A sale whose exchange (ENQ) began while its payment was being committed."""
+
+    payment_id: str
+    hold: Hold
+    abort: threading.Event
+    future: asyncio.Future[TransactionResult]
+
+
 class ConcertTerminal(Terminal):
     """A Concert E+ terminal on one line. Refund (credit) yes; cancel and recover no."""
 
@@ -89,6 +134,7 @@ class ConcertTerminal(Terminal):
         self._busy = False  # event-loop side: a transaction is running
         self._closed = False
         self._abort = threading.Event()  # the running operation's stop flag
+        self._opened: _Opened | None = None  # a sale begun by prepare(), not yet collected
 
     # -- the interface -------------------------------------------------------------------
 
@@ -116,8 +162,60 @@ class ConcertTerminal(Terminal):
             logger.warning("concert %s: status probe failed: %s", self.terminal_id, exc)
             return TerminalStatus(TerminalState.OFFLINE, f"probe failed: {exc}")
 
+    async def prepare(self, request: TransactionRequest) -> str | None:
+        """Open the sale's exchange now, while its payment is being committed.
+
+        The ENQ commits the terminal to nothing; the worker sends it and waits for the ACK,
+        then holds the request frame until :meth:`start` (the payment is durable) or
+        :meth:`abandon` (it is not: EOT, nothing sent). A request that cannot be encoded,
+        a closed or busy terminal: nothing begins here, :meth:`collect` refuses it as before.
+        """
+        if request.kind is not TransactionKind.SALE or self._closed or self._busy \
+                or request.amount <= 0:
+            return None
+        try:
+            concert_request = self._concert_request(request, TransactionType.DEBIT)
+        except RequestError:
+            return None
+        hold = Hold()
+        abort = threading.Event()
+        self._abort = abort
+        self._busy = True
+        future = self._submit(
+            lambda: self._transact_blocking(request, concert_request, abort, hold)
+        )
+        self._opened = _Opened(request.payment_id, hold, abort, future)
+        return None
+
+    async def start(self, request: TransactionRequest) -> None:
+        """The payment is committed: the held request frame may go out."""
+        opened = self._opened
+        if opened is not None and opened.payment_id == request.payment_id:
+            opened.hold.release()
+
+    def abandon(self, request: TransactionRequest) -> None:
+        """The payment was not written: the worker closes the exchange (EOT), sends nothing."""
+        opened = self._opened
+        if opened is None or opened.payment_id != request.payment_id:
+            return
+        self._opened = None
+        opened.hold.drop()
+        opened.future.add_done_callback(_consume)
+        # the single worker thread finishes the EOT before it takes the next job
+        self._busy = False
+        logger.info("concert %s: payment %s not recorded; its request was never sent",
+                    self.terminal_id, request.payment_id)
+
     async def collect(self, request: TransactionRequest) -> TransactionResult:
         """A sale (Concert type ``0``, debit). The method decides the type, not ``kind``."""
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            if opened.payment_id == request.payment_id:
+                opened.hold.release()
+                return await self._finish(request, opened.future, opened.abort)
+            opened.hold.drop()  # not expected: a prepared sale was never started
+            opened.future.add_done_callback(_consume)
+            self._busy = False
         return await self._transact(request, TransactionType.DEBIT)
 
     async def refund(self, request: TransactionRequest) -> TransactionResult:
@@ -143,6 +241,8 @@ class ConcertTerminal(Terminal):
     async def close(self) -> None:
         self._closed = True
         self._abort.set()
+        if self._opened is not None:
+            self._opened.hold.drop()
         executor = self._executor
         if executor is None:
             return
@@ -154,12 +254,28 @@ class ConcertTerminal(Terminal):
 
     # -- event-loop side -----------------------------------------------------------------
 
-    async def _run(self, func: Callable[[], _T]) -> _T:
+    def _submit(self, func: Callable[[], _T]) -> asyncio.Future[_T]:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(
                 max_workers=1, thread_name_prefix=f"concert-{self.terminal_id}"
             )
-        return await asyncio.get_running_loop().run_in_executor(self._executor, func)
+        return asyncio.get_running_loop().run_in_executor(self._executor, func)
+
+    async def _run(self, func: Callable[[], _T]) -> _T:
+        return await self._submit(func)
+
+    def _concert_request(
+        self, request: TransactionRequest, transaction_type: TransactionType
+    ) -> ConcertRequest:
+        if request.amount <= 0:
+            raise RequestError(f"amount {request.amount} must be positive")
+        return ConcertRequest(
+            pos_number=self.settings.pos_number,
+            amount=request.amount,
+            currency=request.currency,
+            transaction_type=transaction_type,
+            full_answer=self.settings.answer_full,
+        )  # RequestError (bad amount/currency) before anything is sent
 
     async def _transact(
         self, request: TransactionRequest, transaction_type: TransactionType
@@ -168,19 +284,11 @@ class ConcertTerminal(Terminal):
             raise TerminalUnavailable(f"concert terminal {self.terminal_id} is closed")
         if self._busy:
             raise TerminalBusy(f"concert terminal {self.terminal_id} is running a transaction")
-        if request.amount <= 0:
-            raise RequestError(f"amount {request.amount} must be positive")
-        concert_request = ConcertRequest(
-            pos_number=self.settings.pos_number,
-            amount=request.amount,
-            currency=request.currency,
-            transaction_type=transaction_type,
-            full_answer=self.settings.answer_full,
-        )  # RequestError (bad amount/currency) before anything is sent
+        concert_request = self._concert_request(request, transaction_type)
         abort = threading.Event()
         self._abort = abort
         self._busy = True
-        logger.info(
+        logger.debug(
             "concert %s: %s %s of %d %s started",
             self.terminal_id,
             "sale" if transaction_type is TransactionType.DEBIT else "refund",
@@ -188,16 +296,25 @@ class ConcertTerminal(Terminal):
             request.amount,
             request.currency,
         )
+        future = self._submit(lambda: self._transact_blocking(request, concert_request, abort))
+        return await self._finish(request, future, abort)
+
+    async def _finish(
+        self,
+        request: TransactionRequest,
+        future: asyncio.Future[TransactionResult],
+        abort: threading.Event,
+    ) -> TransactionResult:
         try:
-            result = await self._run(
-                lambda: self._transact_blocking(request, concert_request, abort)
-            )
+            result = await future
         except asyncio.CancelledError:
             abort.set()  # the worker stops at its next read; the outcome is unknown
             raise
         finally:
             self._busy = False
-        logger.info(
+        log = logger.info if result.outcome is not Outcome.APPROVED or result.detail \
+            else logger.debug  # an ordinary approval: the daemon logs the payment's end
+        log(
             "concert %s: payment %s %s (status %s, reference %s)%s",
             self.terminal_id,
             request.payment_id,
@@ -292,9 +409,10 @@ class ConcertTerminal(Terminal):
         request: TransactionRequest,
         concert_request: ConcertRequest,
         abort: threading.Event,
+        hold: Hold | None = None,
     ) -> TransactionResult:
         try:
-            return self._exchange(request, concert_request, abort)
+            return self._exchange(request, concert_request, abort, hold)
         finally:
             self._phase = Phase.IDLE
 
@@ -311,33 +429,29 @@ class ConcertTerminal(Terminal):
         request: TransactionRequest,
         concert_request: ConcertRequest,
         abort: threading.Event,
+        hold: Hold | None = None,
     ) -> TransactionResult:
         settings = self.settings
         name = self.terminal_id
         line = self._use_line(abort)  # TerminalUnavailable: nothing sent
 
-        # 1. ENQ → ACK. No ACK: nothing was sent.
-        self._phase = Phase.ENQUIRY
+        # 1. ENQ → ACK. No ACK: nothing was sent. A held request waits for its payment's
+        # commit here; nothing is sent if that commit fails.
         try:
-            line.discard_input()
-            line.send_control(ENQ)
-            reply = line.await_control(ACK_ONLY, settings.ack_timeout)
-            if reply is None:
-                line.send_control(EOT)
+            self._enquire(line)
+            if hold is not None and self._hold(line, hold, abort):
+                self._enquire(line)
         except LineLost as exc:
             self._drop_line(str(exc))
             raise TerminalUnavailable(f"concert terminal {name}: line lost: {exc}") from exc
         except Aborted as exc:
             raise TerminalUnavailable(f"concert terminal {name}: stopped") from exc
-        if reply is None:
-            raise TerminalUnavailable(
-                f"concert terminal {name}: no ACK to ENQ (terminal absent or busy)"
-            )
 
         # 2. Request frame → ACK, or NAK and send again (bounded).
         self._phase = Phase.SENDING_REQUEST
         frame = encode_frame(concert_request.encode())
         unconfirmed = False  # a copy went out that was neither ACKed nor NAKed
+        awaiting = False  # a copy went out and its ACK/NAK is being waited for
         copies = 0
         try:
             while True:
@@ -351,6 +465,7 @@ class ConcertTerminal(Terminal):
                         f"concert terminal {name}: line lost sending the request: {exc}"
                     ) from exc
                 copies += 1
+                awaiting = True
                 logger.debug("concert %s: -> request frame (copy %d)", name, copies)
                 try:
                     reply = line.await_control(ACK_OR_NAK, settings.ack_timeout)
@@ -359,6 +474,7 @@ class ConcertTerminal(Terminal):
                     return self._unknown(
                         request, f"line lost before the terminal acknowledged the request: {exc}"
                     )
+                awaiting = False
                 if reply is Control.ACK:
                     break
                 if reply is None:
@@ -378,7 +494,7 @@ class ConcertTerminal(Terminal):
                         f"concert terminal {name}: request refused (NAK) {copies} times"
                     )
         except Aborted:
-            if unconfirmed:
+            if unconfirmed or awaiting:  # the terminal may have taken a copy
                 return self._unknown(request, "stopped while sending the request")
             raise TerminalUnavailable(f"concert terminal {name}: stopped") from None
 
@@ -391,6 +507,62 @@ class ConcertTerminal(Terminal):
             return self._unknown(request, f"line lost during the transaction: {exc}")
         except Aborted:
             return self._unknown(request, "stopped during the transaction (driver closed)")
+
+    def _enquire(self, line: Line) -> None:
+        """ENQ → ACK; no ACK: EOT and :class:`TerminalUnavailable` (nothing sent)."""
+        self._phase = Phase.ENQUIRY
+        line.discard_input()
+        line.send_control(ENQ)
+        if line.await_control(ACK_ONLY, self.settings.ack_timeout) is None:
+            line.send_control(EOT)
+            raise TerminalUnavailable(
+                f"concert terminal {self.terminal_id}: no ACK to ENQ (terminal absent or busy)"
+            )
+
+    def _hold(self, line: Line, hold: Hold, abort: threading.Event) -> bool:
+        """Keep the request frame until the payment is committed (``hold`` decided).
+
+        Returns True when the session must be opened again before the frame: the commit
+        took longer than ``hold_timeout`` (the session was closed with EOT meanwhile), or
+        the terminal sent something while it should have been waiting. Raises
+        :class:`_Abandoned` (after EOT) when the payment was not written.
+        """
+        settings = self.settings
+        self._phase = Phase.HELD
+        deadline = self._clock.monotonic() + settings.hold_timeout
+        closed = False
+        while True:
+            wait = settings.poll_interval
+            if not closed:
+                wait = min(wait, max(0.0, deadline - self._clock.monotonic()))
+            if hold.wait(wait) or abort.is_set():
+                break
+            if not closed and self._clock.monotonic() >= deadline:
+                logger.info(
+                    "concert %s: the payment's commit is slow; the session is closed and"
+                    " opened again once it is durable",
+                    self.terminal_id,
+                )
+                line.send_control(EOT)  # the terminal must not wait for a frame past its timer
+                closed = True
+        if abort.is_set() or not hold.send:
+            if not closed:
+                line.send_control(EOT)
+            if abort.is_set():
+                raise Aborted("stopped")
+            raise _Abandoned(
+                f"concert terminal {self.terminal_id}: the payment was not recorded; its"
+                " request was never sent"
+            )
+        if not closed and line.has_input():
+            logger.info(
+                "concert %s: the terminal spoke while the request was held; the session is"
+                " opened again",
+                self.terminal_id,
+            )
+            line.send_control(EOT)
+            closed = True
+        return closed
 
     def _await_answer(
         self, line: Line, request: TransactionRequest, concert_request: ConcertRequest
@@ -516,3 +688,9 @@ class ConcertTerminal(Terminal):
             if answer.pos_number != concert_request.pos_number
             else None,
         )
+
+
+def _consume(future: asyncio.Future[TransactionResult]) -> None:
+    """Retrieve the ending of an exchange nobody awaits (it sent nothing)."""
+    if not future.cancelled():
+        future.exception()

@@ -67,6 +67,11 @@ class ConcertSettings:
     """Ask for the full answer (with the card number, cut to last4) or the short one."""
     poll_interval: float = 0.05
     """Longest single blocking read on the worker thread (bounds close/abort latency)."""
+    hold_timeout: float = 0.5
+    """A sale's ENQ goes out while its payment is being committed; the terminal's ACK
+    then waits for the request frame, which is sent only once the commit is durable. A
+    commit slower than this closes that session (EOT) and opens another one for the frame,
+    so the terminal never waits for a frame past its own timer."""
 
     def __post_init__(self) -> None:
         if not self.port:
@@ -77,7 +82,8 @@ class ConcertSettings:
             raise ConcertConfigError(f"line {self.line!r} must be 8N1 or 7E1")
         if not 1 <= self.pos_number <= 99:
             raise ConcertConfigError(f"pos_number {self.pos_number} must be within 1..99")
-        for name in ("ack_timeout", "frame_timeout", "customer_timeout", "poll_interval"):
+        for name in ("ack_timeout", "frame_timeout", "customer_timeout", "poll_interval",
+                     "hold_timeout"):
             if not getattr(self, name) > 0:
                 raise ConcertConfigError(f"{name} must be positive")
         if not 0 <= self.max_retransmissions <= 10:
@@ -102,6 +108,8 @@ class Phase(enum.StrEnum):
     IDLE = "idle"
     PROBING = "probing"
     ENQUIRY = "enquiry"
+    HELD = "held"
+    """The terminal ACKed the ENQ; the request frame waits for the payment's commit."""
     SENDING_REQUEST = "sending_request"
     AWAITING_ANSWER = "awaiting_answer"
     RECEIVING_ANSWER = "receiving_answer"
@@ -164,6 +172,15 @@ class Line:
             self.port.reset_input_buffer()
         except PORT_ERRORS as exc:
             raise LineLost(f"flush failed: {exc}") from exc
+
+    def has_input(self) -> bool:
+        """Whether anything arrived that was not read yet (no wait)."""
+        if self.parser.pending:
+            return True
+        try:
+            return bool(self.port.in_waiting)
+        except PORT_ERRORS as exc:
+            raise LineLost(f"read failed: {exc}") from exc
 
     def _read(self) -> bytes:
         try:

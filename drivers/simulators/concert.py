@@ -180,6 +180,11 @@ class ConcertSimulator:
         """Answers the host acknowledged."""
         self.enqs_sent = 0
         """ENQs this terminal sent (one per answer, many in ``ENQ_LOOP``)."""
+        self.sessions_opened = 0
+        """ENQs from the host that this terminal ACKed (a transaction or a status probe)."""
+        self.sessions_closed_empty = 0
+        """Sessions the host closed (EOT) without sending a request: status probes, and a
+        held request that was let go (its payment not recorded, or its commit slow)."""
 
     # -- control API ---------------------------------------------------------------------
 
@@ -411,6 +416,7 @@ class ConcertSimulator:
             self.enqs_refused += 1
             logger.info("concert simulator: ENQ left unanswered (NO_ACK)")
             return
+        self.sessions_opened += 1
         self._control(ACK)
         behaviour: Behaviour | None = None
         copies = 0
@@ -419,6 +425,8 @@ class ConcertSimulator:
         while request is None:
             event = self._next(deadline)
             if event is None or event is Control.EOT:
+                if event is Control.EOT and copies == 0:
+                    self.sessions_closed_empty += 1
                 return  # a status probe, or the host gave up
             if event is Control.ENQ:
                 self._control(ACK)
@@ -536,8 +544,8 @@ class ConcertSimulator:
             corrupt = False
             reply = self._await_control(frozenset({Control.ACK, Control.NAK}), self.ack_timeout)
             if reply is Control.ACK:
+                self.answers_sent += 1  # before the EOT: the host may look as soon as it reads it
                 self._control(EOT)
-                self.answers_sent += 1
                 return
             if reply is Control.NAK:
                 self.naks_received += 1
