@@ -6,9 +6,13 @@ wait is bounded by a setting.
 
 from __future__ import annotations
 
+import contextlib
 import enum
 import logging
+import os
+import select
 import threading
+import time
 from dataclasses import dataclass
 from typing import Literal, Protocol, TypeVar
 
@@ -142,19 +146,51 @@ Event = Frame | Control | FrameError
 
 
 class Line:
-    """The open port and its frame parser; used only on the worker thread."""
+    """The open port and its frame parser; used only on the worker thread.
 
-    def __init__(self, port: SerialPort, clock: Clock, abort: threading.Event, name: str) -> None:
+    On a local device (pyserial's POSIX port: a tty, a pty, USB CDC) the bytes go through
+    the port's non-blocking file descriptor directly: one ``select`` and one ``read`` per
+    chunk received, one ``write`` per frame or control byte, where pyserial adds a
+    ``select`` after every write and an ``ioctl`` after every read. Each system call lets
+    the event loop's thread take the interpreter lock, which the worker must then wait
+    for, so the fewer the better on a sale's path. Other ports (``socket://``) go through
+    pyserial.
+    """
+
+    def __init__(self, port: SerialPort, clock: Clock, abort: threading.Event, name: str,
+                 *, poll_interval: float = 0.05, write_timeout: float = 1.0) -> None:
         self.port = port
         self.parser = FrameParser()
         self._clock = clock
         self.abort = abort
         self._name = name
+        fd = getattr(port, "fd", None)
+        self._fd: int | None = fd if isinstance(fd, int) and fd >= 0 else None
+        self._poll = poll_interval
+        self._write_timeout = write_timeout
 
     def write(self, data: bytes) -> None:
+        if self._fd is not None:
+            self._write_fd(self._fd, data)
+            return
         try:
             self.port.write(data)
         except PORT_ERRORS as exc:  # serial.SerialException is an OSError
+            raise LineLost(f"write failed: {exc}") from exc
+
+    def _write_fd(self, fd: int, data: bytes) -> None:
+        view = memoryview(data)
+        deadline = time.monotonic() + self._write_timeout  # like pyserial's: real time
+        try:
+            while view:
+                with contextlib.suppress(BlockingIOError):
+                    view = view[os.write(fd, view):]
+                if view:  # the driver's buffer is full: wait until it takes more
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0:
+                        raise LineLost("write failed: write timeout")
+                    select.select([], [fd], [], remaining)
+        except PORT_ERRORS as exc:
             raise LineLost(f"write failed: {exc}") from exc
 
     def send_control(self, byte: int) -> None:
@@ -183,6 +219,20 @@ class Line:
             raise LineLost(f"read failed: {exc}") from exc
 
     def _read(self) -> bytes:
+        fd = self._fd
+        if fd is not None:
+            try:
+                ready, _, _ = select.select([fd], [], [], self._poll)
+                if not ready:
+                    return b""
+                data = os.read(fd, 4096)
+            except (BlockingIOError, InterruptedError):
+                return b""
+            except PORT_ERRORS as exc:
+                raise LineLost(f"read failed: {exc}") from exc
+            if not data:  # readable but empty: the device went away
+                raise LineLost("read failed: the device reports data but returns none")
+            return data
         try:
             data = self.port.read(1)
             if data:
