@@ -47,6 +47,7 @@ if TYPE_CHECKING:
 from sync import outbox
 from sync.clock import Clock, SystemClock
 from sync.outbox import OutboxStore
+from sync.sdk_clients import preload
 from sync.supervisor import TaskState
 
 log = logging.getLogger(__name__)
@@ -153,10 +154,24 @@ class Daemon:
         self.port = sockets[0].getsockname()[1] if sockets else self.cfg.api.port
         log.info("edged ready on %s://%s:%d (data %s)", self.scheme, self.cfg.api.host,
                  self.port, self.db.path)
+        if self.cfg.stripe is not None or self.cfg.square is not None:
+            self._tasks.append(asyncio.create_task(self._preload_sdks(), name="sdk-preload"))
         if self.cfg.advertise:
             from edged.discovery import announce  # noqa: PLC0415  (zeroconf only when used)
 
             self.advertiser = await announce(self.cfg, self.port, self.tls)
+
+    async def _preload_sdks(self) -> None:
+        """Import the processors' SDKs now that the API answers (sync.sdk_clients)."""
+        names = ", ".join(n for n, on in (("stripe", self.cfg.stripe is not None),
+                                          ("squareup", self.cfg.square is not None)) if on)
+        try:
+            seconds = await preload(stripe=self.cfg.stripe is not None,
+                                    square=self.cfg.square is not None)
+        except Exception:  # the first call that needs them will say what is wrong
+            log.exception("loading the processors' SDKs (%s) failed", names)
+            return
+        log.info("the processors' SDKs are loaded (%s, %.2f s)", names, seconds)
 
     async def stop(self) -> None:
         """Refuse new requests, finish those in flight, close the lines and the database."""

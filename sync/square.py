@@ -80,6 +80,7 @@ from sync.errors import (
 )
 from sync.gateway import OutboxRow, RowFailure, Work, WorkResult
 from sync.limiter import TokenBucket, TokenBucketSettings, header, retry_after_seconds
+from sync.sdk_clients import SquareSdk
 
 if TYPE_CHECKING:
     from square.core.api_error import ApiError
@@ -131,22 +132,21 @@ class SquareGateway:
 
     def __init__(self, settings: SquareSettings, token_provider: Callable[[], str | None],
                  clock: Clock, bucket: TokenBucket | None = None) -> None:
-        import httpx  # noqa: PLC0415
-        from square import AsyncSquare  # noqa: PLC0415  (lazily: only when configured)
-
         self.settings = settings
         self.bucket = bucket if bucket is not None else TokenBucket(
             TokenBucketSettings.square(), clock, name="square")
         self._token_provider = token_provider
         self._clock = clock
-        self._token = ""
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(
-            settings.timeout, connect=min(settings.timeout, 10.0)))
-        sq = AsyncSquare(token=self._current_token, base_url=settings.base_url,
-                         httpx_client=self._http, timeout=settings.timeout)
-        # The client's sub-client properties are untyped in the SDK: name their types.
-        self._payments = cast("AsyncPaymentsClient", sq.payments)
-        self._refunds = cast("AsyncRefundsClient", sq.refunds)
+        self._sdk = SquareSdk(settings.base_url, settings.timeout)  # built on first use
+
+    # The client's sub-client properties are untyped in the SDK: name their types.
+    @property
+    def _payments(self) -> AsyncPaymentsClient:
+        return cast("AsyncPaymentsClient", self._sdk.client().payments)
+
+    @property
+    def _refunds(self) -> AsyncRefundsClient:
+        return cast("AsyncRefundsClient", self._sdk.client().refunds)
 
     # -- Gateway ------------------------------------------------------------------------
 
@@ -164,7 +164,7 @@ class SquareGateway:
         if not token:
             raise CredentialsRequired("ERR-6006: no Square access token is set; set it with "
                                  "`edged secret set square.token`")
-        self._token = token
+        self._sdk.token = token
         if work.kind == OutboxKind.PAYMENT_FORWARD:
             return await self._forward(work, row)
         if work.kind == OutboxKind.REFUND_CREATE:
@@ -176,7 +176,7 @@ class SquareGateway:
         raise PermanentError(f"square does not carry outbox rows of kind {work.kind!r}")
 
     async def close(self) -> None:
-        await self._http.aclose()
+        await self._sdk.close()
 
     # -- kinds --------------------------------------------------------------------------
 
@@ -313,9 +313,6 @@ class SquareGateway:
                                             "status": refund.status}})
 
     # -- plumbing -----------------------------------------------------------------------
-
-    def _current_token(self) -> str:
-        return self._token
 
     async def _call(self, what: str, work: Work, call: Callable[[], Awaitable[T]]) -> T:
         """One HTTP call: take a token, make it, sort its failure (module docstring)."""

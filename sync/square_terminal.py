@@ -39,6 +39,7 @@ from sync.errors import (
 )
 from sync.guarded import through
 from sync.limiter import TokenBucket, header, retry_after_seconds
+from sync.sdk_clients import SquareSdk
 
 if TYPE_CHECKING:
     from square.core.request_options import RequestOptions
@@ -105,26 +106,29 @@ class SquareTerminalClient:
     def __init__(self, settings: SquareTerminalSettings,
                  token_provider: Callable[[], str | None], clock: Clock,
                  breaker: CircuitBreaker, bucket: TokenBucket) -> None:
-        import httpx  # noqa: PLC0415
-        from square import AsyncSquare  # noqa: PLC0415  (lazily: only when configured)
-
         self.settings = settings
         self.breaker = breaker
         self.bucket = bucket
         self.calls = 0
         self._clock = clock
         self._token_provider = token_provider
-        self._token = ""
-        self._http = httpx.AsyncClient(timeout=httpx.Timeout(
-            settings.timeout, connect=min(settings.timeout, 10.0)))
-        sq = AsyncSquare(token=lambda: self._token, base_url=settings.base_url,
-                         httpx_client=self._http, timeout=settings.timeout)
-        self._checkouts = cast("AsyncCheckoutsClient", sq.terminal.checkouts)
-        self._devices = cast("AsyncDevicesClient", sq.devices)
-        self._payments = cast("AsyncPaymentsClient", sq.payments)
+        self._sdk = SquareSdk(settings.base_url, settings.timeout)  # built on first use
+
+    # The client's sub-client properties are untyped in the SDK: name their types.
+    @property
+    def _checkouts(self) -> AsyncCheckoutsClient:
+        return cast("AsyncCheckoutsClient", self._sdk.client().terminal.checkouts)
+
+    @property
+    def _devices(self) -> AsyncDevicesClient:
+        return cast("AsyncDevicesClient", self._sdk.client().devices)
+
+    @property
+    def _payments(self) -> AsyncPaymentsClient:
+        return cast("AsyncPaymentsClient", self._sdk.client().payments)
 
     async def close(self) -> None:
-        await self._http.aclose()
+        await self._sdk.close()
 
     async def device(self, device_id: str) -> str | None:
         """Square's status category of the device (``None``: Square gave none)."""
@@ -188,7 +192,7 @@ class SquareTerminalClient:
         if not token:
             raise CredentialsRequired("ERR-6006: no Square access token is set; set it with "
                                       "`edged secret set square.token`")
-        self._token = token
+        self._sdk.token = token
         async def limited() -> T:
             await self.bucket.acquire()
             self.calls += 1

@@ -51,8 +51,9 @@ use by a request still running), a dropped connection or a timeout after sending
 ``idempotency_error`` → :class:`PermanentError` ``ERR-6073``; other 400/404 → ``ERR-6070``.
 A missing key → :class:`TransientError` telling the technician ``edged secret set stripe.key``.
 
-The SDK is imported in the constructor, never at module level: the daemon imports it only
-when Stripe is configured (idle memory target).
+The SDK is imported by the first call (:mod:`sync.sdk_clients`), never at module level or
+in the constructor: the daemon imports it only when Stripe is configured, and after it is
+ready (start-up and idle memory targets).
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ from sync.errors import (
 )
 from sync.gateway import OutboxRow, RowFailure, Work, WorkResult
 from sync.limiter import TokenBucket, TokenBucketSettings, header, retry_after_seconds
+from sync.sdk_clients import StripeSdk
 
 if TYPE_CHECKING:
     import stripe
@@ -149,18 +151,12 @@ class StripeGateway:
 
     def __init__(self, settings: StripeSettings, key_provider: Callable[[], str | None],
                  clock: Clock, bucket: TokenBucket | None = None) -> None:
-        import aiohttp  # noqa: PLC0415
-        import stripe  # noqa: PLC0415  (lazily: only when Stripe is configured)
-
         self.settings = settings
         self.bucket = bucket if bucket is not None else TokenBucket(
             TokenBucketSettings.stripe(), clock, name="stripe")
         self._key_provider = key_provider
         self._clock = clock
-        self._http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(
-            total=settings.timeout, connect=min(settings.timeout, 10.0)))
-        self._client: stripe.StripeClient | None = None
-        self._client_key: str | None = None
+        self._sdk = StripeSdk(settings.base_url, settings.timeout)
 
     # -- Gateway ------------------------------------------------------------------------
 
@@ -186,7 +182,7 @@ class StripeGateway:
         raise PermanentError(f"stripe does not carry outbox rows of kind {work.kind!r}")
 
     async def close(self) -> None:
-        await self._http.close_async()  # type: ignore[no-untyped-call]
+        await self._sdk.close()
 
     # -- kinds --------------------------------------------------------------------------
 
@@ -389,22 +385,11 @@ class StripeGateway:
     # -- plumbing -----------------------------------------------------------------------
 
     def _stripe_client(self) -> stripe.StripeClient:
-        import stripe  # noqa: PLC0415
-
         key = self._key_provider()
         if not key:
             raise CredentialsRequired("ERR-6006: no Stripe secret key is set; set it with "
                                  "`edged secret set stripe.key`")
-        if self._client is None or key != self._client_key:
-            self._client = stripe.StripeClient(
-                key,
-                base_addresses={"api": self.settings.base_url} if self.settings.base_url
-                else {},
-                http_client=self._http,
-                max_network_retries=0,
-            )
-            self._client_key = key
-        return self._client
+        return self._sdk.client(key)
 
     async def _call(self, what: str, work: Work | None,
                     call: Callable[[], Awaitable[T]]) -> T:

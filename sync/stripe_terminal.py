@@ -49,6 +49,7 @@ from sync.errors import (
 )
 from sync.guarded import through
 from sync.limiter import TokenBucket, header, retry_after_seconds
+from sync.sdk_clients import StripeSdk
 
 if TYPE_CHECKING:
     import stripe
@@ -174,9 +175,6 @@ class StripeTerminalClient:
 
     def __init__(self, settings: StripeTerminalSettings, key_provider: Callable[[], str | None],
                  clock: Clock, breaker: CircuitBreaker, bucket: TokenBucket) -> None:
-        import aiohttp  # noqa: PLC0415
-        import stripe  # noqa: PLC0415  (lazily: only when a reader is configured)
-
         self.settings = settings
         self.breaker = breaker
         self.bucket = bucket
@@ -184,13 +182,10 @@ class StripeTerminalClient:
         """HTTP calls made (for the bench: processor calls per payment)."""
         self._clock = clock
         self._key_provider = key_provider
-        self._http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(
-            total=settings.timeout, connect=min(settings.timeout, 10.0)))
-        self._client: stripe.StripeClient | None = None
-        self._client_key: str | None = None
+        self._sdk = StripeSdk(settings.base_url, settings.timeout)  # built on first use
 
     async def close(self) -> None:
-        await self._http.close_async()  # type: ignore[no-untyped-call]
+        await self._sdk.close()
 
     # -- calls ----------------------------------------------------------------------------
 
@@ -264,19 +259,11 @@ class StripeTerminalClient:
     # -- plumbing -------------------------------------------------------------------------
 
     def _stripe(self) -> stripe.StripeClient:
-        import stripe  # noqa: PLC0415
-
         key = self._key_provider()
         if not key:
             raise CredentialsRequired("ERR-6006: no Stripe secret key is set; set it with "
                                       "`edged secret set stripe.key`")
-        if self._client is None or key != self._client_key:
-            self._client = stripe.StripeClient(
-                key, base_addresses={"api": self.settings.base_url}
-                if self.settings.base_url else {},
-                http_client=self._http, max_network_retries=0)
-            self._client_key = key
-        return self._client
+        return self._sdk.client(key)
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         async def limited() -> T:

@@ -16,7 +16,6 @@ import asyncio
 import contextlib
 import errno
 import logging
-import queue
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -94,10 +93,12 @@ class Database:
         """Called with True when the store becomes unable to write, False when it can again."""
         self.stats = WriterStats()
         self._readers = readers
-        self._jobs: queue.SimpleQueue[list[Job[Any]] | None] = queue.SimpleQueue()
+        self._writer_exec = ThreadPoolExecutor(1, thread_name_prefix="edged-writer")
         self._pending: list[Job[Any]] = []  # writes of this loop iteration, not handed over
-        self._writer: threading.Thread | None = None
-        self._writer_done: asyncio.Future[None] | None = None
+        self._queue_lock = threading.Lock()
+        self._queued: list[Job[Any]] = []  # handed over, for the writer thread to take
+        self._draining = False  # the writer thread is taking them (under _queue_lock)
+        self._loop: asyncio.AbstractEventLoop | None = None
         self._reader_exec = ThreadPoolExecutor(readers, thread_name_prefix="edged-reader")
         self._writer_conn: sqlite3.Connection | None = None
         self._reader_local = threading.local()
@@ -109,29 +110,38 @@ class Database:
 
     async def open(self) -> None:
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        loop = asyncio.get_running_loop()
-        opened: asyncio.Future[list[int]] = loop.create_future()
-        self._writer_done = loop.create_future()
-        self._writer = threading.Thread(target=self._writer_main, args=(loop, opened),
-                                        name="edged-writer", daemon=True)
-        self._writer.start()
-        self.migrations_applied = await opened
+        self._loop = asyncio.get_running_loop()
+        self.migrations_applied = await self._loop.run_in_executor(self._writer_exec,
+                                                                   self._open_writer)
+
+    def _open_writer(self) -> list[int]:
+        conn = connect(self.path)
+        self._writer_conn = conn
+        return migrate(conn)
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` in a write transaction; return once its commit is durable."""
-        if self._closed or self._writer is None:
+        if self._closed or self._writer_conn is None:
             raise StoreError("the database is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
         self._pending.append(Job(fn, future))
-        if len(self._pending) == 1:  # one hand-over (one wake-up of the writer) per iteration
+        if len(self._pending) == 1:  # one hand-over per iteration of the loop
             loop.call_soon(self._hand_over)
         return await future
 
     def _hand_over(self) -> None:
-        if self._pending:
-            jobs, self._pending = self._pending, []
-            self._jobs.put(jobs)
+        """Queue this iteration's writes for the writer; start it unless it is at work."""
+        if not self._pending:
+            return
+        jobs, self._pending = self._pending, []
+        with self._queue_lock:
+            self._queued.extend(jobs)
+            if self._draining:
+                return  # it takes them after the group it is committing
+            self._draining = True
+        assert self._loop is not None
+        self._writer_exec.submit(self._drain, self._loop)
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on a reader connection (a consistent snapshot of the last commits)."""
@@ -177,46 +187,27 @@ class Database:
         finally:
             conn.execute("COMMIT")
 
-    def _writer_main(self, loop: asyncio.AbstractEventLoop,
-                     opened: asyncio.Future[list[int]]) -> None:
-        """The writer thread: open and migrate, then commit groups until told to stop.
+    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
+        """The writer thread: commit groups while writes keep coming, then stop.
 
-        It takes every write queued while the previous group was committing (no trip
-        through the event loop between two groups) and hands each group's outcomes back
-        to the loop in one call. The loop hands writes over once per iteration of its own
-        (:meth:`write`), so a burst of requests wakes this thread once, not once each.
+        Every write handed over while a group was committing goes into the next group, with
+        no trip through the event loop between two groups; each group's outcomes go back to
+        the loop in one call. The loop hands writes over once per iteration of its own
+        (:meth:`write`), so a burst of requests costs one hand-over, not one each.
         """
         try:
-            conn = connect(self.path)
-            self._writer_conn = conn
-            applied = migrate(conn)
-        except BaseException as exc:
-            _call_soon(loop, _settle, opened, None, exc)
-            self._writer = None
-            return
-        _call_soon(loop, _settle, opened, applied, None)
-        stop = False
-        while not stop:
-            first = self._jobs.get()
-            if first is None:
-                break
-            waiting: list[Job[Any]] = list(first)
             while True:
-                try:
-                    more = self._jobs.get_nowait()
-                except queue.Empty:
-                    break
-                if more is None:
-                    stop = True
-                    break
-                waiting.extend(more)
-            for start in range(0, len(waiting), MAX_GROUP):
-                self._commit_group(loop, waiting[start:start + MAX_GROUP])
-        try:
-            self._close_writer()
-        finally:
-            if self._writer_done is not None:
-                _call_soon(loop, _settle, self._writer_done, None, None)
+                with self._queue_lock:
+                    if not self._queued:
+                        self._draining = False
+                        return
+                    waiting, self._queued = self._queued, []
+                for start in range(0, len(waiting), MAX_GROUP):
+                    self._commit_group(loop, waiting[start:start + MAX_GROUP])
+        except BaseException:
+            with self._queue_lock:
+                self._draining = False
+            raise
 
     def _commit_group(self, loop: asyncio.AbstractEventLoop, batch: list[Job[Any]]) -> None:
         """One transaction for the group, its outcomes handed back to the loop in one call."""
@@ -310,10 +301,9 @@ class Database:
         if self._closed:
             return
         self._closed = True
-        if self._writer is not None and self._writer_done is not None:
-            self._hand_over()
-            self._jobs.put(None)  # after every write queued before it
-            await self._writer_done
+        self._hand_over()  # the writes of this iteration still go in
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer_exec, self._close_writer)  # after the drain
         if self._inline_conn is not None:
             self._inline_conn.close()
             self._inline_conn = None
@@ -321,6 +311,7 @@ class Database:
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
+        self._writer_exec.shutdown(wait=True)
         self._reader_exec.shutdown(wait=True)
 
     def _close_writer(self) -> None:
@@ -328,15 +319,6 @@ class Database:
             self._writer_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             self._writer_conn.close()
             self._writer_conn = None
-
-
-def _settle(future: asyncio.Future[T], value: T | None, error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is not None:
-        future.set_exception(error)
-    else:
-        future.set_result(value)  # type: ignore[arg-type]
 
 
 def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: Any) -> None:
