@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
+import threading
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -214,3 +216,52 @@ async def test_a_lone_write_runs_without_a_savepoint_and_fails_alone(tmp_path: P
     conn = sqlite3.connect(tmp_path / "edged.db")
     assert {r[0] for r in conn.execute("SELECT name FROM tokens")} == {"a", "c"}
     conn.close()
+
+
+def _token_insert(n: int, entered: threading.Event | None = None,
+                  gate: threading.Event | None = None) -> Callable[[sqlite3.Connection], int]:
+    def write(conn: sqlite3.Connection) -> int:
+        if entered is not None and gate is not None:
+            entered.set()
+            gate.wait(30)  # the writer thread is busy with this group until the test says
+        conn.execute("INSERT INTO tokens (name, scope, token_hash, created_at)"
+                     " VALUES (?, 'register', ?, 't')", (str(n), f"h{n}"))
+        return n
+    return write
+
+
+async def test_writes_that_arrive_while_a_group_commits_form_the_next_group(
+        tmp_path: Path) -> None:
+    db = Database(tmp_path / "edged.db")
+    await db.open()
+    try:
+        start = db.stats.commits
+        same_moment = await asyncio.gather(*(db.write(_token_insert(n)) for n in range(50)))
+        assert same_moment == list(range(50))
+        assert db.stats.commits - start == 1  # handed over together: one commit
+
+        entered, gate = threading.Event(), threading.Event()
+        first = asyncio.ensure_future(db.write(_token_insert(100, entered, gate)))
+        assert await asyncio.to_thread(entered.wait, 30)  # the writer is inside that group
+        later = [asyncio.ensure_future(db.write(_token_insert(n))) for n in range(101, 131)]
+        for _ in range(3):
+            await asyncio.sleep(0)  # handed over to the writer, which is still busy
+        assert not first.done() and not any(f.done() for f in later)
+        before = db.stats.commits
+        gate.set()
+        assert await first == 100
+        assert await asyncio.gather(*later) == list(range(101, 131))
+        assert db.stats.commits - before == 2  # the first group, then all the later ones
+    finally:
+        await db.close()
+
+
+async def test_close_commits_the_writes_of_its_own_iteration(tmp_path: Path) -> None:
+    db = Database(tmp_path / "edged.db")
+    await db.open()
+    pending = [asyncio.ensure_future(db.write(_token_insert(n))) for n in range(5)]
+    await asyncio.sleep(0)  # they are queued for the writer
+    await db.close()
+    assert [await f for f in pending] == list(range(5))
+    conn = sqlite3.connect(tmp_path / "edged.db")
+    assert conn.execute("SELECT count(*) FROM tokens").fetchone()[0] == 5
