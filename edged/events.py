@@ -66,6 +66,11 @@ class EventBus:
         self._recent.append(event)
         if len(self._recent) > self._recent_max:
             del self._recent[: len(self._recent) - self._recent_max]
+        subject = data.get("id")
+        if isinstance(subject, str):  # first: a long-poll waiting on it answers first
+            for waiter in self._watchers.pop(subject, set()):
+                if not waiter.done():
+                    waiter.set_result(data)
         for sub in list(self._subs):
             if sub.kinds and kind not in sub.kinds:
                 continue
@@ -75,11 +80,6 @@ class EventBus:
                 sub.dropped = True
                 self._subs.discard(sub)
                 log.warning("dropped a slow event subscriber after %d events", self._queue_size)
-        subject = data.get("id")
-        if isinstance(subject, str):
-            for waiter in self._watchers.pop(subject, set()):
-                if not waiter.done():
-                    waiter.set_result(data)
         return event
 
     def subscribe(self, kinds: frozenset[str] = frozenset()) -> Subscription:
