@@ -8,9 +8,12 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import select
 import signal
+import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
@@ -446,7 +449,7 @@ async def until_true(check: Callable[[], bool], what: str) -> None:
     """Poll a simulator counter (bounded); the simulator thread sets no asyncio event."""
 
     async def poll() -> None:
-        while not check():
+        while not check():  # noqa: ASYNC110 - a counter of the simulator thread
             await asyncio.sleep(0.01)
 
     try:
@@ -524,3 +527,57 @@ async def test_a_held_request_is_never_sent_after_close(sim: ConcertSimulator) -
     with pytest.raises(TerminalUnavailable):
         await terminal.collect(request)
     assert sim.requests == ()
+
+
+class _Relay:
+    """A TCP port relaying to the simulator's pty: a terminal behind a serial server."""
+
+    def __init__(self, device: str) -> None:
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.device = device
+        self.stop = threading.Event()
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        conn, _ = self.server.accept()
+        fd = os.open(self.device, os.O_RDWR | os.O_NOCTTY | os.O_NONBLOCK)
+        try:
+            while not self.stop.is_set():
+                ready, _, _ = select.select([conn, fd], [], [], 0.05)
+                if conn in ready:
+                    data = conn.recv(4096)
+                    if not data:
+                        return
+                    os.write(fd, data)
+                if fd in ready:
+                    conn.sendall(os.read(fd, 4096))
+        finally:
+            os.close(fd)
+            conn.close()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.server.close()
+        self.thread.join(5.0)
+
+
+async def test_a_sale_over_a_socket_url_goes_through_pyserial(sim: ConcertSimulator) -> None:
+    """socket:// ports have no descriptor of their own: the line uses pyserial's calls."""
+    relay = _Relay(sim.path)
+    settings = ConcertSettings(port=f"socket://127.0.0.1:{relay.port}", **FAST)  # type: ignore[arg-type]
+    terminal = ConcertTerminal("lane-1", settings)
+    try:
+        await terminal.open()
+        request = sale(1250)
+        await terminal.prepare(request)
+        await wait_for_phase(terminal, Phase.HELD)
+        await terminal.start(request)
+        result = await terminal.collect(request)
+        assert result.outcome is Outcome.APPROVED
+        (received,) = sim.requests
+        assert received.request.amount == 1250
+    finally:
+        await terminal.close()
+        relay.close()
