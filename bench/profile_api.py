@@ -85,7 +85,7 @@ RULES: tuple[tuple[str, str, str | None], ...] = (
      None),
     ("alerts (looks after events)", r"edged/alerts\.py", None),
     ("auth (token)", r"edged/(tokens|services)\.py", None),
-    ("request metrics", r"edged/(metrics|api/middleware)\.py", None),
+    ("request metrics", r"edged/metrics\.py", None),
     ("events", r"edged/events\.py", None),
     ("rate limits", r"edged/api/ratelimit\.py", None),
     ("body checks (schema, card number scan)", r"edged/(api/schema|cardnumbers)\.py", None),

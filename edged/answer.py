@@ -24,6 +24,12 @@ def payment_answer(conn: sqlite3.Connection, idem: IdemRecord | None, status: in
     """The payment as committed, saved under the request's key in the same transaction."""
     body = records.get_payment(conn, payment_id)
     assert body is not None
+    return stored_answer(conn, idem, status, body)
+
+
+def stored_answer(conn: sqlite3.Connection, idem: IdemRecord | None, status: int,
+                  body: dict[str, Any]) -> Answer:
+    """The answer, saved under the request's key in the transaction of its change."""
     if idem is not None:
         idempotency.save(conn, idem, status, body)
     return Answer(status, body)

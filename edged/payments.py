@@ -26,7 +26,7 @@ from drivers.base import (
     TransactionResult,
 )
 from edged import audit, idempotency, records
-from edged.answer import Answer, payment_answer
+from edged.answer import Answer, payment_answer, stored_answer
 from edged.capture import CaptureService
 from edged.config import Config
 from edged.errors import ApiError
@@ -107,15 +107,13 @@ class PaymentService:
 
         def write(conn: sqlite3.Connection) -> Answer:
             check_payment_start(payment_id, PaymentState.APPROVED)
-            conn.execute(
-                "INSERT INTO payments (id, method, state, amount, currency, reference,"
-                " created_at, updated_at, finished_at) VALUES (?, 'cash', ?, ?, ?,"
-                " ?, ?, ?, ?)",
-                (payment_id, PaymentState.APPROVED, new.amount, new.currency, new.reference,
-                 now, now, now))
+            body = records.insert_payment(
+                conn, id=payment_id, method="cash", state=PaymentState.APPROVED,
+                amount=new.amount, currency=new.currency, reference=new.reference,
+                created_at=now, updated_at=now, finished_at=now)
             audit.append(conn, actor, "payment.approved", payment_id,
                          {"method": "cash", "amount": new.amount, "currency": new.currency})
-            return payment_answer(conn, idem, 201, payment_id)
+            return stored_answer(conn, idem, 201, body)
 
         answer = await self._db.write(write)
         self._bus.publish("payment", answer.body)
@@ -146,16 +144,15 @@ class PaymentService:
 
         def write(conn: sqlite3.Connection) -> Answer:
             check_payment_start(payment_id, PaymentState.IN_PROGRESS)
-            conn.execute(
-                "INSERT INTO payments (id, method, state, amount, currency, terminal_id,"
-                " reference, processor_ref, processor, capture, created_at, updated_at)"
-                " VALUES (?, 'card_present', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (payment_id, PaymentState.IN_PROGRESS, new.amount, new.currency, terminal_id,
-                 new.reference, reference, driver.processor, new.capture, now, now))
+            body = records.insert_payment(
+                conn, id=payment_id, method="card_present", state=PaymentState.IN_PROGRESS,
+                amount=new.amount, currency=new.currency, terminal_id=terminal_id,
+                reference=new.reference, processor_ref=reference, processor=driver.processor,
+                capture=new.capture, created_at=now, updated_at=now)
             audit.append(conn, actor, "payment.started", payment_id,
                          {"terminal": terminal_id, "amount": new.amount,
                           "currency": new.currency})
-            return payment_answer(conn, idem, 202, payment_id)
+            return stored_answer(conn, idem, 202, body)
 
         try:
             answer = await self._db.write(write)

@@ -32,7 +32,7 @@ from functools import partial
 from typing import Any
 
 from edged import audit, records
-from edged.answer import Answer, payment_answer
+from edged.answer import Answer, stored_answer
 from edged.config import Config
 from edged.errors import ApiError
 from edged.events import EventBus
@@ -121,19 +121,18 @@ class TokenPayments:
                                    f" the {offline.max_stored_total} allowed")
             state = PaymentState.STORED if stored else PaymentState.PENDING
             check_payment_start(payment_id, state)
-            conn.execute(
-                "INSERT INTO payments (id, method, state, amount, currency, reference,"
-                " processor, token, capture, created_at, updated_at, stored_at) VALUES (?,"
-                " 'token', ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                (payment_id, state, amount, currency, reference, processor, token, capture,
-                 now, now, now if stored else None))
+            body = records.insert_payment(
+                conn, id=payment_id, method="token", state=state, amount=amount,
+                currency=currency, reference=reference, processor=processor, token=token,
+                capture=capture, created_at=now, updated_at=now,
+                stored_at=now if stored else None)
             outbox.enqueue(conn, processor, PaymentForward(
                 payment_id=payment_id, amount=amount, currency=currency, token=token,
                 reference=reference, created_at=now, capture=capture), now)
             audit.append(conn, actor, f"payment.{state}", payment_id,
                          {"method": "token", "processor": processor, "amount": amount,
                           "currency": currency})
-            return payment_answer(conn, idem, 201 if stored else 202, payment_id)
+            return stored_answer(conn, idem, 201 if stored else 202, body)
 
         answer = await self._db.write(write)
         self._bus.publish("payment", answer.body)
