@@ -61,6 +61,7 @@ import hashlib
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sync.clock import Clock
@@ -75,15 +76,13 @@ from sync.errors import (
     CredentialsRequired,
     OutcomeUnknown,
     PermanentError,
-    Throttled,
-    TransientError,
 )
 from sync.gateway import OutboxRow, RowFailure, Work, WorkResult
-from sync.limiter import TokenBucket, TokenBucketSettings, header, retry_after_seconds
+from sync.limiter import TokenBucket, TokenBucketSettings
+from sync.sdk_calls import SquareRefusal, square_call
 from sync.sdk_clients import SquareSdk
 
 if TYPE_CHECKING:
-    from square.core.api_error import ApiError
     from square.core.request_options import RequestOptions
     from square.payments.client import AsyncPaymentsClient
     from square.refunds.client import AsyncRefundsClient
@@ -315,52 +314,19 @@ class SquareGateway:
     # -- plumbing -----------------------------------------------------------------------
 
     async def _call(self, what: str, work: Work, call: Callable[[], Awaitable[T]]) -> T:
-        """One HTTP call: take a token, make it, sort its failure (module docstring)."""
-        import httpx  # noqa: PLC0415
-        from square.core.api_error import ApiError  # noqa: PLC0415
-
+        """One HTTP call: take a token, make it, sort its failure (``sync.sdk_calls``)."""
         await self.bucket.acquire()
-        try:
-            answer = await call()
-        except ApiError as exc:
-            raise self._api_error(exc, what, work) from None
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
-                httpx.UnsupportedProtocol) as exc:
-            raise TransientError(f"square unreachable ({type(exc).__name__}): could not "
-                                 f"{what}; nothing was sent") from None
-        except (httpx.TransportError, TimeoutError) as exc:
-            raise OutcomeUnknown(f"square: the connection failed after sending the call to "
-                                 f"{what} ({type(exc).__name__})") from None
-        except ValueError as exc:  # a 2xx answer the SDK could not read
-            raise OutcomeUnknown(f"square: unreadable answer to the call to {what} "
-                                 f"({type(exc).__name__})") from None
-        self.bucket.on_success()
-        return answer
+        return await square_call(what, call, self.bucket, self._clock,
+                                 partial(_row_refusal, what, work))
 
-    def _api_error(self, exc: ApiError, what: str, work: Work) -> Exception:
-        status: int | None = exc.status_code
-        if status == 429:
-            retry_after = retry_after_seconds(header(exc.headers, "retry-after"),
-                                              self._clock.now())
-            wait = self.bucket.on_429(retry_after)
-            return Throttled(wait, f"square rate-limited the call to {what} (429)")
-        self.bucket.on_success()
-        if status in (401, 403):
-            return CredentialsRequired(
-                f"ERR-6072: Square refused the access token ({status}) when asked to {what};"
-                " set a valid one with `edged secret set square.token`")
-        if status is None or status < 400 or status >= 500 or status in (408, 409):
-            return OutcomeUnknown(f"square answered {status} to the call to {what}")
-        errors = list(exc.errors or [])
-        codes = [str(e.code) for e in errors]
-        if "IDEMPOTENCY_KEY_REUSED" in codes:
-            return PermanentError(f"Square saw the idempotency key {work.idempotency_key} with"
-                                  " another body", "ERR-6073")
-        message = "; ".join(f"{e.detail or e.code} ({e.code})" for e in errors) \
-            or f"HTTP {status}"
-        decline = any(str(e.category) == "PAYMENT_METHOD_ERROR" for e in errors)
-        return _Refused(message if decline else f"Square refused the call to {what}: "
-                        f"{message}", decline=decline)
+
+def _row_refusal(what: str, work: Work, refusal: SquareRefusal) -> Exception:
+    """What Square refusing a row's call means for the row."""
+    if "IDEMPOTENCY_KEY_REUSED" in refusal.codes:
+        return PermanentError(f"Square saw the idempotency key {work.idempotency_key} with"
+                              " another body", "ERR-6073")
+    return _Refused(refusal.message if refusal.decline else f"Square refused the call to"
+                    f" {what}: {refusal.message}", decline=refusal.decline)
 
 
 __all__ = ["SquareGateway", "SquareSettings", "square_key"]

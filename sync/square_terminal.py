@@ -34,11 +34,10 @@ from sync.errors import (
     CredentialsRequired,
     OutcomeUnknown,
     PermanentError,
-    Throttled,
-    TransientError,
 )
 from sync.guarded import through
-from sync.limiter import TokenBucket, header, retry_after_seconds
+from sync.limiter import TokenBucket
+from sync.sdk_calls import square_call
 from sync.sdk_clients import SquareSdk
 
 if TYPE_CHECKING:
@@ -193,6 +192,7 @@ class SquareTerminalClient:
             raise CredentialsRequired("ERR-6006: no Square access token is set; set it with "
                                       "`edged secret set square.token`")
         self._sdk.token = token
+
         async def limited() -> T:
             await self.bucket.acquire()
             self.calls += 1
@@ -201,42 +201,10 @@ class SquareTerminalClient:
         return await through(self.breaker, limited)
 
     async def _sorted(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        import httpx  # noqa: PLC0415
-        from square.core.api_error import ApiError  # noqa: PLC0415
-
-        try:
-            answer = await call()
-        except ApiError as exc:
-            status = exc.status_code
-            if status == 429:
-                wait = self.bucket.on_429(retry_after_seconds(
-                    header(exc.headers, "retry-after"), self._clock.now()))
-                raise Throttled(wait, f"square rate-limited the call to {what} (429)") from None
-            self.bucket.on_success()
-            if status in (401, 403):
-                raise CredentialsRequired(
-                    f"ERR-6072: Square refused the access token ({status}) when asked to "
-                    f"{what}; set a valid one with `edged secret set square.token`") from None
-            if status is None or status >= 500 or status in (408, 409):
-                raise OutcomeUnknown(f"square answered {status} to the call to {what}") \
-                    from None
-            errors = list(exc.errors or [])
-            codes = tuple(str(e.code) for e in errors)
-            message = "; ".join(f"{e.detail or e.code} ({e.code})" for e in errors) \
-                or f"HTTP {status}"
-            raise CheckoutRefused(f"Square refused the call to {what}: {message}",
-                                  codes) from None
-        except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout) as exc:
-            raise TransientError(f"square unreachable ({type(exc).__name__}): could not "
-                                 f"{what}; nothing was sent") from None
-        except (httpx.TransportError, TimeoutError) as exc:
-            raise OutcomeUnknown(f"square: the connection failed after sending the call to "
-                                 f"{what} ({type(exc).__name__})") from None
-        except ValueError as exc:
-            raise OutcomeUnknown(f"square: unreadable answer to the call to {what} "
-                                 f"({type(exc).__name__})") from None
-        self.bucket.on_success()
-        return answer
+        return await square_call(
+            what, call, self.bucket, self._clock,
+            lambda refusal: CheckoutRefused(f"Square refused the call to {what}: "
+                                            f"{refusal.message}", refusal.codes))
 
 
 __all__ = ["CardView", "CheckoutRefused", "CheckoutView", "SquareTerminalClient",

@@ -44,8 +44,9 @@ So, before any resend:
 - a cancel or capture retrieves the PaymentIntent: already ``canceled`` / ``succeeded`` →
   applied without a call; otherwise it is resent under the same key.
 
-Errors: 429 → ``bucket.on_429(Retry-After)`` and :class:`Throttled`; 5xx, 409 (the key is in
-use by a request still running), a dropped connection or a timeout after sending →
+Errors (sorted in ``sync.sdk_calls``, as for the Terminal client): 429 →
+``bucket.on_429(Retry-After)`` and :class:`Throttled`; 5xx, 409 (the key is in use by a
+request still running), a dropped connection or a timeout after sending →
 :class:`OutcomeUnknown`; connection refused or a connect timeout → :class:`TransientError`;
 401/403 → :class:`TransientError` naming ``ERR-6072`` (rows wait until the key is fixed);
 ``idempotency_error`` → :class:`PermanentError` ``ERR-6073``; other 400/404 → ``ERR-6070``.
@@ -74,13 +75,11 @@ from sync.contract import (
 )
 from sync.errors import (
     CredentialsRequired,
-    OutcomeUnknown,
     PermanentError,
-    Throttled,
-    TransientError,
 )
 from sync.gateway import OutboxRow, RowFailure, Work, WorkResult
-from sync.limiter import TokenBucket, TokenBucketSettings, header, retry_after_seconds
+from sync.limiter import TokenBucket, TokenBucketSettings
+from sync.sdk_calls import StripeRefusal, StripeRefusalKind, stripe_call
 from sync.sdk_clients import StripeSdk
 
 if TYPE_CHECKING:
@@ -393,72 +392,24 @@ class StripeGateway:
 
     async def _call(self, what: str, work: Work | None,
                     call: Callable[[], Awaitable[T]]) -> T:
-        """One HTTP call: take a token, make it, sort its failure (module docstring)."""
-        import stripe  # noqa: PLC0415
-
+        """One HTTP call: take a token, make it, sort its failure (``sync.sdk_calls``)."""
         await self.bucket.acquire()
-        try:
-            answer = await call()
-        except stripe.RateLimitError as exc:
-            retry_after = retry_after_seconds(header(exc.headers, "retry-after"),
-                                              self._clock.now())
-            wait = self.bucket.on_429(retry_after)
-            raise Throttled(wait, f"stripe rate-limited the call to {what} (429)") from None
-        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
-            self.bucket.on_success()
-            raise CredentialsRequired(
-                f"ERR-6072: Stripe refused the secret key ({exc.http_status}) when asked to "
-                f"{what}; set a valid one with `edged secret set stripe.key`") from None
-        except stripe.IdempotencyError as exc:
-            self.bucket.on_success()
-            key = work.idempotency_key if work is not None else "?"
-            raise PermanentError(f"Stripe saw the idempotency key {key} with another body: "
-                                 f"{exc.user_message}", "ERR-6073") from None
-        except stripe.CardError as exc:
-            self.bucket.on_success()
-            error = exc.json_body.get("error") if isinstance(exc.json_body, dict) else None
-            raise _Refused(_decline_message(error, exc.user_message or "declined"),
-                           decline=True) from None
-        except stripe.InvalidRequestError as exc:
-            self.bucket.on_success()
-            code = f" ({exc.code})" if exc.code else ""
-            raise _Refused(f"Stripe refused the call to {what}: {exc.user_message}{code}",
-                           decline=False) from None
-        except stripe.APIConnectionError as exc:
-            if _sent_nothing(exc):
-                raise TransientError(f"stripe unreachable ({_cause(exc)}): could not {what};"
-                                     " nothing was sent") from None
-            raise OutcomeUnknown(f"stripe: the connection failed after sending the call to "
-                                 f"{what} ({_cause(exc)})") from None
-        except stripe.APIError as exc:
-            status = exc.http_status
-            if status is not None and 400 <= status < 500 and status != 409:
-                raise PermanentError(f"Stripe refused the call to {what} ({status}): "
-                                     f"{exc.user_message}", "ERR-6070") from None
-            replayed = header(exc.headers, "idempotent-replayed") == "true"
-            raise OutcomeUnknown(
-                f"stripe answered {status} to the call to {what}"
-                + (" (the answer stored under this idempotency key, replayed: the key is spent"
-                   " until Stripe forgets it)" if replayed else "")) from None
-        except stripe.StripeError as exc:
-            raise PermanentError(f"stripe: {type(exc).__name__} when asked to {what}: "
-                                 f"{exc.user_message}", "ERR-6070") from None
-        except TimeoutError:
-            raise OutcomeUnknown(f"stripe: no answer in time to the call to {what}") from None
-        self.bucket.on_success()
-        return answer
+        return await stripe_call(what, call, self.bucket, self._clock,
+                                 partial(_row_refusal, what, work))
 
 
-def _cause(exc: BaseException) -> str:
-    cause = exc.__cause__
-    return type(cause).__name__ if cause is not None else type(exc).__name__
-
-
-def _sent_nothing(exc: BaseException) -> bool:
-    """Whether a connection error happened before the request could leave."""
-    import aiohttp  # noqa: PLC0415
-
-    return isinstance(exc.__cause__, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError)
+def _row_refusal(what: str, work: Work | None, refusal: StripeRefusal) -> Exception:
+    """What Stripe refusing a row's call means for the row."""
+    if refusal.kind is StripeRefusalKind.IDEMPOTENCY:
+        key = work.idempotency_key if work is not None else "?"
+        return PermanentError(f"Stripe saw the idempotency key {key} with another body: "
+                              f"{refusal.text}", "ERR-6073")
+    if refusal.kind is StripeRefusalKind.CARD:
+        return _Refused(_decline_message(refusal.error, refusal.text), decline=True)
+    if refusal.kind is StripeRefusalKind.INVALID:
+        code = f" ({refusal.code})" if refusal.code else ""
+        return _Refused(f"{refusal.text}{code}", decline=False)
+    return PermanentError(refusal.text, "ERR-6070")
 
 
 __all__ = ["StripeGateway", "StripeSettings"]

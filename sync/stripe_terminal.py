@@ -36,19 +36,18 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from sync.breaker import CircuitBreaker
 from sync.clock import Clock
 from sync.errors import (
     CredentialsRequired,
-    OutcomeUnknown,
     PermanentError,
-    Throttled,
-    TransientError,
 )
 from sync.guarded import through
-from sync.limiter import TokenBucket, header, retry_after_seconds
+from sync.limiter import TokenBucket
+from sync.sdk_calls import StripeRefusal, StripeRefusalKind, stripe_call
 from sync.sdk_clients import StripeSdk
 
 if TYPE_CHECKING:
@@ -274,53 +273,16 @@ class StripeTerminalClient:
         return await through(self.breaker, limited)
 
     async def _sorted(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        import aiohttp  # noqa: PLC0415
-        import stripe  # noqa: PLC0415
+        return await stripe_call(what, call, self.bucket, self._clock,
+                                 partial(_lane_refusal, what))
 
-        try:
-            answer = await call()
-        except stripe.RateLimitError as exc:
-            wait = self.bucket.on_429(retry_after_seconds(header(exc.headers, "retry-after"),
-                                                          self._clock.now()))
-            raise Throttled(wait, f"stripe rate-limited the call to {what} (429)") from None
-        except (stripe.AuthenticationError, stripe.PermissionError) as exc:
-            raise CredentialsRequired(
-                f"ERR-6072: Stripe refused the secret key ({exc.http_status}) when asked to "
-                f"{what}; set a valid one with `edged secret set stripe.key`") from None
-        except stripe.CardError as exc:
-            self.bucket.on_success()
-            error = exc.json_body.get("error") if isinstance(exc.json_body, dict) else None
-            decline = error.get("decline_code") if isinstance(error, dict) else None
-            raise TerminalRefused(exc.user_message or "declined", exc.code,
-                                  decline) from None
-        except stripe.IdempotencyError as exc:
-            self.bucket.on_success()
-            raise TerminalRefused(f"Stripe saw the key with another body when asked to "
-                                  f"{what}: {exc.user_message}", "idempotency_error") from None
-        except stripe.InvalidRequestError as exc:
-            self.bucket.on_success()
-            raise TerminalRefused(f"Stripe refused the call to {what}: {exc.user_message}",
-                                  exc.code) from None
-        except stripe.APIConnectionError as exc:
-            cause = exc.__cause__
-            if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
-                raise TransientError(f"stripe unreachable ({type(cause).__name__}): could not"
-                                     f" {what}; nothing was sent") from None
-            raise OutcomeUnknown(f"stripe: the connection failed after sending the call to "
-                                 f"{what}") from None
-        except stripe.APIError as exc:
-            status = exc.http_status
-            if status is not None and 400 <= status < 500 and status != 409:
-                raise TerminalRefused(f"Stripe refused the call to {what} ({status}): "
-                                      f"{exc.user_message}", exc.code) from None
-            raise OutcomeUnknown(f"stripe answered {status} to the call to {what}") from None
-        except stripe.StripeError as exc:
-            raise TerminalRefused(f"stripe: {type(exc).__name__} when asked to {what}: "
-                                  f"{exc.user_message}", exc.code) from None
-        except TimeoutError:
-            raise OutcomeUnknown(f"stripe: no answer in time to the call to {what}") from None
-        self.bucket.on_success()
-        return answer
+
+def _lane_refusal(what: str, refusal: StripeRefusal) -> Exception:
+    """Stripe refusing a lane's call: the reader's sale ends with Stripe's own codes."""
+    if refusal.kind is StripeRefusalKind.IDEMPOTENCY:
+        return TerminalRefused(f"Stripe saw the key with another body when asked to {what}: "
+                               f"{refusal.text}", refusal.code)
+    return TerminalRefused(refusal.text, refusal.code, refusal.decline_code)
 
 
 __all__ = ["IntentView", "ReaderView", "StripeTerminalClient", "StripeTerminalSettings",

@@ -42,6 +42,8 @@ async def edge_middleware(request: web.Request,
             verdict = await admit(request, services)
             response = await handler(request)
         except Exception as exc:  # error_answer re-raises what it does not answer
+            if isinstance(exc, web.HTTPException):
+                status = exc.status  # counted as such also when passed on (a redirect)
             status, response = error_answer(request, exc)
             return response
         status = response.status

@@ -1,0 +1,160 @@
+"""One call through a processor's SDK, its failure sorted the same way for every caller.
+
+The outbox gateways (``sync.stripe``, ``sync.square``) and the Terminal clients of the
+cloud lanes (``sync.stripe_terminal``, ``sync.square_terminal``) make their calls through
+:func:`stripe_call` and :func:`square_call`, so that a failure means the same thing
+whichever part of the daemon asked:
+
+- 429 → the bucket backs off (``Retry-After``) and :class:`Throttled`;
+- a refused key or token (401/403) → :class:`CredentialsRequired` ``ERR-6072``;
+- no connection (refused, connect timeout): nothing left the box → :class:`TransientError`;
+- the connection failed after sending, a timeout, a 5xx, 408 or 409 (the key is in use by a
+  request still running), an answer that cannot be read → :class:`OutcomeUnknown`;
+- anything else is the processor refusing the call (a decline, a bad request, a key seen
+  with another body): the caller's ``refused`` turns that :class:`StripeRefusal` /
+  :class:`SquareRefusal` into its own exception, since what a refusal means is the
+  caller's (a row's permanent failure, a declined sale).
+
+An answer, also a refusal, tells the bucket the processor is answering again.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any, TypeVar
+
+from sync.clock import Clock
+from sync.errors import CredentialsRequired, OutcomeUnknown, Throttled, TransientError
+from sync.limiter import TokenBucket, header, retry_after_seconds
+
+T = TypeVar("T")
+
+
+class StripeRefusalKind(Enum):
+    CARD = "card"  # a decline (CardError)
+    IDEMPOTENCY = "idempotency"  # the key was seen with another body
+    INVALID = "invalid"  # a bad request (InvalidRequestError)
+    OTHER = "other"  # another 4xx, or an error the SDK names no better
+
+
+@dataclass(frozen=True, slots=True)
+class StripeRefusal:
+    kind: StripeRefusalKind
+    text: str
+    """What Stripe said, ready for a message: its user message (a decline's, or
+    "declined"), prefixed by the call for INVALID and OTHER."""
+    code: str | None
+    decline_code: str | None
+    error: Mapping[str, Any] | None  # the body's ``error`` object, when there is one
+
+
+@dataclass(frozen=True, slots=True)
+class SquareRefusal:
+    status: int
+    codes: tuple[str, ...]
+    message: str  # "detail (CODE); …", or "HTTP 400" when Square listed no error
+    decline: bool  # a PAYMENT_METHOD_ERROR: the card was declined
+
+
+async def stripe_call(what: str, call: Callable[[], Awaitable[T]], bucket: TokenBucket,
+                      clock: Clock, refused: Callable[[StripeRefusal], Exception]) -> T:
+    """Make ``call`` (a token must already be taken) and sort its failure."""
+    import aiohttp  # noqa: PLC0415  (imported with the SDK, never at start)
+    import stripe  # noqa: PLC0415
+
+    try:
+        answer = await call()
+    except stripe.RateLimitError as exc:
+        wait = bucket.on_429(retry_after_seconds(header(exc.headers, "retry-after"),
+                                                 clock.now()))
+        raise Throttled(wait, f"stripe rate-limited the call to {what} (429)") from None
+    except (stripe.AuthenticationError, stripe.PermissionError) as exc:
+        bucket.on_success()
+        raise CredentialsRequired(
+            f"ERR-6072: Stripe refused the secret key ({exc.http_status}) when asked to "
+            f"{what}; set a valid one with `edged secret set stripe.key`") from None
+    except stripe.CardError as exc:
+        bucket.on_success()
+        error = exc.json_body.get("error") if isinstance(exc.json_body, dict) else None
+        error = error if isinstance(error, Mapping) else None
+        raise refused(StripeRefusal(
+            StripeRefusalKind.CARD, exc.user_message or "declined", exc.code,
+            error.get("decline_code") if error is not None else None, error)) from None
+    except stripe.IdempotencyError as exc:
+        bucket.on_success()
+        raise refused(StripeRefusal(StripeRefusalKind.IDEMPOTENCY, str(exc.user_message),
+                                    "idempotency_error", None, None)) from None
+    except stripe.InvalidRequestError as exc:
+        bucket.on_success()
+        raise refused(StripeRefusal(
+            StripeRefusalKind.INVALID, f"Stripe refused the call to {what}: "
+            f"{exc.user_message}", exc.code, None, None)) from None
+    except stripe.APIConnectionError as exc:
+        cause = exc.__cause__
+        name = type(cause).__name__ if cause is not None else type(exc).__name__
+        if isinstance(cause, aiohttp.ClientConnectorError | aiohttp.ConnectionTimeoutError):
+            raise TransientError(f"stripe unreachable ({name}): could not {what}; nothing"
+                                 " was sent") from None
+        raise OutcomeUnknown(f"stripe: the connection failed after sending the call to "
+                             f"{what} ({name})") from None
+    except stripe.APIError as exc:
+        status = exc.http_status
+        if status is not None and 400 <= status < 500 and status != 409:
+            raise refused(StripeRefusal(
+                StripeRefusalKind.OTHER, f"Stripe refused the call to {what} ({status}): "
+                f"{exc.user_message}", exc.code, None, None)) from None
+        replayed = header(exc.headers, "idempotent-replayed") == "true"
+        raise OutcomeUnknown(
+            f"stripe answered {status} to the call to {what}"
+            + (" (the answer stored under this idempotency key, replayed: the key is spent"
+               " until Stripe forgets it)" if replayed else "")) from None
+    except stripe.StripeError as exc:
+        raise refused(StripeRefusal(
+            StripeRefusalKind.OTHER, f"stripe: {type(exc).__name__} when asked to {what}: "
+            f"{exc.user_message}", exc.code, None, None)) from None
+    except TimeoutError:
+        raise OutcomeUnknown(f"stripe: no answer in time to the call to {what}") from None
+    bucket.on_success()
+    return answer
+
+
+async def square_call(what: str, call: Callable[[], Awaitable[T]], bucket: TokenBucket,
+                      clock: Clock, refused: Callable[[SquareRefusal], Exception]) -> T:
+    """Make ``call`` (a token must already be taken) and sort its failure."""
+    import httpx  # noqa: PLC0415  (imported with the SDK, never at start)
+    from square.core.api_error import ApiError  # noqa: PLC0415
+
+    try:
+        answer = await call()
+    except ApiError as exc:
+        status: int | None = exc.status_code
+        if status == 429:
+            wait = bucket.on_429(retry_after_seconds(header(exc.headers, "retry-after"),
+                                                     clock.now()))
+            raise Throttled(wait, f"square rate-limited the call to {what} (429)") from None
+        bucket.on_success()
+        if status in (401, 403):
+            raise CredentialsRequired(
+                f"ERR-6072: Square refused the access token ({status}) when asked to "
+                f"{what}; set a valid one with `edged secret set square.token`") from None
+        if status is None or status < 400 or status >= 500 or status in (408, 409):
+            raise OutcomeUnknown(f"square answered {status} to the call to {what}") from None
+        errors = list(exc.errors or [])
+        raise refused(SquareRefusal(
+            status, tuple(str(e.code) for e in errors),
+            "; ".join(f"{e.detail or e.code} ({e.code})" for e in errors) or f"HTTP {status}",
+            any(str(e.category) == "PAYMENT_METHOD_ERROR" for e in errors))) from None
+    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
+            httpx.UnsupportedProtocol) as exc:
+        raise TransientError(f"square unreachable ({type(exc).__name__}): could not "
+                             f"{what}; nothing was sent") from None
+    except (httpx.TransportError, TimeoutError) as exc:
+        raise OutcomeUnknown(f"square: the connection failed after sending the call to "
+                             f"{what} ({type(exc).__name__})") from None
+    except ValueError as exc:  # a 2xx answer the SDK could not read
+        raise OutcomeUnknown(f"square: unreadable answer to the call to {what} "
+                             f"({type(exc).__name__})") from None
+    bucket.on_success()
+    return answer
