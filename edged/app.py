@@ -40,6 +40,7 @@ from edged.services import Services
 from edged.store import Database
 from edged.sync_hooks import StoreHooks
 from edged.terminals import TerminalManager
+from edged.token_cache import PrincipalCache, stamp_path
 
 if TYPE_CHECKING:
     from edged.discovery import Advertiser
@@ -100,6 +101,7 @@ class Daemon:
             outbox=self.outbox,
             manager=manager.build(self.cfg, self.clock, self.db, self.bus, self.terminals,
                                   self.sync_status),
+            principals=PrincipalCache(stamp_path(self.db.path)),
         )
         self.app = build_web_app(self.services)
         self._runner: web.AppRunner | None = None

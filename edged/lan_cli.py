@@ -12,6 +12,7 @@ from datetime import UTC, datetime
 from edged import audit, tokens
 from edged.config import Config
 from edged.store.database import open_sync
+from edged.token_cache import RECHECK_SECONDS, announce_revocation
 
 Common = Callable[[argparse.ArgumentParser], None]
 ConfigOf = Callable[[argparse.Namespace], Config]
@@ -145,8 +146,15 @@ def _token(args: argparse.Namespace, cfg: Config) -> int:
         print(secret)
         print(f"token for {args.name} ({args.scope}); shown once, keep it safe",
               file=sys.stderr)
-    else:
-        print(f"token {args.name} revoked; its next call gets 401")
+        return 0
+    try:
+        announce_revocation(path)
+    except OSError as exc:  # committed all the same: the daemon reads it again within 1 s
+        print(f"token {args.name} revoked; the running daemon could not be told at once"
+              f" ({exc}): it refuses the token within {RECHECK_SECONDS:g} s",
+              file=sys.stderr)
+        return 0
+    print(f"token {args.name} revoked; its next call gets 401")
     return 0
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from edged import tokens
@@ -19,7 +19,8 @@ from edged.pairing import PairingGuard
 from edged.payments import PaymentService
 from edged.store import Database
 from edged.terminals import TerminalManager
-from sync.clock import Clock
+from edged.token_cache import PrincipalCache
+from sync.clock import Clock, utc_iso
 from sync.outbox import OutboxStore
 
 SyncStatus = Callable[[], Awaitable[dict[str, Any]]]
@@ -41,6 +42,7 @@ class Services:
     sync_status: SyncStatus
     outbox: OutboxStore
     manager: ManagerParts
+    principals: PrincipalCache
     stopping: asyncio.Event = field(default_factory=asyncio.Event)
     allowed_hosts: frozenset[str] = frozenset()
     key_locks: KeyLocks = field(default_factory=KeyLocks)
@@ -53,15 +55,25 @@ class Services:
         return self.pair_guard
 
     async def principal(self, token: str) -> tokens.Principal | None:
-        """The token's owner, read on every call: a revoked token fails at once.
+        """The token's owner; a token revoked by any process fails on its next call.
 
-        No cache (the CLI revokes from another process): an indexed read on the event
-        loop's thread costs less than the trip to a reader thread would. The last use is
-        written at most once a minute per token.
+        Kept in memory once read (:mod:`edged.token_cache`: the revocation stamp is read on
+        every call instead of the table). The last use is written at most once a minute per
+        token.
         """
-        found = await self.db.read_inline(lambda c: tokens.lookup(c, token))
-        if found is not None:
-            now = self.clock.now()
-            if tokens.touch_due(found, now):
-                await self.db.write(lambda c: tokens.touch(c, found.token_id, now))
+        digest = tokens.hash_token(token)
+        stamp = self.principals.check()
+        found = self.principals.get(digest, self.clock.monotonic())
+        if found is None:
+            read_at = self.clock.monotonic()
+            found = await self.db.read_inline(lambda c: tokens.lookup_digest(c, digest))
+            if found is None:
+                return None
+            self.principals.put(digest, found, stamp, read_at)
+        now = self.clock.now()
+        if tokens.touch_due(found, now):
+            token_id = found.token_id
+            await self.db.write(lambda c: tokens.touch(c, token_id, now))
+            found = replace(found, last_used_at=utc_iso(now))
+            self.principals.update(digest, found)
         return found

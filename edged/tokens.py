@@ -2,9 +2,10 @@
 
 Scopes (DESIGN §6): ``register`` (payments, orders, stock, reads), ``manager`` (also
 resolve, retry and discard, reports, pairing) and ``monitor`` (reads only, for a wall
-screen). A revoked token is refused on its very next call: every call reads the table
-(no cache). The CLI and pairing keep names unique among the tokens in use, so
-``edged token revoke NAME`` names one. ``last_used_at`` is written at most once a minute per token.
+screen). A revoked token is refused on its very next call: a revocation is committed, then
+announced to the daemon, which keeps the tokens it has read (:mod:`edged.token_cache`).
+The CLI and pairing keep names unique among the tokens in use, so ``edged token revoke
+NAME`` names one. ``last_used_at`` is written at most once a minute per token.
 """
 
 from __future__ import annotations
@@ -90,7 +91,10 @@ def name_in_use(conn: sqlite3.Connection, name: str) -> bool:
 
 
 def revoke(conn: sqlite3.Connection, name: str, now: datetime | None = None) -> int:
-    """Revoke the tokens in use under ``name``; the number revoked (0: none by that name)."""
+    """Revoke the tokens in use under ``name``; the number revoked (0: none by that name).
+
+    Once committed, :func:`edged.token_cache.announce_revocation` tells a running daemon.
+    """
     cur = conn.execute("UPDATE tokens SET revoked_at = ? WHERE name = ? AND revoked_at IS NULL",
                        (utc_iso(now or datetime.now(UTC)), name))
     return cur.rowcount
@@ -117,7 +121,11 @@ def touch_due(principal: Principal, now: datetime) -> bool:
 
 
 def lookup(conn: sqlite3.Connection, token: str) -> Principal | None:
-    digest = hash_token(token)
+    return lookup_digest(conn, hash_token(token))
+
+
+def lookup_digest(conn: sqlite3.Connection, digest: str) -> Principal | None:
+    """The owner of the token in use whose SHA-256 is ``digest``."""
     row = conn.execute(
         "SELECT id, name, scope, token_hash, last_used_at FROM tokens"
         " WHERE token_hash = ? AND revoked_at IS NULL", (digest,)

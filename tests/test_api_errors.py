@@ -90,16 +90,18 @@ async def test_auth_is_required(api: Api, headers: dict[str, str], status: int,
 async def test_a_token_revoked_by_another_process_fails_on_its_next_call(api: Api) -> None:
     import sqlite3
 
+    from edged.token_cache import announce_revocation
     from edged.tokens import hash_token
 
     status, _ = await api.get("/v1/payments")
     assert status == 200
-    other = sqlite3.connect(api.daemon.db.path, isolation_level=None)  # as the CLI would
+    other = sqlite3.connect(api.daemon.db.path, isolation_level=None)  # as the CLI does:
     try:
         other.execute("UPDATE tokens SET revoked_at = '2026-01-01T00:00:00Z'"
                       " WHERE token_hash = ?", (hash_token(api.token),))
     finally:
         other.close()
+    announce_revocation(api.daemon.db.path)  # the commit, then the stamp
     got, body = await api.get("/v1/payments")
     assert (got, body["error"]["code"]) == (401, "ERR-5002")
     got, body = await api.post(PAY, {"amount": 100, "currency": "EUR", "method": "cash"})

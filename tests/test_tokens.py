@@ -9,6 +9,7 @@ from pathlib import Path
 from edged import tokens
 from edged.store.database import open_sync
 from edged.store.migrations import MIGRATIONS
+from edged.token_cache import announce_revocation
 from tests.daemon_process import DaemonProcess, run_cli, write_config
 from tests.helpers import make_config, running
 
@@ -92,6 +93,7 @@ async def test_revocation_in_another_connection_is_seen_at_once(tmp_path: Path) 
         assert tokens.revoke(conn, "register-1") == 1
         conn.execute("COMMIT")
         conn.close()
+        announce_revocation(api.daemon.db.path)  # once committed, as the CLI does
         status, body = await api.get("/v1/terminals")
         assert (status, body["error"]["code"]) == (401, "ERR-5002")
 
