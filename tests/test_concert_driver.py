@@ -91,6 +91,19 @@ async def wait_for_phase(terminal: ConcertTerminal, phase: Phase) -> None:
     await asyncio.wait_for(poll(), 5.0)
 
 
+async def until_true(check: Callable[[], bool], what: str) -> None:
+    """Poll a simulator counter (bounded); the simulator thread sets no asyncio event."""
+
+    async def poll() -> None:
+        while not check():  # noqa: ASYNC110 - a counter of the simulator thread
+            await asyncio.sleep(0.01)
+
+    try:
+        await asyncio.wait_for(poll(), 5.0)
+    except TimeoutError:
+        raise AssertionError(f"timed out waiting for {what}") from None
+
+
 async def test_approved_sale(terminal: ConcertTerminal, sim: ConcertSimulator) -> None:
     before = time.monotonic()
     result = await terminal.collect(sale(1250))
@@ -106,7 +119,8 @@ async def test_approved_sale(terminal: ConcertTerminal, sim: ConcertSimulator) -
     assert received.request == ConcertRequest(pos_number=1, amount=1250, currency="EUR")
     assert received.copies == 1
     assert before <= received.first_byte_at <= received.received_at
-    assert sim.answers_sent == 1
+    # the result is handed over once the answer is ACKed, as the terminal reads that ACK
+    await until_true(lambda: sim.answers_sent == 1, "the terminal to read the ACK")
 
 
 async def test_declined_sale(terminal: ConcertTerminal, sim: ConcertSimulator) -> None:
@@ -143,7 +157,7 @@ async def test_corrupt_answer_lrc_is_naked_then_read(
     result = await terminal.collect(sale())
     assert result.outcome is Outcome.APPROVED
     assert sim.naks_received == 1
-    assert sim.answers_sent == 1
+    await until_true(lambda: sim.answers_sent == 1, "the terminal to read the ACK")
 
 
 async def test_noise_before_the_answer(terminal: ConcertTerminal, sim: ConcertSimulator) -> None:
@@ -257,6 +271,34 @@ async def test_drop_mid_transaction_is_unknown(
     assert (await terminal.status()).state is TerminalState.OFFLINE
     sim.plug()
     assert (await terminal.status()).state is TerminalState.ONLINE
+
+
+async def test_the_result_is_handed_over_before_the_terminal_closes_the_session(
+    sim: ConcertSimulator,
+) -> None:
+    # On a clock that never moves, a wait for the terminal's EOT never times out: the sale
+    # ends only because its result does not wait for that EOT.
+    terminal = await make_terminal(sim, ManualClock(), ack_timeout=60.0)
+    try:
+        sim.push(Behaviour.NO_EOT)
+        result = await asyncio.wait_for(terminal.collect(sale()), 5.0)
+        assert (result.outcome, result.last4) == (Outcome.APPROVED, TEST_CARD[-4:])
+        assert terminal.phase is Phase.RECEIVING_ANSWER  # its worker still waits for the EOT
+    finally:  # and stops waiting when the driver closes
+        await terminal.close()
+
+
+async def test_a_line_lost_after_the_answer_keeps_the_answer(
+    terminal: ConcertTerminal, sim: ConcertSimulator
+) -> None:
+    sim.push(Behaviour.DROP_AFTER_ANSWER)
+    result = await terminal.collect(sale())
+    assert (result.outcome, result.reference) == (Outcome.APPROVED, "0000000001")
+    await until_true(lambda: not sim.plugged, "the unplug")
+    assert (await terminal.status()).state is TerminalState.OFFLINE
+    sim.plug()
+    assert (await terminal.status()).state is TerminalState.ONLINE
+    assert (await terminal.collect(sale(payment_id="pay-2"))).outcome is Outcome.APPROVED
 
 
 async def test_no_ack_to_enq_is_unavailable(
@@ -443,19 +485,6 @@ def test_simulator_command_prints_the_link_and_stops_on_sigterm(tmp_path: Path) 
 
 
 # -- a sale opened while its payment is committed (prepare, then start or abandon) --------
-
-
-async def until_true(check: Callable[[], bool], what: str) -> None:
-    """Poll a simulator counter (bounded); the simulator thread sets no asyncio event."""
-
-    async def poll() -> None:
-        while not check():  # noqa: ASYNC110 - a counter of the simulator thread
-            await asyncio.sleep(0.01)
-
-    try:
-        await asyncio.wait_for(poll(), 5.0)
-    except TimeoutError:
-        raise AssertionError(f"timed out waiting for {what}") from None
 
 
 async def test_a_prepared_sale_holds_its_request_until_started(

@@ -6,6 +6,8 @@ The protocol and the money rule are described in :mod:`drivers.concert`.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import logging
 import threading
 from collections.abc import Callable
@@ -188,9 +190,7 @@ class ConcertTerminal(Terminal):
         abort = threading.Event()
         self._abort = abort
         self._busy = True
-        future = self._submit(
-            lambda: self._transact_blocking(request, concert_request, abort, hold)
-        )
+        future = self._submit_transaction(request, concert_request, abort, hold)
         self._opened = _Opened(request.payment_id, hold, abort, future)
         return None
 
@@ -278,6 +278,32 @@ class ConcertTerminal(Terminal):
     async def _run(self, func: Callable[[], _T]) -> _T:
         return await self._submit(func)
 
+    def _submit_transaction(
+        self,
+        request: TransactionRequest,
+        concert_request: ConcertRequest,
+        abort: threading.Event,
+        hold: Hold | None = None,
+    ) -> asyncio.Future[TransactionResult]:
+        """Run a transaction on the worker; the future ends as soon as its result is known.
+
+        That is when the answer frame is ACKed, before the terminal's closing EOT: the
+        payment's outcome is committed while the worker waits for it. The worker takes no
+        other job until the session has ended.
+        """
+        loop = asyncio.get_running_loop()
+        ending: asyncio.Future[TransactionResult] = loop.create_future()
+
+        def answered(result: TransactionResult) -> None:  # on the worker thread
+            with contextlib.suppress(RuntimeError):  # a closed loop has nobody to tell
+                loop.call_soon_threadsafe(_settle, ending, result)
+
+        worker = self._submit(
+            lambda: self._transact_blocking(request, concert_request, abort, hold, answered)
+        )
+        worker.add_done_callback(functools.partial(_follow, ending))
+        return ending
+
     def _concert_request(
         self, request: TransactionRequest, transaction_type: TransactionType
     ) -> ConcertRequest:
@@ -310,7 +336,7 @@ class ConcertTerminal(Terminal):
             request.amount,
             request.currency,
         )
-        future = self._submit(lambda: self._transact_blocking(request, concert_request, abort))
+        future = self._submit_transaction(request, concert_request, abort)
         return await self._finish(request, future, abort)
 
     async def _finish(
@@ -426,9 +452,10 @@ class ConcertTerminal(Terminal):
         concert_request: ConcertRequest,
         abort: threading.Event,
         hold: Hold | None = None,
+        answered: Callable[[TransactionResult], None] | None = None,
     ) -> TransactionResult:
         try:
-            return self._exchange(request, concert_request, abort, hold)
+            return self._exchange(request, concert_request, abort, hold, answered)
         finally:
             self._phase = Phase.IDLE
             if hold is not None:
@@ -448,6 +475,7 @@ class ConcertTerminal(Terminal):
         concert_request: ConcertRequest,
         abort: threading.Event,
         hold: Hold | None = None,
+        answered: Callable[[TransactionResult], None] | None = None,
     ) -> TransactionResult:
         settings = self.settings
         name = self.terminal_id
@@ -521,7 +549,7 @@ class ConcertTerminal(Terminal):
         # From here the terminal has the request: every ending is a TransactionResult.
         try:
             line.send_control(EOT)
-            return self._await_answer(line, request, concert_request)
+            return self._await_answer(line, request, concert_request, answered)
         except LineLost as exc:
             self._drop_line(str(exc))
             return self._unknown(request, f"line lost during the transaction: {exc}")
@@ -585,7 +613,11 @@ class ConcertTerminal(Terminal):
         return closed
 
     def _await_answer(
-        self, line: Line, request: TransactionRequest, concert_request: ConcertRequest
+        self,
+        line: Line,
+        request: TransactionRequest,
+        concert_request: ConcertRequest,
+        answered: Callable[[TransactionResult], None] | None = None,
     ) -> TransactionResult:
         settings = self.settings
         name = self.terminal_id
@@ -666,14 +698,38 @@ class ConcertTerminal(Terminal):
                 try:
                     answer = ConcertAnswer.decode(event.data)
                 except MessageError as exc:
-                    line.send_control(ACK)  # intact frame: a copy would say the same
-                    line.await_control(EOT_ONLY, settings.ack_timeout)
-                    return self._unknown(request, f"answer not understood: {exc}")
+                    # intact frame: a copy would say the same
+                    result = self._unknown(request, f"answer not understood: {exc}")
+                else:
+                    result = self._result(request, concert_request, answer)
                 del event  # the frame's bytes may hold a PAN; only the answer goes on
                 line.send_control(ACK)
-                line.await_control(EOT_ONLY, settings.ack_timeout)
-                return self._result(request, concert_request, answer)
+                self._end_session(line, result, answered)
+                return result
             logger.debug("concert %s: ignored %s", name, describe(event))
+
+    def _end_session(
+        self,
+        line: Line,
+        result: TransactionResult,
+        answered: Callable[[TransactionResult], None] | None,
+    ) -> None:
+        """The answer is ACKed, so it is the outcome: hand it over, then wait for the EOT.
+
+        Whatever happens to the EOT (late, the line lost, the driver stopped) changes
+        nothing the terminal did; the next exchange starts clean (ENQ after a discard).
+        """
+        if answered is not None:
+            answered(result)
+        try:
+            if line.await_control(EOT_ONLY, self.settings.ack_timeout) is None:
+                logger.debug("concert %s: no EOT after the answer", self.terminal_id)
+        except LineLost as exc:
+            self._drop_line(str(exc))
+            logger.info("concert %s: line lost after the answer was taken: %s",
+                        self.terminal_id, exc)
+        except Aborted:
+            logger.debug("concert %s: stopped after the answer was taken", self.terminal_id)
 
     def _result(
         self, request: TransactionRequest, concert_request: ConcertRequest, answer: ConcertAnswer
@@ -708,6 +764,30 @@ class ConcertTerminal(Terminal):
             if answer.pos_number != concert_request.pos_number
             else None,
         )
+
+
+def _settle(ending: asyncio.Future[TransactionResult], result: TransactionResult) -> None:
+    if not ending.done():
+        ending.set_result(result)
+
+
+def _follow(ending: asyncio.Future[TransactionResult],
+            worker: asyncio.Future[TransactionResult]) -> None:
+    """The worker's own ending, for a transaction whose result was not handed over early
+    (nothing sent, unknown, an error); after an early result it is the same one."""
+    if worker.cancelled():
+        if not ending.done():
+            ending.cancel()
+        return
+    exc = worker.exception()
+    if ending.done():
+        if exc is not None:  # pragma: no cover  (the session's end catches what it meets)
+            logger.debug("concert: after the answer was taken: %s", exc)
+        return
+    if exc is not None:
+        ending.set_exception(exc)
+    else:
+        ending.set_result(worker.result())
 
 
 def _consume(future: asyncio.Future[TransactionResult]) -> None:

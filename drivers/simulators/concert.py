@@ -103,6 +103,10 @@ class Behaviour(enum.StrEnum):
     an unplug or stop."""
     ENQ_EOT_LOOP = "enq_eot_loop"
     """Like ``ENQ_LOOP``, but each ENQ is followed by EOT: sessions opened and given up."""
+    NO_EOT = "no_eot"
+    """Answer (AUTO), then never close the session: no EOT after the host's ACK."""
+    DROP_AFTER_ANSWER = "drop_after_answer"
+    """Answer (AUTO), then unplug once the host has ACKed it, before the EOT."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -489,7 +493,12 @@ class ConcertSimulator:
             request = replace(request, amount=request.amount - 1)
         elif behaviour is Behaviour.OTHER_POS:
             request = replace(request, pos_number=request.pos_number % 99 + 1)
-        self._answer(request, status, corrupt_first=behaviour is Behaviour.CORRUPT_LRC)
+        taken = self._answer(request, status, corrupt_first=behaviour is Behaviour.CORRUPT_LRC)
+        if taken and behaviour is Behaviour.DROP_AFTER_ANSWER:
+            self._do_unplug()
+            raise _Unplugged
+        if not (taken and behaviour is Behaviour.NO_EOT):
+            self._control(EOT)
 
     def _loop_enq(self, *, with_eot: bool) -> None:
         """ENQ (and EOT) again and again, whatever the host answers, until released."""
@@ -518,7 +527,8 @@ class ConcertSimulator:
             return AnswerStatus.DECLINED
         return AnswerStatus.APPROVED
 
-    def _answer(self, request: ConcertRequest, status: AnswerStatus, corrupt_first: bool) -> None:
+    def _answer(self, request: ConcertRequest, status: AnswerStatus, corrupt_first: bool) -> bool:
+        """Send the answer; True once the host ACKed it. The closing EOT is the caller's."""
         self._sequence += 1
         answer = ConcertAnswer(
             pos_number=request.pos_number,
@@ -537,7 +547,7 @@ class ConcertSimulator:
                 break
         else:
             logger.info("concert simulator: the host never ACKed the answer's ENQ")
-            return
+            return False
         corrupt = corrupt_first
         for _ in range(1 + self.max_retransmissions):
             self._write(frame[:-1] + bytes((frame[-1] ^ 0x55,)) if corrupt else frame)
@@ -545,12 +555,11 @@ class ConcertSimulator:
             reply = self._await_control(frozenset({Control.ACK, Control.NAK}), self.ack_timeout)
             if reply is Control.ACK:
                 self.answers_sent += 1  # before the EOT: the host may look as soon as it reads it
-                self._control(EOT)
-                return
+                return True
             if reply is Control.NAK:
                 self.naks_received += 1
         logger.info("concert simulator: the host did not take the answer")
-        self._control(EOT)
+        return False
 
 
 def run_cli(pty_link: str | None, behaviour: str) -> int:
