@@ -299,7 +299,10 @@ class PaymentService:
                 if body["state"] in ANSWERED or remaining <= 0:
                     return body
                 try:
-                    data = await asyncio.wait_for(waiter, remaining)
+                    # awaited directly, not through wait_for's own task hop: the answer
+                    # goes out before what the publisher queued after waking it (its log line)
+                    async with asyncio.timeout(remaining):
+                        data = await waiter
                 except TimeoutError:
                     return await self.get(payment_id)
                 if "refunds" in data and data["state"] in ANSWERED:

@@ -137,6 +137,10 @@ async def test_one_transaction_per_terminal_and_cancel(tmp_path: Path) -> None:
         assert terminal["state"] == "busy"
         assert terminal["busy_with"] == first["id"]
 
+        # a long-poll whose time runs out answers the payment as it stands, still running
+        status, waited = await api.get(f"/v1/payments/{first['id']}?wait=0.2")
+        assert (status, waited["state"]) == (200, "in_progress")
+
         status, canceled = await api.post(f"/v1/payments/{first['id']}/cancel", {})
         assert status == 200
         assert canceled["state"] == "canceled"
