@@ -88,7 +88,7 @@ RULES: tuple[tuple[str, str, str | None], ...] = (
     ("ids and timestamps", r"edged/ids\.py|sync/clock\.py|random\.py|base64\.py|secrets\.py",
      None),
     ("alerts (looks after events)", r"edged/alerts\.py", None),
-    ("auth (token)", r"edged/(tokens|services)\.py", None),
+    ("auth (token)", r"edged/(tokens|token_cache|services)\.py", None),
     ("request metrics", r"edged/metrics\.py", None),
     ("events", r"edged/events\.py", None),
     ("rate limits", r"edged/api/ratelimit\.py", None),
