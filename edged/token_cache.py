@@ -17,12 +17,15 @@ read every time and never fills memory), keyed by their SHA-256 digest, never th
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
 from edged.tokens import Principal
+
+log = logging.getLogger(__name__)
 
 STAMP_NAME = "tokens.revoked"
 RECHECK_SECONDS = 1.0
@@ -51,14 +54,19 @@ def announce_revocation(db_path: Path) -> None:
             scratch.unlink()
 
 
-def read_stamp(path: Path) -> bytes:
-    """The stamp as it is now; empty while no revocation was ever announced."""
+def read_stamp(path: Path) -> bytes | None:
+    """The stamp as it is now; empty while no revocation was ever announced, ``None`` when
+    it cannot be read (then nothing may be kept). Never blocks (a FIFO put there)."""
     try:
-        fd = os.open(path, os.O_RDONLY)
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except FileNotFoundError:
         return b""
+    except OSError:
+        return None
     try:
         return os.read(fd, 64)
+    except OSError:
+        return None
     finally:
         os.close(fd)
 
@@ -79,14 +87,20 @@ class PrincipalCache:
     def __init__(self, stamp: Path, recheck_seconds: float = RECHECK_SECONDS) -> None:
         self._stamp_path = stamp
         self._recheck = recheck_seconds
-        self._stamp = b""
+        self._stamp: bytes | None = b""
         self._kept: dict[str, _Kept] = {}
 
-    def check(self) -> bytes:
-        """Read the stamp; forget every kept token if it changed. Returns the stamp read."""
+    def check(self) -> bytes | None:
+        """Read the stamp; forget every kept token if it changed. Returns the stamp read
+        (``None``: unreadable, so every token is read from the table until it is again)."""
         stamp = read_stamp(self._stamp_path)
         if stamp != self._stamp:
             self._kept.clear()
+            if stamp is None:
+                log.warning("the revocation stamp %s cannot be read: every call reads its"
+                            " token from the database until it can", self._stamp_path)
+            elif self._stamp is None:
+                log.warning("the revocation stamp %s can be read again", self._stamp_path)
             self._stamp = stamp
         return stamp
 
@@ -99,10 +113,11 @@ class PrincipalCache:
             return None
         return kept.principal
 
-    def put(self, digest: str, principal: Principal, stamp: bytes, read_at: float) -> None:
+    def put(self, digest: str, principal: Principal, stamp: bytes | None,
+            read_at: float) -> None:
         """Keep a principal read at ``read_at`` under ``stamp``; not if a revocation came
-        in between (the row read may predate it)."""
-        if stamp == self._stamp:
+        in between (the row read may predate it), nor while the stamp cannot be read."""
+        if stamp is not None and stamp == self._stamp:
             self._kept[digest] = _Kept(principal, read_at)
 
     def update(self, digest: str, principal: Principal) -> None:

@@ -6,6 +6,8 @@ daemon runs in-process on a manual clock, so the re-read of a kept token can be 
 
 from __future__ import annotations
 
+import logging
+import os
 import sqlite3
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -134,3 +136,36 @@ def test_a_new_stamp_forgets_every_token_and_an_old_entry_is_read_again(tmp_path
     assert len(cache) == 0
     assert len(read_stamp(stamp_path(db_path))) == 32
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tokens.revoked"]  # no scratch left
+
+
+def test_an_unreadable_stamp_keeps_nothing_and_says_so_once(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    path = stamp_path(tmp_path / "edged.db")
+    cache = PrincipalCache(path)
+    cache.put("d1", _principal(), cache.check(), 10.0)
+    path.mkdir()  # something that cannot be read as a stamp
+    for _ in range(3):
+        stamp = cache.check()
+        assert stamp is None
+        cache.put("d1", _principal(), stamp, 10.0)
+        assert cache.get("d1", 10.0) is None  # read from the table on every call
+    assert [r.levelno for r in caplog.records] == [logging.WARNING]
+    path.rmdir()
+    announce_revocation(tmp_path / "edged.db")
+    stamp = cache.check()
+    cache.put("d1", _principal(), stamp, 10.0)
+    assert cache.get("d1", 10.0) == _principal()
+    assert "can be read again" in caplog.records[-1].getMessage()
+
+
+def test_a_fifo_in_place_of_the_stamp_does_not_block_and_a_revocation_replaces_it(
+        tmp_path: Path) -> None:
+    path = stamp_path(tmp_path / "edged.db")
+    os.mkfifo(path)
+    cache = PrincipalCache(path)
+    stamp = cache.check()  # returns at once: no writer is waited for
+    cache.put("d1", _principal(), stamp, 10.0)
+    announce_revocation(tmp_path / "edged.db")
+    cache.check()
+    assert cache.get("d1", 10.0) is None
+    assert path.is_file()
