@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from edged import audit, event_loop, lan_cli, tokens
 from edged.config import Config, load, with_overrides
-from edged.errors import ConfigError
+from edged.errors import ConfigError, TlsError
 from edged.store.database import open_sync
 
 T = TypeVar("T")
@@ -235,7 +235,6 @@ def _report(args: argparse.Namespace) -> int:
 
 async def _serve(cfg: Config) -> int:
     from edged.app import serve  # noqa: PLC0415  (keeps `edged token` light)
-    from edged.tls import TlsError  # noqa: PLC0415
 
     try:
         return await serve(cfg)

@@ -162,6 +162,11 @@ class ApiError(EdgedError):
         return {"error": err}
 
 
+class TlsError(EdgedError):
+    """The certificate or its key cannot be made or read (here, not in :mod:`edged.tls`,
+    so that catching it does not load cryptography's x509 on a daemon without TLS)."""
+
+
 class ConfigError(EdgedError):
     """The configuration cannot be used; the message names the key and the file."""
 

@@ -11,6 +11,7 @@ from datetime import UTC, datetime
 
 from edged import audit, tokens
 from edged.config import Config
+from edged.errors import TlsError
 from edged.store.database import open_sync
 from edged.token_cache import RECHECK_SECONDS, announce_revocation
 
@@ -184,7 +185,7 @@ def _fingerprint(cfg: Config) -> int:
                       f" ({cfg.source}: [api] tls = false)", file=sys.stderr)
                 return 1
             info, _ = tls.ensure(cfg, now)
-    except tls.TlsError as exc:
+    except TlsError as exc:
         print(f"edged: {exc}", file=sys.stderr)
         return 1
     print(f"certificate {info.cert_path}, valid until {info.not_after:%Y-%m-%d %H:%M} UTC")

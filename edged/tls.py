@@ -37,7 +37,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
 from edged.config import Config
-from edged.errors import EdgedError
+from edged.errors import TlsError
 from sync.clock import Clock
 
 log = logging.getLogger(__name__)
@@ -51,10 +51,6 @@ CHECK_SECONDS: Final = 6 * 3600.0
 BACKDATE: Final = timedelta(hours=1)  # a register whose clock runs a little late
 
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
-
-
-class TlsError(EdgedError):
-    """The certificate or its key cannot be made or read."""
 
 
 @dataclass(frozen=True, slots=True)
