@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any
 
 from edged import tokens
@@ -20,7 +20,7 @@ from edged.payments import PaymentService
 from edged.store import Database
 from edged.terminals import TerminalManager
 from edged.token_cache import PrincipalCache
-from sync.clock import Clock, utc_iso
+from sync.clock import Clock
 from sync.outbox import OutboxStore
 
 SyncStatus = Callable[[], Awaitable[dict[str, Any]]]
@@ -72,8 +72,7 @@ class Services:
             self.principals.put(digest, found, stamp, read_at)
         now = self.clock.now()
         if tokens.touch_due(found, now):
-            token_id = found.token_id
-            await self.db.write(lambda c: tokens.touch(c, token_id, now))
-            found = replace(found, last_used_at=utc_iso(now))
+            used = found
+            found = await self.db.write(lambda c: tokens.touch(c, used, now))
             self.principals.update(digest, found)
         return found

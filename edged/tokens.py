@@ -14,7 +14,7 @@ import hashlib
 import hmac
 import secrets
 import sqlite3
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -108,8 +108,11 @@ def listing(conn: sqlite3.Connection, include_revoked: bool = False) -> list[dic
         f"{where} ORDER BY name, id")]
 
 
-def touch(conn: sqlite3.Connection, token_id: int, now: datetime) -> None:
-    conn.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (utc_iso(now), token_id))
+def touch(conn: sqlite3.Connection, principal: Principal, now: datetime) -> Principal:
+    """Write this use as the token's last; the principal as it now is."""
+    used = utc_iso(now)
+    conn.execute("UPDATE tokens SET last_used_at = ? WHERE id = ?", (used, principal.token_id))
+    return replace(principal, last_used_at=used)
 
 
 def touch_due(principal: Principal, now: datetime) -> bool:

@@ -14,7 +14,7 @@ import aiohttp
 from edged import tokens
 from edged.app import Daemon
 from edged.config import ApiConfig, Config, ShopifyConfig, StoreConfig, TerminalConfig
-from sync.clock import SystemClock
+from sync.clock import Clock, SystemClock
 
 
 def make_config(data_dir: Path, *, sim: dict[str, Any] | None = None,
@@ -80,8 +80,8 @@ class Api:
             conn.close()
 
 
-async def start_daemon(cfg: Config) -> tuple[Daemon, str, str]:
-    daemon = Daemon(cfg, SystemClock(), shutdown_grace=0.5)
+async def start_daemon(cfg: Config, clock: Clock | None = None) -> tuple[Daemon, str, str]:
+    daemon = Daemon(cfg, clock or SystemClock(), shutdown_grace=0.5)
     await daemon.start()
     token = await daemon.db.write(lambda c: tokens.create(c, "register-1"))
     manager = await daemon.db.write(lambda c: tokens.create(c, "manager-1", "manager"))
@@ -89,14 +89,16 @@ async def start_daemon(cfg: Config) -> tuple[Daemon, str, str]:
 
 
 class running:  # noqa: N801  (reads as a statement: async with running(cfg) as api)
-    """Start a daemon for ``cfg`` and stop it cleanly at the end."""
+    """Start a daemon for ``cfg`` (on ``clock``, the system's by default) and stop it
+    cleanly at the end."""
 
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, clock: Clock | None = None) -> None:
         self.cfg = cfg
+        self.clock = clock
         self.api: Api | None = None
 
     async def __aenter__(self) -> Api:
-        daemon, token, manager = await start_daemon(self.cfg)
+        daemon, token, manager = await start_daemon(self.cfg, self.clock)
         session = aiohttp.ClientSession()
         self.api = Api(daemon, session, token, manager)
         return self.api

@@ -13,11 +13,9 @@ from collections.abc import AsyncIterator
 from datetime import UTC, datetime
 from pathlib import Path
 
-import aiohttp
 import pytest
 
 from edged import tokens
-from edged.app import Daemon
 from edged.token_cache import (
     RECHECK_SECONDS,
     PrincipalCache,
@@ -26,22 +24,14 @@ from edged.token_cache import (
     stamp_path,
 )
 from tests.clock import ManualClock
-from tests.helpers import Api, make_config
+from tests.helpers import Api, make_config, running
 
 
 @pytest.fixture
 async def setup(tmp_path: Path) -> AsyncIterator[tuple[Api, ManualClock]]:
     clock = ManualClock(datetime(2026, 11, 26, 12, 0, tzinfo=UTC))
-    daemon = Daemon(make_config(tmp_path / "data"), clock, shutdown_grace=0.5)
-    await daemon.start()
-    token = await daemon.db.write(lambda c: tokens.create(c, "register-1"))
-    manager = await daemon.db.write(lambda c: tokens.create(c, "manager-1", "manager"))
-    session = aiohttp.ClientSession()
-    try:
-        yield Api(daemon, session, token, manager), clock
-    finally:
-        await session.close()
-        await daemon.stop()
+    async with running(make_config(tmp_path / "data"), clock) as api:
+        yield api, clock
 
 
 def _revoke_behind_its_back(api: Api, name: str) -> None:
