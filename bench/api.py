@@ -16,7 +16,7 @@ and the raw loop alike, through ``bench/slowflush.c`` built here with ``cc`` and
 ``LD_PRELOAD``.
 
 Printed per storage: CPU per request of the floor and of the daemon and their ratio
-(target ≤ 1.5×), payments/s against raw commits/s (target ≥ 4× on 2 ms-flush storage),
+(target ≤ 1.5x), payments/s against raw commits/s (target ≥ 4x on 2 ms-flush storage),
 p50/p99 latency (targets: < 20 ms on the own disk, < 40 ms on 2 ms-flush storage at 20
 clients), writes per group commit; and, once, the daemon's idle RSS and start → ready.
 ``--rounds R`` repeats the floor/daemon pair R times per storage and prints medians.
@@ -297,13 +297,13 @@ def report(label: str, kind: str, rounds: list[Round], raw_s: tuple[float, float
          f"{med(r.floor.rate for r in rounds):,.0f} req/s, p99 {floor_p99:.1f} ms"),
         ("daemon CPU per payment", f"{daemon_ms:.3f} ms",
          f"{med(r.daemon.cpu / r.daemon.seconds for r in rounds):.0%} of one core"),
-        ("daemon ÷ floor (CPU)", f"{cpu_ratio:.2f}×",
-         f"<= {TARGET_CPU_RATIO}×  {verdict(cpu_ratio <= TARGET_CPU_RATIO)}"),
+        ("daemon ÷ floor (CPU)", f"{cpu_ratio:.2f}x",
+         f"<= {TARGET_CPU_RATIO}x  {verdict(cpu_ratio <= TARGET_CPU_RATIO)}"),
         ("durable payments/s", f"{pay_rate:,.0f}", ""),
         ("raw commits/s (WAL, FULL)", f"{raw_rate:,.0f}",
          f"before {args.n / raw_s[0]:,.0f}, after {args.n / raw_s[1]:,.0f}"),
-        ("payments/s ÷ raw commits/s", f"{ratio:.2f}×",
-         f">= {TARGET_SLOW_RATIO:g}×  {verdict(ratio >= TARGET_SLOW_RATIO)}"
+        ("payments/s ÷ raw commits/s", f"{ratio:.2f}x",
+         f">= {TARGET_SLOW_RATIO:g}x  {verdict(ratio >= TARGET_SLOW_RATIO)}"
          if kind == "slow" else ""),
         ("latency p50", f"{med(percentile(r.daemon.latencies, 50) for r in rounds) * 1000:.1f}"
          " ms", ""),
