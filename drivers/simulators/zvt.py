@@ -51,6 +51,7 @@ from datetime import datetime
 from types import FrameType, TracebackType
 
 from drivers.base import DriverError
+from drivers.concert.messages import CURRENCY_NUMERIC
 from drivers.zvt import messages as m
 from drivers.zvt.framing import (
     ACK,
@@ -619,7 +620,7 @@ class ZvtSimulator:
             self._send(m.ACK_APDU)
             self._tell(m.completion(terminal_status=0, terminal_id=TERMINAL_ID,
                                     currency=command.currency
-                                    if command.currency in m.CURRENCY_NUMERIC else None))
+                                    if command.currency in CURRENCY_NUMERIC else None))
         elif cmd is m.Cmd.STATUS_ENQUIRY:
             self._send(m.ACK_APDU)
             self._tell(m.completion(sw_version=SW_VERSION, terminal_status=0))

@@ -30,8 +30,7 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 
 from drivers.base import NothingSent, ProtocolError
-from drivers.concert.messages import CURRENCY_ALPHA as CURRENCY_ALPHA
-from drivers.concert.messages import CURRENCY_NUMERIC as CURRENCY_NUMERIC
+from drivers.concert.messages import CURRENCY_ALPHA, CURRENCY_NUMERIC
 from drivers.zvt.framing import Apdu, encode_apdu
 from drivers.zvt.receipt import scrub
 
