@@ -630,8 +630,11 @@ class ZvtSimulator:
         elif cmd is m.Cmd.END_OF_DAY:
             self._send(m.ACK_APDU)
             self._end_of_day()
-        elif cmd in (m.Cmd.LOG_OFF, m.Cmd.ABORT_COMMAND):
+        elif cmd is m.Cmd.LOG_OFF:
             self._send(m.ACK_APDU)
+        elif cmd is m.Cmd.ABORT_COMMAND:  # nothing is running that could be aborted
+            self.abort_commands += 1
+            self._send(m.refused(0x83))
         else:
             self._send(m.refused(0x83))
 

@@ -325,6 +325,10 @@ class ZvtTerminal(Terminal):
         cancel_sent = False
         try:
             while True:
+                if running is not None and running.cancel.is_set() and not cancel_sent \
+                        and exchange.status is not None:
+                    cancel_sent = True  # the result is in: the customer has committed
+                    _answer(running, False)
                 if running is not None and running.cancel.is_set() and not cancel_sent:
                     cancel_sent = True
                     logger.info("zvt %s: abort command (06 B0) sent", self.terminal_id)
