@@ -88,6 +88,55 @@ class _Running:
     ended first."""
 
 
+class Hold:
+    """A sale's Authorisation, held back until its payment is committed.
+
+    Decided once, on the event loop: :meth:`release` (the payment is durable: send it) or
+    :meth:`drop` (it was not written, or the driver stops: send nothing). Meanwhile the
+    worker has the line ready (open, registered, stale input read), so the command goes
+    out the moment it is released.
+    """
+
+    def __init__(self) -> None:
+        self._decided = threading.Event()
+        self.send = False
+        self.gone = threading.Event()
+        """Set by the worker once the command is on the line, or once it will not be."""
+
+    def release(self) -> None:
+        self._decide(True)
+
+    def drop(self) -> None:
+        self._decide(False)
+
+    def _decide(self, send: bool) -> None:
+        if not self._decided.is_set():
+            self.send = send
+            self._decided.set()
+
+    def wait(self, timeout: float) -> bool:
+        return self._decided.wait(timeout)
+
+
+HANDOFF_SECONDS = 0.002
+"""How long :meth:`ZvtTerminal.start` may hold the event loop for the worker to put the
+released command on the line (typically well under 0.1 ms)."""
+
+
+class _Abandoned(NothingSent):
+    """The payment was not written: the held command was never sent."""
+
+
+@dataclass(slots=True)
+class _Opened:
+    """A sale prepared while its payment was being committed."""
+
+    payment_id: str
+    hold: Hold
+    running: _Running
+    future: asyncio.Future[TransactionResult]
+
+
 class ZvtTerminal(Terminal):
     """A ZVT terminal. Sale, refund, reversal, cancel (06 B0), repeat receipt, end of day."""
 
@@ -104,6 +153,7 @@ class ZvtTerminal(Terminal):
         self._busy = False
         self._closed = False
         self._running: _Running | None = None
+        self._opened: _Opened | None = None
         self.phase = "idle"
         """Where the worker is (tests, logs): idle, registering, command, customer…"""
         self.pt_terminal_id: str | None = None
@@ -133,7 +183,52 @@ class ZvtTerminal(Terminal):
             logger.warning("zvt %s: status enquiry failed: %s", self.terminal_id, exc)
             return TerminalStatus(TerminalState.OFFLINE, f"status enquiry failed: {exc}")
 
+    async def prepare(self, request: TransactionRequest) -> str | None:
+        """While the payment is being committed, the worker readies the line (reconnects
+        and registers if needed) and holds the Authorisation until :meth:`start`."""
+        if request.kind is not TransactionKind.SALE or self._closed or self._busy:
+            return None
+        try:
+            apdu = m.authorisation(request.amount, request.currency)
+        except m.RequestError:
+            return None  # collect refuses it as before
+        hold = Hold()
+        running = _Running()
+        self._busy = True
+        self._running = running
+        future = self._submit(lambda: self._transact_blocking(request, apdu, running, hold))
+        self._opened = _Opened(request.payment_id, hold, running, future)
+        return None
+
+    async def start(self, request: TransactionRequest) -> None:
+        """The payment is durable: the held Authorisation goes out now."""
+        opened = self._opened
+        if opened is None or opened.payment_id != request.payment_id:
+            return
+        opened.hold.release()
+        # the interpreter lock released while waiting: the worker sends at once rather than
+        # after the loop has answered the register
+        opened.hold.gone.wait(HANDOFF_SECONDS)
+
+    def abandon(self, request: TransactionRequest) -> None:
+        opened = self._opened
+        if opened is None or opened.payment_id != request.payment_id:
+            return
+        self._opened = None
+        opened.hold.drop()
+        opened.future.add_done_callback(_consume)
+        self._busy = False
+        self._running = None
+
     async def collect(self, request: TransactionRequest) -> TransactionResult:
+        opened, self._opened = self._opened, None
+        if opened is not None:
+            if opened.payment_id == request.payment_id:
+                opened.hold.release()
+                return await self._finish(request, opened.future, opened.running)
+            opened.hold.drop()  # not expected: a prepared sale was never started
+            opened.future.add_done_callback(_consume)
+            self._busy = False
         return await self._transact(request, m.authorisation(request.amount, request.currency),
                                     cancellable=True)
 
@@ -190,6 +285,8 @@ class ZvtTerminal(Terminal):
     async def close(self) -> None:
         self._closed = True
         self._abort.set()
+        if self._opened is not None:
+            self._opened.hold.drop()
         executor = self._executor
         if executor is None:
             return
@@ -202,11 +299,14 @@ class ZvtTerminal(Terminal):
 
     # -- event-loop side -----------------------------------------------------------------
 
-    async def _run(self, func: Callable[[], _T]) -> _T:
+    def _submit(self, func: Callable[[], _T]) -> asyncio.Future[_T]:
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1,
                                                 thread_name_prefix=f"zvt-{self.terminal_id}")
-        return await asyncio.get_running_loop().run_in_executor(self._executor, func)
+        return asyncio.get_running_loop().run_in_executor(self._executor, func)
+
+    async def _run(self, func: Callable[[], _T]) -> _T:
+        return await self._submit(func)
 
     async def _transact(self, request: TransactionRequest, apdu: bytes, *,
                         cancellable: bool) -> TransactionResult:
@@ -217,8 +317,14 @@ class ZvtTerminal(Terminal):
         self._busy = True
         running = _Running() if cancellable else None
         self._running = running
+        future = self._submit(lambda: self._transact_blocking(request, apdu, running))
+        return await self._finish(request, future, running)
+
+    async def _finish(self, request: TransactionRequest,
+                      future: asyncio.Future[TransactionResult],
+                      running: _Running | None) -> TransactionResult:
         try:
-            result = await self._run(lambda: self._transact_blocking(request, apdu, running))
+            result = await future
         except asyncio.CancelledError:
             self._abort.set()  # the worker stops at its next read; the outcome is unknown
             raise
@@ -298,7 +404,8 @@ class ZvtTerminal(Terminal):
         link.send(m.ACK_APDU)
 
     def _command(self, link: Link, apdu: bytes, what: str, deadline: float,
-                 running: _Running | None = None) -> _Exchange:
+                 running: _Running | None = None,
+                 sent: threading.Event | None = None) -> _Exchange:
         """Send a command and follow it to Completion or Abort.
 
         Raises :class:`CommandRefused` / :class:`TerminalBusy` (``84 xx``) and
@@ -319,6 +426,8 @@ class ZvtTerminal(Terminal):
         except LineLost as exc:
             self._drop_link(str(exc))
             raise TerminalUnavailable(f"zvt terminal {self.terminal_id}: {exc}") from exc
+        if sent is not None:
+            sent.set()
         exchange = _Exchange()
         reply_by = self._clock.monotonic() + settings.ack_timeout
         accepted = False
@@ -413,13 +522,26 @@ class ZvtTerminal(Terminal):
     # -- worker thread: the commands ------------------------------------------------------
 
     def _transact_blocking(self, request: TransactionRequest, apdu: bytes,
-                           running: _Running | None) -> TransactionResult:
-        link = self._ready_link()  # TerminalUnavailable: nothing sent
-        what = {TransactionKind.SALE: "authorisation", TransactionKind.REFUND: "refund",
-                TransactionKind.REVERSAL: "reversal"}[request.kind]
-        deadline = self._clock.monotonic() + self.settings.customer_timeout
-        exchange = self._command(link, apdu, what, deadline, running)
-        return self._result(request, exchange)
+                           running: _Running | None, hold: Hold | None = None
+                           ) -> TransactionResult:
+        try:
+            link = self._ready_link()  # TerminalUnavailable: nothing sent
+            if hold is not None:
+                while not hold.wait(self.settings.poll_interval):
+                    if self._abort.is_set():
+                        raise TerminalUnavailable(f"zvt terminal {self.terminal_id}: stopped")
+                if not hold.send:
+                    raise _Abandoned(f"zvt terminal {self.terminal_id}: the payment was not"
+                                     " recorded; its Authorisation was never sent")
+            what = {TransactionKind.SALE: "authorisation", TransactionKind.REFUND: "refund",
+                    TransactionKind.REVERSAL: "reversal"}[request.kind]
+            deadline = self._clock.monotonic() + self.settings.customer_timeout
+            exchange = self._command(link, apdu, what, deadline, running,
+                                     sent=hold.gone if hold is not None else None)
+            return self._result(request, exchange)
+        finally:
+            if hold is not None:
+                hold.gone.set()
 
     def _result(self, request: TransactionRequest, exchange: _Exchange) -> TransactionResult:
         status = exchange.status
@@ -545,6 +667,12 @@ def _receipt_ref(status: m.StatusInformation | None) -> str | None:
     if status is None or status.receipt is None:
         return None
     return f"{status.receipt:04d}"
+
+
+def _consume(future: asyncio.Future[TransactionResult]) -> None:
+    """Retrieve the ending of an exchange nobody awaits (it sent nothing)."""
+    if not future.cancelled():
+        future.exception()
 
 
 def _answer(running: _Running, accepted: bool) -> None:
