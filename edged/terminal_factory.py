@@ -96,7 +96,7 @@ def concert_settings(options: Mapping[str, Any],
 def zvt_settings(options: Mapping[str, Any], currency: str,
                  customer_timeout: float | None = None) -> ZvtSettings:
     """``[[terminals]]`` options of a zvt lane to settings; ``ValueError(key, message)``."""
-    from drivers.zvt.session import ZvtSettings  # noqa: PLC0415  (only when used)
+    from drivers.zvt.session import ZvtSettings, check_address  # noqa: PLC0415
 
     known = {f.name: f for f in fields(ZvtSettings)}
     for key, value in options.items():
@@ -112,6 +112,11 @@ def zvt_settings(options: Mapping[str, Any], currency: str,
                          ("password", '"000000", the terminal\'s six digits')):
         if key not in options:
             raise ValueError(key, f"is required: {example}")
+        if key == "address":
+            try:
+                check_address(options["address"])
+            except ValueError as exc:
+                raise ValueError("address", str(exc)) from None
     values: dict[str, Any] = {k: float(v) if str(known[k].type) == "float" else v
                               for k, v in options.items()}
     if customer_timeout is not None and "customer_timeout" not in options:

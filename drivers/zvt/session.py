@@ -75,21 +75,7 @@ class ZvtSettings:
     baudrate: int = 9600
 
     def __post_init__(self) -> None:
-        parts = urlsplit(self.address)
-        if parts.scheme == "tcp":
-            if not parts.hostname:
-                raise ZvtConfigError("address tcp:// needs a host, e.g. tcp://10.0.0.20:20007")
-            try:
-                parts.port  # noqa: B018  (raises for a bad port)
-            except ValueError:
-                raise ZvtConfigError(f"address {self.address!r} has a bad port") from None
-        elif parts.scheme == "serial":
-            if not parts.path:
-                raise ZvtConfigError("address serial:// needs a device, e.g."
-                                     " serial:///dev/ttyUSB0")
-        else:
-            raise ZvtConfigError(f"address {self.address!r} must start with tcp:// or"
-                                 " serial://")
+        check_address(self.address)
         try:
             password_bytes(self.password)
         except ValueError:
@@ -117,6 +103,23 @@ class ZvtSettings:
     @property
     def device(self) -> str:
         return urlsplit(self.address).path
+
+
+def check_address(address: str) -> None:
+    """``tcp://host:port`` or ``serial:///dev/…``; :class:`ZvtConfigError` otherwise."""
+    parts = urlsplit(address)
+    if parts.scheme == "tcp":
+        if not parts.hostname:
+            raise ZvtConfigError("address tcp:// needs a host, e.g. tcp://10.0.0.20:20007")
+        try:
+            parts.port  # noqa: B018  (raises for a bad port)
+        except ValueError:
+            raise ZvtConfigError(f"address {address!r} has a bad port") from None
+    elif parts.scheme == "serial":
+        if not parts.path:
+            raise ZvtConfigError("address serial:// needs a device, e.g. serial:///dev/ttyUSB0")
+    else:
+        raise ZvtConfigError(f"address {address!r} must start with tcp:// or serial://")
 
 
 class LineLost(DriverError):
