@@ -12,7 +12,7 @@ import logging
 import threading
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TypeVar
 
 from drivers.base import (
@@ -538,7 +538,12 @@ class ZvtTerminal(Terminal):
             deadline = self._clock.monotonic() + self.settings.customer_timeout
             exchange = self._command(link, apdu, what, deadline, running,
                                      sent=hold.gone if hold is not None else None)
-            return self._result(request, exchange)
+            result = self._result(request, exchange)
+            if running is not None and running.answer.done() and running.answer.result() \
+                    and result.outcome is Outcome.CANCELED:
+                result = replace(result, detail=f"canceled from the register (Abort command"
+                                 f" 06 B0); {result.detail}")
+            return result
         finally:
             if hold is not None:
                 hold.gone.set()
