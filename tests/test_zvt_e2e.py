@@ -231,6 +231,26 @@ async def test_void_is_a_reversal_and_refund_a_credit(api: Api, sim: ZvtSimulato
     assert (credit.amount, credit.password) == (500, PASSWORD)
 
 
+async def test_a_refund_whose_answer_was_lost_is_settled_by_the_terminal(
+        api: Api, sim: ZvtSimulator) -> None:
+    paid = await final(api, (await pay(api, 2500))["id"])
+    sim.push(Behaviour.DROP)  # the PT books the refund, the line drops before the result
+    status, refund = await api.post(f"/v1/payments/{paid['id']}/refunds", {"amount": 700})
+    assert status == 202, refund
+
+    async def refund_row() -> dict[str, Any] | None:
+        _, body = await api.get(f"/v1/payments/{paid['id']}")
+        (row,) = body["refunds"]
+        return row if row["state"] == "succeeded" else None
+
+    done = await until(refund_row, "the refund settled")
+    assert done["processor_ref"] == f"{sim.journal[-1].receipt:04d}"
+    assert api.count("audit", f"subject = '{refund['id']}' AND action = 'refund.unknown'") == 1
+    assert api.count("audit", f"subject = '{refund['id']}' AND action = 'refund.succeeded'"
+                     " AND actor = 'terminal'") == 1
+    assert [e.kind for e in sim.journal] == ["sale", "refund"]  # refunded once
+
+
 async def test_end_of_day_matches_then_a_mismatch_raises_an_alert(
         api: Api, sim: ZvtSimulator) -> None:
     await final(api, (await pay(api, 1000))["id"])
