@@ -9,6 +9,9 @@ with ``drivers.zvt``.
 
 from __future__ import annotations
 
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
 
 import pytest
@@ -65,3 +68,27 @@ def test_an_independent_ecr_registers_pays_and_closes_the_day(sim: ZvtSimulator)
     assert sim.registrations == 1
     assert [(t.command.amount, t.behaviour) for t in sim.transactions()] == [
         (1000, "approve")]
+
+
+@pytest.mark.parametrize("transport", [["--tcp", "0"], ["--pty"]])
+def test_edged_simulate_zvt_serves_an_ecr(transport: list[str]) -> None:
+    """``edged simulate zvt`` as a technician starts it: it prints the lane's address and
+    serves an ECR there until it is stopped."""
+    proc = subprocess.Popen([sys.executable, "-m", "edged", "simulate", "zvt", *transport,
+                             "--password", "000000"], stdout=subprocess.PIPE, text=True)
+    try:
+        assert proc.stdout is not None
+        address = proc.stdout.readline().strip()
+        assert address.startswith("tcp://127.0.0.1:" if transport[0] == "--tcp"
+                                  else "serial:///dev/pts/"), address
+        ecr = Ecr(address)
+        try:
+            assert ecr.transmit(ECR_REGISTRATION).end.control == (0x06, 0x0F)
+            sale = ecr.transmit(ECR_AUTHORISATION_10_EUR)
+            (result,) = sale.of(0x04, 0x0F)
+            assert result.bmps[0x27] == b"\x00"
+        finally:
+            ecr.close()
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=10) == 0
