@@ -45,6 +45,10 @@ class CancelNotSupported(OperationNotSupported):
     """The running transaction cannot be cancelled from the register: cancel on the terminal."""
 
 
+class CancelTooLate(DriverError):
+    """The customer has already committed on the terminal: the transaction goes on."""
+
+
 class ProtocolError(DriverError):
     """The bytes on the line broke the protocol (bad frame, bad field)."""
 
@@ -61,6 +65,8 @@ class Outcome(enum.StrEnum):
 class TransactionKind(enum.StrEnum):
     SALE = "sale"
     REFUND = "refund"
+    REVERSAL = "reversal"
+    """A void of an earlier sale on the terminal (ZVT Reversal); ``original`` names it."""
 
 
 class TerminalState(enum.StrEnum):
@@ -80,6 +86,8 @@ class TransactionRequest:
     reference: str | None = None
     manual_capture: bool = False
     """Authorise only: the sale ends ``AUTHORIZED`` and is captured or voided later."""
+    original: str | None = None
+    """A reversal: the terminal's reference (receipt number) of the sale it voids."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -116,6 +124,29 @@ class Capabilities:
     recover: bool = False
     manual_capture: bool = False
     """Can authorise a sale for a later capture (through its processor)."""
+    reversal: bool = False
+    """Can void an approved sale of its own (:attr:`TransactionKind.REVERSAL`)."""
+    end_of_day: bool = False
+    """Can close its day and report its totals (:meth:`Terminal.end_of_day`)."""
+    settle_unknown: bool = False
+    """Can tell how its last transaction ended (``recover``) at any time: a lost answer is
+    settled with the terminal before the lane takes another transaction."""
+
+
+@dataclass(frozen=True, slots=True)
+class EndOfDayTotals:
+    """What a terminal reported when it closed its day (money in minor units)."""
+
+    total: int
+    currency: str
+    count: int | None = None
+    groups: tuple[tuple[str, int, int], ...] = ()
+    """(card group, count, total) as the terminal split them."""
+    receipt_from: int | None = None
+    receipt_to: int | None = None
+    reference: str | None = None
+    receipt: str | None = None
+    """The terminal's printout, card numbers cut."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -199,6 +230,10 @@ class Terminal(abc.ABC):
     async def recover(self, interrupted: InterruptedTransaction) -> TransactionResult | None:
         """Establish how an interrupted transaction ended, or ``None`` if it cannot be told."""
         return None
+
+    async def end_of_day(self) -> EndOfDayTotals:
+        """Close the terminal's day (settle with its host) and report its totals."""
+        raise OperationNotSupported(f"{self.kind} terminals have no end of day from the register")
 
     @abc.abstractmethod
     async def close(self) -> None:

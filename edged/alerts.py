@@ -18,7 +18,9 @@ Conditions (thresholds in ``[alerts]``):
 - a payment is ``authorized`` and past 3/4 of its processor's capture window
   (``edged.capture.EXPIRY_HOURS``): capture or void it before it lapses;
 - stored offline payments hold more than ``stored_cap_ratio`` of the cap in a currency, or
-  the oldest is past ``stored_age_ratio`` of ``[offline] max_age_hours``.
+  the oldest is past ``stored_age_ratio`` of ``[offline] max_age_hours``;
+- a terminal's end of day reported other totals than the daemon's for that lane (for a day
+  after it, ``edged.end_of_day``).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from edged.config import Config
+from edged.end_of_day import ALERT_HOURS, settlement_conditions
 from edged.events import EventBus
 from edged.store import Database
 from edged.terminals import TerminalManager
@@ -124,6 +127,10 @@ class AlertCenter:
         since = utc_iso(now - timedelta(hours=FORWARD_DECLINED_HOURS))
         found += await self._db.read(lambda c: self._record_conditions(c, since))
         found += await self._db.read(lambda c: self._capture_conditions(c, utc_iso(now)))
+        settled_since = utc_iso(now - timedelta(hours=ALERT_HOURS))
+        found += [Condition(key, "terminal_totals_mismatch", "critical", subject, message)
+                  for key, subject, message in await self._db.read(
+                      lambda c: settlement_conditions(c, settled_since))]
         return found
 
     @staticmethod
@@ -322,7 +329,7 @@ class AlertCenter:
     def matters(self, kind: str, data: dict[str, Any]) -> bool:
         """Whether an event may raise or clear an alert now (a cash sale cannot)."""
         raising = RAISING_STATES.get(kind)
-        if raising is None:
+        if raising is None or "end_of_day" in data:  # a terminal's totals, maybe not ours
             return True
         return (data.get("state") in raising or data.get("id") in self._subjects
                 or data.get("currency") in self._subjects)  # stored offline, by currency

@@ -81,7 +81,8 @@ class Daemon:
         self.metrics = Metrics()
         self.sync = sync_setup.build(self.cfg, self.db, self.bus, self.clock)
         self.links = sync_setup.cloud_links(self.sync, self.cfg, self.clock)
-        self.terminals = TerminalManager(self.cfg.terminals, self.bus, self.clock, self.links)
+        self.terminals = TerminalManager(self.cfg.terminals, self.bus, self.clock, self.links,
+                                         currency=self.cfg.store.currency)
         self.payments = PaymentService(self.cfg, self.db, self.bus, self.terminals, self.clock)
         self.inventory = InventoryService(self.cfg, self.db, self.bus, self.clock)
         if self.sync is not None:

@@ -9,7 +9,9 @@ A card payment on a cloud lane or a token payment taken with ``capture: "manual"
   ``authorized → approved`` (with ``captured``) when the processor answers.
 - ``void`` (``POST /v1/payments/{id}/void``): an ``authorized`` payment is cancelled at the
   processor (row ``payment.cancel``; ``authorized → canceled``); an ``approved`` one is
-  refunded in full of what is left (the seed's void), and the answer is that refund.
+  refunded in full of what is left (the seed's void), and the answer is that refund. On a
+  terminal that can void its own sale (ZVT) and with nothing refunded yet, that refund is
+  a reversal of the sale (``06 30`` with its receipt number) rather than a credit.
 
 Sim and Concert lanes cannot hold an authorisation (ERR-3008 at the payment's creation);
 a cash payment has nothing to capture. Both calls answer 202 at once: the register follows
@@ -92,7 +94,7 @@ class CaptureService:
             left = taken - int(payment.get("refunded") or 0)
             if left <= 0:
                 raise ApiError("ERR-2014", f"payment {payment_id} is already refunded in full")
-            return await self._refunds.refund(payment, left, "void", idem, actor)
+            return await self._refunds.refund(payment, left, "void", idem, actor, void=True)
         raise ApiError("ERR-2014", f"payment {payment_id} is {payment['state']}; only an"
                        " authorized payment (cancelled) or an approved one (refunded) can be"
                        " voided")

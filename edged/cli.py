@@ -76,12 +76,16 @@ def _parser() -> argparse.ArgumentParser:
     lan_cli.add_commands(sub, common)
 
     sim = sub.add_parser("simulate", help="run a terminal simulator")
-    sim.add_argument("kind", choices=("concert",))
+    sim.add_argument("kind", choices=("concert", "zvt"))
     sim.add_argument("--pty", action="store_true", help="serve on a new pseudo-terminal")
     sim.add_argument("--link", metavar="PATH", help="keep a stable symlink to the pty here")
     sim.add_argument("--behaviour", default="auto",
                      help="auto (approve; amounts ending in 13 decline), approve, decline, …")
     sim.add_argument("--data-dir", metavar="DIR")
+    sim.add_argument("--tcp", type=int, metavar="PORT", help="zvt: listen on this TCP port")
+    sim.add_argument("--password", metavar="DIGITS", help="zvt: refuse other passwords")
+    sim.add_argument("--slow-delay", type=float, default=10.0, metavar="S",
+                     help="zvt: seconds a slow customer takes (amounts ending in 77)")
     return p
 
 
@@ -159,6 +163,11 @@ def _dispatch(args: argparse.Namespace) -> int:
     if args.command == "report":
         return _report(args)
     if args.command == "simulate":
+        if args.kind == "zvt":
+            from drivers.simulators import zvt  # noqa: PLC0415
+
+            return zvt.run_cli(args.tcp, args.pty, args.link, args.behaviour, args.password,
+                               args.slow_delay)
         from drivers.simulators.concert import run_cli  # noqa: PLC0415
 
         return run_cli(args.link, args.behaviour)

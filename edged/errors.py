@@ -67,6 +67,8 @@ CODES: dict[str, ErrorCode] = _table(
     ErrorCode("ERR-2017", 404, "No such refund"),
     ErrorCode("ERR-2018", 503, "The processor did not answer in time; nothing was charged:"
               " take the payment again", retryable=True),
+    ErrorCode("ERR-2030", 409, "The cancel came too late: the customer has already committed"
+              " on the terminal; follow the payment to its end"),
     # 3xxx: terminals
     ErrorCode("ERR-3001", 422, "No such terminal"),
     ErrorCode("ERR-3002", 409, "The terminal is running another transaction", retryable=True),
@@ -80,6 +82,11 @@ CODES: dict[str, ErrorCode] = _table(
               "This terminal's processor captures the whole authorised amount only"),
     ErrorCode("ERR-3007", 409, "The terminal is not running the payment named: nothing was"
               " cancelled"),
+    ErrorCode("ERR-3020", 422, "This terminal has no end of day from the register"),
+    ErrorCode("ERR-3021", 502, "The terminal refused the end of day or could not be reached;"
+              " nothing was closed", retryable=True),
+    ErrorCode("ERR-3022", 502, "The end of day's outcome is unknown: read the terminal's"
+              " printout before trying again"),
     # 4xxx: inventory and orders
     ErrorCode("ERR-4001", 422, "Unknown SKU, barcode, variant or inventory item"),
     ErrorCode("ERR-4002", 404, "No item with that SKU or barcode"),

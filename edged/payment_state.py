@@ -54,7 +54,8 @@ class Actor(enum.StrEnum):
 
 ACTOR_MEANING: Mapping[Actor, str] = {
     Actor.REGISTER: "the API on a register's call (create, capture, void)",
-    Actor.TERMINAL: "the terminal's own answer, or the proof that nothing reached it",
+    Actor.TERMINAL: "the terminal's own answer, or the proof that nothing reached it; for"
+                    " an unknown one, the terminal's record of it (ZVT Repeat receipt)",
     Actor.PROCESSOR: "the processor's own answer to a forward (a sync hook)",
     Actor.SYNC: "the daemon's sync side without an answer: the link is down, a send in"
                 " doubt gave up",
@@ -100,9 +101,10 @@ PAYMENT_MOVES: Mapping[tuple[PaymentState, PaymentState], frozenset[Actor]] = {
     # the processor refused it, or a manager gave up collecting it (its forward discarded)
     (P.STORED, P.FORWARD_DECLINED): frozenset({A.PROCESSOR, A.MANAGER}),
     (P.STORED, P.UNKNOWN): frozenset({A.SYNC}),
-    # a person, or the processor's own answer, settles what is in doubt
-    (P.UNKNOWN, P.APPROVED): frozenset({A.MANAGER, A.PROCESSOR}),
-    (P.UNKNOWN, P.DECLINED): frozenset({A.MANAGER, A.PROCESSOR}),
+    # a person, the processor's own answer, or the terminal's own record of the
+    # transaction (a ZVT Repeat receipt) settles what is in doubt
+    (P.UNKNOWN, P.APPROVED): frozenset({A.MANAGER, A.PROCESSOR, A.TERMINAL}),
+    (P.UNKNOWN, P.DECLINED): frozenset({A.MANAGER, A.PROCESSOR, A.TERMINAL}),
     (P.UNKNOWN, P.FORWARD_DECLINED): frozenset({A.PROCESSOR}),
     (P.UNKNOWN, P.AUTHORIZED): frozenset({A.PROCESSOR}),  # a manual-capture forward
 }
@@ -131,8 +133,8 @@ REFUND_MOVES: Mapping[tuple[RefundState, RefundState], frozenset[Actor]] = {
     (R.QUEUED, R.SUCCEEDED): frozenset({A.PROCESSOR}),
     (R.QUEUED, R.FAILED): frozenset({A.PROCESSOR}),
     (R.QUEUED, R.UNKNOWN): frozenset({A.SYNC}),
-    (R.UNKNOWN, R.SUCCEEDED): frozenset({A.MANAGER, A.PROCESSOR}),
-    (R.UNKNOWN, R.FAILED): frozenset({A.MANAGER}),
+    (R.UNKNOWN, R.SUCCEEDED): frozenset({A.MANAGER, A.PROCESSOR, A.TERMINAL}),
+    (R.UNKNOWN, R.FAILED): frozenset({A.MANAGER, A.TERMINAL}),
 }
 REFUND_HOLDS_MONEY = frozenset({R.PENDING, R.QUEUED, R.SUCCEEDED, R.UNKNOWN})
 """Refunds that hold money back from what can still be refunded."""

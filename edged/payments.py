@@ -8,14 +8,17 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import json
 import logging
 import sqlite3
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any, NoReturn
 
 from drivers.base import (
+    CancelTooLate,
+    DriverError,
     InterruptedTransaction,
     Outcome,
     Terminal,
@@ -42,6 +45,7 @@ from edged.payment_state import (
     move_payment,
 )
 from edged.refunds import RefundService
+from edged.settlement import previous_reference
 from edged.store import Database
 from edged.terminals import NotSent, TerminalManager
 from edged.token_payments import TokenPayments
@@ -167,7 +171,8 @@ class PaymentService:
         async def collect(driver: Terminal) -> TransactionResult:
             return await driver.collect(request)
 
-        self._terminals.run(terminal_id, payment_id, collect, self._finish_payment)
+        self._terminals.run(terminal_id, payment_id, collect, self._finish_payment,
+                            settle=lambda: self.settle_unknown(payment_id))
         self._bus.publish("payment", answer.body)
         return answer
 
@@ -348,7 +353,12 @@ class PaymentService:
         if not driver.capabilities.cancel:
             raise ApiError("ERR-3004", f"terminal {body['terminal_id']} cannot cancel from the"
                            " register: press the red key on the terminal")
-        await self._terminals.cancel(body["terminal_id"], payment_id)
+        try:
+            await self._terminals.cancel(body["terminal_id"], payment_id)
+        except CancelTooLate as exc:
+            raise ApiError("ERR-2030", f"payment {payment_id}: {exc}; follow it with GET"
+                           f" /v1/payments/{payment_id}?wait=30 (refund it if it ends"
+                           " approved)", details={"payment": payment_id}) from None
         body = await self.wait(payment_id, 10.0)
         return Answer(200, body, stored=False)
 
@@ -405,22 +415,81 @@ class PaymentService:
         for row in rows:
             driver = self._terminals.driver(row["terminal_id"] or "")
             result: TransactionResult | None = None
+            failed = False
             if driver is not None and driver.capabilities.recover:
+                extra = {k: row[k] for k in ("processor_ref", "reference", "capture")
+                         if row[k]}
+                previous = await self._db.read(functools.partial(
+                    previous_reference, terminal_id=row["terminal_id"], subject_id=row["id"]))
+                if previous is not None:
+                    extra["previous_receipt"] = previous
                 try:
                     result = await driver.recover(InterruptedTransaction(
                         row["id"], row["amount"], row["currency"], TransactionKind.SALE,
-                        row["created_at"],
-                        {k: row[k] for k in ("processor_ref", "reference", "capture")
-                         if row[k]}))
+                        row["created_at"], extra))
                 except Exception as exc:  # recovery is best effort; unknown is the floor
                     log.warning("recovering payment %s failed: %s", row["id"], exc)
+                    failed = True
             if result is None:
                 result = TransactionResult(
                     Outcome.UNKNOWN, 0, "", detail="the daemon stopped during the transaction;"
                     " check the terminal's journal and resolve")
             await self._settle_interrupted(row["id"], result)
-        await self._db.write(self.refunds.interrupted)
+            if failed and result.outcome is Outcome.UNKNOWN:
+                self._terminals.settle_later(row["terminal_id"], row["id"],
+                                             functools.partial(self.settle_unknown, row["id"]))
+        for refund_id, terminal_id in await self._db.write(self.refunds.interrupted):
+            self._terminals.settle_later(terminal_id, refund_id,
+                                         functools.partial(self.refunds.settle_unknown,
+                                                           refund_id))
         return len(rows)
+
+    async def settle_unknown(self, payment_id: str) -> bool:
+        """Ask the terminal how an ``unknown`` payment ended (ZVT Repeat receipt) and record
+        what it says (declined for a transaction it never booked). True when there is
+        nothing more to ask; False when the terminal could not be asked (ask again)."""
+        row = await self._db.read(lambda c: records.payment_row(c, payment_id))
+        if row is None or row["state"] != PaymentState.UNKNOWN:
+            return True
+        driver = self._terminals.driver(row["terminal_id"] or "")
+        if driver is None or not driver.capabilities.recover:
+            return True
+        previous = await self._db.read(
+            lambda c: previous_reference(c, row["terminal_id"], payment_id))
+        interrupted = InterruptedTransaction(
+            payment_id, row["amount"], row["currency"], TransactionKind.SALE, row["created_at"],
+            {"previous_receipt": previous} if previous else {})
+        try:
+            result = await driver.recover(interrupted)
+        except DriverError as exc:
+            log.warning("payment %s: the terminal could not be asked how it ended: %s",
+                        payment_id, exc)
+            return False
+        if result is None or result.outcome is Outcome.UNKNOWN:
+            log.warning("payment %s stays unknown: the terminal's last receipt does not tell;"
+                        " a manager decides", payment_id)
+            return True
+        if result.outcome is Outcome.CANCELED:  # not taken either way: declined
+            result = replace(result, outcome=Outcome.DECLINED)
+        now = self._now()
+
+        def write(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            current = records.payment_row(conn, payment_id)
+            if current is None or current["state"] != PaymentState.UNKNOWN:
+                return None
+            try:
+                self._apply_result(conn, current, result, now, Actor.TERMINAL)
+            except IllegalTransition as exc:
+                log.error("payment %s: the terminal's record not applied: %s", payment_id, exc)
+                return None
+            return records.get_payment(conn, payment_id)
+
+        body = await self._db.write(write)
+        if body is not None:
+            log.warning("payment %s was unknown; the terminal's record says %s", payment_id,
+                        body["state"])
+            self._bus.publish("payment", body)
+        return True
 
     async def _settle_interrupted(self, payment_id: str, result: TransactionResult) -> None:
         now = self._now()

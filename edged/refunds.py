@@ -9,7 +9,15 @@ import logging
 import sqlite3
 from typing import Any
 
-from drivers.base import Outcome, Terminal, TransactionKind, TransactionRequest, TransactionResult
+from drivers.base import (
+    DriverError,
+    InterruptedTransaction,
+    Outcome,
+    Terminal,
+    TransactionKind,
+    TransactionRequest,
+    TransactionResult,
+)
 from edged import audit, idempotency, records
 from edged.answer import Answer
 from edged.errors import ApiError
@@ -24,6 +32,7 @@ from edged.payment_state import (
     check_refund_start,
     move_refund,
 )
+from edged.settlement import previous_reference
 from edged.store import Database
 from edged.terminals import NotSent, TerminalManager
 from sync import outbox
@@ -51,7 +60,9 @@ class RefundService:
         return utc_iso(self._clock.now())
 
     async def refund(self, payment: dict[str, Any], amount: int, reason: str | None,
-                     idem: IdemRecord, actor: str) -> Answer:
+                     idem: IdemRecord, actor: str, *, void: bool = False) -> Answer:
+        """A refund; ``void``: the whole of what is left, by reversal where the terminal
+        can void its own sale (ZVT ``06 30``) and nothing was refunded yet."""
         payment_id = payment["id"]
         if payment["state"] != PaymentState.APPROVED:
             raise ApiError("ERR-2006", f"payment {payment_id} is {payment['state']}; only an"
@@ -62,12 +73,17 @@ class RefundService:
         via_processor = payment["method"] == "token" or bool(payment.get("processor"))
         on_terminal = payment["method"] == "card_present" and not via_processor
         terminal_id = payment["terminal_id"]
+        driver = None
         if on_terminal:
             driver = self._terminals.driver(terminal_id)
             if driver is None or not driver.capabilities.refund:
                 raise ApiError("ERR-3005", f"terminal {terminal_id} cannot refund from the"
                                " register; refund in cash or on the terminal's own menu")
             self._terminals.claim(terminal_id, refund_id)
+        reversal = (void and on_terminal and driver is not None
+                    and driver.capabilities.reversal and bool(payment.get("processor_ref"))
+                    and not payment.get("refunded")
+                    and amount == int(payment.get("captured") or payment["amount"]))
 
         def write(conn: sqlite3.Connection) -> Answer:
             row = records.payment_row(conn, payment_id)
@@ -106,13 +122,16 @@ class RefundService:
             raise
         self._bus.publish("refund", answer.body)
         if on_terminal:
-            request = TransactionRequest(refund_id, amount, payment["currency"],
-                                         TransactionKind.REFUND, payment["reference"])
+            request = TransactionRequest(
+                refund_id, amount, payment["currency"],
+                TransactionKind.REVERSAL if reversal else TransactionKind.REFUND,
+                payment["reference"], original=payment["processor_ref"] if reversal else None)
 
             async def run_refund(driver: Terminal) -> TransactionResult:
                 return await driver.refund(request)
 
-            self._terminals.run(terminal_id, refund_id, run_refund, self._finish)
+            self._terminals.run(terminal_id, refund_id, run_refund, self._finish,
+                                settle=lambda: self.settle_unknown(refund_id))
         return answer
 
     async def _finish(self, result: TransactionResult | NotSent, refund_id: str) -> None:
@@ -172,13 +191,60 @@ class RefundService:
         self._bus.publish("refund", answer.body)
         return answer
 
-    def interrupted(self, conn: sqlite3.Connection) -> None:
-        """At start: a refund that was running on a terminal is unknown."""
+    def interrupted(self, conn: sqlite3.Connection) -> list[tuple[str, str]]:
+        """At start: a refund that was running on a terminal is unknown. Returns their
+        (refund id, terminal id), for the lanes that can ask their terminal."""
         now = self._now()
-        for row in conn.execute("SELECT id, payment_id, amount FROM refunds WHERE state = ?"
-                                " AND terminal_id IS NOT NULL",
+        out = []
+        for row in conn.execute("SELECT id, payment_id, amount, terminal_id FROM refunds"
+                                " WHERE state = ? AND terminal_id IS NOT NULL",
                                 (RefundState.PENDING,)).fetchall():
             move_refund(conn, row["id"], RefundState.UNKNOWN, Actor.RECOVERY, now,
                         failure="the daemon stopped during the refund; check the terminal")
             audit.append(conn, "recovery", "refund.unknown", row["id"],
                          {"payment": row["payment_id"], "amount": row["amount"]})
+            out.append((str(row["id"]), str(row["terminal_id"])))
+        return out
+
+    async def settle_unknown(self, refund_id: str) -> bool:
+        """Ask the terminal how an ``unknown`` refund ended (ZVT Repeat receipt); True when
+        there is nothing more to ask, False when the terminal could not be asked."""
+        row = await self._db.read(lambda c: records.refund_row(c, refund_id))
+        if row is None or row["state"] != RefundState.UNKNOWN:
+            return True
+        driver = self._terminals.driver(row["terminal_id"] or "")
+        if driver is None or not driver.capabilities.recover:
+            return True
+        previous = await self._db.read(
+            lambda c: previous_reference(c, row["terminal_id"], refund_id))
+        try:
+            result = await driver.recover(InterruptedTransaction(
+                refund_id, row["amount"], row["currency"], TransactionKind.REFUND,
+                row["created_at"], {"previous_receipt": previous} if previous else {}))
+        except DriverError as exc:
+            log.warning("refund %s: the terminal could not be asked how it ended: %s",
+                        refund_id, exc)
+            return False
+        if result is None or result.outcome is Outcome.UNKNOWN:
+            log.warning("refund %s stays unknown: a manager decides", refund_id)
+            return True
+        approved = result.outcome is Outcome.APPROVED
+        state = RefundState.SUCCEEDED if approved else RefundState.FAILED
+        now = self._now()
+
+        def write(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            current = records.refund_row(conn, refund_id)
+            if current is None or current["state"] != RefundState.UNKNOWN:
+                return None
+            move_refund(conn, refund_id, state, Actor.TERMINAL, now,
+                        failure=None if approved else result.detail,
+                        processor_ref=result.reference)
+            audit.append(conn, "terminal", f"refund.{state}", refund_id,
+                         {"payment": current["payment_id"], "amount": current["amount"],
+                          "detail": result.detail})
+            return _refund_body(conn, refund_id)
+
+        body = await self._db.write(write)
+        if body is not None:
+            self._bus.publish("refund", body)
+        return True

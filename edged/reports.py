@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from edged.end_of_day import day_settlements
 from sync.clock import utc_iso
 
 CSV_COLUMNS = ("section", "currency", "name", "count", "amount_minor")
@@ -122,6 +123,7 @@ def day_report(conn: sqlite3.Connection, b: DayBounds, generated_at: datetime) -
         "unknown_refunds": [_short(r) for r in refunds if r["state"] == "unknown"],
         "stored_payments": [_short(p) for p in payments if p["state"] == "stored"],
         "unsynced": unsynced,
+        "terminal_settlements": day_settlements(conn, b.start, b.end),
     }
 
 
@@ -152,6 +154,11 @@ def to_csv(report: dict[str, Any]) -> str:
         w.writerow(("unknown_refund", r["currency"], r["id"], 1, r["amount"]))
     for p in report["stored_payments"]:
         w.writerow(("stored_payment", p["currency"], p["id"], 1, p["amount"]))
+    for t in report.get("terminal_settlements", []):
+        w.writerow(("terminal_total", t["currency"], t["terminal_id"], t["terminal_count"],
+                    t["terminal_total"]))
+        w.writerow(("terminal_daemon_total", t["currency"], t["terminal_id"],
+                    t["daemon_count"], t["daemon_total"]))
     for u in report["unsynced"]:
         w.writerow(("unsynced", "", u["destination"], u["pending"] + u["inflight"] + u["dead"],
                     ""))

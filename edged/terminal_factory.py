@@ -18,12 +18,13 @@ from sync.clock import Clock
 
 if TYPE_CHECKING:
     from drivers.concert.session import ConcertSettings
+    from drivers.zvt.session import ZvtSettings
     from edged.config import Config, TerminalConfig
     from sync.square_terminal import SquareTerminalClient
     from sync.stripe_terminal import StripeTerminalClient
 
 # Kinds whose driver this build has; the others are accepted by the schema but refused here.
-_BUILT = ("sim", "concert", "stripe_reader", "square_terminal")
+_BUILT = ("sim", "concert", "zvt", "stripe_reader", "square_terminal")
 #: The option naming the device of a cloud kind, and the processor it needs.
 CLOUD = {"stripe_reader": ("reader_id", "stripe"), "square_terminal": ("device_id", "square")}
 
@@ -92,6 +93,42 @@ def concert_settings(options: Mapping[str, Any],
         raise ValueError(key if key in known else "port", message) from None
 
 
+def zvt_settings(options: Mapping[str, Any], currency: str,
+                 customer_timeout: float | None = None) -> ZvtSettings:
+    """``[[terminals]]`` options of a zvt lane to settings; ``ValueError(key, message)``."""
+    from drivers.zvt.session import ZvtSettings, check_address  # noqa: PLC0415
+
+    known = {f.name: f for f in fields(ZvtSettings)}
+    for key, value in options.items():
+        if key not in known or key == "currency":
+            raise ValueError(key, "unknown key for a zvt terminal (known: "
+                             f"{', '.join(k for k in known if k != 'currency')})")
+        want = {"int": int, "float": float, "str": str}.get(str(known[key].type))
+        if want is float and isinstance(value, int) and not isinstance(value, bool):
+            continue
+        if want is not None and (not isinstance(value, want) or isinstance(value, bool)):
+            raise ValueError(key, f"expected {want.__name__}, got {value!r}")
+    for key, example in (("address", '"tcp://10.0.0.20:20007" or "serial:///dev/ttyUSB0"'),
+                         ("password", '"000000", the terminal\'s six digits')):
+        if key not in options:
+            raise ValueError(key, f"is required: {example}")
+        if key == "address":
+            try:
+                check_address(options["address"])
+            except ValueError as exc:
+                raise ValueError("address", str(exc)) from None
+    values: dict[str, Any] = {k: float(v) if str(known[k].type) == "float" else v
+                              for k, v in options.items()}
+    if customer_timeout is not None and "customer_timeout" not in options:
+        values["customer_timeout"] = customer_timeout
+    try:
+        return ZvtSettings(currency=currency, **values)
+    except ValueError as exc:
+        message = str(exc)
+        key = message.split(" ", 1)[0]
+        raise ValueError(key if key in known else "address", message) from None
+
+
 def cloud_settings(term: TerminalConfig) -> CloudSettings:
     device_key, _ = CLOUD[term.kind]
     return CloudSettings.from_options(term.options, device_key, term.customer_timeout)
@@ -112,6 +149,13 @@ def validate_options(term: TerminalConfig, cfg: Config) -> tuple[str, str] | Non
                 return ("kind", f"a concert lane cannot take the store currency"
                         f" {cfg.store.currency} ([store] currency); it takes"
                         f" {', '.join(sorted(CURRENCY_NUMERIC))}")
+        elif term.kind == "zvt":
+            zvt_settings(term.options, cfg.store.currency, term.customer_timeout)
+            from drivers.concert.messages import CURRENCY_NUMERIC as ZVT_CURRENCIES  # noqa: PLC0415
+
+            if cfg.store.currency.upper() not in ZVT_CURRENCIES:
+                return ("kind", f"a zvt lane cannot take the store currency"
+                        f" {cfg.store.currency} ([store] currency)")
         else:
             cloud_settings(term)
             processor = CLOUD[term.kind][1]
@@ -126,7 +170,7 @@ def validate_options(term: TerminalConfig, cfg: Config) -> tuple[str, str] | Non
 
 
 def build_terminal(term: TerminalConfig, clock: Clock,
-                   links: CloudLinks | None = None) -> Terminal:
+                   links: CloudLinks | None = None, currency: str = "EUR") -> Terminal:
     if term.kind == "sim":
         settings = SimSettings.from_options(dict(term.options))
         return SimTerminal(term.id, settings, clock, customer_timeout=term.customer_timeout)
@@ -135,6 +179,11 @@ def build_terminal(term: TerminalConfig, clock: Clock,
 
         return ConcertTerminal(term.id, concert_settings(term.options, term.customer_timeout),
                                clock=clock)
+    if term.kind == "zvt":
+        from drivers.zvt.adapter import ZvtTerminal  # noqa: PLC0415
+
+        return ZvtTerminal(term.id, zvt_settings(term.options, currency, term.customer_timeout),
+                           clock=clock)
     links = links or CloudLinks()
     if term.kind == "stripe_reader":
         from drivers.stripe_reader import StripeReaderTerminal  # noqa: PLC0415

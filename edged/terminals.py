@@ -42,6 +42,9 @@ class NotSent:
 
 # A transaction's end: the terminal's result, or NotSent.
 Completion = Callable[[TransactionResult | NotSent, str], Awaitable[None]]
+# Settle an unknown ending with the terminal (ZVT Repeat receipt): True once there is
+# nothing more to ask (settled, or the terminal cannot tell); False: ask again later.
+Settle = Callable[[], Awaitable[bool]]
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,10 +79,11 @@ class _Lane:
 
 class TerminalManager:
     def __init__(self, configs: tuple[TerminalConfig, ...], bus: EventBus,
-                 clock: Clock, links: CloudLinks | None = None) -> None:
+                 clock: Clock, links: CloudLinks | None = None, currency: str = "EUR") -> None:
         self._bus = bus
         self._clock = clock
-        self._lanes = {c.id: _Lane(c, build_terminal(c, clock, links)) for c in configs}
+        self._lanes = {c.id: _Lane(c, build_terminal(c, clock, links, currency))
+                       for c in configs}
         self._loops: list[asyncio.Task[None]] = []
         # every transaction until its outcome is recorded (which may be after its lane is free)
         self._running: set[asyncio.Task[None]] = set()
@@ -128,8 +132,13 @@ class TerminalManager:
 
     def run(self, terminal_id: str, subject_id: str,
             action: Callable[[Terminal], Awaitable[TransactionResult]],
-            done: Completion) -> None:
-        """Run ``action`` on a claimed terminal in the background, then ``done``."""
+            done: Completion, settle: Settle | None = None) -> None:
+        """Run ``action`` on a claimed terminal in the background, then ``done``.
+
+        An unknown ending on a terminal that can settle it (``settle_unknown``) keeps the
+        lane claimed until ``settle`` has asked the terminal how it ended: the lane takes no
+        other transaction before that.
+        """
         lane = self._lanes[terminal_id]
 
         async def _go() -> None:
@@ -157,7 +166,10 @@ class TerminalManager:
                 self._touch_and_release(lane, terminal_id, subject_id)
             try:
                 await done(result, subject_id)
-                if unknown:
+                if unknown and settle is not None and \
+                        lane.driver.capabilities.settle_unknown:
+                    await self._settle(lane, subject_id, settle)
+                elif unknown:
                     await self._recheck(lane)
             except Exception:  # e.g. the disk is full: the row stays in progress
                 log.exception("terminal %s: the outcome of %s (%s) could not be recorded; it"
@@ -179,6 +191,44 @@ class TerminalManager:
         if lane.state is not TerminalState.OFFLINE:
             lane.last_seen = self._clock.now()
         self.release(terminal_id, subject_id)
+
+    async def _settle(self, lane: _Lane, subject_id: str, settle: Settle) -> None:
+        """Ask the terminal until it has told how ``subject_id`` ended (the lane stays
+        claimed meanwhile: busy, with a detail saying why)."""
+        pause = min(1.0, lane.config.max_backoff_seconds)
+        self._set_state(lane, TerminalState.BUSY,
+                        f"asking the terminal how {subject_id} ended (Repeat receipt)")
+        while True:
+            try:
+                if await settle():
+                    return
+            except Exception:  # a bug must not free a lane whose last outcome is unknown
+                log.exception("terminal %s: settling %s failed", lane.config.id, subject_id)
+            self._set_state(lane, TerminalState.BUSY,
+                            f"{subject_id} is unknown and the terminal did not say how it"
+                            " ended yet; asking again")
+            await self._clock.sleep(pause)
+            pause = min(pause * 2, lane.config.max_backoff_seconds)
+
+    def settle_later(self, terminal_id: str, subject_id: str, settle: Settle) -> bool:
+        """At start: hold the lane until ``settle`` has asked the terminal about
+        ``subject_id`` (whatever the lane's state). False when the lane cannot settle."""
+        lane = self._lanes.get(terminal_id)
+        if lane is None or not lane.driver.capabilities.settle_unknown or \
+                lane.busy_with is not None:
+            return False
+        lane.busy_with = subject_id
+
+        async def _go() -> None:
+            try:
+                await self._settle(lane, subject_id, settle)
+            finally:
+                self._touch_and_release(lane, terminal_id, subject_id)
+
+        task = asyncio.create_task(_go(), name=f"settle-{subject_id}")
+        self._running.add(task)
+        task.add_done_callback(self._running.discard)
+        return True
 
     async def _recheck(self, lane: _Lane) -> None:
         """After an unknown ending (silence, a lost line), probe before freeing the lane.

@@ -221,8 +221,16 @@ DAY_REPORT = _obj({
     "unknown_payments": {"type": "array", "items": {"type": "object"}},
     "unknown_refunds": {"type": "array", "items": {"type": "object"}},
     "stored_payments": {"type": "array", "items": {"type": "object"}},
-    "unsynced": {"type": "array", "items": {"type": "object"}}}, "DayReport")
+    "unsynced": {"type": "array", "items": {"type": "object"}},
+    "terminal_settlements": {"type": "array", "items": {"type": "object"},
+                             "description": "End-of-day totals the terminals reported that"
+                             " day (ZVT), beside the daemon's"}}, "DayReport")
 HEALTH = _obj({"status": _S, "database": _S}, "Health")
+SETTLEMENT = _obj({"id": _S, "terminal_id": _S, "currency": _S, "terminal_total": _I,
+                   "terminal_count": {"type": ["integer", "null"]}, "daemon_total": _I,
+                   "daemon_count": _I, "mismatch": {"type": "boolean"}, "difference": _I,
+                   "since": _SN, "created_at": _S, "detail": {"type": "object"}},
+                  "TerminalSettlement")
 TEXT = Free(schema={"type": "string"}, description="text/plain")
 EVENT_STREAM = Free(schema={"type": "string"}, description="text/event-stream")
 OPENAPI = Free(schema={"type": "object"}, description="OpenAPI 3.1 document")

@@ -15,6 +15,7 @@ from edged.api import models
 from edged.api.http import DRAINING, Ctx, Route, json_response
 from edged.api.manager_routes import MANAGER_ROUTES
 from edged.api.pair_route import PAIR_ROUTE
+from edged.api.terminal_routes import TERMINAL_ROUTES
 from edged.errors import ApiError
 from edged.inventory import COUNT_REASON, ItemRef, OrderLine, StockChange, StockCount
 from edged.payment_methods import available
@@ -313,7 +314,7 @@ ROUTES: tuple[Route, ...] = (
           query={"wait": "seconds to wait for a final state"}, errors=("ERR-2003", "ERR-1013")),
     Route("POST", "/v1/payments/{id}/cancel", cancel_payment, "Cancel a payment running on a"
           " terminal", models.PAYMENT, 200, models.EMPTY,
-          _BODY_ERRORS + ("ERR-2003", "ERR-2005", "ERR-3004", "ERR-3007")),
+          _BODY_ERRORS + ("ERR-2003", "ERR-2005", "ERR-3004", "ERR-3007", "ERR-2030")),
     Route("POST", "/v1/payments/{id}/refunds", refund_payment, "Refund an approved payment"
           " (in part or whole)", models.REFUND, 201, models.REFUND_CREATE,
           _BODY_ERRORS + ("ERR-2001", "ERR-2003", "ERR-2006", "ERR-2007", "ERR-3002",
@@ -379,4 +380,4 @@ ROUTES: tuple[Route, ...] = (
           models.HEALTH, scope=None, tag="meta"),
     Route("GET", "/metrics", metrics, "Prometheus text format", models.TEXT, scope=None,
           tag="meta", media_type="text/plain"),
-) + MANAGER_ROUTES + (PAIR_ROUTE,)
+) + MANAGER_ROUTES + (PAIR_ROUTE,) + TERMINAL_ROUTES

@@ -308,6 +308,24 @@ CREATE TABLE pairing_codes (
 );
 CREATE INDEX pairing_codes_open ON pairing_codes(expires_at) WHERE used_at IS NULL;
 """),
+    (9, "terminal end-of-day settlements (ZVT)", """
+CREATE TABLE terminal_settlements (
+    n              INTEGER PRIMARY KEY,
+    id             TEXT NOT NULL UNIQUE,
+    terminal_id    TEXT NOT NULL,
+    currency       TEXT NOT NULL,
+    terminal_total INTEGER NOT NULL,
+    terminal_count INTEGER,
+    daemon_total   INTEGER NOT NULL,
+    daemon_count   INTEGER NOT NULL,
+    mismatch       INTEGER NOT NULL CHECK (mismatch IN (0, 1)),
+    since          TEXT,
+    detail         TEXT,
+    created_at     TEXT NOT NULL
+);
+CREATE INDEX terminal_settlements_terminal ON terminal_settlements(terminal_id, n);
+CREATE INDEX terminal_settlements_created ON terminal_settlements(created_at)
+"""),
 )
 
 # Migrations that rebuild a table others reference: run with foreign keys off (SQLite's
