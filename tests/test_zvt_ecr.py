@@ -22,8 +22,13 @@ from tests.zvt_ecr import (
     ECR_END_OF_DAY,
     ECR_REGISTRATION,
     ECR_STATUS_ENQUIRY,
+    ECRTERM_CONFIG_DEFAULT,
+    ECRTERM_END_OF_DAY,
+    ECRTERM_PAYMENT_12_34,
+    ECRTERM_STATUS_ENQUIRY_NO_PASSWORD,
     Ecr,
     bcd_int,
+    ecrterm_registration,
 )
 
 
@@ -92,3 +97,56 @@ def test_edged_simulate_zvt_serves_an_ecr(transport: list[str]) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=10) == 0
+
+
+def test_a_status_enquiry_without_password_is_answered(sim: ZvtSimulator) -> None:
+    """ecrterm's ``detect_pt`` sends ``05 01 00``; the specification's summary of commands
+    gives Status enquiry's data as ``[<password> [03 <service byte>] [06 <TLV>]]``, all
+    optional. A PT answers it like any status enquiry: ``80 00 00``, then a Completion with
+    its software version and terminal status (the simulator used to refuse it ``84 9A``)."""
+    ecr = Ecr(sim.address)
+    try:
+        enquiry = ecr.transmit(ECRTERM_STATUS_ENQUIRY_NO_PASSWORD)
+    finally:
+        ecr.close()
+    assert enquiry.answer == (0x80, 0x00)
+    assert enquiry.end.control == (0x06, 0x0F)
+    assert enquiry.end.data[:3] == bytes((0xF0, 0xF1, 0xF7))  # LLLVAR: the 17-byte version
+    assert sim.requests[-1].command.password is None
+
+
+@pytest.mark.parametrize(("config", "sale_lines", "day_lines"), [
+    (ECRTERM_CONFIG_DEFAULT, True, False),  # 1xxx x01x: payment receipts on the ECR
+    (0xB8, False, False),  # 1xxx x00x: the PT prints every receipt
+    (0xBE, True, True),  # 1xxx x11x: the ECR prints every receipt, as Print Line
+    (0xBC, False, True),  # 1xxx x10x: administration receipts on the ECR
+    (0x3E, False, False),  # 0xxx x11x: the ECR composes receipts from Status-Information
+])
+def test_print_lines_only_for_the_receipts_the_config_byte_gives_the_ecr(
+        config: int, sale_lines: bool, day_lines: bool) -> None:
+    """The config byte's table (ZVT specification, Registration; Portalum.Zvt's
+    ``RegistrationConfig`` sets the bits alike): a receipt goes to the ECR as Print Line
+    (``06 D1``) only if the ECR prints that kind (0x02 payment, 0x04 administration) and
+    its print type is Print Line (0x80); else the PT prints it and nothing is sent.
+
+    Registered as ecrterm does by default (0xBA), the simulator used to send the end of
+    day's receipt as Print Lines too, and ecrterm's ``end_of_day()`` then failed where a
+    real terminal, printing that receipt itself, lets it finish (a PT that returns no
+    Print Line at end of day is what ecrterm's users report, mathiasfrey/ecrterm#3)."""
+    with ZvtSimulator(tcp_port=0) as sim:
+        ecr = Ecr(sim.address)
+        try:
+            assert ecr.transmit(ecrterm_registration(config)).end.control == (0x06, 0x0F)
+            sale = ecr.transmit(ECRTERM_PAYMENT_12_34)
+            (result,) = sale.of(0x04, 0x0F)
+            assert result.bmps[0x27] == b"\x00"
+            assert bool(sale.of(0x06, 0xD1)) is sale_lines
+            assert sale.end.control == (0x06, 0x0F)
+
+            day = ecr.transmit(ECRTERM_END_OF_DAY)
+            (totals,) = day.of(0x04, 0x0F)
+            assert bcd_int(totals.bmps[0x04]) == 1234  # the totals come all the same
+            assert bool(day.of(0x06, 0xD1)) is day_lines
+            assert day.end.control == (0x06, 0x0F)
+        finally:
+            ecr.close()

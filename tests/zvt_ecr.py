@@ -18,6 +18,13 @@ specification's "summary of utilised BMPs". It behaves as ecrterm's transports d
 
 The commands sent are ecrterm's own bytes as captured in its test suite where there are
 some (Registration with config byte 0xFE and a TLV, Authorisation with BMPs 02 and 19).
+
+The ``ECRTERM_*`` sequences are what ecrterm's ECR API puts on the line, taken from running
+ecrterm's code unchanged against ``edged simulate zvt`` (outside this repo, see the issue 20
+check script): ``ECR.register(config_byte=…, cc=CurrencyCode.EUR)`` with password
+``123456``, ``ECR.payment(amount_cent=1234)`` (BMP 04, BMP 49 and an empty TLV ``06 00``),
+``ECR.end_of_day()``, and ``StatusEnquiry()`` without a password, which ecrterm's
+``detect_pt`` sends (``05 01 00``).
 """
 
 from __future__ import annotations
@@ -48,6 +55,19 @@ ECR_REGISTRATION = bytes.fromhex(
 ECR_AUTHORISATION_10_EUR = bytes.fromhex("06010E02010400000000100019444909 78".replace(" ", ""))
 ECR_END_OF_DAY = bytes.fromhex("065003000000")
 ECR_STATUS_ENQUIRY = bytes.fromhex("050103000000")
+
+ECRTERM_PASSWORD = "123456"
+ECRTERM_CONFIG_DEFAULT = 0xBA
+"""ecrterm's ``ConfigByte.DEFAULT`` (``ALL_BUT_ADMIN_RECEIPT``): payment receipts as Print
+Line, the administration receipts (end of day) stay on the PT."""
+ECRTERM_PAYMENT_12_34 = bytes.fromhex("06010C04000000001234490978 0600".replace(" ", ""))
+ECRTERM_END_OF_DAY = bytes.fromhex("065003123456")
+ECRTERM_STATUS_ENQUIRY_NO_PASSWORD = bytes.fromhex("050100")
+
+
+def ecrterm_registration(config: int) -> bytes:
+    """``ECR('…', password='123456').register(config_byte=config, cc=CurrencyCode.EUR)``."""
+    return bytes.fromhex("060006123456") + bytes((config,)) + bytes.fromhex("0978")
 
 
 def crc_bitwise(data: bytes) -> int:

@@ -8,6 +8,11 @@ Intermediate status, Status-Information, Print Line and Completion or Abort, eac
 the ECR must acknowledge with ``80 00 00``. On a pty every APDU travels in a
 ``DLE STX … DLE ETX CRC`` frame answered by ACK/NAK (9600 8N2 on a real line).
 
+As a PT does, it sends a receipt as Print Lines only when the Registration's config byte
+gives that receipt to the ECR (0x02 payment receipts, 0x04 administration receipts such as
+the end of day, with print type 0x80); any other receipt it "prints" itself, and nothing of
+it crosses the line. A Status enquiry needs no password (``05 01 00`` is answered).
+
 From code::
 
     sim = ZvtSimulator(tcp_port=0)        # or ZvtSimulator(pty=True, link="/tmp/zvt0")
@@ -638,8 +643,11 @@ class ZvtSimulator:
         else:
             self._send(m.refused(0x83))
 
-    def _print(self, lines: list[str], txn: _Txn | None = None, twice: bool = False) -> bool:
-        if not (self._config & m.CONFIG_PRINT_LINES):
+    def _print(self, lines: list[str], txn: _Txn | None = None, twice: bool = False, *,
+               administration: bool = False) -> bool:
+        """Send a receipt as Print Lines if the registration gave it to the ECR; else the
+        PT prints it on its own printer (nothing on the line)."""
+        if not m.ecr_gets_print_lines(self._config, administration=administration):
             return True
         return all(self._tell(m.print_line(line), twice=twice, txn=txn) for line in lines)
 
@@ -802,7 +810,8 @@ class ZvtSimulator:
         if self._tell(m.status_information(bmps)) and self._print([
                 "      Kassenschnitt", f"Terminal-ID: {TERMINAL_ID}",
                 f"Belege {min(receipts):04d}-{max(receipts):04d}",
-                f"VISA {count:3d}  EUR {total // 100},{total % 100:02d}"]):
+                f"VISA {count:3d}  EUR {total // 100},{total % 100:02d}"],
+                administration=True):
             self._tell(m.completion())
 
     def _intermediate_plain(self, code: int) -> None:

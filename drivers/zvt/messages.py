@@ -12,8 +12,17 @@ publish them, and the PT packets captured in ecrterm's test suite, used as test 
   :func:`decode_pt` keeps its last four digits and nothing else;
 - the config byte of Registration: 0x02 ECR prints payment receipts, 0x04 ECR prints
   administration receipts, 0x08 PT sends intermediate status, 0x10 ECR controls payment,
-  0x20 ECR controls administration, 0x80 receipts as Print Line (``06 D1``). (The facts
-  file's example ``0x86`` lacks 0x08; ecrterm's and Portalum's tables agree on 0x08.)
+  0x20 ECR controls administration, 0x80 the ECR's print type: set, the receipts the ECR
+  prints (0x02, 0x04) come as Print Line (``06 D1``); clear, the ECR composes them from the
+  Status-Information. A receipt whose bit (0x02 or 0x04) is clear stays on the PT's own
+  printer and is never sent to the ECR (the specification's config-byte table: ``1xxx x01x``
+  payment receipts as Print Line, the PT prints the administration receipts; ``1xxx x00x``
+  the PT prints everything; Portalum.Zvt's ``RegistrationConfig`` sets the bits the same
+  way). (The facts file's example ``0x86`` lacks 0x08; ecrterm's and Portalum's tables agree
+  on 0x08.)
+- Status enquiry (``05 01``): ``[<password> [03 <service byte>] [06 <TLV>]]``, all of it
+  optional (the specification's summary of commands); ecrterm's ``detect_pt`` sends
+  ``05 01 00``.
 - End-of-day individual totals (BMP 60): receipt number from and to (2 + 2 BCD), then for
   each card group (girocard/ec, JCB, Eurocard/Mastercard, Amex, Visa, Diners, others) a
   count (1 byte binary) and a turnover (6 bytes BCD).
@@ -82,6 +91,15 @@ DEFAULT_CONFIG = (CONFIG_ECR_PRINTS_PAYMENT | CONFIG_ECR_PRINTS_ADMIN
                   | CONFIG_ECR_CONTROLS_ADMIN | CONFIG_PRINT_LINES)
 """0xBE: the register prints every receipt (sent as Print Line), the PT sends intermediate
 status, and neither payments nor administration can be started on the PT's own keys."""
+
+
+def ecr_gets_print_lines(config: int, *, administration: bool) -> bool:
+    """Whether a PT registered with ``config`` sends a receipt to the ECR as Print Line:
+    the ECR prints that kind (0x02 payment, 0x04 administration, e.g. end of day) and its
+    print type is Print Line (0x80). Otherwise the PT prints it itself, or (0x80 clear) the
+    ECR composes it from the Status-Information."""
+    kind = CONFIG_ECR_PRINTS_ADMIN if administration else CONFIG_ECR_PRINTS_PAYMENT
+    return bool(config & CONFIG_PRINT_LINES and config & kind)
 
 ACK_APDU = encode_apdu(0x80, 0x00)
 """``80 00 00``: received and accepted (either direction)."""
@@ -326,7 +344,9 @@ def decode_ecr(apdu: Apdu) -> EcrCommand:
     data = apdu.data
     password = config = None
     currency: str | None = None
-    if cmd in _WITH_PASSWORD and cmd is not Cmd.LOG_OFF:
+    if cmd is Cmd.STATUS_ENQUIRY and not data:
+        pass  # the password is optional: 05 01 00 asks the status all the same
+    elif cmd in _WITH_PASSWORD and cmd is not Cmd.LOG_OFF:
         if len(data) < 3:
             raise MessageError(f"{cmd.name} without its password")
         password, data = data[:3].hex(), data[3:]
