@@ -46,7 +46,9 @@ FIND_ORDER_DOCUMENT = """query EdgedFindOrder($q: String!) {
     nodes { id name sourceIdentifier tags createdAt }
   }
 }"""
-FIND_ORDER_COST = 1 + 5
+#: Shopify's published cost: a connection 2 + first (5) x one order node (an object, 1;
+#: its fields are scalars, 0).
+FIND_ORDER_COST = 2 + 5 * 1
 
 _ORDER_LATER_CODES = frozenset({"PROCESSED_AT_INVALID", "SHOP_DORMANT"})
 
