@@ -13,6 +13,7 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, NoReturn
 
 from drivers.base import (
@@ -193,7 +194,10 @@ class PaymentService:
         assert driver is not None
         payment_id = request.payment_id
         try:
-            await driver.start(request)
+            made = await driver.start(request)
+            if made is not None:  # what the processor made: a restart reads it back by id
+                await self._db.write(partial(_store_reference, payment_id=payment_id,
+                                             reference=made, now=self._now()))
         except (TerminalUnavailable, TerminalBusy) as exc:
             message = str(exc)
             now = self._now()
@@ -439,6 +443,13 @@ class PaymentService:
             return int(conn.execute("SELECT count(*) FROM payments WHERE state = ?",
                                     (PaymentState.UNKNOWN,)).fetchone()[0])
         return read
+
+
+def _store_reference(conn: sqlite3.Connection, payment_id: str, reference: str,
+                     now: str) -> None:
+    """The processor's id of what a terminal's start made, on a payment still running."""
+    conn.execute("UPDATE payments SET processor_ref = ?, updated_at = ? WHERE id = ? AND"
+                 " state = ?", (reference, now, payment_id, PaymentState.IN_PROGRESS))
 
 
 def _other_figures(row: sqlite3.Row, result: TransactionResult) -> dict[str, Any]:

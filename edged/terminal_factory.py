@@ -94,7 +94,8 @@ def concert_settings(options: Mapping[str, Any],
 
 def cloud_settings(term: TerminalConfig) -> CloudSettings:
     device_key, _ = CLOUD[term.kind]
-    return CloudSettings.from_options(term.options, device_key, term.customer_timeout)
+    extra = ("ping_interval",) if term.kind == "square_terminal" else ()
+    return CloudSettings.from_options(term.options, device_key, term.customer_timeout, extra)
 
 
 def validate_options(term: TerminalConfig, cfg: Config) -> tuple[str, str] | None:
