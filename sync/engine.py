@@ -23,7 +23,7 @@ from tenacity import (
 
 from sync.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
 from sync.clock import Clock
-from sync.errors import BreakerOpen, PermanentError
+from sync.errors import BreakerOpen, PermanentError, RefusedInDoubt
 from sync.gateway import Gateway, PartialWork, RowFailure, Work, WorkResult
 from sync.outbox import OutboxStore
 from sync.policy import RowAction, Verdict, judge, settle
@@ -213,7 +213,8 @@ class DestinationWorker:
                       exc_info=exc)
         if verdict.action is RowAction.KILL:
             code = exc.code if isinstance(exc, PermanentError) else None
-            failure = RowFailure(code or "ERR-6004", getattr(exc, "message", message))
+            failure = RowFailure(code or "ERR-6004", getattr(exc, "message", message),
+                                 outcome_unknown=isinstance(exc, RefusedInDoubt))
             await self._store.kill(work, failure)
             self._failed(work, failure.message, dead=True)
         elif verdict.action is RowAction.RELEASE:

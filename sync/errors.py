@@ -7,6 +7,8 @@ the breaker, the retry policy and the outbox worker decide on:
 - :class:`TransientError`: the call did not take effect and may succeed later unchanged.
   :class:`Throttled` is the rate-limited case, with the wait the upstream asked for.
 - :class:`PermanentError`: the upstream refused the call; resending it cannot help.
+  :class:`RefusedInDoubt` is the refusal that proves an earlier request ran (a key seen
+  with another body).
 - :class:`OutcomeUnknown`: the call may or may not have taken effect (a 5xx, a timeout, a
   dropped connection after sending). Read the object back before any new attempt; it is
   deliberately *not* a :class:`TransientError`, so a generic retry never resends it blindly.
@@ -66,6 +68,13 @@ class PermanentError(SyncError):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}" if self.code else self.message
+
+
+class RefusedInDoubt(PermanentError):
+    """Refused for good, and the refusal itself proves that an earlier request under the
+    same idempotency key ran (the processor saw the key with another body,
+    ``IDEMPOTENCY_KEY_REUSED`` / ``idempotency_error``): whatever that request did may have
+    happened. The row dies in doubt; a payment or refund it carried is ``unknown``."""
 
 
 class OutcomeUnknown(SyncError):

@@ -8,7 +8,9 @@ of an outcome in the same transaction through :class:`OutboxHooks`.
 A batch's members, key and variables are stored in ``outbox_batches`` before its first
 send, so a retry sends identical variables under the same key. A row left ``inflight`` by
 a crash goes back to ``pending`` at start, flagged ``outcome_unknown``: the gateway reads
-back before it sends again.
+back before it sends again. That flag, once set, stays with the row whatever becomes of it
+(a refusal of a later attempt does not prove the earlier one did nothing): a row that dies
+after a send in doubt dies in doubt, and the hooks hear it so.
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ import random
 import secrets
 import sqlite3
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -293,9 +295,12 @@ class OutboxStore:
             for failures, prefix in ((result.dead, ""), (result.conflict, "conflict: ")):
                 for row_id, failure in failures.items():
                     conn.execute("UPDATE outbox SET state = 'dead', lease_until = NULL,"
+                                 " outcome_unknown = max(outcome_unknown, ?),"
                                  " last_error = ?, updated_at = ? WHERE id = ?",
-                                 (f"{prefix}{failure.code}: {failure.message}", now, row_id))
-                    events += self._hooks.failed(conn, by_id[row_id], failure)
+                                 (int(failure.outcome_unknown),
+                                  f"{prefix}{failure.code}: {failure.message}", now, row_id))
+                    events += self._hooks.failed(conn, by_id[row_id],
+                                                 _with_doubt(conn, row_id, failure))
             for row_id in result.retry_apart:
                 conn.execute("UPDATE outbox SET state = 'pending', batch_id = NULL,"
                              " lease_until = NULL, outcome_unknown = 0, updated_at = ?,"
@@ -356,9 +361,10 @@ class OutboxStore:
                                  " updated_at = ? WHERE id = ?",
                                  (attempts, f"gave up after {attempts} attempts: {error}",
                                   int(outcome_unknown), now, row_id))
-                    events += self._hooks.failed(conn, by_id[row_id], RowFailure(
-                        "ERR-6003", f"gave up: {error}",
-                        outcome_unknown=outcome_unknown or work.outcome_unknown))
+                    events += self._hooks.failed(conn, by_id[row_id], _with_doubt(
+                        conn, row_id, RowFailure("ERR-6003", f"gave up: {error}",
+                                                 outcome_unknown=outcome_unknown
+                                                 or work.outcome_unknown)))
                 else:
                     conn.execute("UPDATE outbox SET state = 'pending', attempts = ?,"
                                  " lease_until = NULL, last_error = ?,"
@@ -431,6 +437,17 @@ class OutboxStore:
             return moved
 
         return await self._runner.write(write)
+
+
+def _with_doubt(conn: sqlite3.Connection, row_id: int, failure: RowFailure) -> RowFailure:
+    """``failure`` as the row's whole history says it: a send of this row that was ever in
+    doubt may have been applied, whatever a later attempt was told (a refusal of a resend
+    proves nothing about the first send)."""
+    found = conn.execute("SELECT outcome_unknown FROM outbox WHERE id = ?",
+                         (row_id,)).fetchone()
+    if failure.outcome_unknown or found is None or not found[0]:
+        return failure
+    return replace(failure, outcome_unknown=True)
 
 
 class JobStateError(SyncError):

@@ -15,7 +15,13 @@ import pytest
 import stripe
 from square import AsyncSquare
 
-from sync.errors import OutcomeUnknown, PermanentError, Throttled, TransientError
+from sync.errors import (
+    OutcomeUnknown,
+    PermanentError,
+    RefusedInDoubt,
+    Throttled,
+    TransientError,
+)
 from sync.gateway import OutboxRow, RowFailure, Work, WorkResult
 from sync.square import SquareGateway, SquareSettings, square_key
 from sync.stripe import StripeGateway, StripeSettings
@@ -238,7 +244,7 @@ async def test_stripe_key_reused_with_another_body(stripe_env: StripeEnv) -> Non
     applied(await stripe_env.send(work), work)
     other = make_work("stripe", "payment.forward", forward("pm_card_visa", amount=999),
                       key=work.idempotency_key)
-    with pytest.raises(PermanentError) as refused:
+    with pytest.raises(RefusedInDoubt) as refused:  # the first request under it ran
         await stripe_env.send(other)
     assert refused.value.code == "ERR-6073"
 
@@ -575,7 +581,7 @@ async def test_square_key_reused_with_another_body(square_env: SquareEnv) -> Non
     applied(await square_env.send(work), work)
     other = make_work("square", "payment.forward", forward("cnon:card-nonce-ok", amount=1),
                       key=work.idempotency_key)
-    with pytest.raises(PermanentError) as refused:
+    with pytest.raises(RefusedInDoubt) as refused:  # the first request under it ran
         await square_env.send(other)
     assert refused.value.code == "ERR-6073"
 

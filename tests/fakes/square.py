@@ -427,6 +427,12 @@ class FakeSquare(FakeServer):
             self._idem[(scope, key)] = _Stored(fingerprint, status, out)
         return self._respond(status, out)
 
+    def saw_key(self, scope: str, key: str, body: JSON) -> None:
+        """A request with ``body`` already ran under ``key`` at ``scope`` (``payments``,
+        ``refunds``, ``checkouts``, ``actions``): another body under it is refused
+        ``IDEMPOTENCY_KEY_REUSED``."""
+        self._idem[(scope, key)] = _Stored(canonical(body), 200, {})
+
     def forget_keys(self) -> None:
         """Square forgot every idempotency key (it publishes no retention): the same
         request under the same key executes again."""
