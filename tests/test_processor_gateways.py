@@ -66,9 +66,9 @@ def dead(result: WorkResult, work: Work) -> RowFailure:
 
 
 def forward(token: str, *, amount: int = 1250, payment_id: str = "pay_1",
-            reference: str | None = "R-1") -> dict[str, Any]:
+            reference: str | None = "R-1", **extra: Any) -> dict[str, Any]:
     return {"payment_id": payment_id, "amount": amount, "currency": "EUR", "token": token,
-            "reference": reference, "created_at": "2026-11-26T11:59:00.000Z"}
+            "reference": reference, "created_at": "2026-11-26T11:59:00.000Z", **extra}
 
 
 def refund(processor_ref: str, amount: int, *, refund_id: str = "ref_1",
@@ -418,7 +418,8 @@ def count(fake: FakeSquare, method: str, path: str) -> int:
 
 async def test_square_forward_approved_and_replayed(square_env: SquareEnv) -> None:
     fake = square_env.fake
-    work = make_work("square", "payment.forward", forward("cnon:card-nonce-ok"))
+    work = make_work("square", "payment.forward", forward("cnon:card-nonce-ok",
+                                                         location_id="LSTORE01"))
     answer = applied(await square_env.send(work), work)
     assert answer["status"] == "COMPLETED"
     assert (answer["brand"], answer["last4"]) == ("VISA", "1111")
