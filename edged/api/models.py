@@ -191,7 +191,10 @@ JOB = _obj({"id": _I, "destination": _S, "kind": _S, "subject_id": _S,
             "state": {"enum": ["pending", "inflight", "done", "dead", "discarded"]},
             "attempts": _I, "next_attempt_at": _SN, "last_error": _SN,
             "outcome_unknown": {"type": "boolean"}, "batch_id": {"type": ["integer", "null"]},
-            "created_at": _S, "updated_at": _S, "payload": {"type": "object"}}, "SyncJob")
+            "created_at": _S, "updated_at": _S, "payload": {"type": "object"},
+            "retry_refused": {"type": ["string", "null"], "description": "Why a retry of this"
+                              " dead job is refused (ERR-6017: its payment or refund is"
+                              " settled); null: it may be retried"}}, "SyncJob")
 JOBS = _obj({"data": {"type": "array", "items": JOB.schema}}, "SyncJobs")
 ERROR = _obj({"error": {"type": "object", "required": ["code", "message", "retryable"],
                         "properties": {"code": {"type": "string", "pattern": "^ERR-[0-9]{4}$"},

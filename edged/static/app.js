@@ -383,8 +383,10 @@ function renderDeadJobs(jobs) {
     return el("div", { class: "item", id: `job-${j.id}` },
       el("div", { class: "what" }, `${j.destination} · ${j.kind} · ${j.subject_id}`),
       el("div", { class: "muted" }, `${j.attempts} attempts · ${j.last_error || "no error"}`),
+      j.retry_refused ? el("div", { class: "muted" }, `No retry: ${j.retry_refused}`) : null,
       state.actions ? el("div", { class: "actions" },
-        el("button", { type: "button", class: "good", onclick: act("retry") }, "Retry"),
+        j.retry_refused ? null
+          : el("button", { type: "button", class: "good", onclick: act("retry") }, "Retry"),
         el("button", { type: "button", onclick: act("discard") }, "Discard")) : null);
   }));
 }
