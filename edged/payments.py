@@ -44,6 +44,7 @@ from edged.payment_state import (
 )
 from edged.refunds import RefundService
 from edged.store import Database
+from edged.terminal_figures import describe, other_figures
 from edged.terminals import NotSent, TerminalManager
 from edged.token_payments import TokenPayments
 from sync.clock import Clock, utc_iso
@@ -269,12 +270,12 @@ class PaymentService:
             fields = {"brand": result.brand, "last4": result.last4,
                       "auth_code": result.auth_code, "processor_ref": result.reference,
                       "raw_status": result.raw_status, "receipt": result.receipt}
-            figures = _other_figures(row, result)
+            figures = other_figures(row["amount"], row["currency"], result)
             if figures and state in (PaymentState.APPROVED, PaymentState.AUTHORIZED):
                 # the terminal took something, but not what was asked: a person decides
                 state = PaymentState.UNKNOWN
                 failure = ("the terminal approved other figures than asked ("
-                           + ", ".join(f"{k} {v}" for k, v in figures.items())
+                           + describe(figures)
                            + "): compare with the terminal's journal and resolve")
                 fields["terminal_figures"] = json.dumps(figures, sort_keys=True)
         move_payment(conn, row["id"], state, actor, now, failure=failure, finished_at=now,
@@ -450,18 +451,6 @@ def _store_reference(conn: sqlite3.Connection, payment_id: str, reference: str,
     """The processor's id of what a terminal's start made, on a payment still running."""
     conn.execute("UPDATE payments SET processor_ref = ?, updated_at = ? WHERE id = ? AND"
                  " state = ?", (reference, now, payment_id, PaymentState.IN_PROGRESS))
-
-
-def _other_figures(row: sqlite3.Row, result: TransactionResult) -> dict[str, Any]:
-    """What the terminal reported where it differs from the request (empty: it agrees)."""
-    other: dict[str, Any] = {}
-    if result.amount != row["amount"]:
-        other["amount"] = result.amount
-    if result.currency and result.currency.upper() != row["currency"].upper():
-        other["currency"] = result.currency
-    if result.other_pos is not None:
-        other["pos"] = result.other_pos
-    return other
 
 
 def _encode_cursor(n: int) -> str:
