@@ -288,6 +288,35 @@ async def test_stripe_lost_answer_to_the_create_is_read_back(tmp_path: Path) -> 
         assert keys <= {f"edged-{body['id']}-pi"}
 
 
+@pytest.mark.parametrize(("took", "pays"), [(True, True), (True, False), (False, False)])
+async def test_a_reader_refusal_other_than_offline_or_busy_is_read_back(
+        tmp_path: Path, took: bool, pays: bool) -> None:
+    """Issue 16 item 8. Only ``terminal_reader_offline`` and ``terminal_reader_busy`` say
+    nothing reached the reader. Another refusal of ``process_payment_intent`` (a reader
+    timeout) is followed by reading the PaymentIntent back: charged meanwhile → approved;
+    not charged → stopped and canceled at Stripe, then ``failed`` (503, nothing charged)."""
+    async with fakes(square=False) as (st, _), running(cloud_config(tmp_path, st, None)) as api:
+        await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the reader online")
+        st.refuse_next_process(READER, took=took, then=(
+            lambda: st.present_payment_method(READER)) if pays else None)
+        status, body = await pay(api, "reader-1", 1900)
+        [intent] = st.payment_intents.values()
+        if pays:
+            assert status == 202, body
+            done = await final(api, body["id"])
+            assert done["state"] == "approved", done
+            assert done["processor_ref"] == intent["id"] and intent["status"] == "succeeded"
+        else:
+            assert (status, body["error"]["code"]) == (503, "ERR-3003"), body
+            assert "nothing was charged" in body["error"]["message"]
+            assert intent["status"] == "canceled"
+            _, failed = await api.get("/v1/payments?state=failed")
+            assert len(failed["data"]) == 1
+            action = st.readers[READER]["action"]
+            assert action is None or action["status"] != "in_progress"  # the reader is free
+        await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the lane free")
+
+
 # -- Square Terminal ----------------------------------------------------------------------
 
 
