@@ -6,6 +6,7 @@ the breaker, the retry policy and the outbox worker decide on:
 - :class:`BreakerOpen`: the call was not made; try again after ``retry_after``.
 - :class:`TransientError`: the call did not take effect and may succeed later unchanged.
   :class:`Throttled` is the rate-limited case, with the wait the upstream asked for.
+- :class:`HoldRow`: nothing was sent; this row waits a while, its destination goes on.
 - :class:`PermanentError`: the upstream refused the call; resending it cannot help.
   :class:`RefusedInDoubt` is the refusal that proves an earlier request ran (a key seen
   with another body).
@@ -56,6 +57,21 @@ class Throttled(TransientError):
 
     def __str__(self) -> str:
         return f"{self.message} (wait {self.wait:.3f} s)"
+
+
+class HoldRow(SyncError):
+    """This row must wait ``wait`` seconds before it is tried again; nothing was sent, and
+    the rest of its destination goes on meanwhile (an order whose lookup cannot be trusted
+    yet after a lost answer, say). Unlike :class:`Throttled`, the upstream is not asking
+    the whole destination to wait."""
+
+    def __init__(self, wait: float, message: str) -> None:
+        super().__init__(wait, message)
+        self.wait = wait
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.message} (this row waits {self.wait:.3f} s)"
 
 
 class PermanentError(SyncError):

@@ -10,7 +10,10 @@ send, so a retry sends identical variables under the same key. A row left ``infl
 a crash goes back to ``pending`` at start, flagged ``outcome_unknown``: the gateway reads
 back before it sends again. That flag, once set, stays with the row whatever becomes of it
 (a refusal of a later attempt does not prove the earlier one did nothing): a row that dies
-after a send in doubt dies in doubt, and the hooks hear it so.
+after a send in doubt dies in doubt, and the hooks hear it so. ``doubt_at`` keeps when a
+send of the row last went without an answer (for a crash: when its lease was taken),
+across restarts: what waits on it (the order lookup's settle time) counts from then, not
+from the start of the worker.
 """
 
 from __future__ import annotations
@@ -35,6 +38,22 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 JOB_STATES = ("pending", "inflight", "done", "dead", "discarded")
+
+#: What a pending row waits for besides its due time: a stock count (a compare-and-swap on
+#: the local quantity, which counts the sales not yet acknowledged) waits for every earlier
+#: sale of its destination that is not done yet, so that a sale held in doubt never lets a
+#: later count overtake it. Stock deltas and other sales do not depend on it: they go on.
+_FREE = (" AND NOT (outbox.kind = 'inventory.set' AND EXISTS (SELECT 1 FROM outbox AS o"
+         " WHERE o.destination = outbox.destination AND o.kind = 'order.create'"
+         " AND o.state IN ('pending', 'inflight') AND o.id < outbox.id))")
+_DUE_BATCH = ("SELECT batch_id FROM outbox WHERE destination = ? AND state = 'pending'"  # noqa: S608
+              " AND batch_id IS NOT NULL AND next_attempt_at <= ?" + _FREE +
+              " ORDER BY id LIMIT 1")
+_DUE_ROW = ("SELECT * FROM outbox WHERE destination = ? AND state = 'pending'"  # noqa: S608
+            " AND next_attempt_at <= ?" + _FREE + " ORDER BY id LIMIT 1")
+_DUE_MEMBERS = ("SELECT * FROM outbox WHERE destination = ? AND kind = ?"  # noqa: S608
+                " AND state = 'pending' AND batch_id IS NULL AND solo = 0"
+                " AND next_attempt_at <= ?" + _FREE + " ORDER BY id LIMIT ?")
 
 
 def new_key() -> str:
@@ -185,8 +204,10 @@ class OutboxStore:
 
         def write(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
+                # the lease was taken when the send went out: that is when its answer was lost
                 "UPDATE outbox SET state = 'pending', lease_until = NULL, outcome_unknown = 1,"
-                " next_attempt_at = ?, updated_at = ? WHERE state = 'inflight'"
+                " doubt_at = updated_at, next_attempt_at = ?, updated_at = ?"
+                " WHERE state = 'inflight'"
                 " AND destination = coalesce(?, destination)", (now, now, destination))
             return cur.rowcount
 
@@ -205,24 +226,17 @@ class OutboxStore:
         lease = self._later(self.settings.lease_seconds)
 
         def write(conn: sqlite3.Connection) -> Work | None:
-            batch = conn.execute(
-                "SELECT batch_id FROM outbox WHERE destination = ? AND state = 'pending'"
-                " AND batch_id IS NOT NULL AND next_attempt_at <= ? ORDER BY id LIMIT 1",
-                (destination, now)).fetchone()
+            batch = conn.execute(_DUE_BATCH, (destination, now)).fetchone()
             if batch is not None:
                 return self._lease_batch(conn, batch[0], lease, now)
-            first = conn.execute(
-                "SELECT * FROM outbox WHERE destination = ? AND state = 'pending'"
-                " AND next_attempt_at <= ? ORDER BY id LIMIT 1", (destination, now)).fetchone()
+            first = conn.execute(_DUE_ROW, (destination, now)).fetchone()
             if first is None:
                 return None
             limit = gateway.batch_limit(first["kind"])
             if limit <= 1 or first["solo"]:
                 return self._lease_single(conn, first, lease, now)
-            members = conn.execute(
-                "SELECT * FROM outbox WHERE destination = ? AND kind = ? AND state = 'pending'"
-                " AND batch_id IS NULL AND solo = 0 AND next_attempt_at <= ? ORDER BY id"
-                " LIMIT ?", (destination, first["kind"], now, limit)).fetchall()
+            members = conn.execute(_DUE_MEMBERS, (destination, first["kind"], now,
+                                                  limit)).fetchall()
             rows = tuple(_row(r) for r in members)
             payload = gateway.batch_payload(first["kind"], rows)
             key = "edb-" + secrets.token_hex(16)
@@ -245,7 +259,8 @@ class OutboxStore:
         row = _row(r)
         return Work(destination=row.destination, kind=row.kind,
                     idempotency_key=row.idempotency_key, rows=(row,), payload=row.payload,
-                    attempt=row.attempts, outcome_unknown=bool(r["outcome_unknown"]))
+                    attempt=row.attempts, outcome_unknown=bool(r["outcome_unknown"]),
+                    doubt_at=r["doubt_at"])
 
     def _lease_batch(self, conn: sqlite3.Connection, batch_id: Any, lease: str,
                      now: str) -> Work:
@@ -259,7 +274,9 @@ class OutboxStore:
                     idempotency_key=b["idempotency_key"], rows=rows,
                     payload=json.loads(b["payload"]), batch_id=batch_id,
                     attempt=max(r.attempts for r in rows),
-                    outcome_unknown=any(r["outcome_unknown"] for r in members))
+                    outcome_unknown=any(r["outcome_unknown"] for r in members),
+                    doubt_at=max((r["doubt_at"] for r in members if r["doubt_at"]),
+                                 default=None))
 
     async def next_due_in(self, destination: str) -> float | None:
         """Seconds until the next pending row of ``destination`` is due; None if none."""
@@ -311,7 +328,8 @@ class OutboxStore:
                 log.error("gateway %s left row %d without an outcome; retrying it",
                           work.destination, row_id)
                 conn.execute("UPDATE outbox SET state = 'pending', lease_until = NULL,"
-                             " outcome_unknown = 1, updated_at = ? WHERE id = ?", (now, row_id))
+                             " outcome_unknown = 1, doubt_at = ?, updated_at = ? WHERE id = ?",
+                             (now, now, row_id))
             return events
 
         self._emit(await self._runner.write(write))
@@ -334,11 +352,13 @@ class OutboxStore:
         await self._runner.write(write)
 
     async def retry_later(self, work: Work, error: str, *, outcome_unknown: bool,
-                          wait: float | None = None, counts: bool = True) -> bool:
+                          wait: float | None = None, counts: bool = True,
+                          new_doubt: bool = False) -> bool:
         """Put the work back for later; return True when the rows went to ``dead`` instead.
 
         ``counts=False`` (a throttle: the upstream is healthy and asked us to wait) does
-        not use up an attempt.
+        not use up an attempt. ``new_doubt``: this attempt's answer was lost now
+        (``doubt_at`` becomes now; a row in doubt without one gets now too).
         """
         now = self._now()
         attempts = work.attempt + 1 if counts else work.attempt
@@ -368,9 +388,12 @@ class OutboxStore:
                 else:
                     conn.execute("UPDATE outbox SET state = 'pending', attempts = ?,"
                                  " lease_until = NULL, last_error = ?,"
+                                 " doubt_at = CASE WHEN ? THEN ? WHEN ? OR outcome_unknown"
+                                 " THEN coalesce(doubt_at, ?) ELSE doubt_at END,"
                                  " outcome_unknown = max(outcome_unknown, ?),"
                                  " next_attempt_at = ?, updated_at = ? WHERE id = ?",
-                                 (attempts, error, int(outcome_unknown), due, now, row_id))
+                                 (attempts, error, int(new_doubt), now, int(outcome_unknown),
+                                  now, int(outcome_unknown), due, now, row_id))
             return events
 
         self._emit(await self._runner.write(write))

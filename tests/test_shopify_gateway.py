@@ -14,12 +14,14 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from graphql import GraphQLSchema
 
-from sync.errors import OutcomeUnknown, PermanentError, Throttled, TransientError
+from sync.clock import utc_iso
+from sync.errors import HoldRow, OutcomeUnknown, PermanentError, Throttled, TransientError
 from sync.gateway import OutboxRow, PartialWork, Work
 from sync.limiter import ThrottleStatus
 from sync.shopify import (
@@ -521,7 +523,7 @@ async def test_order_lookup_waits_for_shopify_search_before_resending(
             with pytest.raises(OutcomeUnknown):
                 await gateway.send(work)
             clock.advance(1)
-            with pytest.raises(Throttled) as caught:  # not in the search yet: do not resend
+            with pytest.raises(HoldRow) as caught:  # not in the search yet: do not resend
                 await gateway.send(retry(work, unknown=True))
             assert caught.value.wait == pytest.approx(29)
             clock.advance(caught.value.wait)
@@ -534,7 +536,7 @@ async def test_order_lookup_waits_for_shopify_search_before_resending(
             shop.faults.fail(500, count=1)
             with pytest.raises(OutcomeUnknown):
                 await gateway.send(lost)
-            with pytest.raises(Throttled):
+            with pytest.raises(HoldRow):
                 await gateway.send(retry(lost, unknown=True))
             clock.advance(30)
             result = await gateway.send(retry(lost, unknown=True))
@@ -546,15 +548,19 @@ async def test_order_lookup_waits_for_shopify_search_before_resending(
             await gateway.close()
 
 
-async def test_after_a_restart_an_uncertain_order_waits_from_the_start(
+async def test_after_a_restart_an_uncertain_order_waits_from_its_lost_answer(
         shop: FakeShopify, clock: ManualClock, gateway: ShopifyGateway) -> None:
+    """Issue 16 item 12: the settle time counts from when the answer was lost (the row's
+    doubt_at, kept by the outbox across restarts), not from the start of the worker."""
     v = shop.seed_variant("TEA-1", available=10)
-    work = replace(single(sale("ord_crash", v.variant_id)), outcome_unknown=True, attempt=1)
-    with pytest.raises(Throttled) as caught:
+    lost_at = utc_iso(clock.now() - timedelta(seconds=20))
+    work = replace(single(sale("ord_crash", v.variant_id)), outcome_unknown=True, attempt=1,
+                   doubt_at=lost_at)
+    with pytest.raises(HoldRow) as caught:
         await gateway.send(work)
-    assert caught.value.wait == pytest.approx(30)
+    assert caught.value.wait == pytest.approx(10)
     assert not shop.orders
-    clock.advance(30)
+    clock.advance(10)
     result = await gateway.send(retry(work))
     assert len(result.applied) == 1 and len(shop.orders) == 1
 
