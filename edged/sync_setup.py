@@ -1,5 +1,11 @@
 """Builds the sync engine for the configured destinations, and the catalogue pull.
 
+Every background task of the sync side runs under the engine's supervisor (a crash is
+logged once, the task restarted with backoff, its state shown under ``tasks`` in
+``/v1/sync``): the workers, the wake-up on new rows, the secrets refresh, the link
+watcher, and the catalogue pull (``shopify-pull``: at start, then every
+``[sync] pull_interval_seconds``).
+
 The cloud SDKs and gateways are imported here only for the destinations that are
 configured, so a daemon with no cloud account never loads them (idle memory target).
 """
@@ -12,7 +18,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, replace
 from datetime import datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from edged import catalog_import
 from edged.config import Config
@@ -76,15 +82,12 @@ class SecretCache:
 class SyncRuntime:
     engine: SyncEngine
     secrets: SecretCache
-    scheduler: Any = None
 
     def link_down(self, destination: str) -> bool:
         worker = self.engine.workers.get(destination)
         return worker is not None and worker.breaker.state is BreakerState.OPEN
 
     async def stop(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
         await self.engine.stop()  # the workers and the tasks below, all supervised
 
 
@@ -193,8 +196,8 @@ async def start(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventBus,
     supervise("sync-wake", partial(_wake_on_writes, runtime.engine, bus))
     supervise("sync-secrets", partial(_refresh_secrets, runtime, clock))
     supervise("sync-links", partial(_watch_links, bus, on_link_down))
-    if cfg.shopify is not None:
-        runtime.scheduler = _schedule_pull(runtime, cfg, db, bus, clock)
+    if cfg.shopify is not None:  # the catalogue pull: at start, then every pull_interval
+        supervise("shopify-pull", partial(_pull_forever, runtime, cfg, db, bus, clock))
 
 
 async def _wake_on_writes(engine: SyncEngine, bus: EventBus) -> None:
@@ -232,16 +235,14 @@ async def _refresh_secrets(runtime: SyncRuntime, clock: Clock) -> None:
         runtime.engine.wake()
 
 
-def _schedule_pull(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventBus,
-                   clock: Clock) -> Any:
-    from apscheduler.schedulers.asyncio import AsyncIOScheduler  # noqa: PLC0415
-
-    scheduler = AsyncIOScheduler(timezone="UTC")
-    scheduler.add_job(pull_once, "interval", args=(runtime, cfg, db, bus),
-                      seconds=cfg.sync.pull_interval_seconds, next_run_time=clock.now(),
-                      max_instances=1, coalesce=True, id="shopify-pull")
-    scheduler.start()
-    return scheduler
+async def _pull_forever(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventBus,
+                        clock: Clock) -> None:
+    """Pull now, then every ``[sync] pull_interval_seconds`` on the daemon's clock. A pull
+    Shopify cannot answer is logged and tried at the next interval; anything else raises
+    to the supervisor (logged once, restarted with backoff, shown under ``tasks``)."""
+    while True:
+        await pull_once(runtime, cfg, db, bus)
+        await clock.sleep(cfg.sync.pull_interval_seconds)
 
 
 async def pull_once(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventBus) -> int:
