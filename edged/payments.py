@@ -268,8 +268,10 @@ class PaymentService:
             failure = result.detail if state not in (PaymentState.APPROVED,
                                                      PaymentState.AUTHORIZED) else None
             fields = {"brand": result.brand, "last4": result.last4,
-                      "auth_code": result.auth_code, "processor_ref": result.reference,
-                      "raw_status": result.raw_status, "receipt": result.receipt}
+                      "auth_code": result.auth_code, "raw_status": result.raw_status,
+                      "receipt": result.receipt}
+            if result.reference is not None:  # never forget what start stored (a checkout)
+                fields["processor_ref"] = result.reference
             figures = other_figures(row["amount"], row["currency"], result)
             if figures and state in (PaymentState.APPROVED, PaymentState.AUTHORIZED):
                 # the terminal took something, but not what was asked: a person decides

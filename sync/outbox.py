@@ -98,6 +98,19 @@ def stop_unsent(conn: sqlite3.Connection, kind: str, subject_id: str, target: st
     return True
 
 
+def close_dead(conn: sqlite3.Connection, kind: str, subject_id: str, target: str, note: str,
+               now: str) -> int:
+    """Close ``subject_id``'s dead rows of ``kind`` in the caller's transaction: ``done``
+    (what they carried happened, as read back upstream) or ``discarded`` (it did not and
+    never will). Only dead rows: a live row settles by its own answer."""
+    if target not in ("done", "discarded"):
+        raise ValueError(f"cannot close a dead row into {target!r}")
+    cur = conn.execute("UPDATE outbox SET state = ?, last_error = coalesce(last_error || '; ',"
+                       " '') || ?, updated_at = ? WHERE kind = ? AND subject_id = ? AND"
+                       " state = 'dead'", (target, note, now, kind, subject_id))
+    return cur.rowcount
+
+
 @dataclass(frozen=True, slots=True)
 class QueueDepth:
     destination: str

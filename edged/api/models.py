@@ -129,7 +129,10 @@ def _obj(props: dict[str, Any], name: str) -> Free:
 REFUND = _obj({"id": _S, "payment_id": _S, "amount": _I, "currency": _S, "reason": _SN,
                "state": {"enum": [s.value for s in RefundState]},
                "terminal_id": _SN, "processor_ref": _SN, "failure": _SN, "created_at": _S,
-               "updated_at": _S}, "Refund")
+               "updated_at": _S,
+               "last_checked_at": {"type": ["string", "null"], "description": "When an"
+                                   " unknown refund was last read back from its processor"}},
+              "Refund")
 PAYMENT = _obj({
     "id": _S, "method": {"enum": ["cash", "card_present", "token"]},
     "state": {"enum": [s.value for s in PaymentState]},
@@ -142,6 +145,9 @@ PAYMENT = _obj({
                          " reported when it differs from the request (amount, currency,"
                          " reference): the manager decides"},
     "refunds": {"type": "array", "items": REFUND.schema},
+    "last_checked_at": {"type": ["string", "null"], "description": "When an unknown payment"
+                        " was last read back from its processor (it settles itself when the"
+                        " processor shows how it ended)"},
 }, "Payment")
 PAYMENT_LIST = _obj({"data": {"type": "array", "items": PAYMENT.schema},
                      "next_cursor": _SN}, "PaymentList")
