@@ -19,7 +19,10 @@ sections that point a daemon at them, and the control endpoint:
   ``POST /reader/busy``: another integration's action occupies it (``?off=1`` frees it).
 - ``POST /checkout/complete`` (or ``/in_progress``, ``/decline``, ``/cancel``) acts on the
   Square Terminal's latest open checkout (``?id=`` for another); ``POST
-  /device/status?status=OFFLINE|AVAILABLE``.
+  /device/status?status=OFFLINE|AVAILABLE`` (an OFFLINE Terminal answers no PING and shows
+  no checkout: both are CANCELED TIMED_OUT at their deadline).
+- ``GET /state`` also lists the Square fake's ``violations``: calls Square does not serve
+  as sent (checked against Square's published OpenAPI description).
 - ``GET /catalogue.csv``: the seeded catalogue with the fake's own ids and current
   quantities, in the format of ``edged items import``.
 
@@ -73,7 +76,8 @@ class Fakes:
         self.stripe = stripe
         self.square = square
         self.reader = stripe.add_reader(reader)
-        self.device = square.add_device(device)
+        self.device = device  # the Terminal API's device_id (the Devices API has another)
+        square.add_device(device)
         self.catalogue: dict[str, tuple[SeededVariant, str | None, str]] = {}
 
     @property
@@ -184,7 +188,7 @@ class Fakes:
 
     async def device_status(self, request: web.Request) -> web.Response:
         self.square.set_device_status(self.device, request.query.get("status", "AVAILABLE"))
-        return web.json_response(self.square.devices[self.device])
+        return web.json_response(self.square.devices[self.square.terminals[self.device]])
 
     async def state(self, request: web.Request) -> web.Response:
         return web.json_response(self.state_dict())
@@ -235,7 +239,9 @@ class Fakes:
             "square": {**common(square), "payments": len(square.payments),
                        "refunds": len(square.refunds),
                        "checkouts": {c: v["status"] for c, v in square.checkouts.items()},
-                       "device": square.devices[self.device]["status"]},
+                       "pings": {a: v["status"] for a, v in square.actions.items()},
+                       "device": square.devices[square.terminals[self.device]]["status"],
+                       "violations": square.violations},
         }
 
 
