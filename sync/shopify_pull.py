@@ -215,6 +215,8 @@ async def pull_catalogue(source: ShopifyClient | ShopifyGateway | Gateway,
                             exc.wait)
                 await client.clock.sleep(exc.wait)
         pages += 1
+        logger.debug("catalogue pull: page %d asked %d variants, Shopify requested %s points"
+                     " (%s actual)", pages, size, answer.requested_cost, answer.actual_cost)
         shop = answer.data.get("shop")
         page = answer.data.get("productVariants")
         if not isinstance(page, Mapping):

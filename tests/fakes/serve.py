@@ -12,8 +12,10 @@ sections that point a daemon at them, and the control endpoint:
   by an error (``after_apply=1``: executed first, a lost answer).
 - ``POST /throttle?service=shopify&count=5``: the next answers "throttled".
 - ``GET /state``: per fake, up or down and request counts; Shopify's orders, adjustment
-  groups, quantities per SKU and whether every idempotency key was applied once; Stripe's
-  PaymentIntents and refunds; Square's payments and refunds.
+  groups, quantities per SKU, whether every idempotency key was applied once, its last 20
+  queries with their requested and actual cost (Shopify's published rules) and how many
+  were refused for their cost; Stripe's PaymentIntents and refunds; Square's payments and
+  refunds.
 - ``POST /reader/present?number=4242424242424242``: the customer taps a card on the Stripe
   reader (``4000000000000002`` declines); ``POST /reader/status?status=offline|online``;
   ``POST /reader/busy``: another integration's action occupies it (``?off=1`` frees it).
@@ -225,6 +227,13 @@ class Fakes:
                 "keys_applied_once": all(n == 1 for n in shop.applied_by_key.values()),
                 "rejected_documents": len(shop.rejected),
                 "bucket_available": round(shop.bucket.available, 1),
+                "queries": [{"root_fields": c.root_fields,
+                             "first": c.variables.get("first")
+                             if isinstance(c.variables, dict) else None,
+                             "requested_cost": c.requested_cost,
+                             "actual_cost": c.actual_cost, "throttled": c.throttled}
+                            for c in shop.calls if c.operation == "query"][-20:],
+                "refused_for_cost": sum(r.code == "MAX_COST_EXCEEDED" for r in shop.rejected),
                 "quantities": {sku: shop.quantity(v.inventory_item_id)
                                for sku, (v, _, _) in self.catalogue.items()},
             },
