@@ -3,8 +3,9 @@
 A supervised task (``settle-unknown``) reads every payment and refund left ``unknown`` back
 from its processor (``sync.readback``): when the daemon starts, when a processor's link
 returns (its breaker closes), when something new becomes ``unknown``, and every
-``[sync] unknown_recheck_seconds`` while anything is ``unknown`` (sooner, every
-:data:`LINK_RETRY` seconds, while a processor could not be asked). It reads, by the id the
+``[sync] unknown_recheck_seconds`` while anything is ``unknown`` (sooner while a processor
+could not be asked: as soon as its breaker lets a call through, at most every
+:data:`LINK_RETRY` seconds; that call is what finds the link back). It reads, by the id the
 daemon stored, else by what the daemon set on the object (metadata, a note); it never
 re-sends a create. A search that finds nothing proves nothing (Stripe's search can lag).
 
@@ -45,6 +46,7 @@ from edged.payment_state import (
 )
 from edged.store import Database
 from sync import outbox
+from sync.breaker import BreakerState, CircuitBreaker
 from sync.clock import Clock, utc_iso
 from sync.contract import OutboxKind
 from sync.errors import OutcomeUnknown, SyncError
@@ -52,8 +54,9 @@ from sync.readback import PaymentQuery, PaymentSeen, ReadBack, RefundQuery, Refu
 
 log = logging.getLogger(__name__)
 
-#: While a processor could not be asked, how soon to try again (the link may be back).
-LINK_RETRY = 30.0
+#: While a processor could not be asked, how soon to try again (the link may be back);
+#: sooner when its breaker allows a probe before that.
+LINK_RETRY = 15.0
 #: After something becomes unknown, how long before the first read (let it settle there).
 NEW_UNKNOWN_DELAY = 5.0
 
@@ -70,6 +73,8 @@ class Pass:
     settled: tuple[str, ...] = ()
     unreachable: int = 0
     """Records whose processor could not be asked."""
+    unreachable_at: tuple[str, ...] = ()
+    """The processors that could not be asked."""
     left: int = 0
     """Records still unknown that a processor could settle."""
 
@@ -100,10 +105,19 @@ class UnknownSettler:
             self._bus.unsubscribe(sub)
 
     def _delay(self, done: Pass) -> float:
+        """The next pass: the interval; while a processor could not be asked, as soon as
+        its breaker lets a call through (that call is the probe), at most LINK_RETRY."""
         interval = self._cfg.sync.unknown_recheck_seconds
-        if done.unreachable:
-            return min(interval, LINK_RETRY)
-        return interval
+        if not done.unreachable:
+            return interval
+        waits = [LINK_RETRY]
+        for name in done.unreachable_at:
+            breaker = getattr(self._readers[name], "breaker", None)
+            if isinstance(breaker, CircuitBreaker):
+                snap = breaker.snapshot()
+                if snap.state is BreakerState.OPEN:
+                    waits.append(snap.retry_after + 0.1)
+        return min(interval, max(0.1, min(waits)))
 
     async def _wait(self, queue: asyncio.Queue[Any], seconds: float) -> None:
         """Sleep ``seconds`` on the clock; less when a link returns (at once) or something
@@ -140,10 +154,12 @@ class UnknownSettler:
         payments, refunds = await self._db.read(self._unknown)
         settled: list[str] = []
         unreachable = checked = 0
+        down: set[str] = set()
         for query, processor in payments:
             seen = await self._ask(self._readers[processor].payment(query), query.payment_id)
             if seen is None:
                 unreachable += 1
+                down.add(processor)
                 continue
             checked += 1
             body = await self._db.write(partial(self._apply_payment, query=query, seen=seen,
@@ -155,6 +171,7 @@ class UnknownSettler:
             rseen = await self._ask(self._readers[processor].refund(rquery), rquery.refund_id)
             if rseen is None:
                 unreachable += 1
+                down.add(processor)
                 continue
             checked += 1
             rbody = await self._db.write(partial(self._apply_refund, query=rquery, seen=rseen,
@@ -163,7 +180,8 @@ class UnknownSettler:
                 settled.append(rquery.refund_id)
                 self._bus.publish("refund", rbody)
         total = len(payments) + len(refunds)
-        done = Pass(checked, tuple(settled), unreachable, total - len(settled))
+        done = Pass(checked, tuple(settled), unreachable, tuple(sorted(down)),
+                    total - len(settled))
         self.last_pass = done
         if total:
             log.info("unknown read back: %d checked, %d settled (%s), %d could not be asked,"

@@ -468,10 +468,16 @@ async def test_an_offline_terminal_is_a_checkout_still_pending_at_its_deadline(
             assert "never showed the checkout" in done["failure"]
             [checkout] = sq.device_checkouts(DEVICE)
             assert checkout["status"] == "CANCELED" and not checkout.get("payment_ids")
+            # at once, before any heartbeat: the lane knows the Terminal did not show it
+            status, refused = await pay(api, "square-1", 625)
+            assert (status, refused["error"]["code"]) == (503, "ERR-3003"), refused
+            assert "never showed the checkout" in refused["error"]["message"]
             await until(lambda: _is(lane_state(api, "square-1"), "offline"), "offline")
             status, refused = await pay(api, "square-1", 630)
             assert (status, refused["error"]["code"]) == (503, "ERR-3003"), refused
             assert len(sq.checkouts) == 1  # nothing sent to a lane known offline
+            await until(lambda: _holds(any(a["status"] == "PENDING"
+                                           for a in sq.actions.values())), "a PING sent")
             clock.offset += 31  # the PING's deadline passes unanswered: still offline
             await asyncio.sleep(0.5)
             assert await lane_state(api, "square-1") == "offline"

@@ -7,7 +7,9 @@ online; one Square canceled at its deadline (``TIMED_OUT``) says offline. Nothin
 turns the lane offline: a read that cannot say (a PING still pending, Square unreachable,
 a refusal) leaves the lane as it was, and the checkout decides.
 
-``prepare`` asks Square nothing. ``start`` (before the register is answered) creates the
+``prepare`` asks Square nothing; it refuses a sale (ERR-3003, nothing made) only while the
+last PING went unanswered or the last checkout was never shown, until a PING is answered.
+``start`` (before the register is answered) creates the
 checkout under the payment's key and returns its id, which the daemon stores with the
 payment; a refusal or an unreachable Square is :class:`TerminalUnavailable` (nothing was
 made). A lost answer is not a refusal: ``collect`` asks again under the same key, which
@@ -122,6 +124,13 @@ class SquareTerminal(Terminal):
         self._ping = None
 
     # -- a sale ---------------------------------------------------------------------------
+
+    async def prepare(self, request: TransactionRequest) -> str | None:
+        """Square's own signs that the Terminal is off (a PING it did not answer, a checkout
+        it never showed) refuse the sale before anything is made; nothing else does."""
+        if self._answering is False:
+            raise TerminalUnavailable(self._why_offline)
+        return None
 
     async def start(self, request: TransactionRequest) -> str | None:
         """Create the checkout under the payment's key: the Terminal shows it."""
