@@ -107,7 +107,8 @@ class SquareSettings:
     base_url: str | None = None
     """``None``: https://connect.squareup.com; a loopback URL for test doubles."""
     location_id: str | None = None
-    """The location payments are taken at (``None``: the seller's main location)."""
+    """The configured location (``None``: the seller's main location). A forward does not
+    read it: its location is the one stored with the row when the payment was taken."""
     timeout: float = 20.0
     """Seconds for one HTTP call (the connect phase gets at most 10 of them)."""
 
