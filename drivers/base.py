@@ -196,13 +196,16 @@ class Terminal(abc.ABC):
         """
         return None
 
-    async def start(self, request: TransactionRequest) -> None:
+    async def start(self, request: TransactionRequest) -> str | None:
         """After the payment is written, before the register is answered: hand it over.
 
         A cloud terminal gives the sale to the device here, so that an offline or busy
         device is refused at once (:class:`TerminalUnavailable`, :class:`TerminalBusy`:
         nothing was charged). A Concert lane sends the request frame it held back since
         :meth:`prepare`. Others do everything in :meth:`collect`: the default does nothing.
+        Returns the processor's reference of what it made (a Square checkout's id), which
+        the daemon stores with the payment before the register is answered, so that a
+        restart reads it back by that id (``None``: nothing new to store).
         """
         return None
 

@@ -31,12 +31,17 @@ class CloudSettings:
     link_grace: float = 60.0
     """After the customer timeout, how long a lost link may keep the outcome open before
     the payment is declared ``unknown``."""
+    ping_interval: float = 60.0
+    """Square Terminal: the least time between two PING actions while the Terminal answers
+    them (an unanswered one is followed by the next at once)."""
 
     @classmethod
     def from_options(cls, options: Mapping[str, Any], device_key: str,
-                     customer_timeout: float) -> CloudSettings:
-        """Build from a ``[[terminals]]`` table; raises ``ValueError(key, message)``."""
-        allowed = {device_key, "poll_interval", "poll_max", "link_grace"}
+                     customer_timeout: float,
+                     extra: tuple[str, ...] = ()) -> CloudSettings:
+        """Build from a ``[[terminals]]`` table; raises ``ValueError(key, message)``.
+        ``extra``: the kind's own keys besides the common ones (``ping_interval``)."""
+        allowed = {device_key, "poll_interval", "poll_max", "link_grace", *extra}
         for key in options:
             if key not in allowed:
                 raise ValueError(key, f"unknown key for this terminal kind (known: "
@@ -46,7 +51,7 @@ class CloudSettings:
             raise ValueError(device_key, "is required")
         defaults = {f.name: f.default for f in fields(cls)}
         numbers: dict[str, float] = {}
-        for key in ("poll_interval", "poll_max", "link_grace"):
+        for key in ("poll_interval", "poll_max", "link_grace", *extra):
             value = options.get(key, defaults[key])
             if isinstance(value, bool) or not isinstance(value, int | float) or value <= 0:
                 raise ValueError(key, "must be a number of seconds greater than 0")

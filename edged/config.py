@@ -113,6 +113,9 @@ class SyncConfig:
     """How long an open breaker refuses calls; None: DESIGN §5 (Shopify 30 s, processors 60 s)."""
     quick_retries: int = 3
     """Attempts of one upstream call inside a claim before the row goes back with a backoff."""
+    unknown_recheck_seconds: float = 180.0
+    """While a payment or refund is unknown, how often it is read back from its processor
+    (and at once when the link returns)."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -393,6 +396,8 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
                                         sync.pull_interval_seconds, _positive),
             breaker_break_seconds=t.get("breaker_break_seconds", float, 0.0, _positive) or None,
             quick_retries=t.get("quick_retries", int, sync.quick_retries, _positive),
+            unknown_recheck_seconds=t.get("unknown_recheck_seconds", float,
+                                          sync.unknown_recheck_seconds, _positive),
         )
         t.done()
     manager, alerts = _manager_alerts(root)

@@ -130,6 +130,8 @@ CODES: dict[str, ErrorCode] = _table(
     ErrorCode("ERR-6072", 502, "The processor refused the credentials"),
     ErrorCode("ERR-6073", 502, "The processor saw the idempotency key with another body"),
     ErrorCode("ERR-6074", 502, "The processor refused the refund"),
+    ErrorCode("ERR-6017", 409, "The job's payment or refund is settled: a retry could move"
+              " money the records say did not move; discard it"),
 )
 
 

@@ -56,7 +56,8 @@ ACTOR_MEANING: Mapping[Actor, str] = {
     Actor.REGISTER: "the API on a register's call (create, capture, void)",
     Actor.TERMINAL: "the terminal's own answer, or the proof that nothing reached it; for"
                     " an unknown one, the terminal's record of it (ZVT Repeat receipt)",
-    Actor.PROCESSOR: "the processor's own answer to a forward (a sync hook)",
+    Actor.PROCESSOR: "the processor's own answer to a forward (a sync hook), or what it shows"
+                     " when read back (edged/unknown_settler.py)",
     Actor.SYNC: "the daemon's sync side without an answer: the link is down, a send in"
                 " doubt gave up",
     Actor.DEADLINE: "a bound ran out: the token forward wait",
@@ -107,6 +108,8 @@ PAYMENT_MOVES: Mapping[tuple[PaymentState, PaymentState], frozenset[Actor]] = {
     (P.UNKNOWN, P.DECLINED): frozenset({A.MANAGER, A.PROCESSOR, A.TERMINAL}),
     (P.UNKNOWN, P.FORWARD_DECLINED): frozenset({A.PROCESSOR}),
     (P.UNKNOWN, P.AUTHORIZED): frozenset({A.PROCESSOR}),  # a manual-capture forward
+    # the processor shows it canceled (a PaymentIntent, a Square checkout): not taken
+    (P.UNKNOWN, P.CANCELED): frozenset({A.PROCESSOR}),
 }
 
 # What the states mean to the people around the payment.
@@ -134,7 +137,7 @@ REFUND_MOVES: Mapping[tuple[RefundState, RefundState], frozenset[Actor]] = {
     (R.QUEUED, R.FAILED): frozenset({A.PROCESSOR}),
     (R.QUEUED, R.UNKNOWN): frozenset({A.SYNC}),
     (R.UNKNOWN, R.SUCCEEDED): frozenset({A.MANAGER, A.PROCESSOR, A.TERMINAL}),
-    (R.UNKNOWN, R.FAILED): frozenset({A.MANAGER, A.TERMINAL}),
+    (R.UNKNOWN, R.FAILED): frozenset({A.MANAGER, A.PROCESSOR, A.TERMINAL}),
 }
 REFUND_HOLDS_MONEY = frozenset({R.PENDING, R.QUEUED, R.SUCCEEDED, R.UNKNOWN})
 """Refunds that hold money back from what can still be refunded."""

@@ -14,6 +14,7 @@ import logging
 import sqlite3
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from functools import partial
 from typing import Any, NoReturn
 
 from drivers.base import (
@@ -47,6 +48,7 @@ from edged.payment_state import (
 from edged.refunds import RefundService
 from edged.settlement import previous_reference
 from edged.store import Database
+from edged.terminal_figures import describe, other_figures
 from edged.terminals import NotSent, TerminalManager
 from edged.token_payments import TokenPayments
 from sync.clock import Clock, utc_iso
@@ -198,7 +200,10 @@ class PaymentService:
         assert driver is not None
         payment_id = request.payment_id
         try:
-            await driver.start(request)
+            made = await driver.start(request)
+            if made is not None:  # what the processor made: a restart reads it back by id
+                await self._db.write(partial(_store_reference, payment_id=payment_id,
+                                             reference=made, now=self._now()))
         except (TerminalUnavailable, TerminalBusy) as exc:
             message = str(exc)
             now = self._now()
@@ -268,14 +273,16 @@ class PaymentService:
             failure = result.detail if state not in (PaymentState.APPROVED,
                                                      PaymentState.AUTHORIZED) else None
             fields = {"brand": result.brand, "last4": result.last4,
-                      "auth_code": result.auth_code, "processor_ref": result.reference,
-                      "raw_status": result.raw_status, "receipt": result.receipt}
-            figures = _other_figures(row, result)
+                      "auth_code": result.auth_code, "raw_status": result.raw_status,
+                      "receipt": result.receipt}
+            if result.reference is not None:  # never forget what start stored (a checkout)
+                fields["processor_ref"] = result.reference
+            figures = other_figures(row["amount"], row["currency"], result)
             if figures and state in (PaymentState.APPROVED, PaymentState.AUTHORIZED):
                 # the terminal took something, but not what was asked: a person decides
                 state = PaymentState.UNKNOWN
                 failure = ("the terminal approved other figures than asked ("
-                           + ", ".join(f"{k} {v}" for k, v in figures.items())
+                           + describe(figures)
                            + "): compare with the terminal's journal and resolve")
                 fields["terminal_figures"] = json.dumps(figures, sort_keys=True)
         move_payment(conn, row["id"], state, actor, now, failure=failure, finished_at=now,
@@ -510,16 +517,11 @@ class PaymentService:
         return read
 
 
-def _other_figures(row: sqlite3.Row, result: TransactionResult) -> dict[str, Any]:
-    """What the terminal reported where it differs from the request (empty: it agrees)."""
-    other: dict[str, Any] = {}
-    if result.amount != row["amount"]:
-        other["amount"] = result.amount
-    if result.currency and result.currency.upper() != row["currency"].upper():
-        other["currency"] = result.currency
-    if result.other_pos is not None:
-        other["pos"] = result.other_pos
-    return other
+def _store_reference(conn: sqlite3.Connection, payment_id: str, reference: str,
+                     now: str) -> None:
+    """The processor's id of what a terminal's start made, on a payment still running."""
+    conn.execute("UPDATE payments SET processor_ref = ?, updated_at = ? WHERE id = ? AND"
+                 " state = ?", (reference, now, payment_id, PaymentState.IN_PROGRESS))
 
 
 def _encode_cursor(n: int) -> str:

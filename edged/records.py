@@ -16,9 +16,9 @@ _REFUNDED_SQL = ("SELECT coalesce(sum(amount), 0) FROM refunds WHERE payment_id 
 _PAYMENT_FIELDS = ("id", "method", "state", "amount", "currency", "terminal_id", "reference",
                    "processor", "brand", "last4", "auth_code", "processor_ref", "raw_status",
                    "receipt", "failure", "order_id", "created_at", "updated_at", "finished_at",
-                   "stored_at", "capture", "captured")
+                   "stored_at", "capture", "captured", "last_checked_at")
 _REFUND_FIELDS = ("id", "payment_id", "amount", "currency", "reason", "state", "terminal_id",
-                  "processor_ref", "failure", "created_at", "updated_at")
+                  "processor_ref", "failure", "created_at", "updated_at", "last_checked_at")
 
 
 def refunded_total(conn: sqlite3.Connection, payment_id: str) -> int:

@@ -34,6 +34,7 @@ from edged.payment_state import (
 )
 from edged.settlement import previous_reference
 from edged.store import Database
+from edged.terminal_figures import describe, other_figures
 from edged.terminals import NotSent, TerminalManager
 from sync import outbox
 from sync.clock import Clock, utc_iso
@@ -150,14 +151,23 @@ class RefundService:
             row = records.refund_row(conn, refund_id)
             if row is None:
                 return None
+            new, why = state, failure
+            figures = other_figures(row["amount"], row["currency"], result) \
+                if isinstance(result, TransactionResult) and new is RefundState.SUCCEEDED \
+                else {}
+            if figures:  # the terminal gave back something, but not what was asked
+                new = RefundState.UNKNOWN
+                why = (f"the terminal refunded other figures than asked ({describe(figures)}):"
+                       " compare with the terminal's journal and resolve")
             try:
-                move_refund(conn, refund_id, state, Actor.TERMINAL, now, failure=failure,
+                move_refund(conn, refund_id, new, Actor.TERMINAL, now, failure=why,
                             processor_ref=reference)
             except IllegalTransition as exc:
                 log.error("terminal answer for refund ignored: %s", exc)
                 return None
-            audit.append(conn, "terminal", f"refund.{state}", refund_id,
-                         {"payment": row["payment_id"], "amount": row["amount"]})
+            audit.append(conn, "terminal", f"refund.{new}", refund_id,
+                         {"payment": row["payment_id"], "amount": row["amount"],
+                          **({"terminal_figures": figures} if figures else {})})
             return _refund_body(conn, refund_id)
 
         body = await self._db.write(write)

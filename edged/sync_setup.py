@@ -1,5 +1,11 @@
 """Builds the sync engine for the configured destinations, and the catalogue pull.
 
+Every background task of the sync side runs under the engine's supervisor (a crash is
+logged once, the task restarted with backoff, its state shown under ``tasks`` in
+``/v1/sync``): the workers, the wake-up on new rows, the secrets refresh, the link
+watcher, the read-back of what is left unknown (``settle-unknown``), and the catalogue pull
+(``shopify-pull``: at start, then every ``[sync] pull_interval_seconds``).
+
 The cloud SDKs and gateways are imported here only for the destinations that are
 configured, so a daemon with no cloud account never loads them (idle memory target).
 """
@@ -9,10 +15,10 @@ from __future__ import annotations
 import logging
 import sqlite3
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from edged import catalog_import
 from edged.config import Config
@@ -20,11 +26,13 @@ from edged.events import EventBus
 from edged.store import Database
 from edged.sync_hooks import StoreHooks
 from edged.terminal_factory import CloudLinks
+from edged.unknown_settler import UnknownSettler
 from sync.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from sync.clock import Clock, utc_iso
 from sync.engine import EngineSettings, SyncEngine
 from sync.limiter import TokenBucket
 from sync.outbox import OutboxSettings, OutboxStore
+from sync.readback import ReadBack
 
 if TYPE_CHECKING:
     from sync.square_terminal import SquareTerminalClient
@@ -76,16 +84,18 @@ class SecretCache:
 class SyncRuntime:
     engine: SyncEngine
     secrets: SecretCache
-    scheduler: Any = None
+    readers: dict[str, ReadBack] = field(default_factory=dict)
+    """The processors' read-backs, for what is left unknown (edged.unknown_settler)."""
+    settler: UnknownSettler | None = None
 
     def link_down(self, destination: str) -> bool:
         worker = self.engine.workers.get(destination)
         return worker is not None and worker.breaker.state is BreakerState.OPEN
 
     async def stop(self) -> None:
-        if self.scheduler is not None:
-            self.scheduler.shutdown(wait=False)
         await self.engine.stop()  # the workers and the tasks below, all supervised
+        for reader in self.readers.values():
+            await reader.close()
 
 
 def build(cfg: Config, db: Database, bus: EventBus, clock: Clock) -> SyncRuntime | None:
@@ -134,7 +144,32 @@ def build(cfg: Config, db: Database, bus: EventBus, clock: Clock) -> SyncRuntime
                                                 timeout=cfg.sync.request_timeout),
                                  secrets.provider(SECRET_NAMES["square"]), clock),
                    breaker("square", BreakerSettings.processors()))
-    return SyncRuntime(engine, secrets)
+    return SyncRuntime(engine, secrets, _readers(engine, cfg, secrets, clock))
+
+
+def _readers(engine: SyncEngine, cfg: Config, secrets: SecretCache,
+             clock: Clock) -> dict[str, ReadBack]:
+    """Each processor's read-back, on its destination's breaker and bucket."""
+    readers: dict[str, ReadBack] = {}
+    for name, processor in (("stripe", cfg.stripe), ("square", cfg.square)):
+        worker = engine.workers.get(name)
+        if processor is None or worker is None:
+            continue
+        bucket = getattr(worker.gateway, "bucket", None)
+        assert isinstance(bucket, TokenBucket)
+        token = secrets.provider(SECRET_NAMES[name])
+        if name == "stripe":
+            from sync.stripe_readback import StripeReadBack  # noqa: PLC0415
+
+            readers[name] = StripeReadBack(processor.base_url, cfg.sync.request_timeout, token,
+                                           clock, worker.breaker, bucket)
+        else:
+            from sync.square_readback import SquareReadBack  # noqa: PLC0415
+
+            readers[name] = SquareReadBack(processor.base_url, cfg.sync.request_timeout,
+                                           processor.location_id, token, clock,
+                                           worker.breaker, bucket)
+    return readers
 
 
 def cloud_links(runtime: SyncRuntime | None, cfg: Config, clock: Clock) -> CloudLinks:
@@ -193,8 +228,11 @@ async def start(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventBus,
     supervise("sync-wake", partial(_wake_on_writes, runtime.engine, bus))
     supervise("sync-secrets", partial(_refresh_secrets, runtime, clock))
     supervise("sync-links", partial(_watch_links, bus, on_link_down))
-    if cfg.shopify is not None:
-        runtime.scheduler = _schedule_pull(runtime, cfg, db, bus, clock)
+    if runtime.readers:  # payments and refunds left unknown, read back (issue 16 item 9)
+        runtime.settler = UnknownSettler(cfg, db, bus, clock, runtime.readers)
+        supervise("settle-unknown", runtime.settler.run)
+    if cfg.shopify is not None:  # the catalogue pull: at start, then every pull_interval
+        supervise("shopify-pull", partial(_pull_forever, runtime, cfg, db, bus, clock))
 
 
 async def _wake_on_writes(engine: SyncEngine, bus: EventBus) -> None:
@@ -232,16 +270,14 @@ async def _refresh_secrets(runtime: SyncRuntime, clock: Clock) -> None:
         runtime.engine.wake()
 
 
-def _schedule_pull(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventBus,
-                   clock: Clock) -> Any:
-    from apscheduler.schedulers.asyncio import AsyncIOScheduler  # noqa: PLC0415
-
-    scheduler = AsyncIOScheduler(timezone="UTC")
-    scheduler.add_job(pull_once, "interval", args=(runtime, cfg, db, bus),
-                      seconds=cfg.sync.pull_interval_seconds, next_run_time=clock.now(),
-                      max_instances=1, coalesce=True, id="shopify-pull")
-    scheduler.start()
-    return scheduler
+async def _pull_forever(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventBus,
+                        clock: Clock) -> None:
+    """Pull now, then every ``[sync] pull_interval_seconds`` on the daemon's clock. A pull
+    Shopify cannot answer is logged and tried at the next interval; anything else raises
+    to the supervisor (logged once, restarted with backoff, shown under ``tasks``)."""
+    while True:
+        await pull_once(runtime, cfg, db, bus)
+        await clock.sleep(cfg.sync.pull_interval_seconds)
 
 
 async def pull_once(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventBus) -> int:

@@ -131,7 +131,8 @@ def zvt_settings(options: Mapping[str, Any], currency: str,
 
 def cloud_settings(term: TerminalConfig) -> CloudSettings:
     device_key, _ = CLOUD[term.kind]
-    return CloudSettings.from_options(term.options, device_key, term.customer_timeout)
+    extra = ("ping_interval",) if term.kind == "square_terminal" else ()
+    return CloudSettings.from_options(term.options, device_key, term.customer_timeout, extra)
 
 
 def validate_options(term: TerminalConfig, cfg: Config) -> tuple[str, str] | None:

@@ -111,6 +111,9 @@ class TokenPayments:
         payment_id = new_id("pay")
         now = self._now()
         capture = "manual" if manual_capture else "automatic"
+        square = self._cfg.square
+        location = square.location_id if processor == "square" and square is not None \
+            else None
 
         def write(conn: sqlite3.Connection) -> Answer:
             if stored:
@@ -128,7 +131,8 @@ class TokenPayments:
                 stored_at=now if stored else None)
             outbox.enqueue(conn, processor, PaymentForward(
                 payment_id=payment_id, amount=amount, currency=currency, token=token,
-                reference=reference, created_at=now, capture=capture), now)
+                reference=reference, created_at=now, capture=capture,
+                location_id=location), now)
             audit.append(conn, actor, f"payment.{state}", payment_id,
                          {"method": "token", "processor": processor, "amount": amount,
                           "currency": currency})

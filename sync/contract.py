@@ -244,6 +244,9 @@ class PaymentForward(_Json):
     created_at: str | None = None
     capture: str = "automatic"
     """``manual``: authorise only (the payment ends ``authorized``; a capture row follows)."""
+    location_id: str | None = None
+    """Square: the location the payment is taken at, fixed when the row is written (the
+    configuration may change before a resend; the body under the key must not)."""
 
     @property
     def subject(self) -> str:

@@ -23,7 +23,7 @@ from tenacity import (
 
 from sync.breaker import BreakerSnapshot, BreakerState, CircuitBreaker
 from sync.clock import Clock
-from sync.errors import BreakerOpen, PermanentError
+from sync.errors import BreakerOpen, PermanentError, RefusedInDoubt
 from sync.gateway import Gateway, PartialWork, RowFailure, Work, WorkResult
 from sync.outbox import OutboxStore
 from sync.policy import RowAction, Verdict, judge, settle
@@ -213,7 +213,8 @@ class DestinationWorker:
                       exc_info=exc)
         if verdict.action is RowAction.KILL:
             code = exc.code if isinstance(exc, PermanentError) else None
-            failure = RowFailure(code or "ERR-6004", getattr(exc, "message", message))
+            failure = RowFailure(code or "ERR-6004", getattr(exc, "message", message),
+                                 outcome_unknown=isinstance(exc, RefusedInDoubt))
             await self._store.kill(work, failure)
             self._failed(work, failure.message, dead=True)
         elif verdict.action is RowAction.RELEASE:
@@ -222,11 +223,16 @@ class DestinationWorker:
             self.last_error = message
             self._quiet.log("credentials", logging.WARNING, "%s: %s", self.destination, exc)
             await self._pause(self._settings.credentials_poll)
+        elif verdict.hold is not None:  # this row waits; the next step takes the others
+            await self._store.retry_later(work, message, wait=verdict.hold,
+                                          outcome_unknown=work.outcome_unknown, counts=False)
+            log.info("%s %s: %s", self.destination, work.kind, message)
         else:
             dead = await self._store.retry_later(work, message, wait=verdict.wait,
                                                  outcome_unknown=verdict.outcome_unknown
                                                  or work.outcome_unknown,
-                                                 counts=verdict.uses_attempt)
+                                                 counts=verdict.uses_attempt,
+                                                 new_doubt=verdict.outcome_unknown)
             if verdict.wait is not None:  # the whole destination waits, not just the row
                 self.state = WorkerState.BACKING_OFF
                 await self._pause_for(verdict.wait)

@@ -6,7 +6,10 @@ the breaker, the retry policy and the outbox worker decide on:
 - :class:`BreakerOpen`: the call was not made; try again after ``retry_after``.
 - :class:`TransientError`: the call did not take effect and may succeed later unchanged.
   :class:`Throttled` is the rate-limited case, with the wait the upstream asked for.
+- :class:`HoldRow`: nothing was sent; this row waits a while, its destination goes on.
 - :class:`PermanentError`: the upstream refused the call; resending it cannot help.
+  :class:`RefusedInDoubt` is the refusal that proves an earlier request ran (a key seen
+  with another body).
 - :class:`OutcomeUnknown`: the call may or may not have taken effect (a 5xx, a timeout, a
   dropped connection after sending). Read the object back before any new attempt; it is
   deliberately *not* a :class:`TransientError`, so a generic retry never resends it blindly.
@@ -56,6 +59,21 @@ class Throttled(TransientError):
         return f"{self.message} (wait {self.wait:.3f} s)"
 
 
+class HoldRow(SyncError):
+    """This row must wait ``wait`` seconds before it is tried again; nothing was sent, and
+    the rest of its destination goes on meanwhile (an order whose lookup cannot be trusted
+    yet after a lost answer, say). Unlike :class:`Throttled`, the upstream is not asking
+    the whole destination to wait."""
+
+    def __init__(self, wait: float, message: str) -> None:
+        super().__init__(wait, message)
+        self.wait = wait
+        self.message = message
+
+    def __str__(self) -> str:
+        return f"{self.message} (this row waits {self.wait:.3f} s)"
+
+
 class PermanentError(SyncError):
     """The upstream refused the call for good; ``code`` is its error code, when it gave one."""
 
@@ -66,6 +84,13 @@ class PermanentError(SyncError):
 
     def __str__(self) -> str:
         return f"{self.code}: {self.message}" if self.code else self.message
+
+
+class RefusedInDoubt(PermanentError):
+    """Refused for good, and the refusal itself proves that an earlier request under the
+    same idempotency key ran (the processor saw the key with another body,
+    ``IDEMPOTENCY_KEY_REUSED`` / ``idempotency_error``): whatever that request did may have
+    happened. The row dies in doubt; a payment or refund it carried is ``unknown``."""
 
 
 class OutcomeUnknown(SyncError):

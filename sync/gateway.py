@@ -43,6 +43,8 @@ class Work:
     """How many times this work was sent before (0: first send)."""
     outcome_unknown: bool = False
     """The previous attempt may have been applied: read back before resending."""
+    doubt_at: str | None = None
+    """When a send of it last went without an answer (UTC ISO), kept across restarts."""
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,7 +8,12 @@ of an outcome in the same transaction through :class:`OutboxHooks`.
 A batch's members, key and variables are stored in ``outbox_batches`` before its first
 send, so a retry sends identical variables under the same key. A row left ``inflight`` by
 a crash goes back to ``pending`` at start, flagged ``outcome_unknown``: the gateway reads
-back before it sends again.
+back before it sends again. That flag, once set, stays with the row whatever becomes of it
+(a refusal of a later attempt does not prove the earlier one did nothing): a row that dies
+after a send in doubt dies in doubt, and the hooks hear it so. ``doubt_at`` keeps when a
+send of the row last went without an answer (for a crash: when its lease was taken),
+across restarts: what waits on it (the order lookup's settle time) counts from then, not
+from the start of the worker.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import random
 import secrets
 import sqlite3
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import datetime, timedelta
 from typing import Any, Protocol, TypeVar
 
@@ -33,6 +38,22 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 JOB_STATES = ("pending", "inflight", "done", "dead", "discarded")
+
+#: What a pending row waits for besides its due time: a stock count (a compare-and-swap on
+#: the local quantity, which counts the sales not yet acknowledged) waits for every earlier
+#: sale of its destination that is not done yet, so that a sale held in doubt never lets a
+#: later count overtake it. Stock deltas and other sales do not depend on it: they go on.
+_FREE = (" AND NOT (outbox.kind = 'inventory.set' AND EXISTS (SELECT 1 FROM outbox AS o"
+         " WHERE o.destination = outbox.destination AND o.kind = 'order.create'"
+         " AND o.state IN ('pending', 'inflight') AND o.id < outbox.id))")
+_DUE_BATCH = ("SELECT batch_id FROM outbox WHERE destination = ? AND state = 'pending'"  # noqa: S608
+              " AND batch_id IS NOT NULL AND next_attempt_at <= ?" + _FREE +
+              " ORDER BY id LIMIT 1")
+_DUE_ROW = ("SELECT * FROM outbox WHERE destination = ? AND state = 'pending'"  # noqa: S608
+            " AND next_attempt_at <= ?" + _FREE + " ORDER BY id LIMIT 1")
+_DUE_MEMBERS = ("SELECT * FROM outbox WHERE destination = ? AND kind = ?"  # noqa: S608
+                " AND state = 'pending' AND batch_id IS NULL AND solo = 0"
+                " AND next_attempt_at <= ?" + _FREE + " ORDER BY id LIMIT ?")
 
 
 def new_key() -> str:
@@ -75,6 +96,19 @@ def stop_unsent(conn: sqlite3.Connection, kind: str, subject_id: str, target: st
                      " updated_at = ? WHERE id = ? AND state = 'pending'",
                      [(target, reason, now, r[0]) for r in rows])
     return True
+
+
+def close_dead(conn: sqlite3.Connection, kind: str, subject_id: str, target: str, note: str,
+               now: str) -> int:
+    """Close ``subject_id``'s dead rows of ``kind`` in the caller's transaction: ``done``
+    (what they carried happened, as read back upstream) or ``discarded`` (it did not and
+    never will). Only dead rows: a live row settles by its own answer."""
+    if target not in ("done", "discarded"):
+        raise ValueError(f"cannot close a dead row into {target!r}")
+    cur = conn.execute("UPDATE outbox SET state = ?, last_error = coalesce(last_error || '; ',"
+                       " '') || ?, updated_at = ? WHERE kind = ? AND subject_id = ? AND"
+                       " state = 'dead'", (target, note, now, kind, subject_id))
+    return cur.rowcount
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,8 +217,10 @@ class OutboxStore:
 
         def write(conn: sqlite3.Connection) -> int:
             cur = conn.execute(
+                # the lease was taken when the send went out: that is when its answer was lost
                 "UPDATE outbox SET state = 'pending', lease_until = NULL, outcome_unknown = 1,"
-                " next_attempt_at = ?, updated_at = ? WHERE state = 'inflight'"
+                " doubt_at = updated_at, next_attempt_at = ?, updated_at = ?"
+                " WHERE state = 'inflight'"
                 " AND destination = coalesce(?, destination)", (now, now, destination))
             return cur.rowcount
 
@@ -203,24 +239,17 @@ class OutboxStore:
         lease = self._later(self.settings.lease_seconds)
 
         def write(conn: sqlite3.Connection) -> Work | None:
-            batch = conn.execute(
-                "SELECT batch_id FROM outbox WHERE destination = ? AND state = 'pending'"
-                " AND batch_id IS NOT NULL AND next_attempt_at <= ? ORDER BY id LIMIT 1",
-                (destination, now)).fetchone()
+            batch = conn.execute(_DUE_BATCH, (destination, now)).fetchone()
             if batch is not None:
                 return self._lease_batch(conn, batch[0], lease, now)
-            first = conn.execute(
-                "SELECT * FROM outbox WHERE destination = ? AND state = 'pending'"
-                " AND next_attempt_at <= ? ORDER BY id LIMIT 1", (destination, now)).fetchone()
+            first = conn.execute(_DUE_ROW, (destination, now)).fetchone()
             if first is None:
                 return None
             limit = gateway.batch_limit(first["kind"])
             if limit <= 1 or first["solo"]:
                 return self._lease_single(conn, first, lease, now)
-            members = conn.execute(
-                "SELECT * FROM outbox WHERE destination = ? AND kind = ? AND state = 'pending'"
-                " AND batch_id IS NULL AND solo = 0 AND next_attempt_at <= ? ORDER BY id"
-                " LIMIT ?", (destination, first["kind"], now, limit)).fetchall()
+            members = conn.execute(_DUE_MEMBERS, (destination, first["kind"], now,
+                                                  limit)).fetchall()
             rows = tuple(_row(r) for r in members)
             payload = gateway.batch_payload(first["kind"], rows)
             key = "edb-" + secrets.token_hex(16)
@@ -243,7 +272,8 @@ class OutboxStore:
         row = _row(r)
         return Work(destination=row.destination, kind=row.kind,
                     idempotency_key=row.idempotency_key, rows=(row,), payload=row.payload,
-                    attempt=row.attempts, outcome_unknown=bool(r["outcome_unknown"]))
+                    attempt=row.attempts, outcome_unknown=bool(r["outcome_unknown"]),
+                    doubt_at=r["doubt_at"])
 
     def _lease_batch(self, conn: sqlite3.Connection, batch_id: Any, lease: str,
                      now: str) -> Work:
@@ -257,7 +287,9 @@ class OutboxStore:
                     idempotency_key=b["idempotency_key"], rows=rows,
                     payload=json.loads(b["payload"]), batch_id=batch_id,
                     attempt=max(r.attempts for r in rows),
-                    outcome_unknown=any(r["outcome_unknown"] for r in members))
+                    outcome_unknown=any(r["outcome_unknown"] for r in members),
+                    doubt_at=max((r["doubt_at"] for r in members if r["doubt_at"]),
+                                 default=None))
 
     async def next_due_in(self, destination: str) -> float | None:
         """Seconds until the next pending row of ``destination`` is due; None if none."""
@@ -293,9 +325,12 @@ class OutboxStore:
             for failures, prefix in ((result.dead, ""), (result.conflict, "conflict: ")):
                 for row_id, failure in failures.items():
                     conn.execute("UPDATE outbox SET state = 'dead', lease_until = NULL,"
+                                 " outcome_unknown = max(outcome_unknown, ?),"
                                  " last_error = ?, updated_at = ? WHERE id = ?",
-                                 (f"{prefix}{failure.code}: {failure.message}", now, row_id))
-                    events += self._hooks.failed(conn, by_id[row_id], failure)
+                                 (int(failure.outcome_unknown),
+                                  f"{prefix}{failure.code}: {failure.message}", now, row_id))
+                    events += self._hooks.failed(conn, by_id[row_id],
+                                                 _with_doubt(conn, row_id, failure))
             for row_id in result.retry_apart:
                 conn.execute("UPDATE outbox SET state = 'pending', batch_id = NULL,"
                              " lease_until = NULL, outcome_unknown = 0, updated_at = ?,"
@@ -306,7 +341,8 @@ class OutboxStore:
                 log.error("gateway %s left row %d without an outcome; retrying it",
                           work.destination, row_id)
                 conn.execute("UPDATE outbox SET state = 'pending', lease_until = NULL,"
-                             " outcome_unknown = 1, updated_at = ? WHERE id = ?", (now, row_id))
+                             " outcome_unknown = 1, doubt_at = ?, updated_at = ? WHERE id = ?",
+                             (now, now, row_id))
             return events
 
         self._emit(await self._runner.write(write))
@@ -329,11 +365,13 @@ class OutboxStore:
         await self._runner.write(write)
 
     async def retry_later(self, work: Work, error: str, *, outcome_unknown: bool,
-                          wait: float | None = None, counts: bool = True) -> bool:
+                          wait: float | None = None, counts: bool = True,
+                          new_doubt: bool = False) -> bool:
         """Put the work back for later; return True when the rows went to ``dead`` instead.
 
         ``counts=False`` (a throttle: the upstream is healthy and asked us to wait) does
-        not use up an attempt.
+        not use up an attempt. ``new_doubt``: this attempt's answer was lost now
+        (``doubt_at`` becomes now; a row in doubt without one gets now too).
         """
         now = self._now()
         attempts = work.attempt + 1 if counts else work.attempt
@@ -356,15 +394,19 @@ class OutboxStore:
                                  " updated_at = ? WHERE id = ?",
                                  (attempts, f"gave up after {attempts} attempts: {error}",
                                   int(outcome_unknown), now, row_id))
-                    events += self._hooks.failed(conn, by_id[row_id], RowFailure(
-                        "ERR-6003", f"gave up: {error}",
-                        outcome_unknown=outcome_unknown or work.outcome_unknown))
+                    events += self._hooks.failed(conn, by_id[row_id], _with_doubt(
+                        conn, row_id, RowFailure("ERR-6003", f"gave up: {error}",
+                                                 outcome_unknown=outcome_unknown
+                                                 or work.outcome_unknown)))
                 else:
                     conn.execute("UPDATE outbox SET state = 'pending', attempts = ?,"
                                  " lease_until = NULL, last_error = ?,"
+                                 " doubt_at = CASE WHEN ? THEN ? WHEN ? OR outcome_unknown"
+                                 " THEN coalesce(doubt_at, ?) ELSE doubt_at END,"
                                  " outcome_unknown = max(outcome_unknown, ?),"
                                  " next_attempt_at = ?, updated_at = ? WHERE id = ?",
-                                 (attempts, error, int(outcome_unknown), due, now, row_id))
+                                 (attempts, error, int(new_doubt), now, int(outcome_unknown),
+                                  now, int(outcome_unknown), due, now, row_id))
             return events
 
         self._emit(await self._runner.write(write))
@@ -431,6 +473,17 @@ class OutboxStore:
             return moved
 
         return await self._runner.write(write)
+
+
+def _with_doubt(conn: sqlite3.Connection, row_id: int, failure: RowFailure) -> RowFailure:
+    """``failure`` as the row's whole history says it: a send of this row that was ever in
+    doubt may have been applied, whatever a later attempt was told (a refusal of a resend
+    proves nothing about the first send)."""
+    found = conn.execute("SELECT outcome_unknown FROM outbox WHERE id = ?",
+                         (row_id,)).fetchone()
+    if failure.outcome_unknown or found is None or not found[0]:
+        return failure
+    return replace(failure, outcome_unknown=True)
 
 
 class JobStateError(SyncError):

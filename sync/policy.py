@@ -10,6 +10,7 @@ exception              breaker   retry now  uses attempt  rows      next send
 PermanentError         success   no         --            dead      --
 CredentialsRequired    cancel    no         no            released  when fixed
 Throttled              success   no         no            later     after its wait
+HoldRow                success   no         no            later     this row only, later
 TransientError         failure   yes        yes           later     resend
 OutcomeUnknown         failure   yes        yes           later     read back first
 TimeoutError, OSError  failure   yes        yes           later     read back first
@@ -31,6 +32,7 @@ from dataclasses import dataclass
 from sync.breaker import Permit
 from sync.errors import (
     CredentialsRequired,
+    HoldRow,
     OutcomeUnknown,
     PermanentError,
     Throttled,
@@ -64,6 +66,8 @@ class Verdict:
     """The call may have been applied: the next attempt reads back before resending."""
     wait: float | None = None
     """How long the whole destination waits (a throttle), or None for the backoff."""
+    hold: float | None = None
+    """How long this row alone waits (its destination goes on), or None."""
     defect: bool = False
     """Not an upstream outcome: a bug to log with its traceback."""
 
@@ -76,6 +80,9 @@ def judge(exc: BaseException) -> Verdict:
     if isinstance(exc, CredentialsRequired):
         return Verdict(BreakerOutcome.CANCEL, RowAction.RELEASE, retry_now=False,
                        uses_attempt=False, outcome_unknown=False)
+    if isinstance(exc, HoldRow):
+        return Verdict(BreakerOutcome.SUCCESS, RowAction.LATER, retry_now=False,
+                       uses_attempt=False, outcome_unknown=False, hold=exc.wait)
     if isinstance(exc, Throttled):
         return Verdict(BreakerOutcome.SUCCESS, RowAction.LATER, retry_now=False,
                        uses_attempt=False, outcome_unknown=False, wait=exc.wait)

@@ -67,7 +67,8 @@ def _warm_square() -> None:
 
     client = AsyncSquare(token=str, base_url="http://127.0.0.1",
                          httpx_client=httpx.AsyncClient())
-    for sub in (client.payments, client.refunds, client.terminal.checkouts, client.devices,
+    for sub in (client.payments, client.refunds, client.terminal.checkouts,
+                client.terminal.actions,
                 Payment, PaymentRefund, TerminalCheckout):
         assert sub is not None
 

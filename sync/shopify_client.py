@@ -11,10 +11,11 @@ connect timeout (nothing sent) → :class:`TransientError`; 5xx, timeout or a co
 dropped after sending → :class:`OutcomeUnknown` for a mutation (:class:`TransientError` for a
 query, which changes nothing). ``MAX_COST_EXCEEDED`` → :class:`CostExceeded`.
 
-Cost estimate (deliberately simple; Shopify's own number is learned from every answer's
-``requestedQueryCost``, per operation and estimate, and used when larger): a mutation field
-costs 10; a query costs 1 + the ``first:`` sizes of its connections, multiplied through
-nesting (``orders(first: 5)`` = 6, a catalogue page of 250 = 251).
+Cost estimate: each caller passes what its document requests by Shopify's published rules
+(a scalar or enum 0, an object 1, a connection 2 + ``first`` times the cost of one node with
+everything inside it, a mutation field 10: ``orders(first: 5) { nodes { id … } }`` = 7, a
+catalogue page ``sync.shopify_pull.pull_cost``); Shopify's own number is learned from every
+answer's ``requestedQueryCost``, per operation and estimate, and used when larger.
 """
 
 from __future__ import annotations

@@ -4,6 +4,12 @@
 (``sourceIdentifier``, a metafield, the note); before any resend (``work.attempt > 0`` or
 ``work.outcome_unknown``) the marker is looked up and, when found, the existing order is
 reported instead of creating a second one.
+
+After a lost answer, Shopify's order search may not show the order yet: a miss is trusted
+only ``order_search_settle`` seconds after the send whose answer was lost. Until then only
+that row waits (:class:`~sync.errors.HoldRow`): stock changes and other sales go on. The
+moment of the lost answer is the row's ``doubt_at`` (kept across restarts by the outbox),
+or this process's own memory of a send within the same claim, whichever is later.
 """
 
 from __future__ import annotations
@@ -11,11 +17,12 @@ from __future__ import annotations
 import logging
 import re
 from collections.abc import Mapping
+from datetime import datetime
 from typing import Any
 
 from sync.clock import Clock
 from sync.contract import ContractError, OrderCreate
-from sync.errors import OutcomeUnknown, PermanentError, Throttled, TransientError
+from sync.errors import HoldRow, OutcomeUnknown, PermanentError, TransientError
 from sync.gateway import RowFailure, Work, WorkResult
 from sync.money import currency_exponent, minor_to_decimal
 from sync.shopify_client import ShopifyClient, ShopifySettings, graphql_error, mapping
@@ -46,7 +53,9 @@ FIND_ORDER_DOCUMENT = """query EdgedFindOrder($q: String!) {
     nodes { id name sourceIdentifier tags createdAt }
   }
 }"""
-FIND_ORDER_COST = 1 + 5
+#: Shopify's published cost: a connection 2 + first (5) x one order node (an object, 1;
+#: its fields are scalars, 0).
+FIND_ORDER_COST = 2 + 5 * 1
 
 _ORDER_LATER_CODES = frozenset({"PROCESSED_AT_INVALID", "SHOP_DORMANT"})
 
@@ -129,9 +138,9 @@ class OrderSender:
         self.client = client
         self.settings = settings
         self.clock = clock
-        self._started = clock.monotonic()
-        # idempotency key of an order.create → when a send of it last went without answer
-        self._orders_in_doubt: dict[str, float] = {}
+        # idempotency key of an order.create → when a send of it went out from this process
+        # (its answer may be lost within the same claim, before the outbox records doubt_at)
+        self._orders_in_doubt: dict[str, datetime] = {}
 
 
     async def find_order(self, source_identifier: str) -> Mapping[str, Any] | None:
@@ -153,6 +162,16 @@ class OrderSender:
                          source_identifier, [n.get("name") for n in nodes])
         return min(nodes, key=lambda n: _gid_number(str(n.get("id"))))
 
+    def _settle_left(self, key: str, doubt_at: str | None) -> float:
+        """Seconds until a miss of this order can be trusted (the send in doubt + settle)."""
+        moments = [self._orders_in_doubt[key]] if key in self._orders_in_doubt else []
+        if doubt_at:
+            moments.append(datetime.fromisoformat(doubt_at.replace("Z", "+00:00")))
+        if not moments:  # in doubt with no moment known: count from now
+            moments.append(self.clock.now())
+        since = max(moments)
+        return self.settings.order_search_settle - (self.clock.now() - since).total_seconds()
+
     async def send(self, work: Work) -> WorkResult:
         row = work.rows[0]
         try:
@@ -171,13 +190,12 @@ class OrderSender:
                                                     "name": found.get("name"),
                                                     "reconciled": True}})
             if work.outcome_unknown:
-                since = self._orders_in_doubt.get(key, self._started)
-                left = since + self.settings.order_search_settle - self.clock.monotonic()
+                left = self._settle_left(key, work.doubt_at)
                 if left > 0:
-                    raise Throttled(left, f"order {marker} not found yet after an answer was "
-                                          "lost; Shopify's order search may lag, so waiting "
-                                          "before creating it again")
-        self._orders_in_doubt[key] = self.clock.monotonic()
+                    raise HoldRow(left, f"order {marker} not found yet after an answer was "
+                                        "lost; Shopify's order search may lag, so this sale"
+                                        " waits before it is created again")
+        self._orders_in_doubt[key] = self.clock.now()
         try:
             answer = await self.client.execute("EdgedOrderCreate", ORDER_CREATE_DOCUMENT,
                                                variables, cost=MUTATION_COST, mutation=True)

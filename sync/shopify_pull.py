@@ -1,9 +1,25 @@
 """Pull the catalogue and the stock at one location from Shopify.
 
 One query shape, ``productVariants(first:, after:)`` with each variant's inventory level at the
-location, page after page (250 a page), each page taking its cost from the gateway's cost
-bucket, so a pull and the outbox worker share Shopify's budget. The shop's currency comes
-with every page (``shop { currencyCode }``) to turn prices into minor units.
+location, page after page, each page taking its cost from the gateway's cost bucket, so a
+pull and the outbox worker share Shopify's budget. The shop's currency comes with every page
+(``shop { currencyCode }``) to turn prices into minor units.
+
+Page size, from Shopify's published cost rules (a scalar or enum field 0, an object 1, a
+connection 2 + ``first`` times the cost of one node with everything selected inside it; one
+query may not request more than 1000, or Shopify refuses it before it runs with
+``MAX_COST_EXCEEDED``). :data:`PULL_DOCUMENT` requests::
+
+    shop { currencyCode }                              1  (an object)
+    productVariants(first: n) { pageInfo, nodes }      2 + n x 5, one node being
+      the variant 1, product 1, inventoryItem 1,
+      inventoryLevel 1, quantities 1 (scalars 0)
+
+so :func:`pull_cost` ``(n) = 3 + 5 n``, and :data:`PAGE_SIZE` is the largest ``n`` that fits
+under 1000: 199 (998 points). 250 a page would request 1253 and be refused every time. A
+shop whose bucket holds less than 1000 (``maximumAvailable``) gets pages that fit its
+bucket. The bucket is charged that figure; should Shopify still refuse a page for its cost,
+the page is asked again at half the size.
 
 ``pulled_at`` is read on the clock *before* the first page is requested: every change
 Shopify acknowledged before that moment is included in the quantities returned; a change
@@ -19,15 +35,20 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sync.errors import Throttled, TransientError
+from sync.errors import PermanentError, Throttled, TransientError
 from sync.gateway import Gateway
 from sync.money import decimal_to_minor
 from sync.shopify import ShopifyGateway
-from sync.shopify_client import ShopifyClient, graphql_error
+from sync.shopify_client import MAX_QUERY_COST, CostExceeded, ShopifyClient, graphql_error
 
 logger = logging.getLogger(__name__)
 
-PAGE_SIZE = 250
+#: Shopify's published cost of what one page asks besides its variants: ``shop`` (an
+#: object, 1) and the ``productVariants`` connection (2).
+PAGE_OVERHEAD_COST = 1 + 2
+#: The cost of one variant node of :data:`PULL_DOCUMENT`: the variant, its product, its
+#: inventory item, the item's inventory level and its quantities (objects, 1 each; scalars 0).
+VARIANT_NODE_COST = 5
 #: Throttled pages are retried (after the bucket's wait) this many times in a row.
 THROTTLE_RETRIES = 5
 DEFAULT_VARIANT_TITLE = "Default Title"
@@ -48,6 +69,21 @@ PULL_DOCUMENT = """query EdgedPullVariants($first: Int!, $after: String, $locati
     }
   }
 }"""
+
+
+def pull_cost(page_size: int) -> int:
+    """What Shopify requests for one page of :data:`PULL_DOCUMENT` (module docstring)."""
+    return PAGE_OVERHEAD_COST + page_size * VARIANT_NODE_COST
+
+
+def page_size_for(limit: float) -> int:
+    """The largest page whose requested cost fits under ``limit`` points (and 1000)."""
+    usable = min(limit, MAX_QUERY_COST) - PAGE_OVERHEAD_COST
+    return max(1, int(usable // VARIANT_NODE_COST))
+
+
+#: The largest page whose requested cost fits under Shopify's 1000 a query (199: 998).
+PAGE_SIZE = page_size_for(MAX_QUERY_COST)
 
 
 @dataclass(frozen=True, slots=True)
@@ -142,10 +178,12 @@ async def pull_catalogue(source: ShopifyClient | ShopifyGateway | Gateway,
     """Every variant of the shop with its stock at ``location_id`` (default: the gateway's).
 
     Raises ``sync.errors`` exceptions (a pull is a read: retry it later as a whole);
-    a THROTTLED page is retried after the bucket's wait, up to :data:`THROTTLE_RETRIES`.
+    a THROTTLED page is retried after the bucket's wait, up to :data:`THROTTLE_RETRIES`;
+    a page refused for its cost is asked again at half the size.
     """
     if not 1 <= page_size <= PAGE_SIZE:
-        raise ValueError(f"page_size must be in 1..{PAGE_SIZE}, got {page_size}")
+        raise ValueError(f"page_size must be in 1..{PAGE_SIZE} (Shopify's 1000 points a"
+                         f" query, {VARIANT_NODE_COST} a variant), got {page_size}")
     client = _client(source)
     location = location_id or client.settings.location_id
     pulled_at = client.clock.now()
@@ -154,13 +192,21 @@ async def pull_catalogue(source: ShopifyClient | ShopifyGateway | Gateway,
     currency: str | None = None
     pages = 0
     while True:
-        variables = {"first": page_size, "after": after, "locationId": location}
         throttled = 0
         while True:
+            size = min(page_size, page_size_for(client.bucket.snapshot().maximum_available))
+            variables = {"first": size, "after": after, "locationId": location}
             try:
                 answer = await client.execute("EdgedPullVariants", PULL_DOCUMENT, variables,
-                                              cost=1 + page_size, mutation=False)
+                                              cost=pull_cost(size), mutation=False)
                 break
+            except PermanentError as exc:
+                if not (isinstance(exc, CostExceeded) or exc.code == "MAX_COST_EXCEEDED") \
+                        or size == 1:
+                    raise
+                page_size = max(1, size // 2)
+                logger.warning("catalogue pull: Shopify refused the cost of a page (%s);"
+                               " asking %d variants a page", exc, page_size)
             except Throttled as exc:
                 throttled += 1
                 if throttled > THROTTLE_RETRIES:
@@ -169,6 +215,8 @@ async def pull_catalogue(source: ShopifyClient | ShopifyGateway | Gateway,
                             exc.wait)
                 await client.clock.sleep(exc.wait)
         pages += 1
+        logger.debug("catalogue pull: page %d asked %d variants, Shopify requested %s points"
+                     " (%s actual)", pages, size, answer.requested_cost, answer.actual_cost)
         shop = answer.data.get("shop")
         page = answer.data.get("productVariants")
         if not isinstance(page, Mapping):
@@ -195,4 +243,5 @@ async def pull_catalogue(source: ShopifyClient | ShopifyGateway | Gateway,
     return CataloguePull(tuple(entries), pulled_at, location, currency, pages)
 
 
-__all__ = ["PAGE_SIZE", "PULL_DOCUMENT", "CatalogueEntry", "CataloguePull", "pull_catalogue"]
+__all__ = ["PAGE_SIZE", "PULL_DOCUMENT", "VARIANT_NODE_COST", "CatalogueEntry", "CataloguePull",
+           "page_size_for", "pull_catalogue", "pull_cost"]

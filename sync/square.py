@@ -9,8 +9,10 @@ destination's :class:`TokenBucket`.
 Kinds and their answers (``WorkResult.applied[row.id]``):
 
 - ``payment.forward`` → ``payments.create(source_id=<token>, idempotency_key=<row key>,
-  amount_money, location_id, reference_id, note="edged <payment_id>")``, completed at once
-  (Square's default ``autocomplete``). ``{"processor_ref": <payment id>, "status":
+  amount_money, location_id, reference_id, note="edged <payment_id>")``, every field from the
+  row's stored payload (``location_id`` is the ``[square] location_id`` the payment was
+  taken under, not today's: a resend under the key must carry the first request's body),
+  completed at once (Square's default ``autocomplete``). ``{"processor_ref": <payment id>, "status":
   "COMPLETED", "brand"?, "last4"?}``. A decline (category ``PAYMENT_METHOD_ERROR``, or a
   ``FAILED`` payment) goes to ``WorkResult.dead`` as ``ERR-6071``: final, never resent.
 - ``refund.create`` → ``refunds.refund_payment(idempotency_key, payment_id, amount_money,
@@ -48,7 +50,8 @@ Errors: 429 → ``bucket.on_429(Retry-After)`` and :class:`Throttled`; 5xx, 408,
 unreadable answer, a dropped connection or a timeout after sending → :class:`OutcomeUnknown`;
 connection refused or a connect timeout → :class:`TransientError`; 401/403 →
 :class:`TransientError` naming ``ERR-6072``; ``IDEMPOTENCY_KEY_REUSED`` →
-:class:`PermanentError` ``ERR-6073``; other 400/404 → ``ERR-6070``. A missing token →
+:class:`RefusedInDoubt` ``ERR-6073`` (an earlier request under the key ran: the row dies in
+doubt); other 400/404 → ``ERR-6070``. A missing token →
 :class:`TransientError` telling the technician ``edged secret set square.token``.
 
 The SDK is imported in the constructor, never at module level: the daemon imports it only
@@ -76,6 +79,7 @@ from sync.errors import (
     CredentialsRequired,
     OutcomeUnknown,
     PermanentError,
+    RefusedInDoubt,
 )
 from sync.gateway import OutboxRow, RowFailure, Work, WorkResult
 from sync.limiter import TokenBucket, TokenBucketSettings
@@ -103,7 +107,8 @@ class SquareSettings:
     base_url: str | None = None
     """``None``: https://connect.squareup.com; a loopback URL for test doubles."""
     location_id: str | None = None
-    """The location payments are taken at (``None``: the seller's main location)."""
+    """The configured location (``None``: the seller's main location). A forward does not
+    read it: its location is the one stored with the row when the payment was taken."""
     timeout: float = 20.0
     """Seconds for one HTTP call (the connect phase gets at most 10 of them)."""
 
@@ -188,8 +193,8 @@ class SquareGateway:
             log.warning("square: outcome of payment %s unknown; asking again under its key %s"
                         " (Square answers the first answer again)", payment_id, key)
         extra: dict[str, Any] = {}
-        if self.settings.location_id:
-            extra["location_id"] = self.settings.location_id
+        if p.location_id:  # as stored with the row: a resend's body is the first one's
+            extra["location_id"] = p.location_id
         if reference:
             extra["reference_id"] = reference[:40]
         if p.capture == "manual":  # authorise only: APPROVED, completed later
@@ -322,9 +327,10 @@ class SquareGateway:
 
 def _row_refusal(what: str, work: Work, refusal: SquareRefusal) -> Exception:
     """What Square refusing a row's call means for the row."""
-    if "IDEMPOTENCY_KEY_REUSED" in refusal.codes:
-        return PermanentError(f"Square saw the idempotency key {work.idempotency_key} with"
-                              " another body", "ERR-6073")
+    if "IDEMPOTENCY_KEY_REUSED" in refusal.codes:  # an earlier request under it ran
+        return RefusedInDoubt(f"Square saw the idempotency key {work.idempotency_key} with"
+                              " another body: an earlier request under it ran, and what it"
+                              " did may have happened", "ERR-6073")
     return _Refused(refusal.message if refusal.decline else f"Square refused the call to"
                     f" {what}: {refusal.message}", decline=refusal.decline)
 

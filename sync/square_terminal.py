@@ -4,17 +4,21 @@ The lane's driver (``drivers/square_terminal``) calls this client, which goes th
 ``square`` destination's circuit breaker and token bucket (the ones the outbox worker uses),
 with ``request_options={"max_retries": 0}`` (the SDK would otherwise retry by itself).
 
-- ``device``: ``GET /v2/devices/{id}``: Square's ``status.category`` (``AVAILABLE``,
-  ``NEEDS_ATTENTION``, ``OFFLINE``). ``CreateTerminalCheckout`` accepts a checkout for a
-  device that is off (it waits ``PENDING`` until its deadline), so the lane asks the device
-  first. That the Devices API takes the Terminal API's ``device_id`` as it is, is
-  *unverified*; a device Square does not know answers ``NOT_FOUND``, which the lane treats
-  as offline.
+- ``ping`` / ``action``: a ``PING`` terminal action (``POST /v2/terminals/actions``, ``type:
+  PING``, to the Terminal API's ``device_id``) and its status, read back by its id: Square's
+  own advice for telling whether a Terminal is reachable (``COMPLETED``: it answered;
+  ``CANCELED`` with ``TIMED_OUT``: it did not answer within the action's deadline). The
+  Devices API is not used: it names a device by a synthetic ``device:…`` id, not the
+  Terminal API's ``device_id`` (``GET /v2/devices/{device_id}`` is a 404 for a healthy
+  Terminal), it is beta and "periodically updated, not real-time".
 - ``create``: ``POST /v2/terminals/checkouts`` under the key ``edged-<payment>-co``
   (Square keeps the first answer of a key: a resend after a lost answer gets the same
-  checkout, never a second one).
-- ``get``, ``cancel`` a checkout; ``payment`` reads a payment's card (brand, last four
-  digits, authorisation code) once a checkout is ``COMPLETED``.
+  checkout, never a second one). The checkout's ``note`` is ``edged <payment>``.
+- ``get``, ``cancel`` a checkout; ``find`` searches the device's checkouts
+  (``POST /v2/terminals/checkouts/search``) for the one whose note names a payment (a read:
+  what a restart uses when the checkout's id was never stored); ``payment`` reads a
+  payment's card (brand, last four digits, authorisation code) once a checkout is
+  ``COMPLETED``.
 
 Errors: Square's error ``code`` decides, never the HTTP status: a refusal is
 :class:`CheckoutRefused` with ``codes``; 429 → :class:`Throttled`; 5xx, 408, 409, a dropped
@@ -24,12 +28,15 @@ answer → :class:`OutcomeUnknown`; nothing sent → :class:`TransientError`; 40
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from datetime import datetime, timedelta
+from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from sync.breaker import CircuitBreaker
-from sync.clock import Clock
+from sync.clock import Clock, utc_iso
 from sync.errors import (
     CredentialsRequired,
     OutcomeUnknown,
@@ -42,13 +49,18 @@ from sync.sdk_clients import SquareSdk
 
 if TYPE_CHECKING:
     from square.core.request_options import RequestOptions
-    from square.devices.client import AsyncDevicesClient
     from square.payments.client import AsyncPaymentsClient
+    from square.terminal.actions.client import AsyncActionsClient
     from square.terminal.checkouts.client import AsyncCheckoutsClient
+    from square.types.terminal_action import TerminalAction
     from square.types.terminal_checkout import TerminalCheckout
 
 T = TypeVar("T")
 NO_RETRY: RequestOptions = {"max_retries": 0}
+#: How long a PING may wait for the Terminal before Square cancels it (``TIMED_OUT``).
+PING_DEADLINE_SECONDS = 30
+#: How far back a restart searches for a checkout made before the stop.
+SEARCH_MARGIN = timedelta(minutes=10)
 
 
 class CheckoutRefused(PermanentError):
@@ -68,6 +80,18 @@ class CheckoutView:
     amount: int
     currency: str
     payment_ids: tuple[str, ...] = ()
+    cancel_reason: str | None = None
+    note: str | None = None
+    created_at: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ActionView:
+    """A terminal action (a PING) as Square shows it."""
+
+    id: str
+    status: str
+    """``PENDING``, ``IN_PROGRESS``, ``CANCEL_REQUESTED``, ``CANCELED`` or ``COMPLETED``."""
     cancel_reason: str | None = None
 
 
@@ -91,12 +115,23 @@ def checkout_key(payment_id: str) -> str:
     return f"edged-{payment_id}-co"
 
 
+def checkout_note(payment_id: str) -> str:
+    """The note a checkout carries: what :meth:`SquareTerminalClient.find` looks for."""
+    return f"edged {payment_id}"
+
+
 def _view(c: TerminalCheckout) -> CheckoutView:
     return CheckoutView(id=str(c.id), status=str(c.status),
                         amount=int(c.amount_money.amount or 0),
                         currency=str(c.amount_money.currency or ""),
                         payment_ids=tuple(c.payment_ids or ()),
-                        cancel_reason=str(c.cancel_reason) if c.cancel_reason else None)
+                        cancel_reason=str(c.cancel_reason) if c.cancel_reason else None,
+                        note=c.note, created_at=c.created_at)
+
+
+def _action(a: TerminalAction) -> ActionView:
+    return ActionView(id=str(a.id), status=str(a.status),
+                      cancel_reason=str(a.cancel_reason) if a.cancel_reason else None)
 
 
 class SquareTerminalClient:
@@ -119,8 +154,8 @@ class SquareTerminalClient:
         return cast("AsyncCheckoutsClient", self._sdk.client().terminal.checkouts)
 
     @property
-    def _devices(self) -> AsyncDevicesClient:
-        return cast("AsyncDevicesClient", self._sdk.client().devices)
+    def _actions(self) -> AsyncActionsClient:
+        return cast("AsyncActionsClient", self._sdk.client().terminal.actions)
 
     @property
     def _payments(self) -> AsyncPaymentsClient:
@@ -129,12 +164,45 @@ class SquareTerminalClient:
     async def close(self) -> None:
         await self._sdk.close()
 
-    async def device(self, device_id: str) -> str | None:
-        """Square's status category of the device (``None``: Square gave none)."""
-        answer = await self._call("read the device", lambda: self._devices.get(
-            device_id, request_options=NO_RETRY))
-        status = answer.device.status if answer.device is not None else None
-        return str(status.category) if status is not None and status.category else None
+    async def ping(self, device_id: str) -> ActionView:
+        """Send a ``PING`` to the Terminal; its answer is read with :meth:`action`."""
+        answer = await self._call("ping the Terminal", lambda: self._actions.create(
+            idempotency_key=f"edged-ping-{uuid.uuid4().hex}",
+            action={"device_id": device_id, "type": "PING",
+                    "deadline_duration": f"PT{PING_DEADLINE_SECONDS}S"},
+            request_options=NO_RETRY))
+        if answer.action is None:
+            raise OutcomeUnknown("square answered the PING without an action")
+        return _action(answer.action)
+
+    async def action(self, action_id: str) -> ActionView:
+        answer = await self._call("read the PING", lambda: self._actions.get(
+            action_id, request_options=NO_RETRY))
+        if answer.action is None:
+            raise OutcomeUnknown(f"square answered without action {action_id}")
+        return _action(answer.action)
+
+    async def find(self, device_id: str, payment_id: str,
+                   since: datetime) -> CheckoutView | None:
+        """The device's checkout whose note names ``payment_id``, made after ``since``."""
+        note = checkout_note(payment_id)
+        start = utc_iso(since - SEARCH_MARGIN)
+        cursor: str | None = None
+        for _ in range(20):  # 2000 checkouts of one device since the payment: enough
+            query: Any = {"filter": {"device_id": device_id,
+                                     "created_at": {"start_at": start}},
+                          "sort": {"sort_order": "ASC"}}
+            page: dict[str, Any] = {"cursor": cursor} if cursor else {}
+            answer = await self._call("search the checkouts", partial(
+                self._checkouts.search, query=query, limit=100, request_options=NO_RETRY,
+                **page))
+            for checkout in answer.checkouts or ():
+                if checkout.note == note:
+                    return _view(checkout)
+            cursor = answer.cursor
+            if not cursor:
+                return None
+        return None
 
     async def create(self, payment_id: str, device_id: str, amount: int, currency: str, *,
                      reference: str | None, manual_capture: bool,
@@ -142,7 +210,7 @@ class SquareTerminalClient:
         checkout: dict[str, Any] = {
             "amount_money": {"amount": amount, "currency": currency.upper()},
             "device_options": {"device_id": device_id},
-            "note": f"edged {payment_id}",
+            "note": checkout_note(payment_id),
             "deadline_duration": f"PT{max(10, int(deadline_seconds))}S",
         }
         if reference:
@@ -207,5 +275,5 @@ class SquareTerminalClient:
                                             f"{refusal.message}", refusal.codes))
 
 
-__all__ = ["CardView", "CheckoutRefused", "CheckoutView", "SquareTerminalClient",
-           "SquareTerminalSettings", "checkout_key"]
+__all__ = ["ActionView", "CardView", "CheckoutRefused", "CheckoutView", "SquareTerminalClient",
+           "SquareTerminalSettings", "checkout_key", "checkout_note"]

@@ -49,7 +49,8 @@ Errors (sorted in ``sync.sdk_calls``, as for the Terminal client): 429 →
 request still running), a dropped connection or a timeout after sending →
 :class:`OutcomeUnknown`; connection refused or a connect timeout → :class:`TransientError`;
 401/403 → :class:`TransientError` naming ``ERR-6072`` (rows wait until the key is fixed);
-``idempotency_error`` → :class:`PermanentError` ``ERR-6073``; other 400/404 → ``ERR-6070``.
+``idempotency_error`` → :class:`RefusedInDoubt` ``ERR-6073`` (dies in doubt); other
+400/404 → ``ERR-6070``.
 A missing key → :class:`TransientError` telling the technician ``edged secret set stripe.key``.
 
 The SDK is imported by the first call (:mod:`sync.sdk_clients`), never at module level or
@@ -76,6 +77,7 @@ from sync.contract import (
 from sync.errors import (
     CredentialsRequired,
     PermanentError,
+    RefusedInDoubt,
 )
 from sync.gateway import OutboxRow, RowFailure, Work, WorkResult
 from sync.limiter import TokenBucket, TokenBucketSettings
@@ -400,9 +402,9 @@ class StripeGateway:
 
 def _row_refusal(what: str, work: Work | None, refusal: StripeRefusal) -> Exception:
     """What Stripe refusing a row's call means for the row."""
-    if refusal.kind is StripeRefusalKind.IDEMPOTENCY:
+    if refusal.kind is StripeRefusalKind.IDEMPOTENCY:  # an earlier request under it ran
         key = work.idempotency_key if work is not None else "?"
-        return PermanentError(f"Stripe saw the idempotency key {key} with another body: "
+        return RefusedInDoubt(f"Stripe saw the idempotency key {key} with another body: "
                               f"{refusal.text}", "ERR-6073")
     if refusal.kind is StripeRefusalKind.CARD:
         return _Refused(_decline_message(refusal.error, refusal.text), decline=True)

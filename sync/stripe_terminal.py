@@ -126,7 +126,7 @@ def process_key(payment_id: str) -> str:
     return f"edged-{payment_id}-process"
 
 
-def _intent_view(pi: Mapping[str, Any]) -> IntentView:
+def intent_view(pi: Mapping[str, Any]) -> IntentView:
     charge = pi.get("latest_charge")
     details = charge.get("payment_method_details") if isinstance(charge, Mapping) else None
     card = None
@@ -156,7 +156,7 @@ def _reader_view(reader: Mapping[str, Any]) -> ReaderView:
         return ReaderView(id=str(reader["id"]), status=str(reader.get("status") or "offline"))
     ppi = action.get("process_payment_intent")
     intent = ppi.get("payment_intent") if isinstance(ppi, Mapping) else None
-    expanded = _intent_view(intent) if isinstance(intent, Mapping) else None
+    expanded = intent_view(intent) if isinstance(intent, Mapping) else None
     if expanded is not None:
         intent = expanded.id
     api_error = action.get("api_error")
@@ -203,7 +203,7 @@ class StripeTerminalClient:
         pi = await self._call("create the PaymentIntent", lambda: client.v1.payment_intents
                               .create_async(params,
                                             options={"idempotency_key": intent_key(payment_id)}))
-        return _intent_view(pi.to_dict())
+        return intent_view(pi.to_dict())
 
     async def process(self, reader_id: str, payment_id: str, intent_id: str) -> ReaderView:
         client = self._stripe()
@@ -226,7 +226,7 @@ class StripeTerminalClient:
         pi = await self._call("read the PaymentIntent",
                               lambda: client.v1.payment_intents.retrieve_async(
                                   intent_id, {"expand": ["latest_charge"]}))
-        return _intent_view(pi.to_dict())
+        return intent_view(pi.to_dict())
 
     async def find_intent(self, payment_id: str) -> IntentView | None:
         client = self._stripe()
@@ -235,7 +235,7 @@ class StripeTerminalClient:
                                  lambda: client.v1.payment_intents.search_async(
                                      {"query": f"metadata['edged_payment_id']:{literal}",
                                       "limit": 10, "expand": ["data.latest_charge"]}))
-        intents = [_intent_view(pi.to_dict()) for pi in found.data]
+        intents = [intent_view(pi.to_dict()) for pi in found.data]
         paid = [i for i in intents if i.status in ("succeeded", "requires_capture",
                                                    "processing")]
         chosen = paid or intents
@@ -253,7 +253,7 @@ class StripeTerminalClient:
         pi = await self._call("cancel the PaymentIntent",
                               lambda: client.v1.payment_intents.cancel_async(
                                   intent_id, options={"idempotency_key": key}))
-        return _intent_view(pi.to_dict())
+        return intent_view(pi.to_dict())
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -286,4 +286,4 @@ def _lane_refusal(what: str, refusal: StripeRefusal) -> Exception:
 
 
 __all__ = ["IntentView", "ReaderView", "StripeTerminalClient", "StripeTerminalSettings",
-           "TerminalRefused", "intent_key", "process_key"]
+           "TerminalRefused", "intent_key", "intent_view", "process_key"]

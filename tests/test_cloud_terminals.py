@@ -288,6 +288,35 @@ async def test_stripe_lost_answer_to_the_create_is_read_back(tmp_path: Path) -> 
         assert keys <= {f"edged-{body['id']}-pi"}
 
 
+@pytest.mark.parametrize(("took", "pays"), [(True, True), (True, False), (False, False)])
+async def test_a_reader_refusal_other_than_offline_or_busy_is_read_back(
+        tmp_path: Path, took: bool, pays: bool) -> None:
+    """Issue 16 item 8. Only ``terminal_reader_offline`` and ``terminal_reader_busy`` say
+    nothing reached the reader. Another refusal of ``process_payment_intent`` (a reader
+    timeout) is followed by reading the PaymentIntent back: charged meanwhile → approved;
+    not charged → stopped and canceled at Stripe, then ``failed`` (503, nothing charged)."""
+    async with fakes(square=False) as (st, _), running(cloud_config(tmp_path, st, None)) as api:
+        await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the reader online")
+        st.refuse_next_process(READER, took=took, then=(
+            lambda: st.present_payment_method(READER)) if pays else None)
+        status, body = await pay(api, "reader-1", 1900)
+        [intent] = st.payment_intents.values()
+        if pays:
+            assert status == 202, body
+            done = await final(api, body["id"])
+            assert done["state"] == "approved", done
+            assert done["processor_ref"] == intent["id"] and intent["status"] == "succeeded"
+        else:
+            assert (status, body["error"]["code"]) == (503, "ERR-3003"), body
+            assert "nothing was charged" in body["error"]["message"]
+            assert intent["status"] == "canceled"
+            _, failed = await api.get("/v1/payments?state=failed")
+            assert len(failed["data"]) == 1
+            action = st.readers[READER]["action"]
+            assert action is None or action["status"] != "in_progress"  # the reader is free
+        await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the lane free")
+
+
 # -- Square Terminal ----------------------------------------------------------------------
 
 
@@ -372,7 +401,7 @@ async def _holds(value: bool) -> bool:
     return value
 
 
-async def test_square_cancel_from_the_register_and_device_offline(tmp_path: Path) -> None:
+async def test_square_cancel_from_the_register(tmp_path: Path) -> None:
     async with fakes(stripe=False) as (_, sq), running(cloud_config(tmp_path, None, sq)) as api:
         await until(lambda: _is(lane_state(api, "square-1"), "online"), "the device online")
         status, body = await pay(api, "square-1", 610)
@@ -382,12 +411,106 @@ async def test_square_cancel_from_the_register_and_device_offline(tmp_path: Path
         assert canceled["state"] == "canceled", canceled
         assert sq.checkouts[checkout_id]["status"] == "CANCELED"
 
-        sq.set_device_status(DEVICE, "OFFLINE")
-        status, body = await pay(api, "square-1", 620)
-        assert status == 503, body
-        assert body["error"]["code"] == "ERR-3003"
-        assert "OFFLINE" in body["error"]["message"]
-        assert len(sq.checkouts) == 1  # nothing sent to a device Square calls offline
+
+# -- Square availability, as Square documents it (issue 16 item 1) ------------------------
+
+
+class OffsetClock:
+    """The fake's monotonic clock, moved forward by the test (deadlines at Square)."""
+
+    def __init__(self) -> None:
+        self.offset = 0.0
+
+    def __call__(self) -> float:
+        return time.monotonic() + self.offset
+
+
+async def test_a_healthy_square_terminal_takes_payments_without_the_devices_api(
+        tmp_path: Path) -> None:
+    """Square's OpenAPI: ``Device.id`` is synthetic (``device:…``), not the Terminal API's
+    ``device_id``, so ``GET /v2/devices/{device_id}`` is a 404 for a healthy Terminal; a
+    ``PING`` terminal action tells whether it answers. The lane never reads the Devices API:
+    it pings, and the checkout decides."""
+    async with fakes(stripe=False) as (_, sq), running(cloud_config(tmp_path, None, sq)) as api:
+        assert not any(d == DEVICE for d in sq.devices)  # the Devices API's id is another
+        await until(lambda: _is(lane_state(api, "square-1"), "online"), "the device online")
+        status, body = await pay(api, "square-1", 1250)
+        assert status == 202, body
+        checkout_id = await until(square_checkout(sq), "the checkout")
+        # the checkout's id is stored before the register is answered (item 7)
+        assert api.count("payments", f"id = '{body['id']}' AND processor_ref = "
+                                      f"'{checkout_id}'") == 1
+        sq.checkout_complete(checkout_id)
+        assert (await final(api, body["id"]))["state"] == "approved"
+        pings = [r for r in sq.requests if r.path == "/v2/terminals/actions"]
+        assert pings and all(r.json()["action"] == {"device_id": DEVICE, "type": "PING",
+                                                    "deadline_duration": "PT30S"}
+                             for r in pings)
+        assert not [r for r in sq.requests if r.path.startswith("/v2/devices")]
+
+
+async def test_an_offline_terminal_is_a_checkout_still_pending_at_its_deadline(
+        tmp_path: Path) -> None:
+    """Square accepts a checkout for a Terminal that is off and keeps it PENDING until its
+    deadline: the payment is canceled once Square confirms the cancel (never approved
+    without COMPLETED), and the lane is offline until the Terminal answers a PING."""
+    clock = OffsetClock()
+    async with FakeSquare(rate=None, clock=clock) as sq:
+        sq.add_device(DEVICE)
+        cfg = cloud_config(tmp_path, None, sq, customer_timeout=0.6)
+        async with running(cfg) as api:
+            await until(lambda: _is(lane_state(api, "square-1"), "online"), "the device")
+            sq.set_device_status(DEVICE, "OFFLINE")  # not seen yet: no PING is due
+            status, body = await pay(api, "square-1", 620)
+            assert status == 202, body
+            done = await final(api, body["id"])
+            assert done["state"] == "canceled", done
+            assert "never showed the checkout" in done["failure"]
+            [checkout] = sq.device_checkouts(DEVICE)
+            assert checkout["status"] == "CANCELED" and not checkout.get("payment_ids")
+            # at once, before any heartbeat: the lane knows the Terminal did not show it
+            status, refused = await pay(api, "square-1", 625)
+            assert (status, refused["error"]["code"]) == (503, "ERR-3003"), refused
+            assert "never showed the checkout" in refused["error"]["message"]
+            await until(lambda: _is(lane_state(api, "square-1"), "offline"), "offline")
+            status, refused = await pay(api, "square-1", 630)
+            assert (status, refused["error"]["code"]) == (503, "ERR-3003"), refused
+            assert len(sq.checkouts) == 1  # nothing sent to a lane known offline
+            await until(lambda: _holds(any(a["status"] == "PENDING"
+                                           for a in sq.actions.values())), "a PING sent")
+            clock.offset += 31  # the PING's deadline passes unanswered: still offline
+            await asyncio.sleep(0.5)
+            assert await lane_state(api, "square-1") == "offline"
+            sq.set_device_status(DEVICE, "AVAILABLE")
+            await until(lambda: _is(lane_state(api, "square-1"), "online"), "back online")
+            timed_out = [a for a in sq.actions.values() if a["status"] == "CANCELED"]
+            assert timed_out and {a["cancel_reason"] for a in timed_out} == {"TIMED_OUT"}
+
+
+async def test_a_read_that_cannot_say_never_turns_the_lane_offline(tmp_path: Path) -> None:
+    """Square unreachable, or a PING not answered yet: the lane stays as it was, and a
+    payment's checkout decides (here: the link is back and the customer pays)."""
+    async with fakes(stripe=False) as (_, sq):
+        cfg = cloud_config(tmp_path, None, sq)
+        cfg = replace(cfg, terminals=tuple(
+            replace(t, options={**t.options, "ping_interval": 0.1}) for t in cfg.terminals))
+        async with running(cfg) as api:
+            await until(lambda: _is(lane_state(api, "square-1"), "online"), "the device")
+            await sq.faults.refuse()
+            before = sq.stats.requests
+            await asyncio.sleep(0.6)  # heartbeats every 0.2 s try to ping and cannot
+            assert await lane_state(api, "square-1") == "online"
+            sq.reachable[DEVICE] = False  # PINGs go unanswered, not yet timed out
+            await sq.faults.restore()
+            await until(lambda: _holds(sq.stats.requests > before), "a PING read")
+            await asyncio.sleep(0.5)
+            assert await lane_state(api, "square-1") == "online"
+            sq.reachable[DEVICE] = True
+            status, body = await pay(api, "square-1", 700)
+            assert status == 202, body
+            checkout_id = await until(square_checkout(sq), "the checkout")
+            sq.checkout_complete(checkout_id)
+            assert (await final(api, body["id"]))["state"] == "approved"
 
 
 # -- SIGKILL and reconciliation -----------------------------------------------------------
@@ -502,6 +625,55 @@ async def test_sigkill_mid_payment_then_restart_reconciles(tmp_path: Path) -> No
                 assert st.readers[READER]["action"]["status"] == "in_progress"
                 assert st.stats.by_path[
                     f"POST /v1/terminal/readers/{READER}/cancel_action"] == cancels
+        finally:
+            await asyncio.to_thread(daemon.close)
+
+
+@pytest.mark.parametrize("create", ["never_went_out", "made_then_key_forgotten"])
+async def test_a_restart_never_creates_a_square_checkout(tmp_path: Path, create: str) -> None:
+    """Issue 16 item 7. Killed while the checkout's create had no answer: at the restart
+    the payment is read back (by the checkout's stored id, else by a search of the
+    device's checkouts for its note), never created again: a create re-sent after a stop
+    would put a real checkout in front of a customer when the first one never went out,
+    or make a second one once Square forgot the key (Square publishes no retention)."""
+    data = tmp_path / "data"
+    async with fakes() as (st, sq):
+        cloud_config(data, st, sq)
+        config = process_config(tmp_path / "edged.toml", st, sq)
+        token = new_token(data)
+        daemon = DaemonProcess(data, config=config)
+        try:
+            await asyncio.to_thread(daemon.start)
+            async with process_api(daemon, token) as api:
+                await until(lambda: _is(lane_state(api, "square-1"), "online"), "device")
+                sq.faults.hang(after_apply=create != "never_went_out")
+                started = asyncio.create_task(pay(api, "square-1", 2500))
+                await sq.faults.wait_hung(1)
+                await asyncio.to_thread(daemon.kill)
+            started.cancel()
+            await asyncio.gather(started, return_exceptions=True)
+            await sq.faults.restore()
+            made = len(sq.checkouts)
+            assert made == (0 if create == "never_went_out" else 1)
+            if create != "never_went_out":
+                sq.forget_keys()
+            creates = sq.stats.by_path["POST /v2/terminals/checkouts"]
+
+            daemon = daemon.restarted()
+            await asyncio.to_thread(daemon.start)
+            async with process_api(daemon, token) as api:
+                _, listed = await api.get("/v1/payments")
+                [payment] = listed["data"]
+                done = await final(api, payment["id"])
+                assert sq.stats.by_path["POST /v2/terminals/checkouts"] == creates
+                assert len(sq.checkouts) == made
+                if create == "never_went_out":
+                    assert done["state"] == "unknown", done  # nothing at Square to read
+                else:
+                    [checkout] = sq.checkouts.values()
+                    assert checkout["status"] == "CANCELED"
+                    assert done["state"] == "canceled", done
+                    assert sq.stats.by_path["POST /v2/terminals/checkouts/search"] >= 1
         finally:
             await asyncio.to_thread(daemon.close)
 

@@ -175,7 +175,9 @@ async def test_shopify_pull_shapes_paginate(shop: FakeShopify,
     assert last["inventoryItem"]["inventoryLevel"]["quantities"] == [
         {"name": "available", "quantity": 2}, {"name": "on_hand", "quantity": 2}]
     cost = body["extensions"]["cost"]
-    assert cost["requestedQueryCost"] == 3 and cost["actualQueryCost"] == 2
+    # Shopify's rules: 2 + first x (variant, product, item, level, quantities: 5 objects);
+    # the last page returned one node
+    assert cost["requestedQueryCost"] == 2 + 2 * 5 and cost["actualQueryCost"] == 2 + 1 * 5
 
     status, body = await gql(http, shop, LEVELS, {"locationId": loc, "first": 10})
     nodes = body["data"]["location"]["inventoryLevels"]["nodes"]
@@ -231,7 +233,11 @@ async def test_shopify_cost_throttle_and_max_cost(admin_schema: GraphQLSchema,
         clock.advance(100)
         status, body = await gql(http, fake, big)
         assert body["errors"][0]["extensions"]["code"] == "MAX_COST_EXCEEDED"
-        assert body["extensions"]["cost"]["requestedQueryCost"] == 1 + 50 + 2500
+        # 2 + 50 products x (1 + a nested connection of 2 + 50 variants x 1)
+        assert body["extensions"]["cost"]["requestedQueryCost"] == 2 + 50 * (1 + 2 + 50)
+        assert body["errors"][0]["extensions"]["cost"] == 2652
+        assert body["errors"][0]["message"].startswith(
+            "Query cost is 2652, which exceeds the single query max cost limit (100).")
 
 
 async def test_shopify_idempotent_adjust(shop: FakeShopify, http: aiohttp.ClientSession) -> None:

@@ -15,7 +15,13 @@ import pytest
 import stripe
 from square import AsyncSquare
 
-from sync.errors import OutcomeUnknown, PermanentError, Throttled, TransientError
+from sync.errors import (
+    OutcomeUnknown,
+    PermanentError,
+    RefusedInDoubt,
+    Throttled,
+    TransientError,
+)
 from sync.gateway import OutboxRow, RowFailure, Work, WorkResult
 from sync.square import SquareGateway, SquareSettings, square_key
 from sync.stripe import StripeGateway, StripeSettings
@@ -60,9 +66,9 @@ def dead(result: WorkResult, work: Work) -> RowFailure:
 
 
 def forward(token: str, *, amount: int = 1250, payment_id: str = "pay_1",
-            reference: str | None = "R-1") -> dict[str, Any]:
+            reference: str | None = "R-1", **extra: Any) -> dict[str, Any]:
     return {"payment_id": payment_id, "amount": amount, "currency": "EUR", "token": token,
-            "reference": reference, "created_at": "2026-11-26T11:59:00.000Z"}
+            "reference": reference, "created_at": "2026-11-26T11:59:00.000Z", **extra}
 
 
 def refund(processor_ref: str, amount: int, *, refund_id: str = "ref_1",
@@ -238,7 +244,7 @@ async def test_stripe_key_reused_with_another_body(stripe_env: StripeEnv) -> Non
     applied(await stripe_env.send(work), work)
     other = make_work("stripe", "payment.forward", forward("pm_card_visa", amount=999),
                       key=work.idempotency_key)
-    with pytest.raises(PermanentError) as refused:
+    with pytest.raises(RefusedInDoubt) as refused:  # the first request under it ran
         await stripe_env.send(other)
     assert refused.value.code == "ERR-6073"
 
@@ -412,7 +418,8 @@ def count(fake: FakeSquare, method: str, path: str) -> int:
 
 async def test_square_forward_approved_and_replayed(square_env: SquareEnv) -> None:
     fake = square_env.fake
-    work = make_work("square", "payment.forward", forward("cnon:card-nonce-ok"))
+    work = make_work("square", "payment.forward", forward("cnon:card-nonce-ok",
+                                                         location_id="LSTORE01"))
     answer = applied(await square_env.send(work), work)
     assert answer["status"] == "COMPLETED"
     assert (answer["brand"], answer["last4"]) == ("VISA", "1111")
@@ -575,7 +582,7 @@ async def test_square_key_reused_with_another_body(square_env: SquareEnv) -> Non
     applied(await square_env.send(work), work)
     other = make_work("square", "payment.forward", forward("cnon:card-nonce-ok", amount=1),
                       key=work.idempotency_key)
-    with pytest.raises(PermanentError) as refused:
+    with pytest.raises(RefusedInDoubt) as refused:  # the first request under it ran
         await square_env.send(other)
     assert refused.value.code == "ERR-6073"
 

@@ -14,12 +14,14 @@ import logging
 import secrets
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from dataclasses import replace
+from datetime import timedelta
 from typing import Any
 
 import pytest
 from graphql import GraphQLSchema
 
-from sync.errors import OutcomeUnknown, PermanentError, Throttled, TransientError
+from sync.clock import utc_iso
+from sync.errors import HoldRow, OutcomeUnknown, PermanentError, Throttled, TransientError
 from sync.gateway import OutboxRow, PartialWork, Work
 from sync.limiter import ThrottleStatus
 from sync.shopify import (
@@ -32,7 +34,8 @@ from sync.shopify import (
     minor_to_decimal,
     order_search_query,
 )
-from sync.shopify_pull import CataloguePull, pull_catalogue
+from sync.shopify_orders import FIND_ORDER_COST
+from sync.shopify_pull import PAGE_SIZE, CataloguePull, pull_catalogue, pull_cost
 from tests.clock import ManualClock
 from tests.fakes.shopify import API_VERSION, FakeShopify, load_admin_schema
 
@@ -520,7 +523,7 @@ async def test_order_lookup_waits_for_shopify_search_before_resending(
             with pytest.raises(OutcomeUnknown):
                 await gateway.send(work)
             clock.advance(1)
-            with pytest.raises(Throttled) as caught:  # not in the search yet: do not resend
+            with pytest.raises(HoldRow) as caught:  # not in the search yet: do not resend
                 await gateway.send(retry(work, unknown=True))
             assert caught.value.wait == pytest.approx(29)
             clock.advance(caught.value.wait)
@@ -533,7 +536,7 @@ async def test_order_lookup_waits_for_shopify_search_before_resending(
             shop.faults.fail(500, count=1)
             with pytest.raises(OutcomeUnknown):
                 await gateway.send(lost)
-            with pytest.raises(Throttled):
+            with pytest.raises(HoldRow):
                 await gateway.send(retry(lost, unknown=True))
             clock.advance(30)
             result = await gateway.send(retry(lost, unknown=True))
@@ -545,15 +548,19 @@ async def test_order_lookup_waits_for_shopify_search_before_resending(
             await gateway.close()
 
 
-async def test_after_a_restart_an_uncertain_order_waits_from_the_start(
+async def test_after_a_restart_an_uncertain_order_waits_from_its_lost_answer(
         shop: FakeShopify, clock: ManualClock, gateway: ShopifyGateway) -> None:
+    """Issue 16 item 12: the settle time counts from when the answer was lost (the row's
+    doubt_at, kept by the outbox across restarts), not from the start of the worker."""
     v = shop.seed_variant("TEA-1", available=10)
-    work = replace(single(sale("ord_crash", v.variant_id)), outcome_unknown=True, attempt=1)
-    with pytest.raises(Throttled) as caught:
+    lost_at = utc_iso(clock.now() - timedelta(seconds=20))
+    work = replace(single(sale("ord_crash", v.variant_id)), outcome_unknown=True, attempt=1,
+                   doubt_at=lost_at)
+    with pytest.raises(HoldRow) as caught:
         await gateway.send(work)
-    assert caught.value.wait == pytest.approx(30)
+    assert caught.value.wait == pytest.approx(10)
     assert not shop.orders
-    clock.advance(30)
+    clock.advance(10)
     result = await gateway.send(retry(work))
     assert len(result.applied) == 1 and len(shop.orders) == 1
 
@@ -627,7 +634,7 @@ async def test_transport_failures_sort_by_what_may_have_happened(
         with pytest.raises(OutcomeUnknown, match="503"):
             await gateway.send(work)
         with pytest.raises(TransientError):  # a read only: nothing was changed
-            await pull_catalogue(gateway)
+            await pull_catalogue(gateway, page_size=10)
         shop.faults.hang()
         with pytest.raises(OutcomeUnknown, match="no answer"):
             await gateway.send(work)
@@ -681,10 +688,65 @@ async def test_pull_pages_through_every_variant(shop: FakeShopify, clock: Manual
     assert by_sku["TEA-100"].title == "Green tea - 100 g"
     assert by_sku["TEA-100"].variant_id == tea.variant_id
     pages = queries(shop)
-    assert [c.variables["first"] for c in pages] == [250, 250]
+    assert [c.variables["first"] for c in pages] == [199, 199]
     assert pages[0].variables["after"] is None and pages[1].variables["after"]
-    assert [c.requested_cost for c in pages] == [251, 251]
+    # Shopify's arithmetic (the fake computes it from the document): 3 + 5 x 199 = 998
+    assert [c.requested_cost for c in pages] == [998, 998] == [pull_cost(199)] * 2
     assert gateway.bucket.snapshot().updated_at is not None  # the same bucket as the sends
+    shop.assert_no_rejections()
+
+
+async def test_a_pull_of_600_variants_asks_no_page_shopify_refuses(
+        shop: FakeShopify, gateway: ShopifyGateway, clock: ManualClock) -> None:
+    """Shopify's published cost rules (scalar 0, object 1, connection 2 + first x node;
+    1000 at most a query), computed by the fake from each document the daemon sends: the
+    catalogue pull's pages all fit, where 250 a page (1253 points) was refused every time."""
+    for i in range(600):
+        shop.seed_variant(f"V-{i:03}", price="1.00", available=i % 7)
+    pull = await _drive(asyncio.create_task(
+        pull_catalogue(gateway, shop.default_location_id)), clock)  # 998 a page, 100 a second
+    assert len(pull) == 600 and pull.pages == 4
+    pages = queries(shop)
+    assert [c.variables["first"] for c in pages] == [PAGE_SIZE] * 4 == [199] * 4
+    assert [c.requested_cost for c in pages] == [998, 998, 998, 998]
+    assert [c.actual_cost for c in pages] == [998, 998, 998, 3 + 5 * 3]
+    shop.assert_no_rejections()
+
+
+async def test_every_query_the_daemon_sends_fits_under_1000_as_shopify_counts_it(
+        shop: FakeShopify, gateway: ShopifyGateway) -> None:
+    """The order lookup and the pull, as the fake counts them by Shopify's rules; the
+    daemon charges its bucket the same figures."""
+    shop.seed_variant("A", available=1)
+    await gateway.find_order("edged-sale-1")
+    await pull_catalogue(gateway, shop.default_location_id)
+    counted = {c.variables.get("q") is not None: c.requested_cost for c in queries(shop)}
+    assert counted == {True: FIND_ORDER_COST, False: pull_cost(PAGE_SIZE)}
+    assert max(counted.values()) <= 1000
+    shop.assert_no_rejections()
+
+
+async def test_a_page_shopify_still_refuses_for_its_cost_is_asked_again_smaller(
+        admin_schema: GraphQLSchema, clock: ManualClock) -> None:
+    """A bucket smaller than one page (Shopify refuses a query over maximumAvailable
+    too): the pull halves its page until Shopify takes it, and loses no variant."""
+    async with FakeShopify(schema=admin_schema, clock=clock.monotonic, now=clock.now,
+                           access_token=TOKEN, maximum_available=400,
+                           restore_rate=400) as small:
+        for i in range(120):
+            small.seed_variant(f"S{i:03}", available=1)
+        gateway = make_gateway(small, clock)
+        try:
+            pull = await _drive(asyncio.create_task(
+                pull_catalogue(gateway, small.default_location_id)), clock)
+        finally:
+            await gateway.close()
+        assert len(pull) == 120
+        assert [r.code for r in small.rejected] == ["MAX_COST_EXCEEDED"]
+        asked = [c.variables["first"] for c in queries(small)]
+        # the first page asks 199 (998 > 400: refused, and the answer says the bucket holds
+        # 400); every later page fits the bucket: 3 + 5 x 79 = 398
+        assert asked == [199, 79, 79]
 
 
 async def test_pull_converts_prices_in_the_shop_currency(shop: FakeShopify,
@@ -707,7 +769,7 @@ async def test_pull_waits_out_a_throttled_page(shop: FakeShopify, clock: ManualC
     task = asyncio.create_task(pull_catalogue(gateway))
     await until(lambda: clock.sleeping > 0)
     assert shop.stats.throttled == 1
-    clock.advance(2.0)
+    clock.advance(9.0)  # a page requests 998: (998 - 100) / 100 points a second
     pull = await task
     assert len(pull) == 1 and shop.stats.throttled == 1
 

@@ -260,3 +260,35 @@ async def test_the_sync_worker_shows_on_v1_sync(daemon: tuple[Daemon, ManualCloc
     status = await d.sync_status()
     (shopify,) = status["destinations"]
     assert shopify["worker"] in ("idle", "waiting_credentials", "sending")
+
+
+async def test_the_catalogue_pull_runs_supervised_and_restarts(
+        daemon: tuple[Daemon, ManualClock], monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture) -> None:
+    """Issue 16 item 10: the pull is a supervised task like the others: shown under
+    ``tasks``, a crash logged once and restarted with backoff, then pulling on the clock."""
+    from edged import sync_setup  # noqa: PLC0415
+
+    d, clock = daemon
+    real = sync_setup.pull_once
+    pulls = 0
+
+    async def pull_once(*args: Any) -> int:
+        nonlocal pulls
+        pulls += 1
+        if pulls == 1:
+            raise RuntimeError("pull crashed")
+        return await real(*args)
+
+    monkeypatch.setattr(sync_setup, "pull_once", pull_once)
+    with caplog.at_level(logging.ERROR, logger="sync.supervisor"):
+        # the start's pull has run already; the next one is due after the interval
+        interval = d.cfg.sync.pull_interval_seconds
+        assert (await _task(d, "shopify-pull"))["state"] == "running"
+        clock.advance(interval)
+        task = await _restarted(d, clock, "shopify-pull")
+    assert "pull crashed" in task["last_error"]
+    assert [r for r in caplog.records if "shopify-pull" in r.getMessage()]
+    await turns(lambda: pulls == 2)  # the restarted task pulls at once
+    clock.advance(interval)
+    await turns(lambda: pulls == 3)

@@ -756,16 +756,14 @@ async def test_token_payments_online_declined_offline_and_forwarded(tmp_path: Pa
             assert await payment_state(api, declined, wait=10) == "declined"
             (dead,) = await jobs(api, "dead", "stripe")
             assert "declined" in dead["last_error"].lower()
-            # a manager retry sends it again under the same key: Stripe replays the decline
+            # a manager retry of a settled payment's forward is refused (issue 16 item 5):
+            # nothing is sent again
             keys_before = _intent_keys(stripe)
             status, body = await api.post(f"/v1/sync/jobs/{dead['id']}/retry", {},
                                           token=api.manager_token)
-            assert status == 200, body
-            await until(lambda: _redead(api, dead["id"]), "the retried decline to settle")
-            keys_after = _intent_keys(stripe)
-            assert len(keys_after) == len(keys_before) + 1
-            assert keys_after[-1] == keys_before[-1], "the retry used another key"
-            assert stripe.replays[keys_after[-1]] == 1
+            assert (status, body["error"]["code"]) == (409, "ERR-6017"), body
+            assert _intent_keys(stripe) == keys_before
+            assert await _redead(api, dead["id"])
             assert await payment_state(api, declined) == "declined"
 
             # Stripe down: pending payments wait; once the breaker opens they are accepted

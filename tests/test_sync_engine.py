@@ -277,3 +277,59 @@ def test_a_repeated_error_is_logged_once_loudly(caplog: pytest.LogCaptureFixture
     quiet.log("link", logging.WARNING, "shopify: %s", "connection refused")
     levels = [r.levelname for r in caplog.records]
     assert levels == ["WARNING", "DEBUG", "DEBUG", "DEBUG", "DEBUG", "INFO", "WARNING"]
+
+
+# -- issue 16 item 12: a row in doubt keeps when its answer was lost; counts wait for sales --
+
+
+def _column(db_path: Path, sql: str) -> list[Any]:
+    conn = sqlite3.connect(db_path)
+    try:
+        return [r[0] for r in conn.execute(sql).fetchall()]
+    finally:
+        conn.close()
+
+
+async def test_a_crash_mid_send_records_the_doubt_when_the_send_went_out(
+        db: Database) -> None:
+    """The lease was taken when the send went out: a restart long after keeps that moment
+    (a settle time counts from the lost answer, not from the start of the new worker)."""
+    clock = ManualClock()
+    _enqueue(db.path, 1, kind=OutboxKind.ORDER_CREATE)
+    store = OutboxStore(db, clock, StoreHooks(clock))
+    sent_at = utc_iso(clock.now())
+    assert await store.claim(ScriptedGateway()) is not None  # then the process "dies"
+    clock.advance(40)
+    assert await store.recover_leases() == 1
+    assert _column(db.path, "SELECT doubt_at FROM outbox") == [sent_at]
+    work = await store.claim(ScriptedGateway())
+    assert work is not None and work.outcome_unknown and work.doubt_at == sent_at
+
+
+async def test_a_held_sale_lets_deltas_pass_and_holds_later_counts(db: Database) -> None:
+    """A held order.create (HoldRow) waits alone: stock deltas behind it are sent; a stock
+    count (compare-and-swap on local stock, which counts the sale) waits for it."""
+    from sync.contract import InventorySet  # noqa: PLC0415
+    from sync.errors import HoldRow  # noqa: PLC0415
+
+    clock = ManualClock()
+    _enqueue(db.path, 1, kind=OutboxKind.ORDER_CREATE)
+    conn = sqlite3.connect(db.path)
+    conn.execute("BEGIN")
+    outbox.enqueue(conn, "shopify", InventorySet(
+        count_id="cnt_1", delta_id=99, inventory_item_id="gid://shopify/InventoryItem/7",
+        quantity=5, last_known_quantity=4, reason="correction"), utc_iso(clock.now()))
+    conn.execute("COMMIT")
+    conn.close()
+    _enqueue(db.path, 2)  # two deltas after them
+    gateway = ScriptedGateway()
+    gateway.failures = [HoldRow(30.0, "the order search may lag")]
+    engine, _ = _engine(db, clock, gateway)
+    await engine.start()
+    await _until(lambda: _states(db.path) == {"pending": 2, "done": 2}, clock, step=0.01)
+    assert [w.kind for w in gateway.calls] == ["order.create", "inventory.adjust"]
+    assert engine.workers["shopify"].state.value != "backing_off"
+    await _until(lambda: _states(db.path) == {"done": 4}, clock, step=1.0)
+    await engine.stop()
+    assert [w.kind for w in gateway.calls] == ["order.create", "inventory.adjust",
+                                               "order.create", "inventory.set"]

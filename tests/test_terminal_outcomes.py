@@ -54,6 +54,8 @@ async def _card(api: Api, amount: int, currency: str = "EUR") -> dict[str, objec
 @pytest.mark.parametrize(("behaviour", "figures"), [
     (Behaviour.OTHER_AMOUNT, {"amount": 1999}),
     (Behaviour.OTHER_POS, {"pos": "02"}),
+    # issue 16 item 6: a currency the driver cannot name is not the one asked
+    (Behaviour.OTHER_CURRENCY, {"currency": "999"}),
 ])
 async def test_an_approval_of_other_figures_is_unknown_with_the_terminals_figures(
         api: Api, sim: ConcertSimulator, behaviour: Behaviour,
@@ -69,6 +71,34 @@ async def test_an_approval_of_other_figures_is_unknown_with_the_terminals_figure
                                       token=api.manager_token)
     assert status == 200 and resolved["state"] == "approved", resolved
     assert resolved["terminal_figures"] == figures  # kept for the record
+
+
+@pytest.mark.parametrize(("behaviour", "figures"), [
+    (Behaviour.OTHER_AMOUNT, "amount 2999"),
+    (Behaviour.OTHER_CURRENCY, "currency 999"),
+])
+async def test_a_refund_of_other_figures_is_unknown_and_holds_its_amount(
+        api: Api, sim: ConcertSimulator, behaviour: Behaviour, figures: str) -> None:
+    """Issue 16 item 6: a terminal refund is judged by the same rule as a sale: the
+    terminal gave back something, but not what was asked; a person decides."""
+    sim.push(Behaviour.APPROVE)
+    paid = await final(api, str((await _card(api, 3000))["id"]))
+    assert paid["state"] == "approved"
+    sim.push(behaviour)
+    status, refund = await api.post(f"/v1/payments/{paid['id']}/refunds", {"amount": 3000})
+    assert status == 202, refund
+
+    async def refund_state() -> dict[str, object] | None:
+        _, body = await api.get(f"/v1/payments/{paid['id']}")
+        found = body["refunds"][0]
+        return None if found["state"] == "pending" else dict(found)
+
+    ended = await until(refund_state, "the refund to end")
+    assert ended["state"] == "unknown", ended
+    assert "other figures" in str(ended["failure"]) and figures in str(ended["failure"])
+    await until(lambda: terminal_state(api, "online"), "the lane free again")
+    status, body = await api.post(f"/v1/payments/{paid['id']}/refunds", {"amount": 100})
+    assert status == 422 and body["error"]["code"] == "ERR-2007", body  # held by the unknown
 
 
 async def test_an_approval_of_the_asked_figures_is_approved(api: Api,

@@ -744,7 +744,9 @@ class ConcertTerminal(Terminal):
             )
         if answer.amount != request.amount:
             notes.append(f"terminal amount {answer.amount} differs from {request.amount}")
-        currency = answer.currency or request.currency
+        # a currency this driver cannot name stays its numeric code: never the request's,
+        # so that an approval in it is "other figures" (unknown), not an ordinary one
+        currency = answer.currency or answer.currency_numeric
         if answer.currency_numeric != concert_request.currency_numeric:
             notes.append(
                 f"terminal currency {answer.currency_numeric} differs from"

@@ -97,6 +97,8 @@ class Behaviour(enum.StrEnum):
     """Approve one minor unit less than asked (a terminal keyed by hand)."""
     OTHER_POS = "other_pos"
     """Approve, the answer naming another POS number."""
+    OTHER_CURRENCY = "other_currency"
+    """Approve, the answer naming a currency the driver does not know (numeric 999)."""
     ENQ_LOOP = "enq_loop"
     """ACK the request, then send ENQ every ``loop_interval`` seconds and never an answer (a
     looping terminal, or noise that reads as ENQ), until :meth:`ConcertSimulator.release`,
@@ -493,7 +495,8 @@ class ConcertSimulator:
             request = replace(request, amount=request.amount - 1)
         elif behaviour is Behaviour.OTHER_POS:
             request = replace(request, pos_number=request.pos_number % 99 + 1)
-        taken = self._answer(request, status, corrupt_first=behaviour is Behaviour.CORRUPT_LRC)
+        taken = self._answer(request, status, corrupt_first=behaviour is Behaviour.CORRUPT_LRC,
+                             currency="999" if behaviour is Behaviour.OTHER_CURRENCY else None)
         if taken and behaviour is Behaviour.DROP_AFTER_ANSWER:
             self._do_unplug()
             raise _Unplugged
@@ -517,7 +520,8 @@ class ConcertSimulator:
 
     @staticmethod
     def _status(request: ConcertRequest, behaviour: Behaviour) -> AnswerStatus:
-        if behaviour in (Behaviour.APPROVE, Behaviour.OTHER_AMOUNT, Behaviour.OTHER_POS):
+        if behaviour in (Behaviour.APPROVE, Behaviour.OTHER_AMOUNT, Behaviour.OTHER_POS,
+                         Behaviour.OTHER_CURRENCY):
             return AnswerStatus.APPROVED
         if behaviour is Behaviour.DECLINE:
             return AnswerStatus.DECLINED
@@ -527,15 +531,17 @@ class ConcertSimulator:
             return AnswerStatus.DECLINED
         return AnswerStatus.APPROVED
 
-    def _answer(self, request: ConcertRequest, status: AnswerStatus, corrupt_first: bool) -> bool:
-        """Send the answer; True once the host ACKed it. The closing EOT is the caller's."""
+    def _answer(self, request: ConcertRequest, status: AnswerStatus, corrupt_first: bool,
+                currency: str | None = None) -> bool:
+        """Send the answer; True once the host ACKed it. The closing EOT is the caller's.
+        ``currency``: another numeric currency code than the request's."""
         self._sequence += 1
         answer = ConcertAnswer(
             pos_number=request.pos_number,
             status=status,
             amount=request.amount,
             mode=request.mode,
-            currency_numeric=request.currency_numeric,
+            currency_numeric=currency or request.currency_numeric,
             private=f"{self._sequence:010d}",
             full=request.full_answer,
         )

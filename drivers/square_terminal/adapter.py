@@ -1,18 +1,36 @@
 """The ``square_terminal`` lane: a Terminal checkout sent to one Square Terminal.
 
-``start`` (before the register is answered): read the device's status at Square (Square
-accepts a checkout for a device that is off and lets it wait until its deadline, so its
-status category decides: ``OFFLINE`` or a device Square does not know (``NOT_FOUND``) →
-:class:`TerminalUnavailable`, ERR-3003), then create the checkout under the payment's key.
-``collect``: :class:`~drivers.square_terminal.poller.CheckoutPoller`. ``cancel``: wakes the
-poller, which cancels the checkout. ``recover``: read the checkout (by its stored id, or by
-asking the create again under the same key: Square answers the first answer) before
-anything else; one still running is cancelled and ends as Square then says.
+Availability, as Square documents it: the lane sends a ``PING`` terminal action now and then
+(at most every ``ping_interval`` seconds while it answers, at once after a checkout the
+Terminal never showed) and reads it back. A PING the Terminal answered (``COMPLETED``) says
+online; one Square canceled at its deadline (``TIMED_OUT``) says offline. Nothing else
+turns the lane offline: a read that cannot say (a PING still pending, Square unreachable,
+a refusal) leaves the lane as it was, and the checkout decides.
+
+``prepare`` asks Square nothing; it refuses a sale (ERR-3003, nothing made) only while the
+last PING went unanswered or the last checkout was never shown, until a PING is answered.
+``start`` (before the register is answered) creates the
+checkout under the payment's key and returns its id, which the daemon stores with the
+payment; a refusal or an unreachable Square is :class:`TerminalUnavailable` (nothing was
+made). A lost answer is not a refusal: ``collect`` asks again under the same key, which
+Square answers with the same checkout. ``collect``: :class:`~drivers.square_terminal.poller.
+CheckoutPoller`: an offline Terminal shows as a checkout still ``PENDING`` at the customer
+timeout, which is then canceled and ends ``canceled`` once Square confirms it (the lane is
+then held offline until a PING is answered). ``cancel``: wakes the poller, which cancels the
+checkout.
+
+``recover`` (after a restart) reads the checkout by its stored id, or finds it among the
+device's checkouts by the note that names the payment; it never creates a checkout (a
+create re-sent after a stop could put a real checkout in front of a customer when the first
+one never went out, or make a fresh one once Square forgot the key). One still running is
+canceled and ends as Square then says; none found, or Square unreachable: ``None``
+(``unknown``, for the processor's later answer or a manager).
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from drivers.base import (
     Capabilities,
@@ -29,14 +47,9 @@ from drivers.cloud_poll import CloudSettings
 from drivers.square_terminal.poller import LINK_ERRORS, CheckoutPoller, Run
 from sync.clock import Clock
 from sync.errors import OutcomeUnknown, SyncError
-from sync.square_terminal import CheckoutRefused, SquareTerminalClient
+from sync.square_terminal import ActionView, CheckoutRefused, SquareTerminalClient
 
 log = logging.getLogger(__name__)
-
-#: Square's status categories of a device that cannot take a checkout now.
-OFFLINE_CATEGORIES = ("OFFLINE",)
-#: Square's error codes for a device it does not know for this seller.
-UNKNOWN_DEVICE_CODES = ("NOT_FOUND", "BAD_REQUEST")
 
 
 class SquareTerminal(Terminal):
@@ -50,8 +63,14 @@ class SquareTerminal(Terminal):
         self.client = client
         self._clock = clock
         self._deadline = settings.customer_timeout + 30
-        self._poller = CheckoutPoller(client, settings, clock, self._deadline)
+        self._poller = CheckoutPoller(client, settings, clock, self._deadline,
+                                      on_never_shown=self._never_shown)
         self._run: Run | None = None
+        self._answering: bool | None = None
+        """What the last settled PING said (None: nothing yet, the checkout decides)."""
+        self._why_offline = ""
+        self._ping: ActionView | None = None
+        self._pinged_at: float | None = None
 
     @property
     def capabilities(self) -> Capabilities:
@@ -60,37 +79,60 @@ class SquareTerminal(Terminal):
     async def open(self) -> None:
         return None
 
+    # -- availability ---------------------------------------------------------------------
+
     async def status(self) -> TerminalStatus:
-        try:
-            category = await self.client.device(self.settings.device)
-        except CheckoutRefused as exc:
-            return TerminalStatus(TerminalState.OFFLINE, f"Square: {exc}")
-        except (SyncError, *LINK_ERRORS) as exc:
-            return TerminalStatus(TerminalState.OFFLINE, f"Square unreachable ({exc})")
-        if category in OFFLINE_CATEGORIES:
-            return TerminalStatus(TerminalState.OFFLINE, f"Square says device"
-                                  f" {self.settings.device} is {category}")
         if self._run is not None:
             return TerminalStatus(TerminalState.BUSY)
-        return TerminalStatus(TerminalState.ONLINE, None if category in (None, "AVAILABLE")
-                              else f"Square says {category}")
+        try:
+            await self._check_ping()
+        except (SyncError, *LINK_ERRORS) as exc:  # cannot say: the lane stays as it was
+            log.info("square terminal %s: PING not read (%s)", self.terminal_id, exc)
+        if self._answering is False:
+            return TerminalStatus(TerminalState.OFFLINE, self._why_offline)
+        return TerminalStatus(TerminalState.ONLINE, None if self._answering else
+                              "no answer to a PING yet: the checkout will tell")
+
+    async def _check_ping(self) -> None:
+        """Read the PING in flight; send the next one when it is due."""
+        if self._ping is not None and self._ping.status not in ("COMPLETED", "CANCELED"):
+            self._ping = await self.client.action(self._ping.id)
+            self._settle_ping(self._ping)
+        if self._ping is None or self._ping.status in ("COMPLETED", "CANCELED"):
+            now = self._clock.monotonic()
+            due = self._pinged_at is None or self._answering is not True or \
+                now - self._pinged_at >= self.settings.ping_interval
+            if due:
+                self._pinged_at = now
+                self._ping = await self.client.ping(self.settings.device)
+                self._settle_ping(self._ping)
+
+    def _settle_ping(self, ping: ActionView) -> None:
+        if ping.status == "COMPLETED":
+            if self._answering is False:
+                log.info("square terminal %s answers a PING again", self.terminal_id)
+            self._answering = True
+        elif ping.status == "CANCELED" and ping.cancel_reason == "TIMED_OUT":
+            self._answering = False
+            self._why_offline = (f"Square Terminal {self.settings.device} did not answer a"
+                                 " PING in time: check its power and network")
+
+    def _never_shown(self, why: str) -> None:
+        """A checkout stayed PENDING to the customer timeout: offline until a PING says."""
+        self._answering = False
+        self._why_offline = why
+        self._ping = None
+
+    # -- a sale ---------------------------------------------------------------------------
 
     async def prepare(self, request: TransactionRequest) -> str | None:
-        """Ask Square about the device: an offline one is refused before anything is made."""
-        try:
-            category = await self.client.device(self.settings.device)
-        except CheckoutRefused as exc:
-            if set(exc.codes) & set(UNKNOWN_DEVICE_CODES):
-                raise TerminalUnavailable(f"Square does not know device {self.settings.device}"
-                                          f" ({'/'.join(exc.codes)})") from None
-            raise TerminalUnavailable(f"Square: {exc}") from None
-        except (SyncError, *LINK_ERRORS) as exc:
-            raise TerminalUnavailable(f"Square unreachable: {exc}") from None
-        if category in OFFLINE_CATEGORIES:
-            raise TerminalUnavailable(f"device {self.settings.device} is {category} at Square")
+        """Square's own signs that the Terminal is off (a PING it did not answer, a checkout
+        it never showed) refuse the sale before anything is made; nothing else does."""
+        if self._answering is False:
+            raise TerminalUnavailable(self._why_offline)
         return None
 
-    async def start(self, request: TransactionRequest) -> None:
+    async def start(self, request: TransactionRequest) -> str | None:
         """Create the checkout under the payment's key: the Terminal shows it."""
         run = Run(request.payment_id, None, request.amount, request.currency,
                   reference=request.reference, manual_capture=request.manual_capture)
@@ -103,11 +145,12 @@ class SquareTerminal(Terminal):
             raise TerminalUnavailable(f"Square refused the checkout: {exc}") from None
         except OutcomeUnknown:
             self._run = run  # collect asks again under the same key
-            return
+            return None
         except (SyncError, *LINK_ERRORS) as exc:
             raise TerminalUnavailable(f"Square unreachable: {exc}") from None
         run.checkout_id = checkout.id
         self._run = run
+        return checkout.id
 
     async def collect(self, request: TransactionRequest) -> TransactionResult:
         run = self._run
@@ -125,11 +168,24 @@ class SquareTerminal(Terminal):
             self._run.cancel.set()
 
     async def recover(self, interrupted: InterruptedTransaction) -> TransactionResult | None:
-        run = Run(interrupted.payment_id, interrupted.extra.get("processor_ref") or None,
-                  interrupted.amount, interrupted.currency,
-                  reference=interrupted.extra.get("reference"),
+        checkout_id = interrupted.extra.get("processor_ref") or None
+        if checkout_id is None:
+            try:
+                found = await self.client.find(self.settings.device, interrupted.payment_id,
+                                               _parse(interrupted.started_at))
+            except (SyncError, *LINK_ERRORS) as exc:
+                log.warning("payment %s: Square's checkouts could not be searched (%s)",
+                            interrupted.payment_id, exc)
+                return None
+            if found is None:
+                log.warning("payment %s: no checkout names it at Square; it stays unknown",
+                            interrupted.payment_id)
+                return None
+            checkout_id = found.id
+        run = Run(interrupted.payment_id, checkout_id, interrupted.amount,
+                  interrupted.currency, reference=interrupted.extra.get("reference"),
                   manual_capture=interrupted.extra.get("capture") == "manual",
-                  cancel_why="the daemon stopped during the payment")
+                  cancel_why="the daemon stopped during the payment", may_create=False)
         run.cancel.set()
         settings = CloudSettings(self.settings.device, customer_timeout=0.0,
                                  poll_interval=self.settings.poll_interval,
@@ -145,3 +201,7 @@ class SquareTerminal(Terminal):
 
     async def close(self) -> None:
         await self.cancel()
+
+
+def _parse(stamp: str) -> datetime:
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))

@@ -4,7 +4,11 @@
 read from the payment); ``CANCELED`` → canceled. A declined card leaves the checkout
 ``IN_PROGRESS`` while the customer may try another card, so the customer timeout cancels
 it: a checkout the customer had started (``IN_PROGRESS``) then ends ``declined``, one never
-touched (``PENDING``) ``canceled``. Cancelling an ``IN_PROGRESS`` checkout only asks
+touched (``PENDING``) ``canceled``. A checkout still ``PENDING`` at the customer timeout is
+also how an offline Terminal shows (Square accepts the checkout and waits for the device
+until the checkout's deadline): the poller says so to its lane (``on_never_shown``), which
+holds itself offline until the Terminal answers a PING. Nothing is ever approved without
+Square's ``COMPLETED``. Cancelling an ``IN_PROGRESS`` checkout only asks
 (``CANCEL_REQUESTED``): reads go on until Square confirms ``CANCELED`` — or ``COMPLETED``,
 when the customer paid first. A lost link keeps the payment open until ``link_grace``
 after the customer timeout; only then is it ``unknown``.
@@ -14,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from drivers.base import Outcome, TransactionResult
@@ -41,14 +46,19 @@ class Run:
     stop_asked: str | None = None
     """Why a cancel was sent (the register, the timeout); ``None``: not asked."""
     outcome_if_canceled: Outcome = Outcome.CANCELED
+    may_create: bool = True
+    """Whether a lost create may be asked again under its key (the live payment); never
+    after a restart, which only reads."""
 
 
 class CheckoutPoller:
     def __init__(self, client: SquareTerminalClient, settings: CloudSettings,
-                 clock: Clock, checkout_deadline: float) -> None:
+                 clock: Clock, checkout_deadline: float,
+                 on_never_shown: Callable[[str], None] | None = None) -> None:
         self._client = client
         self._settings = settings
         self._clock = clock
+        self._on_never_shown = on_never_shown
         self._checkout_deadline = checkout_deadline
         """The checkout's own deadline: part of the create's body, so always the same."""
 
@@ -60,6 +70,8 @@ class CheckoutPoller:
             now = self._clock.monotonic()
             try:
                 if run.checkout_id is None:  # the create's answer was lost: same key again
+                    if not run.may_create:
+                        return self.unknown(run, "no checkout id to read back")
                     created = await self._create(run)
                     run.checkout_id = created.id
                 checkout = await self._client.get(run.checkout_id)
@@ -78,6 +90,10 @@ class CheckoutPoller:
                             await self._ask_stop(run, why + " (the card was not accepted)",
                                                  Outcome.DECLINED)
                         else:
+                            why += ("; the Terminal never showed the checkout (still PENDING):"
+                                    " it may be offline")
+                            if self._on_never_shown is not None:
+                                self._on_never_shown(why)
                             await self._ask_stop(run, why, Outcome.CANCELED)
                         continue
             except CheckoutRefused as exc:

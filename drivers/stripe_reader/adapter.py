@@ -1,10 +1,13 @@
 """The ``stripe_reader`` lane: a PaymentIntent for ``card_present`` handed to one reader.
 
 ``start`` (before the register is answered): create the PaymentIntent under the payment's
-key, then ``process_payment_intent`` on the reader. Stripe's error code decides what the
-register hears: ``terminal_reader_offline`` → :class:`TerminalUnavailable` (ERR-3003),
+key, then ``process_payment_intent`` on the reader. Only two refusals mean nothing was
+sent: ``terminal_reader_offline`` → :class:`TerminalUnavailable` (ERR-3003) and
 ``terminal_reader_busy`` → :class:`TerminalBusy` (ERR-3002); the PaymentIntent is then
-cancelled and nothing was charged. A lost answer is not a refusal: ``collect`` finds out.
+cancelled. Any other refusal (a reader timeout, say) may leave the payment on the reader:
+the PaymentIntent is read back, and stopped, before anything is said: ``failed`` only once
+Stripe shows it canceled (it cannot be charged), otherwise the payment ends as Stripe shows
+it. A lost answer is not a refusal: ``collect`` finds out.
 
 ``collect``: :class:`~drivers.stripe_reader.poller.ReaderPoller` until the final state.
 ``cancel``: wakes the poller, which stops the action and cancels the PaymentIntent.
@@ -20,6 +23,7 @@ import logging
 from drivers.base import (
     Capabilities,
     InterruptedTransaction,
+    Outcome,
     Terminal,
     TerminalBusy,
     TerminalState,
@@ -104,15 +108,17 @@ class StripeReaderTerminal(Terminal):
         try:
             await self.client.process(self.settings.device, request.payment_id, run.intent_id)
         except TerminalRefused as exc:
+            if exc.code not in OFFLINE_CODES + BUSY_CODES:
+                # not "nothing sent": the reader may have the payment (a reader timeout)
+                await self._refused_in_doubt(run, exc)
+                return
             self._run = None
             await self._abandon(run)
             if exc.code in OFFLINE_CODES:
                 raise TerminalUnavailable(f"reader {self.settings.device} is offline"
                                           f" ({exc.code})") from None
-            if exc.code in BUSY_CODES:
-                raise TerminalBusy(f"reader {self.settings.device} is busy with another"
-                                   f" request ({exc.code})") from None
-            raise TerminalUnavailable(f"Stripe refused to start the reader: {exc}") from None
+            raise TerminalBusy(f"reader {self.settings.device} is busy with another"
+                               f" request ({exc.code})") from None
         except OutcomeLost:
             run.handed = True  # the reader may have it: collect reads the action
             return
@@ -121,6 +127,31 @@ class StripeReaderTerminal(Terminal):
             await self._abandon(run)
             raise TerminalUnavailable(f"Stripe unreachable: {exc}") from None
         run.handed = True
+
+    async def _refused_in_doubt(self, run: Run, exc: TerminalRefused) -> None:
+        """Stripe refused ``process_payment_intent`` with a code that does not say nothing
+        was sent: read the PaymentIntent back before anything is said. Stopped and canceled
+        at Stripe (it cannot be charged now): the register is refused, the payment failed.
+        Charged, declined or held: that is the payment's ending (``collect`` returns it).
+        Stripe unreachable meanwhile: the reader may have it, ``collect`` follows it."""
+        assert run.intent_id is not None
+        why = f"the reader did not take the payment ({exc.code})"
+        run.handed = True  # whatever Stripe said, the reader may have it
+        try:
+            reader = await self.client.reader(self.settings.device)
+            ended = await self._poller.stop(run, why, give_up=False,
+                                            reader_is_ours=reader.action_intent
+                                            == run.intent_id)
+        except (SyncError, *LINK_ERRORS) as lost:
+            log.warning("reader %s: %s, and Stripe cannot be asked now (%s): following it",
+                        self.settings.device, why, lost)
+            return
+        if ended.outcome is Outcome.CANCELED:  # canceled at Stripe: nothing can be charged
+            self._run = None
+            raise TerminalUnavailable(f"Stripe refused to start the reader ({exc}); the"
+                                      f" PaymentIntent {run.intent_id} is canceled: nothing"
+                                      " was charged") from None
+        run.ended = ended
 
     async def _abandon(self, run: Run) -> None:
         """Cancel a PaymentIntent no reader took (best effort: it cannot be charged)."""
@@ -139,7 +170,7 @@ class StripeReaderTerminal(Terminal):
             run = self._run
         assert run is not None
         try:
-            return await self._poller.follow(run)
+            return run.ended if run.ended is not None else await self._poller.follow(run)
         finally:
             self._run = None
 

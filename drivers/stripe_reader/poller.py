@@ -43,6 +43,8 @@ class Run:
     cancel_why: str = "canceled at the register"
     handed: bool = False
     """``process_payment_intent`` was sent (its answer may have been lost)."""
+    ended: TransactionResult | None = None
+    """How it ended, when that was already read at the start (a refusal read back)."""
 
 
 def result_of(intent: IntentView, request_amount: int, currency: str,

@@ -7,7 +7,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edged import alerts, records, reports
+from edged import alerts, job_retry, records, reports
 from edged.api import models
 from edged.api.http import Ctx, Route
 from edged.errors import ApiError
@@ -80,7 +80,8 @@ async def status(ctx: Ctx) -> Answer:
         }
 
     body = await services.db.read(read)
-    body["dead_jobs"] = await services.outbox.jobs("dead", None, STATUS_LIMIT)
+    dead = await services.outbox.jobs("dead", None, STATUS_LIMIT)
+    body["dead_jobs"] = await services.db.read(lambda conn: job_retry.annotate(conn, dead))
     body["terminals"] = [v.as_dict() for v in services.terminals.views()]
     body["sync"] = await services.sync_status()
     body["now"] = utc_iso(now)

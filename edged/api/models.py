@@ -129,7 +129,10 @@ def _obj(props: dict[str, Any], name: str) -> Free:
 REFUND = _obj({"id": _S, "payment_id": _S, "amount": _I, "currency": _S, "reason": _SN,
                "state": {"enum": [s.value for s in RefundState]},
                "terminal_id": _SN, "processor_ref": _SN, "failure": _SN, "created_at": _S,
-               "updated_at": _S}, "Refund")
+               "updated_at": _S,
+               "last_checked_at": {"type": ["string", "null"], "description": "When an"
+                                   " unknown refund was last read back from its processor"}},
+              "Refund")
 PAYMENT = _obj({
     "id": _S, "method": {"enum": ["cash", "card_present", "token"]},
     "state": {"enum": [s.value for s in PaymentState]},
@@ -142,6 +145,9 @@ PAYMENT = _obj({
                          " reported when it differs from the request (amount, currency,"
                          " reference): the manager decides"},
     "refunds": {"type": "array", "items": REFUND.schema},
+    "last_checked_at": {"type": ["string", "null"], "description": "When an unknown payment"
+                        " was last read back from its processor (it settles itself when the"
+                        " processor shows how it ended)"},
 }, "Payment")
 PAYMENT_LIST = _obj({"data": {"type": "array", "items": PAYMENT.schema},
                      "next_cursor": _SN}, "PaymentList")
@@ -191,7 +197,10 @@ JOB = _obj({"id": _I, "destination": _S, "kind": _S, "subject_id": _S,
             "state": {"enum": ["pending", "inflight", "done", "dead", "discarded"]},
             "attempts": _I, "next_attempt_at": _SN, "last_error": _SN,
             "outcome_unknown": {"type": "boolean"}, "batch_id": {"type": ["integer", "null"]},
-            "created_at": _S, "updated_at": _S, "payload": {"type": "object"}}, "SyncJob")
+            "created_at": _S, "updated_at": _S, "payload": {"type": "object"},
+            "retry_refused": {"type": ["string", "null"], "description": "Why a retry of this"
+                              " dead job is refused (ERR-6017: its payment or refund is"
+                              " settled); null: it may be retried"}}, "SyncJob")
 JOBS = _obj({"data": {"type": "array", "items": JOB.schema}}, "SyncJobs")
 ERROR = _obj({"error": {"type": "object", "required": ["code", "message", "retryable"],
                         "properties": {"code": {"type": "string", "pattern": "^ERR-[0-9]{4}$"},

@@ -10,7 +10,7 @@ from typing import Any
 
 from aiohttp import web
 
-from edged import audit, idempotency, systemd_notify
+from edged import audit, idempotency, job_retry, systemd_notify
 from edged.api import models
 from edged.api.http import DRAINING, Ctx, Route, json_response
 from edged.api.manager_routes import MANAGER_ROUTES
@@ -181,8 +181,9 @@ async def list_jobs(ctx: Ctx) -> Answer:
     destination = ctx.request.query.get("destination") or None
     limit = ctx.query_int("limit", 100, 1, 500)
     manager = ctx.principal is not None and ctx.principal.is_manager
-    return Answer(200, {"data": await ctx.services.outbox.jobs(state, destination, limit,
-                                                               secrets_shown=manager)})
+    found = await ctx.services.outbox.jobs(state, destination, limit, secrets_shown=manager)
+    return Answer(200, {"data": await ctx.services.db.read(
+        lambda conn: job_retry.annotate(conn, found))})
 
 
 async def retry_job(ctx: Ctx) -> Answer:
@@ -202,6 +203,10 @@ async def _move_job(ctx: Ctx, action: str) -> Answer:
     events: list[tuple[str, dict[str, Any]]] = []
 
     def record(conn: sqlite3.Connection, job: dict[str, Any]) -> None:
+        refused = job_retry.retry_refusal(conn, job["kind"], job["subject_id"]) \
+            if action == "retry" else None
+        if refused is not None:  # raised inside the write: the job stays dead, unchanged
+            raise ApiError("ERR-6017", f"job {job['id']} cannot be retried: {refused}")
         audit.append(conn, ctx.actor, f"sync.job.{action}", str(job["id"]),
                      {"destination": job["destination"], "kind": job["kind"]})
         if action == "discard":
@@ -364,8 +369,9 @@ ROUTES: tuple[Route, ...] = (
           query={"state": "pending|inflight|done|dead|discarded", "destination": "shopify…",
                  "limit": "1-500 (100)"}, errors=("ERR-1013",), tag="sync"),
     Route("POST", "/v1/sync/jobs/{id}/retry", retry_job, "Send a dead job again (same"
-          " idempotency key), with an audit entry", models.JOB, 200, models.EMPTY,
-          _BODY_ERRORS + ("ERR-6001", "ERR-6002"), scope="manager", tag="sync"),
+          " idempotency key), with an audit entry; refused (ERR-6017) when its payment or"
+          " refund is settled", models.JOB, 200, models.EMPTY,
+          _BODY_ERRORS + ("ERR-6001", "ERR-6002", "ERR-6017"), scope="manager", tag="sync"),
     Route("POST", "/v1/sync/jobs/{id}/discard", discard_job, "Give up a dead job for good,"
           " with an audit entry", models.JOB, 200, models.EMPTY,
           _BODY_ERRORS + ("ERR-6001", "ERR-6002"), scope="manager", tag="sync"),

@@ -338,6 +338,15 @@ function noteAndButtons(label, choices, act) {
   return el("div", { class: "actions" }, note, buttons);
 }
 
+// When an unknown payment or refund was last read back from its processor (it settles
+// itself when the processor shows how it ended); a terminal's own needs a person.
+function checked(x) {
+  if (x.last_checked_at) return `last checked with its processor ${time(x.last_checked_at)}`;
+  const terminalOnly = "processor" in x ? x.processor === null : Boolean(x.terminal_id);
+  return terminalOnly ? "no processor to ask: check the terminal's journal"
+    : "not checked with its processor yet";
+}
+
 function renderUnknownPayments(payments) {
   $("unknown-count").textContent = payments.length ? String(payments.length) : "";
   if (!payments.length) { fill("unknown-payments", empty("None: every payment is settled.")); return; }
@@ -346,6 +355,7 @@ function renderUnknownPayments(payments) {
       + (p.terminal_id ? ` on ${p.terminal_id}` : p.processor ? ` via ${p.processor}` : "")),
     el("div", { class: "muted" }, `${p.id} · ${time(p.created_at)}`
       + (p.reference ? ` · ref ${p.reference}` : "") + (p.failure ? ` · ${p.failure}` : "")),
+    el("div", { class: "muted checked" }, checked(p)),
     state.actions ? noteAndButtons(p.id, [["Approved", "approved", "good"],
                                           ["Declined", "declined", "bad"]],
       (outcome, note) => api("POST", `/v1/payments/${encodeURIComponent(p.id)}/resolve`,
@@ -359,6 +369,7 @@ function renderUnknownRefunds(refunds) {
     el("div", { class: "what" }, `${money(r.amount, r.currency)} back on ${r.payment_id}`),
     el("div", { class: "muted" }, `${r.id} · ${time(r.created_at)}`
       + (r.failure ? ` · ${r.failure}` : "")),
+    el("div", { class: "muted checked" }, checked(r)),
     state.actions ? noteAndButtons(r.id, [["Refunded", "succeeded", "good"],
                                           ["Not refunded", "failed", "bad"]],
       (outcome, note) => api("POST", `/v1/refunds/${encodeURIComponent(r.id)}/resolve`,
@@ -383,8 +394,10 @@ function renderDeadJobs(jobs) {
     return el("div", { class: "item", id: `job-${j.id}` },
       el("div", { class: "what" }, `${j.destination} · ${j.kind} · ${j.subject_id}`),
       el("div", { class: "muted" }, `${j.attempts} attempts · ${j.last_error || "no error"}`),
+      j.retry_refused ? el("div", { class: "muted" }, `No retry: ${j.retry_refused}`) : null,
       state.actions ? el("div", { class: "actions" },
-        el("button", { type: "button", class: "good", onclick: act("retry") }, "Retry"),
+        j.retry_refused ? null
+          : el("button", { type: "button", class: "good", onclick: act("retry") }, "Retry"),
         el("button", { type: "button", onclick: act("discard") }, "Discard")) : null);
   }));
 }

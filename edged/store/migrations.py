@@ -308,6 +308,11 @@ CREATE TABLE pairing_codes (
 );
 CREATE INDEX pairing_codes_open ON pairing_codes(expires_at) WHERE used_at IS NULL;
 """),
+    (6, "when a send went without answer; when an unknown was last read back", """
+ALTER TABLE outbox ADD COLUMN doubt_at TEXT;
+ALTER TABLE payments ADD COLUMN last_checked_at TEXT;
+ALTER TABLE refunds ADD COLUMN last_checked_at TEXT
+"""),
     (9, "terminal end-of-day settlements (ZVT)", """
 CREATE TABLE terminal_settlements (
     n              INTEGER PRIMARY KEY,

@@ -12,14 +12,19 @@ sections that point a daemon at them, and the control endpoint:
   by an error (``after_apply=1``: executed first, a lost answer).
 - ``POST /throttle?service=shopify&count=5``: the next answers "throttled".
 - ``GET /state``: per fake, up or down and request counts; Shopify's orders, adjustment
-  groups, quantities per SKU and whether every idempotency key was applied once; Stripe's
-  PaymentIntents and refunds; Square's payments and refunds.
+  groups, quantities per SKU, whether every idempotency key was applied once, its last 20
+  queries with their requested and actual cost (Shopify's published rules) and how many
+  were refused for their cost; Stripe's PaymentIntents and refunds; Square's payments and
+  refunds.
 - ``POST /reader/present?number=4242424242424242``: the customer taps a card on the Stripe
   reader (``4000000000000002`` declines); ``POST /reader/status?status=offline|online``;
   ``POST /reader/busy``: another integration's action occupies it (``?off=1`` frees it).
 - ``POST /checkout/complete`` (or ``/in_progress``, ``/decline``, ``/cancel``) acts on the
   Square Terminal's latest open checkout (``?id=`` for another); ``POST
-  /device/status?status=OFFLINE|AVAILABLE``.
+  /device/status?status=OFFLINE|AVAILABLE`` (an OFFLINE Terminal answers no PING and shows
+  no checkout: both are CANCELED TIMED_OUT at their deadline).
+- ``GET /state`` also lists the Square fake's ``violations``: calls Square does not serve
+  as sent (checked against Square's published OpenAPI description).
 - ``GET /catalogue.csv``: the seeded catalogue with the fake's own ids and current
   quantities, in the format of ``edged items import``.
 
@@ -73,7 +78,8 @@ class Fakes:
         self.stripe = stripe
         self.square = square
         self.reader = stripe.add_reader(reader)
-        self.device = square.add_device(device)
+        self.device = device  # the Terminal API's device_id (the Devices API has another)
+        square.add_device(device)
         self.catalogue: dict[str, tuple[SeededVariant, str | None, str]] = {}
 
     @property
@@ -184,7 +190,7 @@ class Fakes:
 
     async def device_status(self, request: web.Request) -> web.Response:
         self.square.set_device_status(self.device, request.query.get("status", "AVAILABLE"))
-        return web.json_response(self.square.devices[self.device])
+        return web.json_response(self.square.devices[self.square.terminals[self.device]])
 
     async def state(self, request: web.Request) -> web.Response:
         return web.json_response(self.state_dict())
@@ -221,6 +227,13 @@ class Fakes:
                 "keys_applied_once": all(n == 1 for n in shop.applied_by_key.values()),
                 "rejected_documents": len(shop.rejected),
                 "bucket_available": round(shop.bucket.available, 1),
+                "queries": [{"root_fields": c.root_fields,
+                             "first": c.variables.get("first")
+                             if isinstance(c.variables, dict) else None,
+                             "requested_cost": c.requested_cost,
+                             "actual_cost": c.actual_cost, "throttled": c.throttled}
+                            for c in shop.calls if c.operation == "query"][-20:],
+                "refused_for_cost": sum(r.code == "MAX_COST_EXCEEDED" for r in shop.rejected),
                 "quantities": {sku: shop.quantity(v.inventory_item_id)
                                for sku, (v, _, _) in self.catalogue.items()},
             },
@@ -235,7 +248,9 @@ class Fakes:
             "square": {**common(square), "payments": len(square.payments),
                        "refunds": len(square.refunds),
                        "checkouts": {c: v["status"] for c, v in square.checkouts.items()},
-                       "device": square.devices[self.device]["status"]},
+                       "pings": {a: v["status"] for a, v in square.actions.items()},
+                       "device": square.devices[square.terminals[self.device]]["status"],
+                       "violations": square.violations},
         }
 
 

@@ -102,12 +102,14 @@ The query shapes the gateway should use (tested in tests/test_fakes.py)::
     }
 
 Cost and throttling: a bucket of ``maximum_available`` (2000) points restoring at
-``restore_rate`` points a second (100), on the injectable ``clock``. A mutation field costs 10;
-a query costs 1 + the sum over connection fields of ``first``/``last`` times the page sizes of
-the connections around it (``products(first: 10) { variants(first: 5) }`` = 1 + 10 + 50);
-over 1000, or over the bucket's ``maximum_available`` when that is smaller (a small
-bucket), is a top-level ``MAX_COST_EXCEEDED``. The requested cost is taken before execution,
-and ``requested - actual`` (actual = 1 + nodes returned, or 10 a mutation) is given back.
+``restore_rate`` points a second (100), on the injectable ``clock``. The requested cost of a
+document is Shopify's published arithmetic, computed from the parsed document itself
+(:mod:`tests.fakes.shopify_cost`: scalar/enum 0, object 1, connection 2 + ``first``/``last``
+times the cost of one node with everything inside it, nested connections multiplied, a
+mutation field 10); over 1000, or over the bucket's ``maximum_available`` when that is
+smaller (a small bucket), is a top-level ``MAX_COST_EXCEEDED`` in Shopify's words, before
+anything runs. The requested cost is taken before execution, and ``requested - actual``
+(actual: the same rules over the nodes returned) is given back.
 Every answer carries ``extensions.cost {requestedQueryCost, actualQueryCost, throttleStatus
 {maximumAvailable, currentlyAvailable, restoreRate}}``. When the bucket lacks the cost:
 ``{"errors":[{"message":"Throttled","extensions":{"code":"THROTTLED"}}],"extensions":{"cost":...}}``
@@ -152,11 +154,9 @@ from graphql import (
     GraphQLResolveInfo,
     GraphQLSchema,
     InlineFragmentNode,
-    IntValueNode,
     OperationDefinitionNode,
     OperationType,
     SelectionSetNode,
-    VariableNode,
     build_schema,
     execute_sync,
     parse,
@@ -165,6 +165,7 @@ from graphql import (
 from graphql.error import GraphQLSyntaxError
 from graphql.utilities import get_operation_ast, value_from_ast_untyped
 
+from . import shopify_cost
 from .base import Clock, FakeServer, canonical, json_response
 
 # ------------------------------------------------------------------------------------------
@@ -263,7 +264,6 @@ REASONS = frozenset({
 })
 MAX_ARRAY = 250
 MAX_QUANTITY = 1_000_000_000
-MUTATION_COST = 10
 MAX_QUERY_COST = 1000
 MAX_PAGE = 250
 
@@ -567,52 +567,10 @@ def _validation_code(message: str) -> str:
     return "GRAPHQL_VALIDATION_FAILED"
 
 
-def _page_size(field_node: FieldNode, variables: Mapping[str, Any],
-               defaults: Mapping[str, Any]) -> int | None:
-    for arg in field_node.arguments or ():
-        if arg.name.value not in ("first", "last"):
-            continue
-        v = arg.value
-        if isinstance(v, IntValueNode):
-            return int(v.value)
-        if isinstance(v, VariableNode):
-            name = v.name.value
-            val = variables.get(name, defaults.get(name))
-            if isinstance(val, int):
-                return val
-    return None
-
-
 def estimate_cost(doc: Any, op: OperationDefinitionNode, variables: Mapping[str, Any]) -> int:
-    """The fake's requested cost of an operation (see the module docstring)."""
-    fragments = {d.name.value: d for d in doc.definitions if isinstance(d, FragmentDefinitionNode)}
-    defaults: dict[str, Any] = {}
-    for vd in op.variable_definitions or ():
-        if vd.default_value is not None:
-            defaults[vd.variable.name.value] = value_from_ast_untyped(vd.default_value)
-
-    def walk(sel_set: SelectionSetNode | None, mult: int) -> int:
-        total = 0
-        for sel in sel_set.selections if sel_set else ():
-            if isinstance(sel, FieldNode):
-                n = _page_size(sel, variables, defaults)
-                child = mult
-                if n is not None:
-                    total += mult * n
-                    child = mult * max(n, 1)
-                total += walk(sel.selection_set, child)
-            elif isinstance(sel, InlineFragmentNode):
-                total += walk(sel.selection_set, mult)
-            elif isinstance(sel, FragmentSpreadNode):
-                frag = fragments.get(sel.name.value)
-                if frag is not None:
-                    total += walk(frag.selection_set, mult)
-        return total
-
-    if op.operation == OperationType.MUTATION:
-        roots = [s for s in op.selection_set.selections if isinstance(s, FieldNode)]
-        return MUTATION_COST * max(1, len(roots)) + walk(op.selection_set, 1)
-    return 1 + walk(op.selection_set, 1)
+    """The requested cost of an operation, by Shopify's published rules
+    (:mod:`tests.fakes.shopify_cost`)."""
+    return shopify_cost.requested_cost(load_admin_schema(), doc, op, variables)
 
 
 def _root_field_names(doc: Any, op: OperationDefinitionNode) -> list[str]:
@@ -994,18 +952,18 @@ class FakeShopify(FakeServer):
             return self._reject("BAD_REQUEST", "Subscriptions are not supported", query,
                                 variables, version)
 
-        requested = estimate_cost(doc, op, variables)
+        requested = shopify_cost.requested_cost(self.schema, doc, op, variables)
         call.requested_cost = requested
         # a query may cost neither more than 1000 nor more than the bucket can ever hold
         max_cost = min(MAX_QUERY_COST, int(self.bucket.maximum))
         if requested > max_cost:
-            msg = (f"Query cost is {requested}, which exceeds the single query max cost limit "
-                   f"({max_cost}).")
+            msg = shopify_cost.max_cost_message(requested, max_cost)
             self.rejected.append(
                 RejectedRequest("MAX_COST_EXCEEDED", msg, query, variables, version))
             return json_response({
                 "errors": [{"message": msg, "extensions": {
-                    "code": "MAX_COST_EXCEEDED", "cost": requested, "maxCost": max_cost}}],
+                    "code": "MAX_COST_EXCEEDED", "cost": requested, "maxCost": max_cost,
+                    "documentation": "https://shopify.dev/api/usage/limits#rate-limits"}}],
                 "extensions": {"cost": self._cost(requested, None)},
             })
         if not self.bucket.try_take(requested):
@@ -1020,10 +978,8 @@ class FakeShopify(FakeServer):
             variable_values=variables, operation_name=op_name,
             field_resolver=_field_resolver,
         )
-        if op.operation == OperationType.MUTATION:
-            actual = requested
-        else:
-            actual = min(requested, 1 + ctx.nodes)
+        actual = min(requested, shopify_cost.actual_cost(self.schema, doc, op, variables,
+                                                         result.data))
         self.bucket.give_back(requested - actual)
         call.actual_cost = actual
 

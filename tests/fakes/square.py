@@ -32,9 +32,33 @@ found: ``{}``), ``POST /v2/refunds`` (payment must be COMPLETED; over-refund →
 ``GET /v2/refunds/{id}`` when ``settle_refunds_on_get`` (default), cash/external refunds are
 ``COMPLETED`` at once), ``GET /v2/refunds/{id}``, ``POST /v2/terminals/checkouts``,
 ``GET /v2/terminals/checkouts/{id}``, ``POST /v2/terminals/checkouts/{id}/cancel``,
-``GET /v2/devices/{id}`` (devices registered with ``add_device(id, category)``; the status
-``category`` AVAILABLE / NEEDS_ATTENTION / OFFLINE, changed by ``set_device_status``; an
-unknown id → 404 ``NOT_FOUND``).
+``POST /v2/terminals/checkouts/search`` (``query.filter`` ``device_id``, ``status``,
+``created_at``; newest first), ``POST /v2/terminals/actions`` (``PING`` only),
+``GET /v2/terminals/actions/{id}``, ``GET /v2/devices``, ``GET /v2/devices/{id}``,
+``GET /v2/devices/codes/{id}``, ``GET /v2/payments`` (``begin_time``/``end_time``/
+``location_id``), ``GET /v2/refunds``.
+
+The contract: every request is checked against Square's published OpenAPI description
+(``tests/fixtures/square/api.json``, through :mod:`tests.fakes.square_openapi`): a path or
+method Square does not serve is answered 404 ``NOT_FOUND``, a body field or query parameter
+the description does not have (or of another type, or ``readOnly``) 400 with Square's code
+for it, and each is recorded in ``violations``; the fake's own answers are checked against
+the response schemas too. A test fails at teardown when ``violations`` is not empty
+(``tests/conftest.py``), so a call Square does not serve the way the code assumes fails in
+CI rather than in a store.
+
+Devices, as Square names them: ``add_device(device_id)`` pairs a Square Terminal whose
+Terminal API id (``DeviceCode.device_id``, what ``DeviceCheckoutOptions.device_id`` takes) is
+``device_id``; the Devices API knows it under a synthetic id ``device:<opaque>``
+(``Device.id``), with the serial in ``attributes.manufacturers_id`` and the pairing in
+``components[].application_details.device_code_id``. ``GET /v2/devices/{terminal
+device_id}`` is therefore a 404 ``NOT_FOUND``, as on Square. ``set_device_status(device_id,
+category)`` sets the Devices API's ``status.category`` (AVAILABLE / NEEDS_ATTENTION /
+OFFLINE) and whether the Terminal is reachable: an OFFLINE Terminal does not answer a
+``PING`` (it stays ``PENDING`` until its ``deadline_duration``, then ``CANCELED`` with
+``TIMED_OUT``) and never shows a checkout (it stays ``PENDING`` until its deadline, then
+``CANCELED`` ``TIMED_OUT``); a reachable one completes a ``PING`` at once. Deadlines run on
+``clock``.
 
 Terminal checkouts move only when a test says so: ``checkout_in_progress(id)``,
 ``checkout_complete(id)`` (creates the card payment, fills ``payment_ids``),
@@ -52,15 +76,22 @@ Rate limit: a token bucket of ``rate`` requests a second (Square publishes none;
 ``None`` = off) on the injectable ``clock``; beyond it 429 ``RATE_LIMIT_ERROR`` /
 ``RATE_LIMITED`` with ``Retry-After`` (``retry_after`` seconds).
 
-Inspection: ``payments``, ``refunds``, ``checkouts`` (id → wire dict), ``executions[key]``,
-``replays[key]``, ``errors``, plus the common ``requests``, ``stats``, ``faults``.
+Retention of keys (Square publishes none): ``forget_keys()`` drops every stored key, as a
+Square that forgot them would: the same request then executes again.
+
+Inspection: ``payments``, ``refunds``, ``checkouts``, ``actions`` (id → wire dict),
+``devices`` (by synthetic id), ``executions[key]``, ``replays[key]``, ``errors``,
+``violations``, plus the common ``requests``, ``stats``, ``faults``.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import re
 import time
+import uuid
+import weakref
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -70,6 +101,7 @@ from typing import Any
 from aiohttp import web
 
 from .base import Clock, FakeServer, TokenBucket, canonical, json_response
+from .square_openapi import Operation, square_api
 
 JSON = dict[str, Any]
 
@@ -137,6 +169,22 @@ def _ts(dt: datetime) -> str:
     return dt.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%S.") + f"{dt.microsecond // 1000:03d}Z"
 
 
+_DURATION = re.compile(r"^P(?:T(?:(\d+)H)?(?:(\d+)M)?(?:(\d+(?:\.\d+)?)S)?)$")
+
+
+def duration_seconds(text: str) -> float:
+    """An RFC 3339 / ISO 8601 duration (``PT40S``, ``PT5M``) in seconds."""
+    match = _DURATION.match(text)
+    if match is None or text == "PT":
+        raise ValueError(text)
+    hours, minutes, seconds = match.groups()
+    return int(hours or 0) * 3600 + int(minutes or 0) * 60 + float(seconds or 0)
+
+
+#: Every FakeSquare made, so that a test's teardown can check their violations.
+INSTANCES: list[weakref.ref[FakeSquare]] = []
+
+
 @dataclass
 class _Stored:
     fingerprint: str
@@ -175,13 +223,24 @@ class FakeSquare(FakeServer):
         self.payments: dict[str, JSON] = {}
         self.refunds: dict[str, JSON] = {}
         self.checkouts: dict[str, JSON] = {}
+        self.actions: dict[str, JSON] = {}
         self.devices: dict[str, JSON] = {}
+        """The Devices API's view, by the synthetic ``Device.id`` (``device:…``)."""
+        self.device_codes: dict[str, JSON] = {}
+        self.terminals: dict[str, str] = {}
+        """Terminal API ``device_id`` → its synthetic ``Device.id``."""
+        self.reachable: dict[str, bool] = {}
+        """Terminal API ``device_id`` → whether the Terminal answers (not OFFLINE)."""
+        self.violations: list[str] = []
+        """Requests Square does not serve as sent, and answers the fake shaped wrongly."""
+        self._deadlines: dict[str, float] = {}
         self.payment_by_key: dict[str, str] = {}
         self.executions: Counter[str] = Counter()
         self.replays: Counter[str] = Counter()
         self.errors: list[JSON] = []
         self._idem: dict[tuple[str, str], _Stored] = {}
         self._seq = itertools.count(1)
+        INSTANCES.append(weakref.ref(self))
 
     # -- ids ------------------------------------------------------------------------------
 
@@ -197,12 +256,19 @@ class FakeSquare(FakeServer):
         r.add_get("/v2/payments/{id}", self._h_payment_get)
         r.add_post("/v2/payments/{id}/complete", self._h_payment_complete)
         r.add_post("/v2/payments/{id}/cancel", self._h_payment_cancel)
+        r.add_get("/v2/payments", self._h_payment_list)
         r.add_post("/v2/refunds", self._h_refund_create)
+        r.add_get("/v2/refunds", self._h_refund_list)
         r.add_get("/v2/refunds/{id}", self._h_refund_get)
+        r.add_get("/v2/devices", self._h_device_list)
+        r.add_get("/v2/devices/codes/{id}", self._h_device_code_get)
         r.add_get("/v2/devices/{id}", self._h_device_get)
         r.add_post("/v2/terminals/checkouts", self._h_checkout_create)
+        r.add_post("/v2/terminals/checkouts/search", self._h_checkout_search)
         r.add_get("/v2/terminals/checkouts/{id}", self._h_checkout_get)
         r.add_post("/v2/terminals/checkouts/{id}/cancel", self._h_checkout_cancel)
+        r.add_post("/v2/terminals/actions", self._h_action_create)
+        r.add_get("/v2/terminals/actions/{id}", self._h_action_get)
 
     def _middlewares(self) -> list[Any]:
         return [self._service_middleware]
@@ -239,15 +305,64 @@ class FakeSquare(FakeServer):
         if self.limiter is not None and not self.limiter.try_take():
             self.stats.throttled += 1
             return self.throttled_response(self.retry_after)
+        refused, op = await self._contract(request)
+        if refused is not None:
+            return refused
         try:
             resp: web.StreamResponse = await handler(request)
-            return resp
         except SquareError as e:
-            return self._error(e)
+            resp = self._error(e)
         except (web.HTTPNotFound, web.HTTPMethodNotAllowed):
+            self.violations.append(f"{request.method} {request.path}: the fake does not"
+                                   " implement this operation of Square's")
             return self._error(_bad("NOT_FOUND", f"API endpoint for URL path "
                                     f"`{request.path}` and HTTP method `{request.method}` is "
                                     f"not found.", status=404))
+        if op is not None and isinstance(resp, web.Response) and resp.body:
+            try:
+                answer = json.loads(bytes(resp.body))  # type: ignore[arg-type]
+            except ValueError:
+                answer = None
+            for problem in square_api().check_answer(op, answer):
+                self.violations.append(f"the fake's answer to {op.operation_id} is not"
+                                       f" shaped as Square's: {problem}")
+        return resp
+
+    async def _contract(self, request: web.Request) -> tuple[web.Response | None,
+                                                              Operation | None]:
+        """Check the request against Square's published description (module docstring)."""
+        api = square_api()
+        op = api.operation(request.method, request.path)
+        if op is None:
+            self.violations.append(f"{request.method} {request.path}: Square serves no such"
+                                   " path and method")
+            return self._error(_bad("NOT_FOUND", f"API endpoint for URL path "
+                                    f"`{request.path}` and HTTP method `{request.method}` is "
+                                    f"not found.", status=404)), None
+        raw = await request.read()
+        body: Any = None
+        if raw:
+            try:
+                body = json.loads(raw)
+            except ValueError:
+                self.violations.append(f"{op.operation_id}: the body is not JSON")
+                return self._error(_bad("EXPECTED_JSON_BODY",
+                                        "The request body is not valid JSON.")), op
+        problems = api.check_request(op, dict(request.query), body)
+        if problems:
+            for problem in problems:
+                self.violations.append(f"{op.operation_id} ({request.method}"
+                                       f" {request.path}): {problem}")
+            first = problems[0]
+            return self._error(_bad(first.code, first.message, first.field or None)), op
+        return None, op
+
+    def assert_no_violations(self) -> None:
+        """Every request was one Square serves, every answer shaped as Square's."""
+        if self.violations:
+            raise AssertionError("the Square fake saw calls Square does not serve as sent"
+                                 " (tests/fixtures/square/api.json):\n  "
+                                 + "\n  ".join(self.violations))
 
     async def _body(self, request: web.Request, allowed: frozenset[str] | set[str]) -> JSON:
         raw = await request.read()
@@ -311,6 +426,17 @@ class FakeSquare(FakeServer):
             self.executions[key] += 1
             self._idem[(scope, key)] = _Stored(fingerprint, status, out)
         return self._respond(status, out)
+
+    def saw_key(self, scope: str, key: str, body: JSON) -> None:
+        """A request with ``body`` already ran under ``key`` at ``scope`` (``payments``,
+        ``refunds``, ``checkouts``, ``actions``): another body under it is refused
+        ``IDEMPOTENCY_KEY_REUSED``."""
+        self._idem[(scope, key)] = _Stored(canonical(body), 200, {})
+
+    def forget_keys(self) -> None:
+        """Square forgot every idempotency key (it publishes no retention): the same
+        request under the same key executes again."""
+        self._idem.clear()
 
     # -- payments -------------------------------------------------------------------------
 
@@ -448,6 +574,21 @@ class FakeSquare(FakeServer):
     async def _h_payment_get(self, request: web.Request) -> web.Response:
         return self._respond(200, {"payment": self._payment(request.match_info["id"])})
 
+    async def _h_payment_list(self, request: web.Request) -> web.Response:
+        q = request.query
+        found = [p for p in self.payments.values()
+                 if (not q.get("begin_time") or p["created_at"] >= q["begin_time"])
+                 and (not q.get("end_time") or p["created_at"] < q["end_time"])
+                 and (not q.get("location_id") or p["location_id"] == q["location_id"])]
+        ascending = q.get("sort_order") == "ASC"
+        found.sort(key=lambda p: (p["created_at"], p["id"]), reverse=not ascending)
+        start = int(q.get("cursor") or 0)
+        limit = min(int(q.get("limit") or 100), 100)
+        out: JSON = {"payments": found[start:start + limit]}
+        if start + limit < len(found):
+            out["cursor"] = str(start + limit)
+        return self._respond(200, out)
+
     async def _h_payment_complete(self, request: web.Request) -> web.Response:
         body = await self._body(request, {"version_token"})
         p = self._payment(request.match_info["id"])
@@ -540,6 +681,15 @@ class FakeSquare(FakeServer):
 
         return self._idempotent("refunds", key, body, run)
 
+    async def _h_refund_list(self, request: web.Request) -> web.Response:
+        q = request.query
+        found = [r for r in self.refunds.values()
+                 if (not q.get("begin_time") or r["created_at"] >= q["begin_time"])
+                 and (not q.get("end_time") or r["created_at"] < q["end_time"])
+                 and (not q.get("location_id") or r["location_id"] == q["location_id"])]
+        found.sort(key=lambda r: (r["created_at"], r["id"]), reverse=q.get("sort_order") != "ASC")
+        return self._respond(200, {"refunds": found[:100]})
+
     async def _h_refund_get(self, request: web.Request) -> web.Response:
         rid = request.match_info["id"]
         refund = self.refunds.get(rid)
@@ -561,6 +711,7 @@ class FakeSquare(FakeServer):
         c = self.checkouts.get(cid)
         if c is None:
             raise _bad("NOT_FOUND", f"Could not find checkout with id: {cid}", status=404)
+        self._expire(c)
         return c
 
     async def _h_checkout_create(self, request: web.Request) -> web.Response:
@@ -595,10 +746,38 @@ class FakeSquare(FakeServer):
                 "team_member_id": co.get("team_member_id"),
             }
             checkout = {k: v for k, v in checkout.items() if v is not None}
+            self._deadline(checkout["id"], co.get("deadline_duration"))
             self.checkouts[checkout["id"]] = checkout
             return 200, {"checkout": checkout}
 
         return self._idempotent("checkouts", key, body, run)
+
+    async def _h_checkout_search(self, request: web.Request) -> web.Response:
+        body = await self._body(request, {"query", "cursor", "limit"})
+        query = body.get("query") or {}
+        flt = query.get("filter") or {}
+        found = []
+        for c in self.checkouts.values():
+            self._expire(c)
+            if flt.get("device_id") and c["device_options"]["device_id"] != flt["device_id"]:
+                continue
+            if flt.get("status") and c["status"] != flt["status"]:
+                continue
+            span = flt.get("created_at") or {}
+            if span.get("start_at") and c["created_at"] < span["start_at"]:
+                continue
+            if span.get("end_at") and c["created_at"] > span["end_at"]:
+                continue
+            found.append(c)
+        ascending = (query.get("sort") or {}).get("sort_order") == "ASC"
+        found.sort(key=lambda c: (c["created_at"], c["id"]), reverse=not ascending)
+        start = int(body.get("cursor") or 0)
+        limit = int(body.get("limit") or 100)
+        page = found[start:start + limit]
+        out: JSON = {"checkouts": page}
+        if start + limit < len(found):
+            out["cursor"] = str(start + limit)
+        return self._respond(200, out)
 
     async def _h_checkout_get(self, request: web.Request) -> web.Response:
         return self._respond(200, {"checkout": self._checkout(request.match_info["id"])})
@@ -617,20 +796,39 @@ class FakeSquare(FakeServer):
         self._touch(c)
         return self._respond(200, {"checkout": c})
 
+    # -- devices (the Devices API's view of a paired Square Terminal) ---------------------
+
     def add_device(self, device_id: str, category: str = "AVAILABLE") -> str:
-        """A paired Square Terminal; ``category`` AVAILABLE, NEEDS_ATTENTION or OFFLINE."""
-        self.devices[device_id] = {
-            "id": device_id,
+        """Pair a Square Terminal whose Terminal API id is ``device_id``; returns the
+        Devices API's synthetic ``Device.id`` (``device:…``), which is another value."""
+        code_id = f"DC{uuid.uuid4().hex[:12].upper()}"
+        now = _ts(self.now())
+        self.device_codes[code_id] = {
+            "id": code_id, "name": f"Counter {device_id[-4:]}", "code": "EBCARJ",
+            "device_id": device_id, "product_type": "TERMINAL_API",
+            "location_id": self.location_id, "status": "PAIRED", "created_at": now,
+            "status_changed_at": now, "paired_at": now,
+        }
+        synthetic = f"device:{uuid.uuid4().hex}"
+        self.devices[synthetic] = {
+            "id": synthetic,
             "attributes": {"type": "TERMINAL", "manufacturer": "Square", "model": "T2",
                            "name": f"Terminal {device_id[-4:]}", "manufacturers_id": device_id,
-                           "updated_at": _ts(self.now()), "version": "6.72",
-                           "merchant_token": "MLFAKE"},
+                           "updated_at": now, "version": "6.72", "merchant_token": "MLFAKE"},
+            "components": [{"type": "APPLICATION", "application_details": {
+                "application_type": "TERMINAL_API", "version": "6.72",
+                "session_location": self.location_id, "device_code_id": code_id}}],
             "status": {"category": category},
         }
-        return device_id
+        self.terminals[device_id] = synthetic
+        self.reachable[device_id] = category != "OFFLINE"
+        return synthetic
 
     def set_device_status(self, device_id: str, category: str) -> None:
-        self.devices[device_id]["status"] = {"category": category}
+        """The Terminal (by its Terminal API id) is AVAILABLE, NEEDS_ATTENTION or OFFLINE:
+        the Devices API says so, and an OFFLINE one answers nothing (no PING, no checkout)."""
+        self.devices[self.terminals[device_id]]["status"] = {"category": category}
+        self.reachable[device_id] = category != "OFFLINE"
 
     def device_checkouts(self, device_id: str) -> list[JSON]:
         """The device's checkouts, oldest first."""
@@ -643,6 +841,84 @@ class FakeSquare(FakeServer):
         if device is None:
             raise _bad("NOT_FOUND", f"Device with id `{did}` not found.", status=404)
         return self._respond(200, {"device": device})
+
+    async def _h_device_list(self, request: web.Request) -> web.Response:
+        return self._respond(200, {"devices": list(self.devices.values())})
+
+    async def _h_device_code_get(self, request: web.Request) -> web.Response:
+        cid = request.match_info["id"]
+        code = self.device_codes.get(cid)
+        if code is None:
+            raise _bad("NOT_FOUND", f"Device code with id `{cid}` not found.", status=404)
+        return self._respond(200, {"device_code": code})
+
+    # -- deadlines ------------------------------------------------------------------------
+
+    def _expire(self, obj: JSON) -> None:
+        """A checkout or action still PENDING past its deadline is CANCELED (TIMED_OUT)."""
+        due = self._deadlines.get(obj["id"])
+        if obj["status"] == "PENDING" and due is not None and self.clock() >= due:
+            obj["status"] = "CANCELED"
+            obj["cancel_reason"] = "TIMED_OUT"
+            self._touch(obj)
+
+    def _deadline(self, oid: str, text: str | None, default: float = 300.0) -> None:
+        try:
+            seconds = duration_seconds(text) if text else default
+        except ValueError:
+            raise _bad("INVALID_VALUE", f"Invalid duration {text!r}.",
+                       "deadline_duration") from None
+        self._deadlines[oid] = self.clock() + seconds
+
+    # -- terminal actions -----------------------------------------------------------------
+
+    async def _h_action_create(self, request: web.Request) -> web.Response:
+        body = await self._body(request, {"idempotency_key", "action"})
+        key = self._key(body, 64)
+        action = body.get("action")
+        if not isinstance(action, dict):
+            raise _bad("MISSING_REQUIRED_PARAMETER", "Field must be set", "action")
+        if action.get("type") != "PING":
+            raise _bad("BAD_REQUEST", f"The fake serves PING actions only, not"
+                       f" {action.get('type')!r}.", "action.type")
+        device_id = action.get("device_id")
+        if not isinstance(device_id, str) or device_id not in self.terminals:
+            raise _bad("INVALID_VALUE", f"Unknown device_id {device_id!r}.",
+                       "action.device_id")
+
+        def run() -> tuple[int, JSON]:
+            now = _ts(self.now())
+            created: JSON = {
+                "id": self._id("termapia:"), "device_id": device_id,
+                "deadline_duration": action.get("deadline_duration") or "PT5M",
+                "status": "PENDING", "created_at": now, "updated_at": now,
+                "app_id": "sandbox-sq0idb-fake", "location_id": self.location_id,
+                "type": "PING",
+            }
+            self._deadline(created["id"], action.get("deadline_duration"))
+            self.actions[created["id"]] = created
+            self._ping(created)
+            return 200, {"action": created}
+
+        return self._idempotent("actions", key, body, run)
+
+    def _ping(self, action: JSON) -> None:
+        """A reachable Terminal answers a PING at once."""
+        if action["status"] == "PENDING" and self.reachable.get(action["device_id"]):
+            action["status"] = "COMPLETED"
+            action["device_metadata"] = {"battery_percentage": "87", "network_connection_type":
+                                         "WIFI", "serial_number": action["device_id"],
+                                         "location_id": self.location_id}
+            self._touch(action)
+
+    async def _h_action_get(self, request: web.Request) -> web.Response:
+        aid = request.match_info["id"]
+        action = self.actions.get(aid)
+        if action is None:
+            raise _bad("NOT_FOUND", f"Could not find action with id: {aid}", status=404)
+        self._expire(action)
+        self._ping(action)
+        return self._respond(200, {"action": action})
 
     def checkout_in_progress(self, checkout_id: str) -> None:
         """The customer started paying on the device."""

@@ -267,6 +267,7 @@ class FakeStripe(FakeServer):
         self._idem: dict[str, _Stored] = {}
         self._seq = itertools.count(1)
         self._visible_at: dict[str, float] = {}
+        self._process_refusals: dict[str, tuple[str, bool, Callable[[], object] | None]] = {}
 
     # -- helpers for tests ----------------------------------------------------------------
 
@@ -294,6 +295,14 @@ class FakeStripe(FakeServer):
             "failure_message": None, "api_error": None,
             "process_payment_intent": {"payment_intent": payment_intent,
                                        "process_config": None}}
+
+    def refuse_next_process(self, reader_id: str, code: str = "terminal_reader_timeout", *,
+                            took: bool, then: Callable[[], object] | None = None) -> None:
+        """The reader's next ``process_payment_intent`` is answered 400 ``code`` (a reader
+        that did not answer Stripe in time; the code's name is *unverified*). ``took``:
+        the reader got the action all the same (it is in progress); ``then`` runs right
+        after (the customer taps at once, say)."""
+        self._process_refusals[reader_id] = (code, took, then)
 
     def reader_intent(self, reader_id: str) -> str | None:
         """The PaymentIntent the reader's action is processing, if any."""
@@ -949,12 +958,20 @@ class FakeStripe(FakeServer):
                 raise _invalid(f"This PaymentIntent has a status of {pi['status']} and cannot "
                                f"be processed.", code="payment_intent_unexpected_state",
                                executed=True)
-            reader["action"] = {
-                "type": "process_payment_intent", "status": "in_progress",
-                "failure_code": None, "failure_message": None, "api_error": None,
-                "process_payment_intent": {"payment_intent": pid,
-                                           "process_config": params.get("process_config")},
-            }
+            refusal = self._process_refusals.pop(reader["id"], None)
+            if refusal is None or refusal[1]:
+                reader["action"] = {
+                    "type": "process_payment_intent", "status": "in_progress",
+                    "failure_code": None, "failure_message": None, "api_error": None,
+                    "process_payment_intent": {"payment_intent": pid,
+                                               "process_config": params.get("process_config")},
+                }
+            if refusal is not None:
+                code, _took, then = refusal
+                if then is not None:
+                    then()
+                raise _invalid("The Reader did not respond in time. Check the reader's"
+                               " status before retrying.", code=code, executed=True)
             return 200, reader
 
         return await self._idempotent(request, params, run)
