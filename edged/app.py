@@ -31,6 +31,7 @@ from edged.api.server import (
     connection_limit,
     handler_args,
 )
+from edged.api.stream_registry import StreamRegistry
 from edged.config import Config
 from edged.events import EventBus
 from edged.inventory import InventoryService
@@ -60,7 +61,10 @@ def build_web_app(services: Services) -> web.Application:
     app = web.Application(middlewares=[edge_middleware],
                           client_max_size=services.cfg.api.max_body_bytes)
     app[SERVICES] = services
-    app[GUARD] = ConnectionGuard(connection_limit(services.cfg.api.max_connections))
+    api = services.cfg.api
+    app[GUARD] = ConnectionGuard(connection_limit(api.max_connections),
+                                 api.max_connections_per_address,
+                                 api.max_unauthenticated_per_address)
     app[DRAINING] = [False]
     for route in ROUTES:
         app.router.add_route(route.method, route.path, bind(route))
@@ -102,6 +106,8 @@ class Daemon:
             manager=manager.build(self.cfg, self.clock, self.db, self.bus, self.terminals,
                                   self.sync_status),
             principals=PrincipalCache(stamp_path(self.db.path)),
+            streams=StreamRegistry(self.cfg.api.max_streams_per_token,
+                                   max(1, connection_limit(self.cfg.api.max_connections) // 4)),
         )
         self.app = build_web_app(self.services)
         self._runner: web.AppRunner | None = None
@@ -149,7 +155,8 @@ class Daemon:
         self._site = GuardedSite(self._runner, self.cfg.api.host, self.cfg.api.port,
                                  guard=guard, reuse_address=True,
                                  handler_args=handler_args(self.cfg.api),
-                                 ssl_context=self.tls.context if self.tls else None)
+                                 ssl_context=self.tls.context if self.tls else None,
+                                 handshake_timeout=self.cfg.api.header_timeout)
         await self._site.start()
         server = self._site._server
         sockets = getattr(server, "sockets", None) or []

@@ -50,6 +50,11 @@ class SessionStore:
         self._clock = clock
         self._lifetime = timedelta(minutes=minutes)
 
+    @staticmethod
+    def digest(session_id: str) -> str:
+        """What the database keeps of a session id (and what its streams are known by)."""
+        return _hash(session_id)
+
     @property
     def lifetime_seconds(self) -> int:
         return int(self._lifetime.total_seconds())

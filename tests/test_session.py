@@ -213,10 +213,25 @@ async def test_under_tls_the_cookie_is_secure(tmp_path: Path) -> None:
             async with s.post(base + "/session", json={"token": manager}, ssl=pin,
                               headers={"Origin": base}) as r:
                 assert r.status == 200
-                cookie = SimpleCookie(r.headers["Set-Cookie"])["edged_session"]
+                jar = SimpleCookie(r.headers["Set-Cookie"])
+                # __Host-: the browser keeps it only Secure, for path / and without a Domain,
+                # so no other host of the LAN can set or shadow it (issue 17, point 7)
+                assert list(jar) == ["__Host-edged_session"]
+                cookie = jar["__Host-edged_session"]
                 assert cookie["secure"] is True and cookie["httponly"] is True
+                assert cookie["path"] == "/" and not cookie["domain"]
+                sid = cookie.value
             async with s.get(base + "/v1/status", ssl=pin) as r:
                 assert r.status == 200
+            # the same session id under the old name is no sign-in under TLS
+            async with aiohttp.ClientSession() as bare, bare.get(
+                    base + "/v1/status", ssl=pin,
+                    headers={"Cookie": f"edged_session={sid}"}) as r:
+                assert r.status == 401
+            async with s.delete(base + "/session", ssl=pin, headers={"Origin": base}) as r:
+                assert r.status == 200
+                gone = SimpleCookie(r.headers["Set-Cookie"])["__Host-edged_session"]
+                assert gone["secure"] is True and gone.value == ""
     finally:
         await daemon.stop()
 

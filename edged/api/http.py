@@ -21,6 +21,7 @@ from edged import idempotency, jsoncodec
 from edged.api import session as _session
 from edged.api.ratelimit import Verdict
 from edged.api.schema import Obj, Schema
+from edged.api.server import body_arrived
 from edged.cardnumbers import MAX_DEPTH, Problem, inspect, mask, plain, text_has_pan
 from edged.errors import ApiError, EdgedError
 from edged.idempotency import MAX_KEY_LENGTH, IdemRecord
@@ -117,8 +118,9 @@ class ClientGone(EdgedError):
     """The client closed the connection before its request arrived in full."""
 
 
-async def _read_body(request: web.Request, schema: Obj | None) -> tuple[dict[str, Any], Any]:
-    """(validated body, the raw decoded JSON for hashing). The raw body is never logged."""
+async def read_raw(request: web.Request) -> bytes:
+    """The whole body, within ``[api] body_timeout`` (every body read goes through here);
+    once it is in, the connection is held (:func:`edged.api.server.body_arrived`)."""
     timeout = request.app[SERVICES].cfg.api.body_timeout
     try:
         if request.content.is_eof():  # all of it has arrived: nothing to wait for
@@ -134,6 +136,13 @@ async def _read_body(request: web.Request, schema: Obj | None) -> tuple[dict[str
                        headers={"Connection": "close"}) from None
     except (ConnectionError, ClientPayloadError, ClientConnectionError) as exc:
         raise ClientGone(str(exc)) from None
+    body_arrived(request)
+    return raw
+
+
+async def _read_body(request: web.Request, schema: Obj | None) -> tuple[dict[str, Any], Any]:
+    """(validated body, the raw decoded JSON for hashing). The raw body is never logged."""
+    raw = await read_raw(request)
     if not raw.strip():
         decoded: Any = {}
     else:
@@ -325,7 +334,7 @@ async def admit(request: web.Request, services: Services) -> Verdict | None:
     if not path.startswith("/v1/") or path in PUBLIC_PATHS:
         return None
     authorization = request.headers.get("Authorization")
-    if authorization is None and _session.COOKIE in request.cookies:
+    if authorization is None and _session.cookie_name(services) in request.cookies:
         request[PRINCIPAL] = await _session.cookie_principal(request, services)
         return None
     scheme, _, token = (authorization or "").strip().partition(" ")

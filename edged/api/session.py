@@ -32,7 +32,16 @@ from edged.tokens import Principal
 log = logging.getLogger(__name__)
 
 COOKIE = "edged_session"
+HOST_COOKIE = "__Host-" + COOKIE
+"""The name under TLS: a ``__Host-`` cookie is only taken by the browser when it is Secure,
+for path ``/`` and without a Domain, so another host of the LAN (or a page served over
+plain HTTP) cannot set or shadow it."""
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def cookie_name(services: Services) -> str:
+    """``__Host-edged_session`` under TLS, ``edged_session`` on the plain loopback API."""
+    return HOST_COOKIE if services.cfg.api.tls else COOKIE
 
 
 def _own_origin(request: web.Request) -> str:
@@ -49,7 +58,7 @@ def check_origin(request: web.Request) -> None:
 
 
 async def principal_of(request: web.Request, services: Services) -> tuple[Principal, str]:
-    sid = request.cookies.get(COOKIE, "")
+    sid = request.cookies.get(cookie_name(services), "")
     found = await services.manager.sessions.lookup(sid) if sid else None
     if found is None:
         raise ApiError("ERR-5021", "sign in again: the session expired, was signed out, or"
@@ -87,8 +96,11 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     if not verdict.allowed:
         raise ApiError("ERR-1015", f"too many sign-in attempts; retry after"
                        f" {verdict.retry_after} s", headers=verdict.headers())
+    from edged.api.http import read_raw  # noqa: PLC0415  (http imports us)
+
+    raw = await read_raw(request)
     try:
-        body = json.loads(await request.read() or b"{}")
+        body = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError):
         raise ApiError("ERR-1001", "the body is not valid JSON") from None
     if isinstance(body, dict) and "code" in body and "token" not in body:
@@ -111,8 +123,9 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         {"scope": principal.scope, "expires_at": result.expires_at}))
     log.info("status page: %s signed in (%s)", principal.name, principal.scope)
     response = json_response(200, _body(principal, result.expires_at))
-    response.set_cookie(COOKIE, result.session_id, max_age=services.manager.sessions
-                        .lifetime_seconds, path="/", httponly=True, samesite="Strict",
+    response.set_cookie(cookie_name(services), result.session_id,
+                        max_age=services.manager.sessions.lifetime_seconds, path="/",
+                        httponly=True, samesite="Strict",
                         secure=request.secure or services.cfg.api.tls)
     return response
 
@@ -161,9 +174,12 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
     from edged.api.http import SERVICES, json_response  # noqa: PLC0415
 
     check_origin(request)
-    sid = request.cookies.get(COOKIE, "")
+    services = request.app[SERVICES]
+    name = cookie_name(services)
+    sid = request.cookies.get(name, "")
     if sid:
-        await request.app[SERVICES].manager.sessions.sign_out(sid)
+        await services.manager.sessions.sign_out(sid)
+        services.streams.end_session(services.manager.sessions.digest(sid))
     response = json_response(200, {"signed_out": True})
-    response.del_cookie(COOKIE, path="/")
+    response.del_cookie(name, path="/", secure=services.cfg.api.tls)
     return response
