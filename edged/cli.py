@@ -111,6 +111,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = _config(args)
         logging.basicConfig(level=cfg.log_level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from edged import log_redaction  # noqa: PLC0415
+
+        log_redaction.install()  # no token, session id or pairing code in any line
         # httpx (the squareup SDK's client) logs every request at INFO: a cloud lane's
         # heartbeat would fill the journal; edged logs what the calls mean instead
         logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
