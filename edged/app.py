@@ -131,6 +131,9 @@ class Daemon:
         if self.tls is not None:
             cert = self.tls.start()
             self.services.allowed_hosts |= cert.names
+            keeper = self.tls
+            self.services.own_fingerprint = lambda: keeper.info.fingerprint \
+                if keeper.info is not None else ""
             self._tasks.append(asyncio.create_task(self.tls.run(), name="tls-renewal"))
         self.metrics.collector(self._collect)
         self.metrics.async_collector(status_metrics.collector(

@@ -1,16 +1,21 @@
 """A register on the store LAN, in a few lines: what the namespace test runs on the far side.
 
     python -m tests.lan_register find STORE [--timeout S]       # mDNS: address, port, fp
-    python -m tests.lan_register pair URL FP CODE NAME          # HTTPS pinned to FP
+    python -m tests.lan_register pair URL FP CODE NAME          # HTTPS pinned to FP; sends
+                                                                # the proof, never the code
     python -m tests.lan_register get URL FP PATH TOKEN          # HTTPS pinned to FP
     python -m tests.lan_register plain URL PATH                 # plain HTTP (must fail)
 
-Each prints one JSON object. The token travels in the Authorization header only.
+Each prints one JSON object. The token travels in the Authorization header only, and the
+pairing code never travels: the register sends ``HMAC-SHA256(key=code, msg=fingerprint)``
+for the fingerprint it pinned (written here from the README, not from the daemon's code).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hashlib
+import hmac
 import json
 import sys
 from typing import Any
@@ -36,6 +41,17 @@ async def _call(method: str, url: str, fp: str | None, body: Any = None,
         return {"status": None, "error": f"{type(exc).__name__}: {exc}"}
 
 
+def pair_body(code: str, fingerprint: str, name: str | None = None) -> dict[str, str]:
+    """What a register sends to pair: the code proven with the fingerprint it pinned (the
+    code upper case without its dash; the fingerprint 64 lower-case hex digits, or "" when
+    the daemon has no TLS)."""
+    key = code.upper().replace("-", "").replace(" ", "").encode()
+    body = {"proof": hmac.new(key, fingerprint.lower().encode(), hashlib.sha256).hexdigest()}
+    if name is not None:
+        body["name"] = name
+    return body
+
+
 async def _find(store: str, timeout: float) -> dict[str, Any]:
     from edged.discovery import discover
 
@@ -52,7 +68,7 @@ def main(argv: list[str]) -> int:
         out = asyncio.run(_find(rest[0], timeout))
     elif action == "pair":
         url, fp, code, name = rest
-        out = asyncio.run(_call("POST", f"{url}/v1/pair", fp, {"code": code, "name": name}))
+        out = asyncio.run(_call("POST", f"{url}/v1/pair", fp, pair_body(code, fp, name)))
     elif action == "get":
         url, fp, path, token = rest
         out = asyncio.run(_call("GET", f"{url}{path}", fp, token=token))

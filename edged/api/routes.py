@@ -13,7 +13,7 @@ from edged import audit, idempotency, systemd_notify
 from edged.api import models
 from edged.api.http import DRAINING, Ctx, Route, json_response
 from edged.api.manager_routes import MANAGER_ROUTES
-from edged.api.pair_route import PAIR_ROUTE
+from edged.api.pair_route import PAIR_INFO_ROUTE, PAIR_ROUTE
 from edged.api.streams import events
 from edged.errors import ApiError
 from edged.inventory import COUNT_REASON, ItemRef, OrderLine, StockChange, StockCount
@@ -335,4 +335,4 @@ ROUTES: tuple[Route, ...] = (
           models.HEALTH, scope=None, tag="meta"),
     Route("GET", "/metrics", metrics, "Prometheus text format", models.TEXT, scope=None,
           tag="meta", media_type="text/plain"),
-) + MANAGER_ROUTES + (PAIR_ROUTE,)
+) + MANAGER_ROUTES + (PAIR_ROUTE, PAIR_INFO_ROUTE)

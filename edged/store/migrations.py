@@ -308,6 +308,13 @@ CREATE TABLE pairing_codes (
 );
 CREATE INDEX pairing_codes_open ON pairing_codes(expires_at) WHERE used_at IS NULL;
 """),
+    # Issue 17. A pairing code is bound to the certificate's fingerprint ("" without TLS;
+    # NULL: a code made before, which no proof matches). An audit entry says how its hash
+    # was made: 1 plain SHA-256 (the entries before), 2 HMAC-SHA256 with the audit key.
+    (7, "pairing bound to the certificate; keyed audit chain", """
+ALTER TABLE pairing_codes ADD COLUMN fingerprint TEXT;
+ALTER TABLE audit ADD COLUMN version INTEGER NOT NULL DEFAULT 1
+"""),
 )
 
 # Migrations that rebuild a table others reference: run with foreign keys off (SQLite's
