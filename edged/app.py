@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from edged import manager, status_metrics, sync_setup, systemd_notify
+from edged import audit, manager, status_metrics, sync_setup, systemd_notify
 from edged.api import page
 from edged.api.http import (
     DRAINING,
@@ -127,6 +127,7 @@ class Daemon:
 
     async def start(self) -> None:
         await self.db.open()
+        await self._audit_head()
         self.services.allowed_hosts = allowed_hosts(self.services)
         if self.tls is not None:
             cert = self.tls.start()
@@ -172,6 +173,15 @@ class Daemon:
             from edged.discovery import announce  # noqa: PLC0415  (zeroconf only when used)
 
             self.advertiser = await announce(self.cfg, self.port, self.tls)
+
+    async def _audit_head(self) -> None:
+        """Start the keyed part of the audit chain if it has none; the head to the journal
+        (``edged audit verify --expect-head`` proves later that no tail was cut)."""
+        started = await self.db.write(audit.ensure_keyed)
+        head = await self.db.read(audit.head)
+        if head is not None:
+            log.info("audit chain: %d entries, head %s%s", head.entries, head,
+                     " (its keyed part starts here)" if started else "")
 
     async def _preload_sdks(self) -> None:
         """Import the processors' SDKs now that the API answers (sync.sdk_clients)."""
