@@ -167,6 +167,11 @@ class Daemon:
         self.port = sockets[0].getsockname()[1] if sockets else self.cfg.api.port
         log.info("edged ready on %s://%s:%d (data %s)", self.scheme, self.cfg.api.host,
                  self.port, self.db.path)
+        if self.cfg.api.metrics_public and not self.cfg.on_loopback:
+            log.warning("[api] metrics_public = true: GET /metrics answers anyone who reaches"
+                        " %s without a token (sales volume by method, terminal ids, pairing"
+                        " failures); set it to false and give Prometheus a monitor token",
+                        self.cfg.api.listen)
         if self.cfg.stripe is not None or self.cfg.square is not None:
             self._tasks.append(asyncio.create_task(self._preload_sdks(), name="sdk-preload"))
         if self.cfg.advertise:

@@ -23,6 +23,7 @@ from edged.api.ratelimit import Verdict
 from edged.api.schema import Obj, Schema
 from edged.api.server import body_arrived
 from edged.cardnumbers import MAX_DEPTH, Problem, inspect, mask, plain, text_has_pan
+from edged.config import is_loopback
 from edged.errors import ApiError, EdgedError
 from edged.idempotency import MAX_KEY_LENGTH, IdemRecord
 from edged.payments import Answer
@@ -36,6 +37,9 @@ SERVICES = web.AppKey("services", Services)
 DRAINING = web.AppKey("draining", list)  # a one-element list holding a bool
 PRINCIPAL = web.RequestKey("principal", Principal)
 PUBLIC_PATHS = frozenset({"/v1/pair"})  # /v1 calls without a bearer token
+METRICS_PATH = "/metrics"
+"""A bearer token of any scope (or the page's sign-in), unless the client is on this box or
+``[api] metrics_public`` lets the LAN in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -331,7 +335,10 @@ async def admit(request: web.Request, services: Services) -> Verdict | None:
             raise ApiError("ERR-5004", "the Host header does not name this daemon; add the"
                            " name to [api].allowed_hosts if it is really this box")
     path = request.path
-    if not path.startswith("/v1/") or path in PUBLIC_PATHS:
+    if path == METRICS_PATH:
+        if services.cfg.api.metrics_public or is_loopback(request.remote or ""):
+            return None  # this box's own Prometheus, or a LAN one the setting lets in
+    elif not path.startswith("/v1/") or path in PUBLIC_PATHS:
         return None
     authorization = request.headers.get("Authorization")
     if authorization is None and _session.cookie_name(services) in request.cookies:
@@ -341,8 +348,12 @@ async def admit(request: web.Request, services: Services) -> Verdict | None:
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         _limit_anonymous(request, services)
+        hint = (" (from another box GET /metrics needs one: `edged token create prometheus"
+                " --scope monitor`, or [api] metrics_public = true)") \
+            if path == METRICS_PATH else ""
         raise ApiError("ERR-5001", "send Authorization: Bearer <token>; create one with"
-                       " `edged token create NAME`", headers={"WWW-Authenticate": "Bearer"})
+                       f" `edged token create NAME`{hint}",
+                       headers={"WWW-Authenticate": "Bearer"})
     # a token is printable ASCII; anything else (bytes that were not UTF-8) is no token
     principal = await services.principal(token) if _plain(token) else None
     if principal is None:

@@ -333,6 +333,7 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/v1/openapi.json", openapi, "This contract", models.OPENAPI, tag="meta"),
     Route("GET", "/healthz", healthz, "Liveness: the event loop and the database answer",
           models.HEALTH, scope=None, tag="meta"),
-    Route("GET", "/metrics", metrics, "Prometheus text format", models.TEXT, scope=None,
-          tag="meta", media_type="text/plain"),
+    Route("GET", "/metrics", metrics, "Prometheus text format; a bearer token of any scope"
+          " unless the client is on this box ([api] metrics_public opens it to the LAN)",
+          models.TEXT, errors=_AUTH_ERRORS, scope=None, tag="meta", media_type="text/plain"),
 ) + MANAGER_ROUTES + (PAIR_ROUTE, PAIR_INFO_ROUTE)

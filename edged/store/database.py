@@ -27,6 +27,7 @@ from typing import Any, Generic, TypeVar, overload
 from edged import audit_key
 from edged.audit_key import AuditKey
 from edged.errors import StoreError
+from edged.store import files
 from edged.store.migrations import migrate
 
 log = logging.getLogger(__name__)
@@ -133,7 +134,7 @@ class Database:
         self.migrations_applied: list[int] = []
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        files.secure(self.path)
         self._loop = asyncio.get_running_loop()
         self.migrations_applied = await self._loop.run_in_executor(self._writer_exec,
                                                                    self._open_writer)
@@ -353,7 +354,7 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: 
 
 def open_sync(path: Path) -> StoreConnection:
     """A migrated connection for the command-line tools (no event loop needed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    files.secure(path)
     conn = connect(path)
     migrate(conn)
     return conn
