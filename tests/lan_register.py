@@ -3,7 +3,10 @@
     python -m tests.lan_register find STORE [--timeout S]       # mDNS: address, port, fp
     python -m tests.lan_register pair URL FP CODE NAME          # HTTPS pinned to FP; sends
                                                                 # the proof, never the code
-    python -m tests.lan_register get URL FP PATH TOKEN          # HTTPS pinned to FP
+    python -m tests.lan_register get URL FP PATH TOKEN          # HTTPS pinned to FP ("-": no
+                                                                # token)
+    python -m tests.lan_register stream URL FP TOKEN SECONDS    # GET /v1/events until the
+                                                                # daemon ends it (at most S)
     python -m tests.lan_register plain URL PATH                 # plain HTTP (must fail)
 
 Each prints one JSON object. The token travels in the Authorization header only, and the
@@ -26,7 +29,7 @@ import aiohttp
 async def _call(method: str, url: str, fp: str | None, body: Any = None,
                 token: str | None = None) -> dict[str, Any]:
     ssl: Any = aiohttp.Fingerprint(bytes.fromhex(fp)) if fp else None
-    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    headers = {"Authorization": f"Bearer {token}"} if token and token != "-" else {}
     timeout = aiohttp.ClientTimeout(total=10)
     try:
         async with aiohttp.ClientSession(timeout=timeout) as session, session.request(
@@ -52,6 +55,26 @@ def pair_body(code: str, fingerprint: str, name: str | None = None) -> dict[str,
     return body
 
 
+async def _stream(url: str, fp: str, token: str, seconds: float) -> dict[str, Any]:
+    """Hold an event stream; say when the daemon ended it (seconds after it was opened)."""
+    import time
+
+    ssl = aiohttp.Fingerprint(bytes.fromhex(fp))
+    timeout = aiohttp.ClientTimeout(total=seconds + 5)
+    async with aiohttp.ClientSession(timeout=timeout) as session, session.get(
+            f"{url}/v1/events", ssl=ssl, headers={"Authorization": f"Bearer {token}"}) as r:
+        if r.status != 200:
+            return {"status": r.status}
+        print(json.dumps({"status": 200, "open": True}), flush=True)
+        opened = time.monotonic()
+        try:
+            await asyncio.wait_for(r.content.read(), seconds)
+        except TimeoutError:
+            return {"status": 200, "ended": False}
+        return {"status": 200, "ended": True,
+                "ended_at": time.time(), "after": round(time.monotonic() - opened, 3)}
+
+
 async def _find(store: str, timeout: float) -> dict[str, Any]:
     from edged.discovery import discover
 
@@ -72,6 +95,9 @@ def main(argv: list[str]) -> int:
     elif action == "get":
         url, fp, path, token = rest
         out = asyncio.run(_call("GET", f"{url}{path}", fp, token=token))
+    elif action == "stream":
+        url, fp, token, seconds = rest
+        out = asyncio.run(_stream(url, fp, token, float(seconds)))
     elif action == "plain":
         url, path = rest
         out = asyncio.run(_call("GET", f"{url}{path}", None))
