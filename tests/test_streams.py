@@ -102,6 +102,21 @@ async def test_a_revoked_token_ends_its_stream_within_a_second(box: Box) -> None
     assert len(box.daemon.services.streams) == 0
 
 
+async def test_a_stream_gets_every_event_in_order_across_its_rechecks(box: Box) -> None:
+    """The re-check wakes the stream between events: none may be lost to it."""
+    token = await box.token("wall-1")
+    response = await _open(box, {"Authorization": f"Bearer {token}"})
+    for i in range(6):
+        box.daemon.bus.publish("payment", {"id": f"pay_{i}"})
+        await box.ticks(0.5)
+    got = b""
+    while got.count(b"event: payment") < 6:
+        got += await asyncio.wait_for(response.content.readuntil(b"\n\n"), 5)
+    assert [f"pay_{i}".encode() in got for i in range(6)] == [True] * 6
+    assert got.index(b"pay_0") < got.index(b"pay_5")
+    response.close()
+
+
 async def test_a_revoked_token_ends_a_quiet_stream_within_a_second(box: Box) -> None:
     token = await box.token("wall-1")
     response = await _open(box, {"Authorization": f"Bearer {token}"})

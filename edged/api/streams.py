@@ -115,8 +115,10 @@ async def _serve(ctx: Ctx, stream: Stream, still_valid: StillValid) -> web.Strea
         waits["stop"] = asyncio.ensure_future(stopping.wait())
         waits["end"] = asyncio.ensure_future(stream.ended.wait())
         while not sub.dropped:
-            waits.setdefault("event", asyncio.ensure_future(sub.queue.get()))
-            waits.setdefault("tick", asyncio.ensure_future(clock.sleep(RECHECK_SECONDS)))
+            if "event" not in waits:  # (not setdefault: its argument would run every turn)
+                waits["event"] = asyncio.ensure_future(sub.queue.get())
+            if "tick" not in waits:
+                waits["tick"] = asyncio.ensure_future(clock.sleep(RECHECK_SECONDS))
             await asyncio.wait(waits.values(), return_when=asyncio.FIRST_COMPLETED)
             if waits["stop"].done() or waits["end"].done() or _gone(request) or \
                     not await still_valid():
