@@ -7,6 +7,9 @@
                                                                 # token)
     python -m tests.lan_register stream URL FP TOKEN SECONDS    # GET /v1/events until the
                                                                 # daemon ends it (at most S)
+    python -m tests.lan_register pay URL FP TOKEN SECONDS [SOURCE]   # cash payments, one
+                                                                # every 0.2 s, on fresh
+                                                                # connections: latencies
     python -m tests.lan_register plain URL PATH                 # plain HTTP (must fail)
 
 Each prints one JSON object. The token travels in the Authorization header only, and the
@@ -75,6 +78,48 @@ async def _stream(url: str, fp: str, token: str, seconds: float) -> dict[str, An
                 "ended_at": time.time(), "after": round(time.monotonic() - opened, 3)}
 
 
+NO_DIGITS = str.maketrans("0123456789", "ghijklmnop")
+
+
+async def _pay(url: str, fp: str, token: str, seconds: float,
+               source: str | None) -> dict[str, Any]:
+    """A register at work: a cash payment every 0.2 s (within its token's 10 a second), each
+    on a new connection (from ``source``), for ``seconds``; the latencies it saw."""
+    import time
+    import uuid
+
+    ssl = aiohttp.Fingerprint(bytes.fromhex(fp))
+    until = time.monotonic() + seconds
+    took: list[float] = []
+    failures: list[str] = []
+    while time.monotonic() < until:
+        started = time.monotonic()
+        connector = aiohttp.TCPConnector(force_close=True, local_addr=(source, 0)
+                                         if source else None)
+        try:
+            async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(
+                    total=10)) as session, session.post(
+                    f"{url}/v1/payments", ssl=ssl,
+                    json={"amount": 100, "currency": "EUR", "method": "cash"},
+                    headers={"Authorization": f"Bearer {token}",
+                             "Idempotency-Key": "pay-" + uuid.uuid4().hex.translate(
+                                 NO_DIGITS)}) as r:  # a run of digits may look like a PAN
+                await r.read()
+                if r.status == 201:
+                    took.append(time.monotonic() - started)
+                else:
+                    failures.append(f"HTTP {r.status}")
+        except (aiohttp.ClientError, TimeoutError) as exc:
+            failures.append(type(exc).__name__)
+        await asyncio.sleep(max(0.0, 0.2 - (time.monotonic() - started)))
+    took.sort()
+    pick = (lambda q: round(took[min(len(took) - 1, int(q * len(took)))] * 1000, 1)) \
+        if took else (lambda q: None)
+    return {"payments": len(took), "failures": failures[:10], "failed": len(failures),
+            "p50_ms": pick(0.5), "p99_ms": pick(0.99),
+            "max_ms": round(took[-1] * 1000, 1) if took else None}
+
+
 async def _find(store: str, timeout: float) -> dict[str, Any]:
     from edged.discovery import discover
 
@@ -95,6 +140,9 @@ def main(argv: list[str]) -> int:
     elif action == "get":
         url, fp, path, token = rest
         out = asyncio.run(_call("GET", f"{url}{path}", fp, token=token))
+    elif action == "pay":
+        url, fp, token, seconds, *source = rest
+        out = asyncio.run(_pay(url, fp, token, float(seconds), source[0] if source else None))
     elif action == "stream":
         url, fp, token, seconds = rest
         out = asyncio.run(_stream(url, fp, token, float(seconds)))
