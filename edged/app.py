@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from edged import manager, status_metrics, sync_setup, systemd_notify
+from edged import audit, manager, status_metrics, sync_setup, systemd_notify
 from edged.api import page
 from edged.api.http import (
     DRAINING,
@@ -31,6 +31,7 @@ from edged.api.server import (
     connection_limit,
     handler_args,
 )
+from edged.api.stream_registry import StreamRegistry
 from edged.config import Config
 from edged.events import EventBus
 from edged.inventory import InventoryService
@@ -60,7 +61,10 @@ def build_web_app(services: Services) -> web.Application:
     app = web.Application(middlewares=[edge_middleware],
                           client_max_size=services.cfg.api.max_body_bytes)
     app[SERVICES] = services
-    app[GUARD] = ConnectionGuard(connection_limit(services.cfg.api.max_connections))
+    api = services.cfg.api
+    app[GUARD] = ConnectionGuard(connection_limit(api.max_connections),
+                                 api.max_connections_per_address,
+                                 api.max_unauthenticated_per_address)
     app[DRAINING] = [False]
     for route in ROUTES:
         app.router.add_route(route.method, route.path, bind(route))
@@ -103,6 +107,8 @@ class Daemon:
             manager=manager.build(self.cfg, self.clock, self.db, self.bus, self.terminals,
                                   self.sync_status),
             principals=PrincipalCache(stamp_path(self.db.path)),
+            streams=StreamRegistry(self.cfg.api.max_streams_per_token,
+                                   max(1, connection_limit(self.cfg.api.max_connections) // 4)),
         )
         self.app = build_web_app(self.services)
         self._runner: web.AppRunner | None = None
@@ -122,10 +128,14 @@ class Daemon:
 
     async def start(self) -> None:
         await self.db.open()
+        await self._audit_head()
         self.services.allowed_hosts = allowed_hosts(self.services)
         if self.tls is not None:
             cert = self.tls.start()
             self.services.allowed_hosts |= cert.names
+            keeper = self.tls
+            self.services.own_fingerprint = lambda: keeper.info.fingerprint \
+                if keeper.info is not None else ""
             self._tasks.append(asyncio.create_task(self.tls.run(), name="tls-renewal"))
         self.metrics.collector(self._collect)
         self.metrics.async_collector(status_metrics.collector(
@@ -150,19 +160,34 @@ class Daemon:
         self._site = GuardedSite(self._runner, self.cfg.api.host, self.cfg.api.port,
                                  guard=guard, reuse_address=True,
                                  handler_args=handler_args(self.cfg.api),
-                                 ssl_context=self.tls.context if self.tls else None)
+                                 ssl_context=self.tls.context if self.tls else None,
+                                 handshake_timeout=self.cfg.api.header_timeout)
         await self._site.start()
         server = self._site._server
         sockets = getattr(server, "sockets", None) or []
         self.port = sockets[0].getsockname()[1] if sockets else self.cfg.api.port
         log.info("edged ready on %s://%s:%d (data %s)", self.scheme, self.cfg.api.host,
                  self.port, self.db.path)
+        if self.cfg.api.metrics_public and not self.cfg.on_loopback:
+            log.warning("[api] metrics_public = true: GET /metrics answers anyone who reaches"
+                        " %s without a token (sales volume by method, terminal ids, pairing"
+                        " failures); set it to false and give Prometheus a monitor token",
+                        self.cfg.api.listen)
         if self.cfg.stripe is not None or self.cfg.square is not None:
             self._tasks.append(asyncio.create_task(self._preload_sdks(), name="sdk-preload"))
         if self.cfg.advertise:
             from edged.discovery import announce  # noqa: PLC0415  (zeroconf only when used)
 
             self.advertiser = await announce(self.cfg, self.port, self.tls)
+
+    async def _audit_head(self) -> None:
+        """Start the keyed part of the audit chain if it has none; the head to the journal
+        (``edged audit verify --expect-head`` proves later that no tail was cut)."""
+        started = await self.db.write(audit.ensure_keyed)
+        head = await self.db.read(audit.head)
+        if head is not None:
+            log.info("audit chain: %d entries, head %s%s", head.entries, head,
+                     " (its keyed part starts here)" if started else "")
 
     async def _preload_sdks(self) -> None:
         """Import the processors' SDKs now that the API answers (sync.sdk_clients)."""

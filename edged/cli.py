@@ -63,7 +63,10 @@ def _parser() -> argparse.ArgumentParser:
 
     aud = sub.add_parser("audit", help="the audit chain")
     asub = aud.add_subparsers(dest="action", required=True)
-    ver = asub.add_parser("verify", help="check the hash chain")
+    ver = asub.add_parser("verify", help="check the keyed hash chain")
+    ver.add_argument("--expect-head", metavar="SEQ:HASH",
+                     help="a head the journal or an end-of-day report named: the chain must"
+                     " still hold it (no entry cut from its end)")
     common(ver)
 
     rep = sub.add_parser("report", help="reports read from the database")
@@ -115,6 +118,9 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = _config(args)
         logging.basicConfig(level=cfg.log_level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+        from edged import log_redaction  # noqa: PLC0415
+
+        log_redaction.install()  # no token, session id or pairing code in any line
         # httpx (the squareup SDK's client) logs every request at INFO: a cloud lane's
         # heartbeat would fill the journal; edged logs what the calls mean instead
         logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
@@ -151,15 +157,7 @@ def _dispatch(args: argparse.Namespace) -> int:
             return 1
         return 0
     if args.command == "audit":
-        conn = open_sync(_db_path(args))
-        result = audit.verify(conn)
-        conn.close()
-        if result.ok:
-            print(f"audit chain OK: {result.entries} entries")
-            return 0
-        print(f"audit chain BROKEN at entry {result.broken_at} (after {result.entries} good"
-              " entries)", file=sys.stderr)
-        return 1
+        return _audit_verify(args)
     if args.command == "report":
         return _report(args)
     if args.command == "simulate":
@@ -172,6 +170,31 @@ def _dispatch(args: argparse.Namespace) -> int:
 
         return run_cli(args.link, args.behaviour)
     raise AssertionError(args.command)
+
+
+def _audit_verify(args: argparse.Namespace) -> int:
+    if args.expect_head:
+        try:
+            audit.parse_head(args.expect_head)
+        except ValueError:
+            print("edged: --expect-head must be SEQ:HASH as the journal prints it (or the 64"
+                  " hex digits of HASH)", file=sys.stderr)
+            return 2
+    conn = open_sync(_db_path(args))
+    try:
+        result = audit.check(conn, args.expect_head)
+    finally:
+        conn.close()
+    keyed = f", keyed since entry {result.keyed_from}" if result.keyed_from else \
+        ", not keyed"
+    if result.ok:
+        held = f", holds {args.expect_head}" if args.expect_head else ""
+        print(f"audit chain OK: {result.entries} entries{keyed}{held}; head {result.head}")
+        return 0
+    where = f" at entry {result.broken_at}" if result.broken_at is not None else ""
+    print(f"audit chain BROKEN{where}: {result.reason} ({result.entries} good entries{keyed};"
+          f" last good {result.head or 'none'})", file=sys.stderr)
+    return 1
 
 
 BUSY_BUDGET = 120.0
@@ -244,10 +267,11 @@ def _report(args: argparse.Namespace) -> int:
 
 async def _serve(cfg: Config) -> int:
     from edged.app import serve  # noqa: PLC0415  (keeps `edged token` light)
+    from edged.audit_key import AuditKeyError  # noqa: PLC0415
 
     try:
         return await serve(cfg)
-    except TlsError as exc:
+    except (TlsError, AuditKeyError) as exc:
         print(f"edged: {exc}", file=sys.stderr)
         return 1
 

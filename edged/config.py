@@ -49,6 +49,18 @@ class ApiConfig:
     """Seconds a connection may stay without a complete request (new or kept alive)."""
     max_connections: int = 512
     """Open connections at most (also kept under the process's file limit)."""
+    max_connections_per_address: int = 64
+    """Open connections at most from one client address (its oldest idle or
+    unauthenticated one is closed to make room for its next)."""
+    max_unauthenticated_per_address: int = 8
+    """Requests without a valid token in flight at once from one client address."""
+    max_streams_per_token: int = 8
+    """Open event streams (GET /v1/events) at most per token or sign-in's token."""
+    stream_max_seconds: float = 3600.0
+    """An event stream ends after this long; the client reconnects with Last-Event-ID."""
+    metrics_public: bool = False
+    """True: GET /metrics answers any address without a token (a Prometheus on the LAN);
+    False: a token of any scope, except from this box itself."""
 
     @property
     def host(self) -> str:
@@ -319,6 +331,16 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
             body_timeout=t.get("body_timeout", float, api.body_timeout, _positive),
             header_timeout=t.get("header_timeout", float, api.header_timeout, _positive),
             max_connections=t.get("max_connections", int, api.max_connections, _positive),
+            max_connections_per_address=t.get("max_connections_per_address", int,
+                                              api.max_connections_per_address, _positive),
+            max_unauthenticated_per_address=t.get(
+                "max_unauthenticated_per_address", int, api.max_unauthenticated_per_address,
+                _positive),
+            max_streams_per_token=t.get("max_streams_per_token", int,
+                                        api.max_streams_per_token, _positive),
+            stream_max_seconds=t.get("stream_max_seconds", float, api.stream_max_seconds,
+                                     _positive),
+            metrics_public=t.get("metrics_public", bool, api.metrics_public),
         )
         t.done()
     discovery = DiscoveryConfig()

@@ -45,6 +45,8 @@ CODES: dict[str, ErrorCode] = _table(
     ErrorCode("ERR-1018", 408, "The request did not arrive in time", retryable=True),
     ErrorCode("ERR-1019", 503, "The store cannot write: the disk is full", retryable=True),
     ErrorCode("ERR-1020", 400, "The request is not valid HTTP/1.1"),
+    ErrorCode("ERR-1021", 429, "Too many requests without a valid token in flight from this"
+              " address", retryable=True),
     ErrorCode("ERR-1099", 500, "Internal error; the request may be retried with the same key",
               retryable=True),
     # 2xxx: payments and refunds
@@ -110,6 +112,10 @@ CODES: dict[str, ErrorCode] = _table(
     ErrorCode("ERR-5013", 409, "A token with this name is in use"),
     ErrorCode("ERR-5020", 403, "A cross-site request was refused (Origin is not this daemon)"),
     ErrorCode("ERR-5021", 401, "Not signed in, or the session expired or its token was revoked"),
+    ErrorCode("ERR-5030", 422, "Pairing needs a proof bound to the certificate, not the code"),
+    ErrorCode("ERR-5031", 429, "A pairing attempt from this address is already under way",
+              retryable=True),
+    ErrorCode("ERR-5032", 429, "Too many open event streams for this token", retryable=True),
     # 6xxx: integrations
     ErrorCode("ERR-6001", 404, "No such sync job"),
     ErrorCode("ERR-6002", 409, "The sync job is not in a state that allows this"),

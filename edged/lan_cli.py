@@ -28,7 +28,8 @@ def add_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser],
     common(fp)
 
     pair = sub.add_parser("pair", help="a one-time code a register trades for its token"
-                          " (POST /v1/pair); the code is alone on the last line")
+                          " (POST /v1/pair), bound to the certificate; the short fingerprint"
+                          " beside it, the code alone on the last line")
     pair.add_argument("--name", help="the token's name (default: the name the register sends)")
     pair.add_argument("--scope", choices=("register", "manager"), default="register")
     common(pair)
@@ -79,15 +80,20 @@ def _discover(args: argparse.Namespace) -> int:
     except (discovery.DiscoveryError, OSError) as exc:
         print(f"edged: cannot listen for mDNS: {exc}", file=sys.stderr)
         return 1
+    from edged.pairing import short_fingerprint  # noqa: PLC0415
+
     if args.json:
-        print(json.dumps([f.as_dict() for f in found], indent=2))
+        print(json.dumps([{**f.as_dict(), "short_fingerprint": short_fingerprint(
+            f.fingerprint) if f.fingerprint else ""} for f in found], indent=2))
         return 0
     rows: list[dict[str, object]] = [
         {"name": f.name, "store": f.store, "addresses": ",".join(f.addresses),
          "port": f.port, "tls": "yes" if f.tls else "no",
-         "fingerprint": f.fingerprint or "-"} for f in found]
-    _print_table(["NAME", "STORE", "ADDRESSES", "PORT", "TLS", "FINGERPRINT"],
-                 ["name", "store", "addresses", "port", "tls", "fingerprint"], rows)
+         "fingerprint": short_fingerprint(f.fingerprint) if f.fingerprint else "-"}
+        for f in found]
+    _print_table(["NAME", "STORE", "ADDRESSES", "PORT", "TLS", "FINGERPRINT (compare with"
+                  " edged pair)"], ["name", "store", "addresses", "port", "tls", "fingerprint"],
+                 rows)
     if not found:
         print(f"(no edged daemon heard in {args.timeout:g} s)", file=sys.stderr)
     return 0
@@ -98,17 +104,40 @@ def _pair(args: argparse.Namespace, cfg: Config) -> int:
     from edged.cli import write_patiently  # noqa: PLC0415  (cli imports this module)
 
     try:
+        fingerprint = _served_fingerprint(cfg)
+    except TlsError as exc:
+        print(f"edged: {exc}", file=sys.stderr)
+        return 1
+    try:
         code = write_patiently(cfg.data_dir / "edged.db", lambda conn: pairing.create(
-            conn, args.scope, args.name, datetime.now(UTC)))
+            conn, args.scope, args.name, datetime.now(UTC), fingerprint=fingerprint))
     except pairing.PairingError as exc:
         print(f"edged: {exc.message}", file=sys.stderr)
         return 1
     minutes = int(pairing.CODE_TTL.total_seconds() // 60)
     who = f"token {args.name!r}" if args.name else "a token named by the register"
     print(f"pairing code for {who} ({args.scope} scope): works once, for {minutes} minutes")
-    print('on the register: POST /v1/pair {"code": "<code>", "name": "<register name>"}')
+    if fingerprint:
+        print("bound to this certificate; the register must show the same fingerprint:")
+    else:
+        print("no TLS: the code works on this box only (plain HTTP on loopback)")
+    print(f"fingerprint {pairing.short_fingerprint(fingerprint)}   code {code}")
     print(code)
     return 0
+
+
+def _served_fingerprint(cfg: Config) -> str:
+    """The fingerprint of the certificate the daemon serves with ``cfg`` ("" without TLS);
+    made now if TLS is on and there is none yet (as the daemon would at its start)."""
+    if not cfg.api.tls:
+        return ""
+    from edged import tls  # noqa: PLC0415  (cryptography only when needed)
+
+    now = datetime.now(UTC)
+    info = tls.load(cfg.data_dir, now)
+    if info is None:
+        info, _ = tls.ensure(cfg, now)
+    return info.fingerprint
 
 
 def _token(args: argparse.Namespace, cfg: Config) -> int:

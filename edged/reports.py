@@ -23,6 +23,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 from zoneinfo import ZoneInfo
 
+from edged import audit
 from edged.end_of_day import day_settlements
 from sync.clock import utc_iso
 
@@ -124,7 +125,15 @@ def day_report(conn: sqlite3.Connection, b: DayBounds, generated_at: datetime) -
         "stored_payments": [_short(p) for p in payments if p["state"] == "stored"],
         "unsynced": unsynced,
         "terminal_settlements": day_settlements(conn, b.start, b.end),
+        "audit": _audit(conn),
     }
+
+
+def _audit(conn: sqlite3.Connection) -> dict[str, Any]:
+    """The audit chain's head when the report was made: keep it, and `edged audit verify
+    --expect-head HEAD` proves later that no entry was cut from the chain's end."""
+    head = audit.head(conn)
+    return {"entries": head.entries if head else 0, "head": str(head) if head else ""}
 
 
 def to_csv(report: dict[str, Any]) -> str:
@@ -162,6 +171,8 @@ def to_csv(report: dict[str, Any]) -> str:
     for u in report["unsynced"]:
         w.writerow(("unsynced", "", u["destination"], u["pending"] + u["inflight"] + u["dead"],
                     ""))
+    if "audit" in report:
+        w.writerow(("audit_head", "", report["audit"]["head"], report["audit"]["entries"], ""))
     return out.getvalue()
 
 

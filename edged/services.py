@@ -9,6 +9,7 @@ from typing import Any
 
 from edged import tokens
 from edged.api.ratelimit import ClientBuckets
+from edged.api.stream_registry import StreamRegistry
 from edged.config import Config
 from edged.events import EventBus
 from edged.idempotency import KeyLocks
@@ -47,6 +48,10 @@ class Services:
     allowed_hosts: frozenset[str] = frozenset()
     key_locks: KeyLocks = field(default_factory=KeyLocks)
     pair_guard: PairingGuard | None = None  # made on the first pairing code tried
+    streams: StreamRegistry = field(default_factory=lambda: StreamRegistry(8, 128))
+    own_fingerprint: Callable[[], str] = field(default=lambda: "")
+    """The SHA-256 fingerprint of the certificate served now ("" without TLS): pairing
+    proofs are checked against it."""
 
     def pairing_guard(self) -> PairingGuard:
         """The one wrong-code counter shared by ``POST /v1/pair`` and the page's sign-in."""

@@ -50,6 +50,11 @@ class SessionStore:
         self._clock = clock
         self._lifetime = timedelta(minutes=minutes)
 
+    @staticmethod
+    def digest(session_id: str) -> str:
+        """What the database keeps of a session id (and what its streams are known by)."""
+        return _hash(session_id)
+
     @property
     def lifetime_seconds(self) -> int:
         return int(self._lifetime.total_seconds())
@@ -69,19 +74,21 @@ class SessionStore:
 
         return await self._db.write(write)
 
-    async def sign_in_with_code(self, code: str, name: str | None,
-                                client: str) -> NewSession | None:
-        """Redeem a manager pairing code and open a session on the new token, at once;
-        None when no live code matches. Raises :class:`pairing.PairingError` (nothing used
-        up) for a register code or a name in use."""
+    async def sign_in_with_code(self, proof: str, name: str | None, client: str,
+                                fingerprint: str) -> NewSession | pairing.Miss:
+        """Redeem a manager pairing code, proven for ``fingerprint`` (the certificate
+        served), and open a session on the new token, at once; a :class:`pairing.Miss` when
+        no live code matches. Raises :class:`pairing.PairingError` (nothing used up) for a
+        register code or a name in use."""
         now: datetime = self._clock.now()
         session_id = secrets.token_urlsafe(32)
         expires = utc_iso(now + self._lifetime)
 
-        def write(conn: sqlite3.Connection) -> NewSession | None:
-            paired = pairing.redeem(conn, code, name, now, client, scopes=SIGN_IN_SCOPES)
-            if paired is None:
-                return None
+        def write(conn: sqlite3.Connection) -> NewSession | pairing.Miss:
+            paired = pairing.redeem(conn, proof, name, now, client, fingerprint,
+                                    scopes=SIGN_IN_SCOPES)
+            if isinstance(paired, pairing.Miss):
+                return paired
             principal = tokens.lookup(conn, paired.token)
             if principal is None:  # pragma: no cover  (made just above)
                 raise RuntimeError("a paired token is not found")

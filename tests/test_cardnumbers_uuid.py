@@ -11,6 +11,8 @@ import uuid
 
 from edged.cardnumbers import contains_pan, text_has_pan
 
+PAN_LIKE = "4111111111111111"
+
 
 def test_uuids_are_not_card_numbers() -> None:
     rng = random.Random(7)
@@ -26,3 +28,15 @@ def test_a_card_number_beside_a_uuid_is_still_caught() -> None:
     assert text_has_pan(f"4111-1111-1111-1111-{key}")
     assert contains_pan({"reference": key, "note": "4111111111111111"})
     assert not contains_pan({"reference": key})
+
+
+def test_hex_digests_are_not_card_numbers() -> None:
+    """A pairing proof is an HMAC-SHA256 in hex (issue 17): about one in a hundred holds a
+    run of 13+ digits that passes Luhn, and was refused as a card number."""
+    digest = "ab" * 8 + PAN_LIKE + "cd" * 16
+    assert len(digest) == 64
+    assert not text_has_pan(digest)
+    assert not contains_pan({"proof": digest, "name": "lane-2"})
+    assert text_has_pan("ab" * 8 + PAN_LIKE)  # not 64 hex digits: no digest
+    assert text_has_pan(f"{digest} {PAN_LIKE}")  # a card number beside a digest still is
+    assert text_has_pan(digest + "0")  # 65 hex digits: no digest either

@@ -316,3 +316,14 @@ async def test_a_body_that_never_arrives_is_a_408(quick_api: Api) -> None:
     assert out.startswith(b"HTTP/1.1 408"), out[:100]
     assert b"ERR-1018" in out
     assert quick_api.count("payments") == 0
+
+
+async def test_a_sign_in_body_that_never_arrives_is_a_408(quick_api: Api) -> None:
+    """POST /session read its body with no deadline at all (issue 17, point 1)."""
+    base = quick_api.base
+    head = (f"POST /session HTTP/1.1\r\nHost: 127.0.0.1:{quick_api.daemon.port}\r\n"
+            f"Origin: {base}\r\nContent-Type: application/json\r\n"
+            "Content-Length: 100\r\n\r\n{").encode()
+    out = await asyncio.to_thread(_closed_within, quick_api.daemon.port, head)
+    assert out.startswith(b"HTTP/1.1 408"), out[:100]
+    assert b"ERR-1018" in out

@@ -2,8 +2,11 @@
 
 Two namespaces joined by a veth pair, with addresses in a /30 that exists only inside
 them (multicast on): the daemon listens with TLS in one; from the other ``edged discover``
-hears it, a register pairs with a code over HTTPS pinned to the announced fingerprint,
-calls the API, is refused over plain HTTP, and is refused again once its token is revoked.
+hears it with the short fingerprint `edged pair` prints beside the code, a register proves
+the code over HTTPS pinned to the announced fingerprint (a proof made for another
+certificate gets nothing), calls the API, reads /metrics only with its token, is refused
+over plain HTTP, and once its token is revoked its open event stream ends and its next
+call is refused.
 The namespaces are removed even when the test fails. Creating namespaces needs root
 (CI runs as root); without it the test says so and skips.
 """
@@ -50,6 +53,11 @@ class Lan:
         return subprocess.run(["ip", "netns", "exec", self.register_ns, *cmd],  # noqa: S603,S607
                               capture_output=True, text=True, timeout=timeout, cwd=ROOT,
                               check=False)
+
+    def popen(self, *cmd: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(["ip", "netns", "exec", self.register_ns, *cmd],  # noqa: S603,S607
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                cwd=ROOT)
 
     def register(self, *args: str) -> dict[str, Any]:
         done = self.in_register(sys.executable, "-m", "tests.lan_register", *args)
@@ -112,12 +120,23 @@ def test_discover_pair_call_over_pinned_tls_and_revoke_across_namespaces(
         assert seen["tls"] is True and seen["fingerprint"] == fp
         url = f"https://{DAEMON_IP}:{PORT}"
 
-        # pairing: a code from `edged pair`, traded over HTTPS pinned to the TXT fp
-        code = run_cli(data, "pair", "--name", "lane-7", config=config).stdout.splitlines()[-1]
+        # pairing: a code from `edged pair`, proven over HTTPS pinned to the TXT fp; the
+        # short fingerprint printed beside the code is the one discover showed
+        printed = run_cli(data, "pair", "--name", "lane-7", config=config).stdout.splitlines()
+        code = printed[-1]
+        assert f"fingerprint {seen['short_fingerprint']}   code {code}" in printed
+        # a register that pinned another certificate (a fake answerer's) does not even talk
+        # to this daemon; what it sends the fake is refused here (tests/test_pairing.py)
+        assert lan.register("pair", url, "5e" * 32, code, "lane-7")["status"] is None
         paired = lan.register("pair", url, seen["fingerprint"], code, "lane-7")
         assert paired["status"] == 201, paired
         token = paired["body"]["token"]
         assert lan.register("pair", url, fp, code, "lane-8")["status"] == 403  # used up
+
+        # /metrics from the LAN: a token, or nothing
+        assert lan.register("get", url, fp, "/metrics", "-")["status"] == 401
+        metrics = lan.register("get", url, fp, "/metrics", token)
+        assert metrics["status"] == 200 and metrics["body"].startswith("# HELP edged_")
 
         called = lan.register("get", url, fp, "/v1/terminals", token)
         assert called["status"] == 200 and called["body"]["data"][0]["id"] == "sim-1"
@@ -127,8 +146,19 @@ def test_discover_pair_call_over_pinned_tls_and_revoke_across_namespaces(
         plain = lan.register("plain", f"http://{DAEMON_IP}:{PORT}", "/healthz")
         assert plain["status"] is None, plain
 
-        # revoked: the next call is refused
-        run_cli(data, "token", "revoke", "lane-7", config=config)
+        # revoked: the open event stream ends, the next call is refused
+        stream = lan.popen(sys.executable, "-m", "tests.lan_register", "stream", url, fp,
+                           token, "20")
+        try:
+            assert stream.stdout is not None
+            assert json.loads(stream.stdout.readline())["open"] is True
+            run_cli(data, "token", "revoke", "lane-7", config=config)
+            ended = json.loads(stream.communicate(timeout=60)[0].strip().splitlines()[-1])
+        finally:
+            if stream.poll() is None:
+                stream.kill()
+                stream.wait(timeout=10)
+        assert ended["ended"] is True, ended
         refused = lan.register("get", url, fp, "/v1/terminals", token)
         assert refused["status"] == 401
         assert refused["body"]["error"]["code"] == "ERR-5002"

@@ -197,7 +197,7 @@ def test_audit_entry_names_the_secret_only(store: SecretStore,
     assert tuple(rows[0]) == ("technician", "secret.set", "shopify.webhook_secret", "{}")
     for column in rows[0]:
         assert VALUE not in str(column)
-    assert audit.verify(conn).ok
+    assert audit.check(conn).ok
 
 
 def test_put_joins_the_callers_transaction(store: SecretStore,

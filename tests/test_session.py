@@ -20,6 +20,7 @@ from edged.app import Daemon
 from edged.config import ManagerConfig
 from tests.clock import ManualClock
 from tests.helpers import Api, make_config
+from tests.lan_register import pair_body
 
 
 @pytest.fixture
@@ -213,10 +214,25 @@ async def test_under_tls_the_cookie_is_secure(tmp_path: Path) -> None:
             async with s.post(base + "/session", json={"token": manager}, ssl=pin,
                               headers={"Origin": base}) as r:
                 assert r.status == 200
-                cookie = SimpleCookie(r.headers["Set-Cookie"])["edged_session"]
+                jar = SimpleCookie(r.headers["Set-Cookie"])
+                # __Host-: the browser keeps it only Secure, for path / and without a Domain,
+                # so no other host of the LAN can set or shadow it (issue 17, point 7)
+                assert list(jar) == ["__Host-edged_session"]
+                cookie = jar["__Host-edged_session"]
                 assert cookie["secure"] is True and cookie["httponly"] is True
+                assert cookie["path"] == "/" and not cookie["domain"]
+                sid = cookie.value
             async with s.get(base + "/v1/status", ssl=pin) as r:
                 assert r.status == 200
+            # the same session id under the old name is no sign-in under TLS
+            async with aiohttp.ClientSession() as bare, bare.get(
+                    base + "/v1/status", ssl=pin,
+                    headers={"Cookie": f"edged_session={sid}"}) as r:
+                assert r.status == 401
+            async with s.delete(base + "/session", ssl=pin, headers={"Origin": base}) as r:
+                assert r.status == 200
+                gone = SimpleCookie(r.headers["Set-Cookie"])["__Host-edged_session"]
+                assert gone["secure"] is True and gone.value == ""
     finally:
         await daemon.stop()
 
@@ -267,7 +283,7 @@ async def test_a_manager_pairing_code_signs_in_once_bound_to_a_new_token(
     api, clock = setup
     _unknown_payment(api)
     code = await _code(api, clock, "manager", "alice-phone")
-    status, body, response = await code_sign_in(api, {"code": code.lower()})
+    status, body, response = await code_sign_in(api, pair_body(code.lower(), ""))
     assert status == 200, body
     assert body == {"name": "alice-phone", "scope": "manager", "actions": True,
                     "expires_at": "2026-11-26T13:00:00.000Z"}
@@ -295,11 +311,11 @@ async def test_a_manager_pairing_code_signs_in_once_bound_to_a_new_token(
                                  {"outcome": "declined", "note": "journal: none"})
     assert (status, paid["state"]) == (200, "declined")
 
-    status, body, _ = await code_sign_in(api, {"code": code})  # once only
+    status, body, _ = await code_sign_in(api, pair_body(code, ""))  # once only
     assert (status, body["error"]["code"]) == (403, "ERR-5010")
     late = await _code(api, clock, "manager", "bob-phone")
     clock.advance(5 * 60 + 1)  # the same five minutes as POST /v1/pair
-    status, body, _ = await code_sign_in(api, {"code": late})
+    status, body, _ = await code_sign_in(api, pair_body(late, ""))
     assert (status, body["error"]["code"]) == (403, "ERR-5010")
     assert api.count("tokens", "name = 'bob-phone'") == 0
 
@@ -312,12 +328,12 @@ async def test_a_register_code_does_not_sign_in_and_stays_unused(
         setup: tuple[Api, ManualClock]) -> None:
     api, clock = setup
     code = await _code(api, clock, "register", "till-2")
-    status, body, _ = await code_sign_in(api, {"code": code})
+    status, body, _ = await code_sign_in(api, pair_body(code, ""))
     assert (status, body["error"]["code"]) == (403, "ERR-5003")
     assert api.count("sessions") == 0
     assert api.count("tokens", "name = 'till-2'") == 0
     assert api.count("pairing_codes", "used_at IS NULL") == 1
-    async with api.session.post(api.base + "/v1/pair", json={"code": code}) as r:
+    async with api.session.post(api.base + "/v1/pair", json=pair_body(code, "")) as r:
         assert r.status == 201  # the register still pairs with it
         assert (await r.json())["scope"] == "register"
 
@@ -326,17 +342,28 @@ async def test_code_sign_in_shares_the_wrong_code_limit_with_pairing(
         setup: tuple[Api, ManualClock]) -> None:
     api, clock = setup
     code = await _code(api, clock, "manager", None)
-    status, body, _ = await code_sign_in(api, {"code": code})
+    status, body, _ = await code_sign_in(api, pair_body(code, ""))
     assert (status, body["error"]["code"]) == (422, "ERR-1003")  # a name is needed
     assert api.count("pairing_codes", "used_at IS NULL") == 1
     for _ in range(3):
-        status, body, _ = await code_sign_in(api, {"code": "AAAAA-AAAAA", "name": "x"})
+        status, body, _ = await code_sign_in(api, pair_body("AAAAA-AAAAA", "", "x"))
         assert (status, body["error"]["code"]) == (403, "ERR-5010")
     for _ in range(2):
-        async with api.session.post(api.base + "/v1/pair", json={"code": "BBBBB-BBBBB",
-                                                                  "name": "x"}) as r:
+        async with api.session.post(api.base + "/v1/pair", json=pair_body("BBBBB-BBBBB", "",
+                                                                           "x")) as r:
             assert r.status == 403
-    status, body, response = await code_sign_in(api, {"code": code, "name": "carol"})
+    status, body, response = await code_sign_in(api, pair_body(code, "", "carol"))
     assert (status, body["error"]["code"]) == (429, "ERR-5011")
     assert int(response.headers["Retry-After"]) >= 1
     assert api.count("sessions") == 0 and api.count("pairing_codes", "used_at IS NULL") == 1
+
+
+async def test_the_code_itself_does_not_sign_in(setup: tuple[Api, ManualClock]) -> None:
+    """The page's sign-in takes a proof like POST /v1/pair (issue 17, point 5)."""
+    api, clock = setup
+    code = await _code(api, clock, "manager", "alice-phone")
+    status, body, _ = await code_sign_in(api, {"code": code})
+    assert (status, body["error"]["code"]) == (422, "ERR-5030")
+    assert api.count("sessions") == 0 and api.count("pairing_codes", "used_at IS NULL") == 1
+    status, body, _ = await code_sign_in(api, pair_body(code, ""))
+    assert status == 200, body

@@ -118,10 +118,10 @@ def test_audit_chain_detects_tampering(tmp_path: Path) -> None:
         conn.execute("BEGIN IMMEDIATE")
         audit.append(conn, "test", "payment.approved", f"pay_{i}", {"amount": 100 + i})
         conn.execute("COMMIT")
-    assert audit.verify(conn).ok
-    assert audit.verify(conn).entries == 5
+    assert audit.check(conn).ok
+    assert audit.check(conn).entries == 5
     conn.execute("UPDATE audit SET data = '{\"amount\":999}' WHERE seq = 3")
-    result = audit.verify(conn)
+    result = audit.check(conn)
     assert not result.ok
     assert result.broken_at == 3
 
@@ -150,7 +150,7 @@ def test_concurrent_token_creation_keeps_the_chain(tmp_path: Path) -> None:
                               stderr=subprocess.DEVNULL) for i in range(8)]
     assert [p.wait(60) for p in procs] == [0] * 8
     conn = open_sync(tmp_path / "data" / "edged.db")
-    result = audit.verify(conn)
+    result = audit.check(conn)
     assert (result.ok, result.entries) == (True, 8)
 
 async def test_a_closed_store_refuses_writes(tmp_path: Path) -> None:
@@ -186,7 +186,7 @@ def test_a_cli_write_waits_for_a_busy_database_instead_of_giving_up(tmp_path: Pa
     assert proc.returncode == 0, err
     assert out.startswith("edg_")
     check = open_sync(data / "edged.db")
-    assert audit.verify(check).entries == 1
+    assert audit.check(check).entries == 1
 
 
 async def test_a_lone_write_runs_without_a_savepoint_and_fails_alone(tmp_path: Path) -> None:

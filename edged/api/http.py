@@ -21,7 +21,9 @@ from edged import idempotency, jsoncodec
 from edged.api import session as _session
 from edged.api.ratelimit import Verdict
 from edged.api.schema import Obj, Schema
+from edged.api.server import body_arrived
 from edged.cardnumbers import MAX_DEPTH, Problem, inspect, mask, plain, text_has_pan
+from edged.config import is_loopback
 from edged.errors import ApiError, EdgedError
 from edged.idempotency import MAX_KEY_LENGTH, IdemRecord
 from edged.payments import Answer
@@ -35,6 +37,9 @@ SERVICES = web.AppKey("services", Services)
 DRAINING = web.AppKey("draining", list)  # a one-element list holding a bool
 PRINCIPAL = web.RequestKey("principal", Principal)
 PUBLIC_PATHS = frozenset({"/v1/pair"})  # /v1 calls without a bearer token
+METRICS_PATH = "/metrics"
+"""A bearer token of any scope (or the page's sign-in), unless the client is on this box or
+``[api] metrics_public`` lets the LAN in."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,8 +122,9 @@ class ClientGone(EdgedError):
     """The client closed the connection before its request arrived in full."""
 
 
-async def _read_body(request: web.Request, schema: Obj | None) -> tuple[dict[str, Any], Any]:
-    """(validated body, the raw decoded JSON for hashing). The raw body is never logged."""
+async def read_raw(request: web.Request) -> bytes:
+    """The whole body, within ``[api] body_timeout`` (every body read goes through here);
+    once it is in, the connection is held (:func:`edged.api.server.body_arrived`)."""
     timeout = request.app[SERVICES].cfg.api.body_timeout
     try:
         if request.content.is_eof():  # all of it has arrived: nothing to wait for
@@ -134,6 +140,13 @@ async def _read_body(request: web.Request, schema: Obj | None) -> tuple[dict[str
                        headers={"Connection": "close"}) from None
     except (ConnectionError, ClientPayloadError, ClientConnectionError) as exc:
         raise ClientGone(str(exc)) from None
+    body_arrived(request)
+    return raw
+
+
+async def _read_body(request: web.Request, schema: Obj | None) -> tuple[dict[str, Any], Any]:
+    """(validated body, the raw decoded JSON for hashing). The raw body is never logged."""
+    raw = await read_raw(request)
     if not raw.strip():
         decoded: Any = {}
     else:
@@ -322,18 +335,25 @@ async def admit(request: web.Request, services: Services) -> Verdict | None:
             raise ApiError("ERR-5004", "the Host header does not name this daemon; add the"
                            " name to [api].allowed_hosts if it is really this box")
     path = request.path
-    if not path.startswith("/v1/") or path in PUBLIC_PATHS:
+    if path == METRICS_PATH:
+        if services.cfg.api.metrics_public or is_loopback(request.remote or ""):
+            return None  # this box's own Prometheus, or a LAN one the setting lets in
+    elif not path.startswith("/v1/") or path in PUBLIC_PATHS:
         return None
     authorization = request.headers.get("Authorization")
-    if authorization is None and _session.COOKIE in request.cookies:
+    if authorization is None and _session.cookie_name(services) in request.cookies:
         request[PRINCIPAL] = await _session.cookie_principal(request, services)
         return None
     scheme, _, token = (authorization or "").strip().partition(" ")
     token = token.strip()
     if scheme.lower() != "bearer" or not token:
         _limit_anonymous(request, services)
+        hint = (" (from another box GET /metrics needs one: `edged token create prometheus"
+                " --scope monitor`, or [api] metrics_public = true)") \
+            if path == METRICS_PATH else ""
         raise ApiError("ERR-5001", "send Authorization: Bearer <token>; create one with"
-                       " `edged token create NAME`", headers={"WWW-Authenticate": "Bearer"})
+                       f" `edged token create NAME`{hint}",
+                       headers={"WWW-Authenticate": "Bearer"})
     # a token is printable ASCII; anything else (bytes that were not UTF-8) is no token
     principal = await services.principal(token) if _plain(token) else None
     if principal is None:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import sqlite3
 from typing import Any
 
@@ -14,7 +13,8 @@ from edged import audit, idempotency, job_retry, systemd_notify
 from edged.api import models
 from edged.api.http import DRAINING, Ctx, Route, json_response
 from edged.api.manager_routes import MANAGER_ROUTES
-from edged.api.pair_route import PAIR_ROUTE
+from edged.api.pair_route import PAIR_INFO_ROUTE, PAIR_ROUTE
+from edged.api.streams import events
 from edged.api.terminal_routes import TERMINAL_ROUTES
 from edged.errors import ApiError
 from edged.inventory import COUNT_REASON, ItemRef, OrderLine, StockChange, StockCount
@@ -230,50 +230,6 @@ async def _move_job(ctx: Ctx, action: str) -> Answer:
     return Answer(200, job)
 
 
-async def events(ctx: Ctx) -> web.StreamResponse:
-    """Server-sent events; ``?kinds=payment,terminal`` filters."""
-    raw = ctx.request.query.get("kinds", "")
-    kinds = frozenset(k for k in raw.split(",") if k)
-    bus = ctx.services.bus
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream",
-                                           "Cache-Control": "no-cache",
-                                           "X-Accel-Buffering": "no"})
-    await response.prepare(ctx.request)
-    sub = bus.subscribe(kinds)
-    last = ctx.request.headers.get("Last-Event-ID")
-    replay = bus.since(last, kinds) if last else None  # at once: nothing slips between
-    stopping = ctx.services.stopping
-    try:
-        await response.write(b": edged events\n\n")
-        if replay is not None and replay.events is None:
-            reset = json.dumps({"reason": replay.reason}, separators=(",", ":"))
-            await response.write(
-                f"id: {bus.sse_id()}\nevent: reset\ndata: {reset}\n\n".encode())
-        for missed in (replay.events or []) if replay is not None else []:
-            data = json.dumps(missed.data, separators=(",", ":"))
-            await response.write(f"id: {bus.sse_id(missed.id)}\nevent: {missed.kind}\n"
-                                 f"data: {data}\n\n".encode())
-        while not stopping.is_set() and not sub.dropped:
-            getter = asyncio.ensure_future(sub.queue.get())
-            stopper = asyncio.ensure_future(stopping.wait())
-            done, _ = await asyncio.wait({getter, stopper}, timeout=15.0,
-                                         return_when=asyncio.FIRST_COMPLETED)
-            stopper.cancel()
-            if getter not in done:
-                getter.cancel()
-                await response.write(b": keep-alive\n\n")
-                continue
-            event = getter.result()
-            data = json.dumps(event.data, separators=(",", ":"))
-            await response.write(f"id: {bus.sse_id(event.id)}\nevent: {event.kind}\n"
-                                 f"data: {data}\n\n".encode())
-    except (ConnectionResetError, asyncio.CancelledError):
-        pass
-    finally:
-        bus.unsubscribe(sub)
-    return response
-
-
 async def openapi(ctx: Ctx) -> Answer:
     from edged.api.openapi import document  # noqa: PLC0415  (the route table imports us)
 
@@ -380,10 +336,11 @@ ROUTES: tuple[Route, ...] = (
           " the events it missed (the last 1000 are kept), or an event `reset` when it is"
           " too far behind or the daemon restarted", models.EVENT_STREAM, query={
               "kinds": "comma-separated kinds to receive (all by default)"},
-          tag="events", media_type="text/event-stream"),
+          errors=("ERR-5032",), tag="events", media_type="text/event-stream"),
     Route("GET", "/v1/openapi.json", openapi, "This contract", models.OPENAPI, tag="meta"),
     Route("GET", "/healthz", healthz, "Liveness: the event loop and the database answer",
           models.HEALTH, scope=None, tag="meta"),
-    Route("GET", "/metrics", metrics, "Prometheus text format", models.TEXT, scope=None,
-          tag="meta", media_type="text/plain"),
-) + MANAGER_ROUTES + (PAIR_ROUTE,) + TERMINAL_ROUTES
+    Route("GET", "/metrics", metrics, "Prometheus text format; a bearer token of any scope"
+          " unless the client is on this box ([api] metrics_public opens it to the LAN)",
+          models.TEXT, errors=_AUTH_ERRORS, scope=None, tag="meta", media_type="text/plain"),
+) + MANAGER_ROUTES + (PAIR_ROUTE, PAIR_INFO_ROUTE) + TERMINAL_ROUTES

@@ -7,11 +7,11 @@ travels only in that body, never in a URL. With the cookie (and no Authorization
 ``Origin`` naming this daemon, so another site cannot act through the browser (SameSite
 already keeps the cookie off cross-site requests; the Origin check does not rely on it).
 
-``POST /session {"code", "name"?}`` signs in with a manager pairing code instead: the code
-is redeemed exactly as ``POST /v1/pair`` redeems it (same expiry, once only, the same
-wrong-code count per address, HTTPS off this box, audited) into a new named token that the
-session is bound to; the token is never sent to the browser. A register code is refused
-(ERR-5003) and stays unused.
+``POST /session {"proof", "name"?}`` signs in with a manager pairing code instead, proven
+with the certificate's fingerprint as ``POST /v1/pair`` takes it (the page computes the
+proof; same expiry, once only, the same wrong-code count per address, HTTPS off this box,
+audited) into a new named token that the session is bound to; the token is never sent to
+the browser. A register code is refused (ERR-5003) and stays unused.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ from typing import Any
 from aiohttp import web
 
 from edged import audit, pairing
-from edged.config import is_loopback
 from edged.errors import ApiError
 from edged.services import Services
 from edged.sessions import NewSession
@@ -32,7 +31,16 @@ from edged.tokens import Principal
 log = logging.getLogger(__name__)
 
 COOKIE = "edged_session"
+HOST_COOKIE = "__Host-" + COOKIE
+"""The name under TLS: a ``__Host-`` cookie is only taken by the browser when it is Secure,
+for path ``/`` and without a Domain, so another host of the LAN (or a page served over
+plain HTTP) cannot set or shadow it."""
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+
+
+def cookie_name(services: Services) -> str:
+    """``__Host-edged_session`` under TLS, ``edged_session`` on the plain loopback API."""
+    return HOST_COOKIE if services.cfg.api.tls else COOKIE
 
 
 def _own_origin(request: web.Request) -> str:
@@ -49,7 +57,7 @@ def check_origin(request: web.Request) -> None:
 
 
 async def principal_of(request: web.Request, services: Services) -> tuple[Principal, str]:
-    sid = request.cookies.get(COOKIE, "")
+    sid = request.cookies.get(cookie_name(services), "")
     found = await services.manager.sessions.lookup(sid) if sid else None
     if found is None:
         raise ApiError("ERR-5021", "sign in again: the session expired, was signed out, or"
@@ -87,11 +95,14 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     if not verdict.allowed:
         raise ApiError("ERR-1015", f"too many sign-in attempts; retry after"
                        f" {verdict.retry_after} s", headers=verdict.headers())
+    from edged.api.http import read_raw  # noqa: PLC0415  (http imports us)
+
+    raw = await read_raw(request)
     try:
-        body = json.loads(await request.read() or b"{}")
+        body = json.loads(raw or b"{}")
     except (ValueError, UnicodeDecodeError):
         raise ApiError("ERR-1001", "the body is not valid JSON") from None
-    if isinstance(body, dict) and "code" in body and "token" not in body:
+    if isinstance(body, dict) and ("code" in body or "proof" in body) and "token" not in body:
         result: NewSession | Principal | None = await _redeem_code(request, services, body)
     else:
         token = body.get("token") if isinstance(body, dict) else None
@@ -111,42 +122,35 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
         {"scope": principal.scope, "expires_at": result.expires_at}))
     log.info("status page: %s signed in (%s)", principal.name, principal.scope)
     response = json_response(200, _body(principal, result.expires_at))
-    response.set_cookie(COOKIE, result.session_id, max_age=services.manager.sessions
-                        .lifetime_seconds, path="/", httponly=True, samesite="Strict",
+    response.set_cookie(cookie_name(services), result.session_id,
+                        max_age=services.manager.sessions.lifetime_seconds, path="/",
+                        httponly=True, samesite="Strict",
                         secure=request.secure or services.cfg.api.tls)
     return response
 
 
 async def _redeem_code(request: web.Request, services: Services,
                        body: dict[str, Any]) -> NewSession:
-    """A pairing code traded for a new token and a session on it, as ``POST /v1/pair``."""
+    """A pairing code, proven as ``POST /v1/pair`` takes it, traded for a new token and a
+    session on it."""
+    from edged.api.pairing_gate import attempt, check_transport, proof_of  # noqa: PLC0415
+
     client = request.remote or "unknown"
-    if not request.secure and not is_loopback(client):
-        raise ApiError("ERR-5012", "signing in with a pairing code off this box needs HTTPS;"
-                       " set [api] tls = true")
-    code, name = body.get("code"), body.get("name")
-    if not isinstance(code, str) or not code.strip() or len(code) > 40:
-        raise ApiError("ERR-1003", "send {\"code\": \"...\"}: the code"
-                       " `edged pair --scope manager` printed")
+    check_transport(request.secure, client, "signing in with a pairing code")
+    proven = proof_of(body, "the sign-in")
+    name = body.get("name")
     if name is not None and (not isinstance(name, str) or not name.strip() or len(name) > 64
                              or not name.isprintable()):
         raise ApiError("ERR-1003", "name must be 1 to 64 printable characters: the new"
                        " token's name")
-    guard = services.pairing_guard()
-    wait = guard.retry_after(client)
-    if wait is not None:
-        raise ApiError("ERR-5011", f"too many wrong pairing codes; retry after {wait} s",
-                       headers={"Retry-After": str(wait)})
-    try:
-        result = await services.manager.sessions.sign_in_with_code(
-            code, name.strip() if name else None, client)
-    except pairing.PairingError as exc:
-        raise ApiError(exc.code, exc.message) from None
-    if result is None:
-        left = guard.wrong(client)
-        log.warning("wrong pairing code at sign-in from %s (%d tries left)", client, left)
-        raise ApiError("ERR-5010", "the pairing code is wrong, expired or already used; ask"
-                       " for a new one (edged pair --scope manager)")
+    sessions = services.manager.sessions
+
+    async def redeem(fingerprint: str) -> NewSession | pairing.Miss:
+        return await sessions.sign_in_with_code(proven, name.strip() if name else None,
+                                                client, fingerprint)
+
+    result = await attempt(services, client, redeem, "edged pair --scope manager")
+    assert isinstance(result, NewSession)
     return result
 
 
@@ -161,9 +165,12 @@ async def sign_out(request: web.Request) -> web.StreamResponse:
     from edged.api.http import SERVICES, json_response  # noqa: PLC0415
 
     check_origin(request)
-    sid = request.cookies.get(COOKIE, "")
+    services = request.app[SERVICES]
+    name = cookie_name(services)
+    sid = request.cookies.get(name, "")
     if sid:
-        await request.app[SERVICES].manager.sessions.sign_out(sid)
+        await services.manager.sessions.sign_out(sid)
+        services.streams.end_session(services.manager.sessions.digest(sid))
     response = json_response(200, {"signed_out": True})
-    response.del_cookie(COOKIE, path="/")
+    response.del_cookie(name, path="/", secure=services.cfg.api.tls)
     return response

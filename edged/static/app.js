@@ -105,7 +105,30 @@ function showSignIn(message) {
   $("signin").hidden = false;
   $("signin-error").textContent = message || "";
   setLive("pending", "Signed out");
+  showFingerprint();
   $("token").focus();
+}
+
+// A pairing code never leaves the browser: the sign-in sends HMAC-SHA256 of the daemon's
+// certificate fingerprint keyed by the code, as a register does (POST /v1/pair).
+async function pairingProof(code) {
+  const info = await (await fetch("/v1/pair", { credentials: "same-origin" })).json();
+  const utf8 = new TextEncoder();
+  const key = await crypto.subtle.importKey(
+    "raw", utf8.encode(code.toUpperCase().replace(/[-\s]/g, "")),
+    { name: "HMAC", hash: "SHA-256" }, false, ["sign"]);
+  const mac = await crypto.subtle.sign("HMAC", key, utf8.encode(info.fingerprint.toLowerCase()));
+  return Array.from(new Uint8Array(mac), (b) => b.toString(16).padStart(2, "0")).join("");
+}
+
+async function showFingerprint() {
+  try {
+    const info = await (await fetch("/v1/pair", { credentials: "same-origin" })).json();
+    $("signin-fingerprint").textContent = info.tls
+      ? `This daemon's certificate: ${info.short_fingerprint}. Check that your browser shows`
+        + " the same SHA-256 fingerprint, and that it begins as `edged pair` printed."
+      : "";
+  } catch (e) { $("signin-fingerprint").textContent = ""; }
 }
 
 async function signIn(event) {
@@ -113,8 +136,11 @@ async function signIn(event) {
   const secret = $("token").value.trim();
   const name = $("pair-name").value.trim();
   // a token starts edg_; anything else is a pairing code from `edged pair`
-  const body = secret.startsWith("edg_") ? { token: secret }
-    : name ? { code: secret, name } : { code: secret };
+  let body = { token: secret };
+  if (!secret.startsWith("edg_")) {
+    body = { proof: await pairingProof(secret) };
+    if (name) body.name = name;
+  }
   $("signin-error").textContent = "";
   const response = await fetch("/session", {
     method: "POST", credentials: "same-origin",

@@ -82,6 +82,11 @@ async function load(date) {
     ? rows(["destination", "waiting", "dead"], data.unsynced.map((u) =>
       [u.destination, u.pending + u.inflight, u.dead]))
     : el("p", { class: "muted" }, "None: everything reached the cloud."));
+  if (data.audit && data.audit.head) {
+    // kept on paper, it lets `edged audit verify --expect-head` prove no entry was cut later
+    lists.push(el("h3", {}, "Audit chain"), el("p", { id: "audit-head" },
+      `${data.audit.entries} entries; head ${data.audit.head}`));
+  }
   $("lists").replaceChildren(el("section", { class: "card" }, lists));
 }
 

@@ -22,9 +22,12 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, overload
 
+from edged import audit_key
+from edged.audit_key import AuditKey
 from edged.errors import StoreError
+from edged.store import files
 from edged.store.migrations import migrate
 
 log = logging.getLogger(__name__)
@@ -49,9 +52,31 @@ def _is_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
-def connect(path: Path) -> sqlite3.Connection:
+class StoreConnection(sqlite3.Connection):
+    """A connection to the store's file that knows where its audit key is (beside the
+    database, or a systemd credential: :mod:`edged.audit_key`), read on first use."""
+
+    data_dir: Path
+    _audit_key: AuditKey | None = None
+
+    @overload
+    def audit_key(self) -> AuditKey: ...
+
+    @overload
+    def audit_key(self, create: bool) -> AuditKey | None: ...
+
+    def audit_key(self, create: bool = True) -> AuditKey | None:
+        """The key (made if there is none, unless ``create`` is false)."""
+        if self._audit_key is None:
+            self._audit_key = audit_key.load(self.data_dir, create=create)
+        return self._audit_key
+
+
+def connect(path: Path) -> StoreConnection:
     """A connection with the pragmas every connection must have (DESIGN §2)."""
-    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
+    conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0,
+                           factory=StoreConnection)
+    conn.data_dir = Path(path).parent
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout=10000")
     conn.execute("PRAGMA journal_mode=WAL")
@@ -109,7 +134,7 @@ class Database:
         self.migrations_applied: list[int] = []
 
     async def open(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        files.secure(self.path)
         self._loop = asyncio.get_running_loop()
         self.migrations_applied = await self._loop.run_in_executor(self._writer_exec,
                                                                    self._open_writer)
@@ -327,9 +352,9 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: 
         loop.call_soon_threadsafe(fn, *args)
 
 
-def open_sync(path: Path) -> sqlite3.Connection:
+def open_sync(path: Path) -> StoreConnection:
     """A migrated connection for the command-line tools (no event loop needed)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    files.secure(path)
     conn = connect(path)
     migrate(conn)
     return conn

@@ -313,6 +313,13 @@ ALTER TABLE outbox ADD COLUMN doubt_at TEXT;
 ALTER TABLE payments ADD COLUMN last_checked_at TEXT;
 ALTER TABLE refunds ADD COLUMN last_checked_at TEXT
 """),
+    # Issue 17. A pairing code is bound to the certificate's fingerprint ("" without TLS;
+    # NULL: a code made before, which no proof matches). An audit entry says how its hash
+    # was made: 1 plain SHA-256 (the entries before), 2 HMAC-SHA256 with the audit key.
+    (7, "pairing bound to the certificate; keyed audit chain", """
+ALTER TABLE pairing_codes ADD COLUMN fingerprint TEXT;
+ALTER TABLE audit ADD COLUMN version INTEGER NOT NULL DEFAULT 1
+"""),
     (9, "terminal end-of-day settlements (ZVT)", """
 CREATE TABLE terminal_settlements (
     n              INTEGER PRIMARY KEY,

@@ -1,0 +1,181 @@
+"""The keyed audit chain (issue 17, point 6).
+
+What an attacker with the database file (and not the audit key) can do, and what
+`edged audit verify` says: an entry edited and the chain hashed again with plain SHA-256
+(the formula is public) is caught; so is the same with every entry marked plain; a tail
+cut off is caught with the head the journal printed at start or the end-of-day report
+named (``--expect-head``). A chain written before keyed chains still verifies, its keyed
+part starting at the daemon's first start with a key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import sqlite3
+import stat
+from pathlib import Path
+
+from edged import audit
+from edged.store.database import open_sync
+from tests.daemon_process import DaemonProcess, run_cli
+
+HEAD_RE = re.compile(r"audit chain: (\d+) entries, head (\d+:[0-9a-f]{64})")
+
+
+def _sha(prev: str, at: str, actor: str, action: str, subject: str, data: str) -> str:
+    """The plain chain's formula, as anyone can read it in the code."""
+    return hashlib.sha256("\x1f".join((prev, at, actor, action, subject, data))
+                          .encode()).hexdigest()
+
+
+def _rehash(db: Path, downgrade: bool = False) -> None:
+    """What an attacker with the file and not the key does after editing an entry."""
+    conn = sqlite3.connect(db)
+    prev = audit.GENESIS
+    rows = conn.execute("SELECT seq, at, actor, action, subject, data FROM audit ORDER BY seq")
+    for seq, at, actor, action, subject, data in rows.fetchall():
+        digest = _sha(prev, at, actor, action, subject, data)
+        conn.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?",
+                     (prev + "~", digest + "~", seq))  # the unique index, while moving
+        conn.execute("UPDATE audit SET prev_hash = ?, hash = ? WHERE seq = ?",
+                     (prev, digest, seq))
+        prev = digest
+    if downgrade:
+        conn.execute("UPDATE audit SET version = 1")
+    conn.commit()
+    conn.close()
+
+
+def _verify(data: Path, *extra: str) -> tuple[int, str]:
+    done = run_cli(data, "audit", "verify", *extra, check=False)
+    return done.returncode, done.stdout + done.stderr
+
+
+def _history(data: Path) -> str:
+    """A daemon start (the head goes to the journal), then money and tokens moving."""
+    with DaemonProcess(data) as daemon:
+        token = daemon.create_token("lane-1")
+        for i in range(3):
+            assert daemon.post("/v1/payments", {"amount": 100 + i, "currency": "EUR",
+                                                "method": "cash"},
+                               token=token, key=f"audit-{i}").status == 201
+    with DaemonProcess(data) as daemon:  # the next start names the head
+        match = HEAD_RE.search(daemon.stderr_text())
+        assert match, daemon.stderr_text()
+        return match.group(2)
+
+
+def test_an_edited_chain_hashed_again_without_the_key_is_caught(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _history(data)
+    assert _verify(data)[0] == 0
+    conn = sqlite3.connect(data / "edged.db")
+    conn.execute("UPDATE audit SET data = replace(data, '100', '900')"
+                 " WHERE action = 'payment.approved'")
+    conn.commit()
+    conn.close()
+    _rehash(data / "edged.db")
+    code, out = _verify(data)
+    assert code == 1 and "BROKEN" in out and "without the key" in out, out
+    _rehash(data / "edged.db", downgrade=True)  # every entry "plain": the key says no
+    code, out = _verify(data)
+    assert code == 1 and "BROKEN" in out and "no entry is keyed" in out, out
+
+
+def test_a_cut_tail_is_caught_with_the_head_the_journal_printed(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    head = _history(data)
+    code, out = _verify(data, "--expect-head", head)
+    assert code == 0 and f"holds {head}" in out, out
+    seq = int(head.split(":")[0])
+    conn = sqlite3.connect(data / "edged.db")
+    conn.execute("DELETE FROM audit WHERE seq >= ?", (seq - 1,))
+    conn.commit()
+    conn.close()
+    assert _verify(data)[0] == 0  # what is left is a good chain...
+    code, out = _verify(data, "--expect-head", head)  # ...that lost its end
+    assert code == 1 and "does not hold the expected head" in out, out
+    assert _verify(data, "--expect-head", "nonsense")[0] == 2
+
+
+def test_the_key_is_outside_the_database_and_only_its_owner_reads_it(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    _history(data)
+    key = data / "audit.key"
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    secret = key.read_bytes()
+    for name in ("edged.db", "edged.db-wal"):
+        path = data / name
+        if path.exists():
+            assert secret not in path.read_bytes()
+            assert secret.hex() not in path.read_bytes().decode("latin-1")
+    key.chmod(0o644)
+    code, out = _verify(data)
+    assert code == 1 and "chmod 600" in out, out
+
+
+def test_a_chain_from_before_still_verifies_and_its_keyed_part_follows(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    conn = open_sync(data / "edged.db")
+    prev = audit.GENESIS
+    for i in range(4):  # written as the daemon did before keyed chains: plain SHA-256
+        body = json.dumps({"amount": i}, separators=(",", ":"))
+        digest = _sha(prev, f"2026-01-0{i + 1}T00:00:00.000Z", "cli", "token.created",
+                      f"t{i}", body)
+        conn.execute("INSERT INTO audit (at, actor, action, subject, data, prev_hash, hash)"
+                     " VALUES (?, 'cli', 'token.created', ?, ?, ?, ?)",
+                     (f"2026-01-0{i + 1}T00:00:00.000Z", f"t{i}", body, prev, digest))
+        prev = digest
+    conn.commit()
+    conn.close()
+    assert not (data / "audit.key").exists()
+    code, out = _verify(data)
+    assert code == 0 and "4 entries, not keyed" in out, out  # not made by verify either
+    assert not (data / "audit.key").exists()
+    head = _history(data)
+    code, out = _verify(data, "--expect-head", head)
+    assert code == 0 and "keyed since entry 5" in out, out
+    # the plain part is still checked...
+    conn = sqlite3.connect(data / "edged.db")
+    conn.execute("UPDATE audit SET subject = 'mallory' WHERE seq = 2")
+    conn.commit()
+    code, out = _verify(data)
+    assert code == 1 and "at entry 2" in out, out
+    conn.execute("UPDATE audit SET subject = 't1' WHERE seq = 2")
+    # ...and no plain entry may follow the keyed part
+    last, seq = conn.execute("SELECT hash, seq FROM audit ORDER BY seq DESC").fetchone()
+    at = "2026-12-01T00:00:00.000Z"
+    conn.execute("INSERT INTO audit (at, actor, action, subject, data, prev_hash, hash)"
+                 " VALUES (?, 'x', 'payment.approved', 'p', '{}', ?, ?)",
+                 (at, last, _sha(last, at, "x", "payment.approved", "p", "{}")))
+    conn.commit()
+    conn.close()
+    code, out = _verify(data)
+    assert code == 1 and f"at entry {seq + 1}" in out and "plain entry after" in out, out
+
+
+def test_verify_walks_a_chain_fed_from_two_sources(tmp_path: Path) -> None:
+    """One function over an iterable: an archive of closed days, then the database."""
+    data = tmp_path / "data"
+    _history(data)
+    conn = open_sync(data / "edged.db")
+    chain = list(audit.entries(conn))
+    key = conn.audit_key().secret
+    conn.close()
+    archived, live = chain[:3], chain[3:]
+    result = audit.verify(iter(archived + live), key)
+    assert result.ok and result.entries == len(chain)
+    assert not audit.verify(iter(archived[:2] + live), key).ok  # a day missing between
+    assert not audit.verify(iter(chain), b"k" * 32).ok  # another key
+
+
+def test_the_end_of_day_report_names_the_head(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    head = _history(data)
+    report = json.loads(run_cli(data, "report", "day").stdout)
+    assert report["audit"]["head"] == head
+    assert report["audit"]["entries"] == int(head.split(":")[0])
+    csv = run_cli(data, "report", "day", "--csv").stdout
+    assert f"audit_head,,{head}," in csv
