@@ -181,9 +181,12 @@ async def test_breaker_opens_waits_and_resumes_by_itself(db: Database) -> None:
     await _until(lambda: breaker.state is BreakerState.OPEN, clock, step=0.1)
     calls_when_open = len(gateway.calls)
     clock.advance(10)  # inside the break: nothing is sent
-    await asyncio.sleep(0.05)
-    assert len(gateway.calls) == calls_when_open
+    for _ in range(500):  # the worker settles into its wait (real threads: no fixed sleep)
+        if engine.workers["shopify"].status().state.value == "waiting_breaker":
+            break
+        await asyncio.sleep(0.01)
     assert engine.workers["shopify"].status().state.value == "waiting_breaker"
+    assert len(gateway.calls) == calls_when_open
     gateway.down = False
     await _until(lambda: _states(db.path) == {"done": 9}, clock, step=1.0)
     await engine.stop()
