@@ -41,6 +41,7 @@ from edged.store import Database
 from edged.sync_hooks import StoreHooks
 from edged.terminals import TerminalManager
 from edged.token_cache import PrincipalCache, stamp_path
+from edged.upkeep import Upkeep, replica_credentials
 
 if TYPE_CHECKING:
     from edged.discovery import Advertiser
@@ -75,7 +76,9 @@ class Daemon:
     shutdown_grace: float = SHUTDOWN_GRACE
 
     def __post_init__(self) -> None:
-        self.db = Database(self.cfg.data_dir / "edged.db")
+        self.db = Database(self.cfg.data_dir / "edged.db",
+                           wal_max_bytes=int(self.cfg.storage.wal_max_mb * 1024 * 1024))
+        self.upkeep = Upkeep(self.cfg, self.db, self.clock)
         self.bus = EventBus()
         self.db.on_full = self._store_full
         self.metrics = Metrics()
@@ -102,7 +105,9 @@ class Daemon:
             manager=manager.build(self.cfg, self.clock, self.db, self.bus, self.terminals,
                                   self.sync_status),
             principals=PrincipalCache(stamp_path(self.db.path)),
+            upkeep=self.upkeep,
         )
+        self.services.manager.alerts.extra.append(self.upkeep.conditions)
         self.app = build_web_app(self.services)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -126,7 +131,9 @@ class Daemon:
             cert = self.tls.start()
             self.services.allowed_hosts |= cert.names
             self._tasks.append(asyncio.create_task(self.tls.run(), name="tls-renewal"))
+        await self.upkeep.start(await replica_credentials(self.cfg, self.db))
         self.metrics.collector(self._collect)
+        self.metrics.collector(self.upkeep.collect)
         self.metrics.async_collector(status_metrics.collector(
             self.cfg, self.db, self.terminals, self.sync_status))
         if self.sync is not None:  # cloud lanes and their recovery need the credentials
@@ -190,6 +197,7 @@ class Daemon:
             await self.sync.stop()
         await self.terminals.stop(self.shutdown_grace)
         await self.links.close()
+        await self.upkeep.stop()
         await self.db.close()
         log.info("edged stopped cleanly")
 
@@ -207,6 +215,7 @@ class Daemon:
         workers = self.sync.engine.workers if self.sync is not None else {}
         tasks = {t.name: t for t in self.sync.engine.supervisor.status()} \
             if self.sync is not None else {}
+        tasks.update({t.name: t for t in self.upkeep.tasks()})
         out = []
         for d in depths:
             entry: dict[str, Any] = {

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
@@ -54,14 +55,41 @@ class VerifyResult:
         return self.broken_at is None
 
 
-def verify(conn: sqlite3.Connection) -> VerifyResult:
+Entry = tuple[int, str, str, str, str, str, str, str]
+"""seq, at, actor, action, subject, data, prev_hash, hash: one row of the chain."""
+
+
+def entries(conn: sqlite3.Connection, after_seq: int = 0) -> Iterator[Entry]:
+    """The chain's entries in ``conn`` (the database or an archive) in order."""
+    yield from conn.execute(
+        "SELECT seq, at, actor, action, subject, data, prev_hash, hash FROM audit"
+        " WHERE seq > ? ORDER BY seq", (after_seq,))
+
+
+def chained(conn: sqlite3.Connection,
+            archive: sqlite3.Connection | None = None) -> Iterator[Entry]:
+    """The whole chain: the entries ``edged archive`` moved out first, then the live ones
+    after them (an entry in both, from an archive run cut short, is read once)."""
+    last = 0
+    if archive is not None:
+        for entry in entries(archive):
+            last = entry[0]
+            yield entry
+    yield from entries(conn, last)
+
+
+def verify_entries(items: Iterable[Entry]) -> VerifyResult:
+    """Walk the chain from its first entry: each links to the one before and hashes right."""
     prev = GENESIS
     count = 0
-    for seq, at, actor, action, subject, data, prev_hash, digest in conn.execute(
-        "SELECT seq, at, actor, action, subject, data, prev_hash, hash FROM audit ORDER BY seq"
-    ):
+    for seq, at, actor, action, subject, data, prev_hash, digest in items:
         if prev_hash != prev or _digest(prev, at, actor, action, subject, data) != digest:
             return VerifyResult(count, seq)
         prev = digest
         count += 1
     return VerifyResult(count, None)
+
+
+def verify(conn: sqlite3.Connection, archive: sqlite3.Connection | None = None) -> VerifyResult:
+    """The chain of a database, through its archive when there is one."""
+    return verify_entries(chained(conn, archive))

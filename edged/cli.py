@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from edged import audit, event_loop, lan_cli, tokens
+from edged import audit, event_loop, lan_cli, tokens, upkeep_cli
 from edged.config import Config, load, with_overrides
 from edged.errors import ConfigError, TlsError
 from edged.store.database import open_sync
@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     common(day)
 
     lan_cli.add_commands(sub, common)
+    upkeep_cli.add_commands(sub, common)
 
     sim = sub.add_parser("simulate", help="run a terminal simulator")
     sim.add_argument("kind", choices=("concert",))
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if (done := lan_cli.dispatch(args, _config)) is not None:
+        return done
+    if (done := upkeep_cli.dispatch(args, _config)) is not None:
         return done
     if args.command == "run":
         cfg = _config(args)
@@ -148,8 +151,13 @@ def _dispatch(args: argparse.Namespace) -> int:
         return 0
     if args.command == "audit":
         conn = open_sync(_db_path(args))
-        result = audit.verify(conn)
+        archived = _db_path(args).with_name("edged-archive.db")  # edged archive's file
+        arch = sqlite3.connect(f"file:{archived}?mode=ro", uri=True) \
+            if archived.exists() else None
+        result = audit.verify(conn, arch)
         conn.close()
+        if arch is not None:
+            arch.close()
         if result.ok:
             print(f"audit chain OK: {result.entries} entries")
             return 0

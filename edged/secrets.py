@@ -53,6 +53,8 @@ ALLOWED_NAMES: Final[tuple[str, ...]] = (
     "shopify.webhook_secret",
     "stripe.key",
     "square.token",
+    "replica.access_key_id",  # an S3-compatible [replica]: handed to Litestream at start
+    "replica.secret_access_key",
 )
 
 KEY_BYTES: Final = 32

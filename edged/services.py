@@ -20,6 +20,7 @@ from edged.payments import PaymentService
 from edged.store import Database
 from edged.terminals import TerminalManager
 from edged.token_cache import PrincipalCache
+from edged.upkeep import Upkeep
 from sync.clock import Clock
 from sync.outbox import OutboxStore
 
@@ -47,6 +48,7 @@ class Services:
     allowed_hosts: frozenset[str] = frozenset()
     key_locks: KeyLocks = field(default_factory=KeyLocks)
     pair_guard: PairingGuard | None = None  # made on the first pairing code tried
+    upkeep: Upkeep | None = None  # retention, the file's size, backups, the replica
 
     def pairing_guard(self) -> PairingGuard:
         """The one wrong-code counter shared by ``POST /v1/pair`` and the page's sign-in."""

@@ -206,6 +206,10 @@ def bind(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
                     lambda c: idempotency.lookup(c, scope, key))
                 if stored is not None:
                     return _replay(services, record, stored)
+            if services.db.space_low:  # refused before SQLite meets a full disk (edged.storage)
+                raise ApiError("ERR-1040", "the disk holding the store is nearly full: nothing"
+                               " was changed; retry with the same Idempotency-Key once a"
+                               " technician made room", headers={"Retry-After": "60"})
             try:
                 answer = await route.handler(Ctx(request, services, principal, body, record))
                 if isinstance(answer, Answer) and not answer.stored:

@@ -18,12 +18,14 @@ import errno
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar
 
+from edged import storage
 from edged.errors import StoreError
 from edged.store.migrations import migrate
 
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_GROUP = 256
+WAL_FORCE_PAUSE = 5.0  # seconds between two forced checkpoints of an oversized WAL
+WAL_FORCE_WAIT_MS = 200  # how long a forced checkpoint waits for readers
 
 _SQLITE_FULL = 13
 
@@ -49,11 +53,17 @@ def _is_full(exc: BaseException) -> bool:
     return isinstance(exc, OSError) and exc.errno == errno.ENOSPC
 
 
-def connect(path: Path) -> sqlite3.Connection:
-    """A connection with the pragmas every connection must have (DESIGN §2)."""
+def connect(path: Path, *, writer: bool = False) -> sqlite3.Connection:
+    """A connection with the pragmas every connection must have (DESIGN §2).
+
+    ``writer``: a connection that may create the file, which then gets incremental
+    auto-vacuum (it must come before WAL mode on a new file; see edged.storage).
+    """
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout=10000")
+    if writer:  # before WAL: on a new file it takes effect (an old one needs a VACUUM)
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
@@ -85,11 +95,19 @@ class Database:
     """The daemon's only door to the SQLite file."""
 
     def __init__(self, path: Path, *, readers: int = 2,
-                 on_full: Callable[[bool], None] | None = None) -> None:
+                 on_full: Callable[[bool], None] | None = None,
+                 wal_max_bytes: int = 64 << 20) -> None:
         self.path = path
+        self.wal_max_bytes = wal_max_bytes
+        """The WAL is checkpointed and truncated before it grows past this (edged.storage)."""
+        self.wal_peak_bytes = 0
+        """The largest WAL seen after a commit since the start."""
+        self._wal_forced_at = 0.0
         self.full = False
         """True from a write that failed for want of space until a commit succeeds."""
         self.on_full = on_full
+        self.space_low = False
+        """Set by the space guard (edged.storage): the API refuses writes (ERR-1040)."""
         """Called with True when the store becomes unable to write, False when it can again."""
         self.stats = WriterStats()
         self._readers = readers
@@ -115,8 +133,11 @@ class Database:
                                                                    self._open_writer)
 
     def _open_writer(self) -> list[int]:
-        conn = connect(self.path)
+        conn = connect(self.path, writer=True)
         self._writer_conn = conn
+        # after a checkpoint resets it, the WAL file is cut back to a quarter of its bound
+        conn.execute(f"PRAGMA journal_size_limit={self.wal_max_bytes // 4}")
+        storage.convert_to_incremental(conn, self.path)
         return migrate(conn)
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -227,6 +248,34 @@ class Database:
                 outcomes = [_Outcome(False, error=StoreError(f"commit failed: {exc}"))
                             for _ in batch]
         _call_soon(loop, self._deliver, batch, outcomes, full, problem)
+        if problem is None:
+            self._bound_wal()
+
+    def _bound_wal(self) -> None:
+        """Between two groups: should the WAL pass half its bound (SQLite's own checkpoint
+        could not start it over: a reader held an old snapshot), checkpoint it in full and
+        truncate it, waiting at most a moment for readers, at most once every few seconds."""
+        wal = storage.file_size(storage.wal_path(self.path))
+        self.wal_peak_bytes = max(self.wal_peak_bytes, wal)
+        if wal <= self.wal_max_bytes // 2:
+            return
+        now = time.monotonic()
+        if now - self._wal_forced_at < WAL_FORCE_PAUSE:
+            return
+        self._wal_forced_at = now
+        conn = self._writer_conn
+        assert conn is not None
+        conn.execute(f"PRAGMA busy_timeout={WAL_FORCE_WAIT_MS}")
+        try:
+            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("checkpointing a WAL of %d MB failed: %s", wal >> 20, exc)
+        else:
+            if busy:
+                log.warning("the WAL is %d MB and a reader keeps it from being truncated"
+                            " (%d of %d frames checkpointed)", wal >> 20, done, frames)
+        finally:
+            conn.execute("PRAGMA busy_timeout=10000")
 
     def _deliver(self, batch: list[Job[Any]], outcomes: list[_Outcome], full: bool | None,
                  problem: BaseException | None) -> None:
@@ -316,7 +365,10 @@ class Database:
 
     def _close_writer(self) -> None:
         if self._writer_conn is not None:
-            self._writer_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                self._writer_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # the WAL stays; the next start reads it
+                log.warning("the last checkpoint before closing failed: %s", exc)
             self._writer_conn.close()
             self._writer_conn = None
 
@@ -330,6 +382,6 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: 
 def open_sync(path: Path) -> sqlite3.Connection:
     """A migrated connection for the command-line tools (no event loop needed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    conn = connect(path)
+    conn = connect(path, writer=True)
     migrate(conn)
     return conn
