@@ -77,7 +77,8 @@ class Daemon:
 
     def __post_init__(self) -> None:
         self.db = Database(self.cfg.data_dir / "edged.db",
-                           wal_max_bytes=int(self.cfg.storage.wal_max_mb * 1024 * 1024))
+                           wal_max_bytes=int(self.cfg.storage.wal_max_mb * 1024 * 1024),
+                           replicated=self.cfg.replica is not None)
         self.upkeep = Upkeep(self.cfg, self.db, self.clock)
         self.bus = EventBus()
         self.db.on_full = self._store_full

@@ -118,6 +118,7 @@ def run(live_path: Path, day: date, zone: str, now: datetime | None = None) -> A
     live.row_factory = sqlite3.Row
     live.execute("PRAGMA busy_timeout=30000")
     live.execute("PRAGMA foreign_keys=ON")
+    live.execute("PRAGMA wal_autocheckpoint=0")  # the daemon or Litestream checkpoints
     cutoff = cutoff_for(day, zone, now)
     path = archive_path(live_path.parent)
     result = ArchiveResult(path, cutoff, {t: 0 for t in TABLES})

@@ -155,6 +155,11 @@ def s3_environment(replica: ReplicaConfig, credentials: Mapping[str, str],
     """The child's environment: the daemon's, with the bucket's credentials from the
     encrypted secrets when they are set (else whatever the environment holds)."""
     out = dict(env)
+    # Litestream's S3 client refuses AWS_CA_BUNDLE ("unable to add custom RootCAs
+    # HTTPClient") and would never start; Go reads a custom CA from SSL_CERT_FILE instead
+    bundle = out.pop("AWS_CA_BUNDLE", None)
+    if bundle and "SSL_CERT_FILE" not in out:
+        out["SSL_CERT_FILE"] = bundle
     if replica.is_s3:
         key_id = credentials.get("replica.access_key_id")
         secret = credentials.get("replica.secret_access_key")

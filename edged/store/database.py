@@ -96,8 +96,11 @@ class Database:
 
     def __init__(self, path: Path, *, readers: int = 2,
                  on_full: Callable[[bool], None] | None = None,
-                 wal_max_bytes: int = 64 << 20) -> None:
+                 wal_max_bytes: int = 64 << 20, replicated: bool = False) -> None:
         self.path = path
+        self.replicated = replicated
+        """Litestream replicates the file: it alone checkpoints (an application checkpoint
+        racing it can leave a replica that restores corrupt), so the writer never does."""
         self.wal_max_bytes = wal_max_bytes
         """The WAL is checkpointed and truncated before it grows past this (edged.storage)."""
         self.wal_peak_bytes = 0
@@ -137,6 +140,8 @@ class Database:
         self._writer_conn = conn
         # after a checkpoint resets it, the WAL file is cut back to a quarter of its bound
         conn.execute(f"PRAGMA journal_size_limit={self.wal_max_bytes // 4}")
+        if self.replicated:
+            conn.execute("PRAGMA wal_autocheckpoint=0")
         storage.convert_to_incremental(conn, self.path)
         return migrate(conn)
 
@@ -248,7 +253,7 @@ class Database:
                 outcomes = [_Outcome(False, error=StoreError(f"commit failed: {exc}"))
                             for _ in batch]
         _call_soon(loop, self._deliver, batch, outcomes, full, problem)
-        if problem is None:
+        if problem is None and not self.replicated:
             self._bound_wal()
 
     def _bound_wal(self) -> None:
@@ -383,5 +388,8 @@ def open_sync(path: Path) -> sqlite3.Connection:
     """A migrated connection for the command-line tools (no event loop needed)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     conn = connect(path, writer=True)
+    # a command never checkpoints while the daemon runs (the daemon or Litestream does;
+    # closing the last connection still checkpoints when nothing else has the file open)
+    conn.execute("PRAGMA wal_autocheckpoint=0")
     migrate(conn)
     return conn
