@@ -12,6 +12,7 @@ import contextlib
 import logging
 import sqlite3
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -125,10 +126,12 @@ class Upkeep:
             due = backup.next_run(self.clock.now(), conf.at, self.cfg.manager.timezone)
             self.backup_state.next_at = utc_iso(due)
             await self.clock.sleep(max(0.0, (due - self.clock.now()).total_seconds()))
-            await self.backup_now(folder, conf.keep)
+            await self.backup_now(folder, conf.keep, due)
 
-    async def backup_now(self, folder: Path, keep: int) -> Path | None:
-        target = folder / backup.scheduled_name(self.clock.now())
+    async def backup_now(self, folder: Path, keep: int, due: datetime | None = None,
+                         ) -> Path | None:
+        """One copy named after when it was due (now by default), then the rotation."""
+        target = folder / backup.scheduled_name(due or self.clock.now())
         try:
             result = await asyncio.to_thread(backup.create, self.cfg.data_dir, target)
         except backup.BackupError as exc:
