@@ -28,6 +28,7 @@ from edged.payments import Answer
 from edged.services import Services
 from edged.store.database import StoreFull
 from edged.tokens import Principal, refusal
+from sync.clock import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +200,8 @@ def bind(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
         key = _idempotency_key(request)
         scope = f"token:{principal.token_id}" if principal else "anonymous"
         record = IdemRecord(scope, key, "POST", request.path,
-                            idempotency.body_hash("POST", request.path, decoded))
+                            idempotency.body_hash("POST", request.path, decoded),
+                            utc_iso(services.clock.now()))
         async with services.key_locks.hold(scope, key):
             if route.key_in_write is None or not route.key_in_write(body):
                 stored = await services.db.read_inline(
