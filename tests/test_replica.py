@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
+import signal
 import socket
 import sqlite3
 import subprocess
@@ -82,6 +83,24 @@ class Load:
     def count(self) -> int:
         with self.lock:
             return len(self.acks)
+
+
+def _children(pid: int) -> list[int]:
+    """The daemon's child processes (Litestream), from /proc."""
+    out: list[int] = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            out += [int(c) for c in (task / "children").read_text().split()]
+    return out
+
+
+def _gone(pid: int) -> bool:
+    """Exited (a zombie waiting for init to reap it counts: it runs no more)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return True
+    return stat[stat.rindex(")") + 2] == "Z"
 
 
 def _wait_for(check: object, timeout: float, what: str) -> None:
@@ -173,8 +192,14 @@ def _run_replica_trial(tmp_path: Path, replica_lines: list[str], source: str,
             assert "edged_replica_lag_seconds" in metrics
             before = load.count()
             _wait_for(lambda: load.count() >= before + KILL_AFTER, 60, "more payments")
-            daemon.send_sigkill()  # the box dies under load
+            helpers = _children(daemon.pid)
+            assert helpers, "no Litestream child under the daemon"
+            for pid in [daemon.pid, *helpers]:  # the box dies under load, Litestream with it
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             daemon.wait(30)
+            for pid in helpers:
+                _wait_for(lambda pid=pid: _gone(pid), 30, "Litestream to be gone")
         finally:
             load.stop.set()
             for t in threads:
