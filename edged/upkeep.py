@@ -151,9 +151,8 @@ class Upkeep:
     def status(self) -> dict[str, Any]:
         s = self._sizes
         out: dict[str, Any] = {
-            "database_bytes": s.db_bytes if s else storage.file_size(self.db.path),
-            "wal_bytes": s.wal_bytes if s else storage.file_size(
-                storage.wal_path(self.db.path)),
+            "database_bytes": storage.file_size(self.db.path),
+            "wal_bytes": storage.file_size(storage.wal_path(self.db.path)),
             "wal_peak_bytes": self.db.wal_peak_bytes,
             "wal_max_bytes": self.db.wal_max_bytes,
             "free_pages": s.free_pages if s else None,

@@ -253,7 +253,7 @@ class Database:
                 outcomes = [_Outcome(False, error=StoreError(f"commit failed: {exc}"))
                             for _ in batch]
         _call_soon(loop, self._deliver, batch, outcomes, full, problem)
-        if problem is None and not self.replicated:
+        if problem is None:
             self._bound_wal()
 
     def _bound_wal(self) -> None:
@@ -262,7 +262,7 @@ class Database:
         truncate it, waiting at most a moment for readers, at most once every few seconds."""
         wal = storage.file_size(storage.wal_path(self.path))
         self.wal_peak_bytes = max(self.wal_peak_bytes, wal)
-        if wal <= self.wal_max_bytes // 2:
+        if wal <= self.wal_max_bytes // 2 or self.replicated:  # Litestream checkpoints then
             return
         now = time.monotonic()
         if now - self._wal_forced_at < WAL_FORCE_PAUSE:
