@@ -377,6 +377,7 @@ class Restored:
     payments: int
     last_payment_at: str | None
     audit_entries: int
+    secrets_stored: int = 0
 
 
 def restore(url: str, data_dir: Path, *, replica: ReplicaConfig | None = None,
@@ -457,7 +458,8 @@ def _check(db: Path, archive: Path | None, key: Path | None) -> Restored:
         if not chain.ok:
             raise ReplicaError(f"the restored audit chain is broken at entry {chain.broken_at}")
         count, last = conn.execute("SELECT count(*), max(created_at) FROM payments").fetchone()
-        return Restored(db, archive, key, count, last, chain.entries)
+        stored = conn.execute("SELECT count(*) FROM secrets").fetchone()[0]
+        return Restored(db, archive, key, count, last, chain.entries, stored)
     finally:
         conn.close()
         if arch is not None:

@@ -108,8 +108,9 @@ def _restore(args: argparse.Namespace, cfg: Config) -> int:
           f" integrity_check ok, audit chain ok ({done.audit_entries} entries)")
     if done.key is not None:
         print(f"the secrets key came back from the replica: {done.key}")
-    elif not (cfg.data_dir / "secret.key").exists():
-        print("the secrets key is not in the replica: put the key you kept at"
+    elif done.secrets_stored and not (cfg.data_dir / "secret.key").exists():
+        print(f"{done.secrets_stored} stored secrets need their key, which is not in the"
+              " replica: put the key you kept at"
               f" {cfg.data_dir / 'secret.key'} (0600) or in systemd's LoadCredential= file,"
               " or set the secrets again (edged secret set)")
     return 0
