@@ -94,11 +94,10 @@ def depths(conn: sqlite3.Connection, destinations: tuple[str, ...]) -> list[Queu
         " WHERE state IN ('pending', 'inflight', 'dead') GROUP BY destination, state"
     ):
         counts[(row[0], row[1])] = row[2]
-    oldest = dict(conn.execute(
-        "SELECT destination, min(created_at) FROM outbox"
-        " WHERE state IN ('pending', 'inflight') GROUP BY destination"
-    ).fetchall())
     names = sorted(set(destinations) | {d for d, _ in counts})
+    oldest = {d: conn.execute(  # one index probe each (outbox_open_age), not a scan
+        "SELECT min(created_at) FROM outbox WHERE destination = ?"
+        " AND state IN ('pending', 'inflight')", (d,)).fetchone()[0] for d in names}
     return [QueueDepth(d, counts.get((d, "pending"), 0), counts.get((d, "inflight"), 0),
                        counts.get((d, "dead"), 0), oldest.get(d)) for d in names]
 
@@ -203,8 +202,11 @@ class OutboxStore:
         lease = self._later(self.settings.lease_seconds)
 
         def write(conn: sqlite3.Connection) -> Work | None:
+            # (the partial index of migration 10: without it, the planner walks every
+            # pending row of the destination to find none batched)
             batch = conn.execute(
-                "SELECT batch_id FROM outbox WHERE destination = ? AND state = 'pending'"
+                "SELECT batch_id FROM outbox INDEXED BY outbox_pending_batched"
+                " WHERE destination = ? AND state = 'pending'"
                 " AND batch_id IS NOT NULL AND next_attempt_at <= ? ORDER BY id LIMIT 1",
                 (destination, now)).fetchone()
             if batch is not None:
