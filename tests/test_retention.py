@@ -251,7 +251,7 @@ async def test_the_wal_is_cut_back_once_a_reader_lets_go(tmp_path: Path) -> None
         assert held > 2 << 20
         reader.execute("COMMIT")
         reader.close()
-        db._wal_forced_at = 0.0  # the pause between forced checkpoints is over
+        db._wal_forced_at = db._wal_checked_at = 0.0  # the pauses between looks are over
         await db.write(lambda c: c.execute("INSERT INTO t VALUES ('last')"))
         # the check runs after a group is answered: the next write follows it on the thread
         await db.write(lambda c: c.execute("INSERT INTO t VALUES ('after')"))
