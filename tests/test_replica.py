@@ -260,3 +260,31 @@ def test_an_s3_replica_brings_back_every_payment_acknowledged_before_its_positio
             {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test"},
             # the daemon hands Litestream the bucket's credentials from the encrypted secrets
             {"replica.access_key_id": "test", "replica.secret_access_key": "test"})
+
+
+async def test_a_replica_that_cannot_be_reached_raises_an_alert_as_its_lag_grows(
+        tmp_path: Path) -> None:
+    """No Litestream answers on the control socket (a replica unreachable, Litestream
+    stuck): replicated_at stays still, the lag grows with the clock, and past
+    lag_alert_seconds the alert ``replica_lag`` holds, naming the replica and the error."""
+    from edged.replica import Replicator  # noqa: PLC0415
+    from edged.upkeep import Upkeep  # noqa: PLC0415
+    from edged.upkeep_config import ReplicaConfig  # noqa: PLC0415
+    from tests.clock import ManualClock  # noqa: PLC0415
+    from tests.helpers import make_config  # noqa: PLC0415
+
+    clock = ManualClock()
+    replica = ReplicaConfig(url=str(tmp_path / "nas"), lag_alert_seconds=300)
+    cfg = make_config(tmp_path / "data", replica=replica)
+    upkeep = Upkeep(cfg, None, clock)  # type: ignore[arg-type]  (no database needed here)
+    upkeep.replicator = Replicator(replica, tmp_path / "data", clock, 64 << 20)
+    await upkeep.replicator.check()
+    status = upkeep.replicator.status
+    assert status.replicated_at is None and status.last_error
+    assert not [a for a in upkeep.conditions() if a.key == "replica.lag"]
+    clock.advance(301)
+    await upkeep.replicator.check()
+    assert status.lag_seconds is not None and status.lag_seconds >= 301
+    assert status.state == "behind"
+    alarms = [a for a in upkeep.conditions() if a.key == "replica.lag"]
+    assert alarms and str(tmp_path / "nas") in alarms[0].message
