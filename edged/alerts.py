@@ -6,7 +6,7 @@ Each alert has a key naming its condition and subject (``breaker:shopify``,
 index). The :class:`AlertCenter` looks at the daemon's state every ``[alerts]
 check_seconds`` and at once after a payment, refund, terminal or sync event: a condition
 that holds and has no open alert raises one; an open alert whose condition no longer holds
-is cleared. Cleared alerts are deleted after ``[alerts] keep_days``.
+is cleared. Cleared alerts are deleted after ``[alerts] keep_days`` (edged.retention).
 
 Conditions (thresholds in ``[alerts]``):
 - a destination's circuit breaker is open or probing (cleared when it closes);
@@ -29,7 +29,7 @@ import asyncio
 import json
 import logging
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
@@ -114,6 +114,9 @@ class AlertCenter:
         self._poke = asyncio.Event()
         self._lock = asyncio.Lock()
         self._subjects: frozenset[str] = frozenset()  # of the conditions the last look held
+        self.extra: list[Callable[[], Iterable[Any]]] = []
+        """More conditions (edged.upkeep: disk space, the replica's lag, a failed backup):
+        each returns objects with key, kind, severity, subject and message."""
 
     # -- the conditions -------------------------------------------------------------------
 
@@ -131,6 +134,9 @@ class AlertCenter:
         found += [Condition(key, "terminal_totals_mismatch", "critical", subject, message)
                   for key, subject, message in await self._db.read(
                       lambda c: settlement_conditions(c, settled_since))]
+        for source in self.extra:
+            found += [Condition(a.key, a.kind, a.severity, a.subject, a.message)
+                      for a in source()]
         return found
 
     @staticmethod
@@ -255,14 +261,11 @@ class AlertCenter:
             held = {c.key: c for c in await self.conditions()}
             self._subjects = frozenset(c.subject for c in held.values() if c.subject)
             now = utc_iso(self._clock.now())
-            cutoff = utc_iso(self._clock.now() - timedelta(days=self._cfg.alerts.keep_days))
 
             def unchanged(conn: sqlite3.Connection) -> bool:
                 open_keys = {r[0] for r in conn.execute(
                     "SELECT key FROM alerts WHERE cleared_at IS NULL")}
-                stale = conn.execute("SELECT 1 FROM alerts WHERE cleared_at IS NOT NULL"
-                                     " AND cleared_at < ? LIMIT 1", (cutoff,)).fetchone()
-                return open_keys == held.keys() and stale is None
+                return open_keys == held.keys()
 
             # Most looks change nothing (each payment pokes one): then no write, no commit
             # and no fsync beside the payments'. The write below checks again in its own
@@ -289,8 +292,6 @@ class AlertCenter:
                         (key, c.kind, c.severity, c.subject, c.message, now))
                     changed.append(alert_dict(conn.execute(
                         "SELECT * FROM alerts WHERE id = ?", (cur.lastrowid,)).fetchone()))
-                conn.execute("DELETE FROM alerts WHERE cleared_at IS NOT NULL"
-                             " AND cleared_at < ?", (cutoff,))
                 return changed
 
             changed = await self._db.write(write)

@@ -42,6 +42,7 @@ from edged.store import Database
 from edged.sync_hooks import StoreHooks
 from edged.terminals import TerminalManager
 from edged.token_cache import PrincipalCache, stamp_path
+from edged.upkeep import Upkeep, replica_credentials
 
 if TYPE_CHECKING:
     from edged.discovery import Advertiser
@@ -79,7 +80,10 @@ class Daemon:
     shutdown_grace: float = SHUTDOWN_GRACE
 
     def __post_init__(self) -> None:
-        self.db = Database(self.cfg.data_dir / "edged.db")
+        self.db = Database(self.cfg.data_dir / "edged.db",
+                           wal_max_bytes=int(self.cfg.storage.wal_max_mb * 1024 * 1024),
+                           replicated=self.cfg.replica is not None)
+        self.upkeep = Upkeep(self.cfg, self.db, self.clock)
         self.bus = EventBus()
         self.db.on_full = self._store_full
         self.metrics = Metrics()
@@ -109,7 +113,9 @@ class Daemon:
             principals=PrincipalCache(stamp_path(self.db.path)),
             streams=StreamRegistry(self.cfg.api.max_streams_per_token,
                                    max(1, connection_limit(self.cfg.api.max_connections) // 4)),
+            upkeep=self.upkeep,
         )
+        self.services.manager.alerts.extra.append(self.upkeep.conditions)
         self.app = build_web_app(self.services)
         self._runner: web.AppRunner | None = None
         self._site: web.TCPSite | None = None
@@ -137,7 +143,9 @@ class Daemon:
             self.services.own_fingerprint = lambda: keeper.info.fingerprint \
                 if keeper.info is not None else ""
             self._tasks.append(asyncio.create_task(self.tls.run(), name="tls-renewal"))
+        await self.upkeep.start(await replica_credentials(self.cfg, self.db))
         self.metrics.collector(self._collect)
+        self.metrics.collector(self.upkeep.collect)
         self.metrics.async_collector(status_metrics.collector(
             self.cfg, self.db, self.terminals, self.sync_status))
         if self.sync is not None:  # cloud lanes and their recovery need the credentials
@@ -216,6 +224,7 @@ class Daemon:
             await self.sync.stop()
         await self.terminals.stop(self.shutdown_grace)
         await self.links.close()
+        await self.upkeep.stop()
         await self.db.close()
         log.info("edged stopped cleanly")
 
@@ -233,6 +242,7 @@ class Daemon:
         workers = self.sync.engine.workers if self.sync is not None else {}
         tasks = {t.name: t for t in self.sync.engine.supervisor.status()} \
             if self.sync is not None else {}
+        tasks.update({t.name: t for t in self.upkeep.tasks()})
         out = []
         for d in depths:
             entry: dict[str, Any] = {

@@ -108,10 +108,11 @@ class Entry:
     version: int = PLAIN
 
 
-def entries(conn: sqlite3.Connection) -> Iterator[Entry]:
-    """The database's entries, oldest first."""
+def entries(conn: sqlite3.Connection, after_seq: int = 0) -> Iterator[Entry]:
+    """The entries of ``conn`` (the database or an archive) after ``after_seq``, oldest
+    first."""
     for row in conn.execute("SELECT seq, at, actor, action, subject, data, prev_hash, hash,"
-                            " version FROM audit ORDER BY seq"):
+                            " version FROM audit WHERE seq > ? ORDER BY seq", (after_seq,)):
         yield Entry(*tuple(row))
 
 
@@ -143,6 +144,8 @@ class VerifyResult:
     """``SEQ:HASH`` of the last entry that verified."""
     keyed_from: int | None = None
     """The first keyed entry (``None``: the chain has none)."""
+    unchecked: int = 0
+    """Keyed entries checked for their links only (no key at hand, ``links_without_key``)."""
 
     @property
     def ok(self) -> bool:
@@ -160,10 +163,14 @@ def parse_head(text: str) -> tuple[int | None, str]:
 
 
 def verify(chain: Iterable[Entry], key: bytes | None,
-           expect_head: str | None = None) -> VerifyResult:
+           expect_head: str | None = None, *, links_without_key: bool = False) -> VerifyResult:
     """Walk ``chain`` (oldest first): every link, every hash or MAC, no plain entry after
     the keyed part began, keyed entries only with the key; with ``expect_head`` (a head the
     journal or a report named), that entry must still be in the chain.
+
+    ``links_without_key`` (a box restored without its key): with no key, keyed entries are
+    checked for their links only and counted in ``unchecked``; whoever holds the key checks
+    their MACs later with ``edged audit verify``.
 
     With a key at hand, a chain that holds entries but no keyed one fails: the daemon
     starts the keyed part at its first start with the key, so such a chain was rewritten
@@ -171,10 +178,10 @@ def verify(chain: Iterable[Entry], key: bytes | None,
     """
     want_seq, want_hash = parse_head(expect_head) if expect_head else (None, "")
     seen_expected = False
-    prev, count, keyed_from, last = GENESIS, 0, None, ""
+    prev, count, keyed_from, last, unchecked = GENESIS, 0, None, "", 0
 
     def broken(entry: Entry, why: str) -> VerifyResult:
-        return VerifyResult(count, entry.seq, why, last, keyed_from)
+        return VerifyResult(count, entry.seq, why, last, keyed_from, unchecked)
 
     for entry in chain:
         if entry.prev_hash != prev:
@@ -185,6 +192,10 @@ def verify(chain: Iterable[Entry], key: bytes | None,
                 return broken(entry, "a plain entry after the keyed part began")
             digest = _plain(entry.prev_hash, entry.at, entry.actor, entry.action,
                             entry.subject, entry.data)
+        elif entry.version == KEYED and key is None and links_without_key:
+            keyed_from = entry.seq if keyed_from is None else keyed_from
+            unchecked += 1
+            digest = entry.hash
         elif entry.version == KEYED:
             if key is None:
                 return broken(entry, "keyed entries, and no audit key to check them (the"
@@ -208,16 +219,37 @@ def verify(chain: Iterable[Entry], key: bytes | None,
     if expect_head and not seen_expected:
         return VerifyResult(count, None, f"the chain does not hold the expected head"
                             f" {expect_head}: entries were removed from its end, or it was"
-                            " rewritten", last, keyed_from)
-    return VerifyResult(count, None, "", last, keyed_from)
+                            " rewritten", last, keyed_from, unchecked)
+    return VerifyResult(count, None, "", last, keyed_from, unchecked)
 
 
-def check(conn: sqlite3.Connection, expect_head: str | None = None) -> VerifyResult:
-    """:func:`verify` the database's own chain with its audit key (if there is one)."""
+def chained(conn: sqlite3.Connection,
+            archive: sqlite3.Connection | None = None) -> Iterator[Entry]:
+    """The whole chain: the entries ``edged archive`` moved out first, then the live ones
+    after them (an entry in both, from an archive run cut short, is read once)."""
+    last = 0
+    if archive is not None:
+        for entry in entries(archive):
+            last = entry.seq
+            yield entry
+    yield from entries(conn, last)
+
+
+def check_file(conn: sqlite3.Connection, archive: sqlite3.Connection | None,
+               key: bytes | None) -> VerifyResult:
+    """The chain of a copy of the store (a backup, a restored file) with the key given; with
+    none, its keyed entries are checked for their links only (``unchecked``)."""
+    return verify(chained(conn, archive), key, links_without_key=key is None)
+
+
+def check(conn: sqlite3.Connection, expect_head: str | None = None,
+          archive: sqlite3.Connection | None = None) -> VerifyResult:
+    """:func:`verify` the database's own chain (through its archive, when there is one)
+    with its audit key (if there is one)."""
     if not isinstance(conn, StoreConnection):
         raise RuntimeError("audit.check needs a connection from edged.store")
     try:
         key = conn.audit_key(create=False)
     except AuditKeyError as exc:
         return VerifyResult(0, None, str(exc))
-    return verify(entries(conn), key.secret if key is not None else None, expect_head)
+    return verify(chained(conn, archive), key.secret if key is not None else None, expect_head)

@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from edged import audit, event_loop, lan_cli, tokens
+from edged import audit, event_loop, lan_cli, tokens, upkeep_cli
 from edged.config import Config, load, with_overrides
 from edged.errors import ConfigError, TlsError
 from edged.store.database import open_sync
@@ -77,6 +77,7 @@ def _parser() -> argparse.ArgumentParser:
     common(day)
 
     lan_cli.add_commands(sub, common)
+    upkeep_cli.add_commands(sub, common)
 
     sim = sub.add_parser("simulate", help="run a terminal simulator")
     sim.add_argument("kind", choices=("concert", "zvt"))
@@ -113,6 +114,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if (done := lan_cli.dispatch(args, _config)) is not None:
+        return done
+    if (done := upkeep_cli.dispatch(args, _config)) is not None:
         return done
     if args.command == "run":
         cfg = _config(args)
@@ -180,11 +183,18 @@ def _audit_verify(args: argparse.Namespace) -> int:
             print("edged: --expect-head must be SEQ:HASH as the journal prints it (or the 64"
                   " hex digits of HASH)", file=sys.stderr)
             return 2
+    from edged.archive import archive_path  # noqa: PLC0415  (only for this command)
+
     conn = open_sync(_db_path(args))
+    archived = archive_path(_db_path(args).parent)  # what `edged archive` moved out
+    arch = sqlite3.connect(f"file:{archived}?mode=ro", uri=True) if archived.exists() \
+        else None
     try:
-        result = audit.check(conn, args.expect_head)
+        result = audit.check(conn, args.expect_head, arch)
     finally:
         conn.close()
+        if arch is not None:
+            arch.close()
     keyed = f", keyed since entry {result.keyed_from}" if result.keyed_from else \
         ", not keyed"
     if result.ok:

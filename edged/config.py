@@ -17,6 +17,13 @@ from typing import Any, TypeVar
 
 from edged.errors import ConfigError
 from edged.money import is_known_currency
+from edged.upkeep_config import (
+    BackupConfig,
+    ReplicaConfig,
+    RetentionConfig,
+    StorageConfig,
+)
+from edged.upkeep_config import parse as parse_upkeep
 
 T = TypeVar("T")
 
@@ -167,6 +174,10 @@ class Config:
     alerts: AlertsConfig = field(default_factory=AlertsConfig)
     log_level: str = "INFO"
     source: str = "<embedded default>"
+    retention: RetentionConfig = field(default_factory=RetentionConfig)
+    storage: StorageConfig = field(default_factory=StorageConfig)
+    replica: ReplicaConfig | None = None
+    backup: BackupConfig | None = None
 
     @property
     def data_dir(self) -> Path:
@@ -429,11 +440,13 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
                           lambda v: None if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
                           else "must be DEBUG, INFO, WARNING or ERROR").upper()
         t.done()
+    upkeep = parse_upkeep(root, _sub)
     root.done()
     cfg = Config(store=store, api=api, discovery=discovery, terminals=terminals, shopify=shopify,
                  stripe=processors["stripe"], square=processors["square"], offline=offline,
                  sync=sync, manager=manager, alerts=alerts, log_level=log_level,
-                 source=source)
+                 source=source, retention=upkeep.retention, storage=upkeep.storage,
+                 replica=upkeep.replica, backup=upkeep.backup)
     _check_terminals(cfg)
     check_lan(cfg)
     return cfg

@@ -47,6 +47,8 @@ CODES: dict[str, ErrorCode] = _table(
     ErrorCode("ERR-1020", 400, "The request is not valid HTTP/1.1"),
     ErrorCode("ERR-1021", 429, "Too many requests without a valid token in flight from this"
               " address", retryable=True),
+    ErrorCode("ERR-1040", 503, "The disk holding the store is nearly full: writes are refused"
+              " before it fills", retryable=True),
     ErrorCode("ERR-1099", 500, "Internal error; the request may be retried with the same key",
               retryable=True),
     # 2xxx: payments and refunds

@@ -33,6 +33,8 @@ class IdemRecord:
     method: str
     path: str
     body_hash: str
+    at: str | None = None
+    """When the call came, on the daemon's clock (retention counts from it); None: now."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +81,7 @@ def save(conn: sqlite3.Connection, record: IdemRecord, status: int, body: dict[s
             "INSERT INTO idempotency (scope, key, method, path, body_hash, status, response,"
             " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (record.scope, record.key, record.method, record.path, record.body_hash, status,
-             jsoncodec.dumps_text(body), utc_iso(datetime.now(UTC))),
+             jsoncodec.dumps_text(body), record.at or utc_iso(datetime.now(UTC))),
         )
     except sqlite3.IntegrityError:
         stored = lookup(conn, record.scope, record.key)

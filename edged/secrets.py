@@ -41,7 +41,7 @@ from typing import Final, TextIO
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from edged import audit
+from edged import audit, durable_file
 from edged.errors import EdgedError
 from edged.store.database import open_sync
 from sync.clock import utc_iso
@@ -53,6 +53,8 @@ ALLOWED_NAMES: Final[tuple[str, ...]] = (
     "shopify.webhook_secret",
     "stripe.key",
     "square.token",
+    "replica.access_key_id",  # an S3-compatible [replica]: handed to Litestream at start
+    "replica.secret_access_key",
 )
 
 KEY_BYTES: Final = 32
@@ -170,35 +172,11 @@ def _read_key_file(path: Path) -> bytes:
 def _create_key_file(path: Path) -> bool:
     """Create ``path`` holding a new random key, mode 0600; False if it already existed.
 
-    The key is written to a temporary file made with ``O_CREAT|O_EXCL`` and mode 0600, then
-    hard-linked into place: the name never exists with another mode or a partial key, and a
-    concurrent creator that loses the race reads the winner's key.
+    :func:`edged.durable_file.create_file`: the key is linked into place, so the name never
+    exists with another mode or a partial key, and a concurrent creator that loses the
+    race reads the winner's key.
     """
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
-                 0o600)
-    try:
-        try:
-            os.fchmod(fd, 0o600)  # exactly 0600, whatever the umask
-            view = memoryview(os.urandom(KEY_BYTES))
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        try:
-            os.link(tmp, path)
-        except FileExistsError:
-            return False
-        dir_fd = os.open(path.parent, os.O_RDONLY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        return True
-    finally:
-        tmp.unlink(missing_ok=True)
+    return durable_file.create_file(path, os.urandom(KEY_BYTES), 0o600)
 
 
 def _load_key(data_dir: Path, env: Mapping[str, str] | None) -> tuple[bytes, Path]:
@@ -370,24 +348,11 @@ def cli_set(data_dir: Path, name: str, stdin: TextIO,
 
 def _new_key_file(path: Path, key: bytes) -> None:
     """Write ``key`` to a new file ``path`` (mode 0600, synced); it must not exist."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
-                 0o600)
-    try:
-        os.fchmod(fd, 0o600)
-        view = memoryview(key)
-        while view:
-            view = view[os.write(fd, view):]
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    durable_file.new_file(path, key, 0o600)
 
 
 def _sync_dir(path: Path) -> None:
-    dir_fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
+    durable_file.sync_dir(path)
 
 
 def _swap_in(key_file: Path, new_file: Path) -> None:

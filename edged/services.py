@@ -21,6 +21,7 @@ from edged.payments import PaymentService
 from edged.store import Database
 from edged.terminals import TerminalManager
 from edged.token_cache import PrincipalCache
+from edged.upkeep import Upkeep
 from sync.clock import Clock
 from sync.outbox import OutboxStore
 
@@ -52,6 +53,7 @@ class Services:
     own_fingerprint: Callable[[], str] = field(default=lambda: "")
     """The SHA-256 fingerprint of the certificate served now ("" without TLS): pairing
     proofs are checked against it."""
+    upkeep: Upkeep | None = None  # retention, the file's size, backups, the replica
 
     def pairing_guard(self) -> PairingGuard:
         """The one wrong-code counter shared by ``POST /v1/pair`` and the page's sign-in."""

@@ -22,7 +22,6 @@ import asyncio
 import hashlib
 import ipaddress
 import logging
-import os
 import socket
 import ssl
 from collections.abc import Callable
@@ -36,6 +35,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+from edged import durable_file
 from edged.config import Config
 from edged.errors import TlsError
 from sync.clock import Clock
@@ -226,29 +226,11 @@ def _create(cfg: Config, now: datetime, previous: CertInfo | None) -> CertInfo:
 
 
 def _write(path: Path, data: bytes, mode: int) -> None:
-    """Replace ``path`` atomically; the new file never exists with a wider mode."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{os.urandom(4).hex()}.tmp")
+    """Replace ``path`` atomically and durably; the new file never exists with a wider mode."""
     try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, mode)
+        durable_file.replace_file(path, data, mode)
     except OSError as exc:
         raise TlsError(f"cannot write {path}: {exc.strerror}") from None
-    try:
-        try:
-            os.fchmod(fd, mode)
-            view = memoryview(data)
-            while view:
-                view = view[os.write(fd, view):]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    dir_fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(dir_fd)
-    finally:
-        os.close(dir_fd)
 
 
 def server_context(info: CertInfo) -> ssl.SSLContext:

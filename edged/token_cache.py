@@ -16,13 +16,13 @@ read every time and never fills memory), keyed by their SHA-256 digest, never th
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import secrets
 from dataclasses import dataclass
 from pathlib import Path
 
+from edged import durable_file
 from edged.tokens import Principal
 
 log = logging.getLogger(__name__)
@@ -41,17 +41,13 @@ def announce_revocation(db_path: Path) -> None:
     """Tell a running daemon that a token was revoked; call after the revocation's commit.
 
     The new stamp replaces the old one in one rename, so a reader sees the old or the new,
-    never half of one.
+    never half of one; the file and its directory are synced
+    (:func:`edged.durable_file.replace_file`), so a power cut right after the revocation
+    leaves the new stamp, not an empty file or the old one. Mode 0644: the daemon may run
+    as another user than the CLI.
     """
-    path = stamp_path(db_path)
-    scratch = path.with_name(f".{STAMP_NAME}.{os.getpid()}.{secrets.token_hex(4)}")
-    try:
-        scratch.write_text(secrets.token_hex(16), encoding="ascii")
-        scratch.chmod(0o644)  # the daemon may run as another user than the CLI
-        os.replace(scratch, path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            scratch.unlink()
+    durable_file.replace_file(stamp_path(db_path),
+                              secrets.token_hex(16).encode("ascii"), 0o644)
 
 
 def read_stamp(path: Path) -> bytes | None:

@@ -180,16 +180,20 @@ async def test_offline_cap_age_forward_declined_and_refund_unknown(setup: Setup)
 
 
 async def test_cleared_alerts_are_kept_for_keep_days(setup: Setup) -> None:
+    """Cleared alerts go with the retention pass (edged.retention) after keep_days."""
     s = setup
+    retention = s.api.daemon.upkeep.retention
     _payment(s, "pay_u", "unknown", 100, "2026-11-26T11:00:00.000Z")
     await s.evaluate()
     s.sql("UPDATE payments SET state = 'declined' WHERE id = 'pay_u'")
     await s.evaluate()
     s.clock.advance(29 * 86400)
     await s.evaluate()
+    await retention.run_pass()
     assert s.api.count("alerts") == 1
     s.clock.advance(2 * 86400)
     await s.evaluate()
+    await retention.run_pass()
     assert s.api.count("alerts") == 0
 
 

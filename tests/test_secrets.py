@@ -157,7 +157,8 @@ def test_unknown_name_refused_listing_the_allowed(store: SecretStore,
 
 def test_allowed_names() -> None:
     assert ALLOWED_NAMES == ("shopify.token", "shopify.webhook_secret", "stripe.key",
-                             "square.token")
+                             "square.token", "replica.access_key_id",
+                             "replica.secret_access_key")
 
 
 def test_empty_value_refused(store: SecretStore, conn: sqlite3.Connection) -> None:

@@ -30,6 +30,7 @@ from edged.payments import Answer
 from edged.services import Services
 from edged.store.database import StoreFull
 from edged.tokens import Principal, refusal
+from sync.clock import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -212,13 +213,22 @@ def bind(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
         key = _idempotency_key(request)
         scope = f"token:{principal.token_id}" if principal else "anonymous"
         record = IdemRecord(scope, key, "POST", request.path,
-                            idempotency.body_hash("POST", request.path, decoded))
+                            idempotency.body_hash("POST", request.path, decoded),
+                            utc_iso(services.clock.now()))
         async with services.key_locks.hold(scope, key):
             if route.key_in_write is None or not route.key_in_write(body):
                 stored = await services.db.read_inline(
                     lambda c: idempotency.lookup(c, scope, key))
                 if stored is not None:
                     return _replay(services, record, stored)
+            if services.db.space_low:  # refused before SQLite meets a full disk (edged.storage)
+                stored = await services.db.read_inline(
+                    lambda c: idempotency.lookup(c, scope, key))
+                if stored is not None:  # a retry of what was answered still gets its answer
+                    return _replay(services, record, stored)
+                raise ApiError("ERR-1040", "the disk holding the store is nearly full: nothing"
+                               " was changed; retry with the same Idempotency-Key once a"
+                               " technician made room", headers={"Retry-After": "60"})
             try:
                 answer = await route.handler(Ctx(request, services, principal, body, record))
                 if isinstance(answer, Answer) and not answer.stored:

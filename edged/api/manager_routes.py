@@ -84,6 +84,7 @@ async def status(ctx: Ctx) -> Answer:
     body["dead_jobs"] = await services.db.read(lambda conn: job_retry.annotate(conn, dead))
     body["terminals"] = [v.as_dict() for v in services.terminals.views()]
     body["sync"] = await services.sync_status()
+    body["storage"] = services.upkeep.status() if services.upkeep is not None else None
     body["now"] = utc_iso(now)
     body["store"] = {"id": services.cfg.store.id, "currency": services.cfg.store.currency,
                      "timezone": zone}

@@ -218,7 +218,10 @@ STATUS = _obj({"now": _S, "store": {"type": "object"}, "viewer": {"type": "objec
                 "unknown_refunds": {"type": "array", "items": REFUND.schema},
                 "dead_jobs": {"type": "array", "items": JOB.schema},
                 "alerts": {"type": "array", "items": {"type": "object"}},
-                "today": {"type": "object"}}, "Status")
+                "today": {"type": "object"},
+                "storage": {"type": ["object", "null"], "description": "the database file"
+                            " and WAL sizes, free space, retention, backups and the off-box"
+                            " replica (lag_seconds, replicated_at)"}}, "Status")
 _COUNTED = {"type": "object", "properties": {"count": _I, "total": _I}}
 DAY_REPORT = _obj({
     "date": _S, "timezone": _S, "from": _S, "to": _S, "generated_at": _S,

@@ -62,6 +62,8 @@ def document(routes: Iterable[Route]) -> dict[str, Any]:
         if route.method == "POST":
             errors |= {"ERR-1001", "ERR-1008", "ERR-1010", "ERR-1017", "ERR-1018",
                        "ERR-1019"}
+            if route.idempotent:
+                errors.add("ERR-1040")
         if route.scope == "manager":
             errors.add("ERR-5003")
         by_status: dict[int, list[str]] = {}

@@ -253,6 +253,7 @@ function render(s) {
   renderTerminals(s.terminals);
   renderDestinations(s.sync.destinations);
   renderOffline(s.sync.offline);
+  renderStorage(s.storage);
   renderUnknownPayments(s.unknown_payments);
   renderUnknownRefunds(s.unknown_refunds);
   renderDeadJobs(s.dead_jobs);
@@ -337,6 +338,35 @@ function renderOffline(offline) {
     el("div", { class: "muted" }, "Oldest ", ageNode(s.oldest_at),
       ` old (forward within ${offline.max_age_hours} h)`),
     capBar(s.oldest_age_seconds, maxAge))));
+}
+
+function megabytes(bytes) { return `${(bytes / 1048576).toFixed(1)} MB`; }
+
+function renderStorage(st) {
+  if (!st) { fill("storage", empty("Not reported.")); return; }
+  const rows = [
+    el("dt", {}, "Database"), el("dd", { class: "db-size" }, megabytes(st.database_bytes)),
+    el("dt", {}, "WAL"), el("dd", {}, `${megabytes(st.wal_bytes)} (largest ${megabytes(st.wal_peak_bytes)}, bound ${megabytes(st.wal_max_bytes)})`),
+    el("dt", {}, "Free disk"), el("dd", { class: st.space_low ? "bad" : "" },
+      megabytes(st.free_disk_bytes) + (st.space_low ? " — writes refused (ERR-1040)" : "")),
+  ];
+  const r = st.replica;
+  if (r) {
+    rows.push(el("dt", {}, "Replica"), el("dd", { class: "replica" },
+      el("span", { class: `state ${r.state === "replicating" ? "closed" : "open"}` }, r.state),
+      ` to ${r.url}`));
+    rows.push(el("dt", {}, "Replicated"), el("dd", { class: "replica-lag" },
+      r.replicated_at ? [ageNode(r.replicated_at), " ago"] : "not yet",
+      r.last_error ? el("span", { class: "muted" }, ` · ${r.last_error}`) : null));
+  } else {
+    rows.push(el("dt", {}, "Replica"), el("dd", {}, "none configured ([replica] in the config)"));
+  }
+  if (st.backup) {
+    rows.push(el("dt", {}, "Last backup"), el("dd", {},
+      st.backup.last_at ? ageNode(st.backup.last_at) : "none yet",
+      st.backup.last_error ? el("span", { class: "bad" }, ` · ${st.backup.last_error}`) : null));
+  }
+  fill("storage", el("div", { class: "dest" }, el("dl", {}, ...rows)));
 }
 
 function noteAndButtons(label, choices, act) {

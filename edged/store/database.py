@@ -18,13 +18,14 @@ import errno
 import logging
 import sqlite3
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
 
-from edged import audit_key
+from edged import audit_key, storage
 from edged.audit_key import AuditKey
 from edged.errors import StoreError
 from edged.store import files
@@ -35,6 +36,9 @@ log = logging.getLogger(__name__)
 T = TypeVar("T")
 
 MAX_GROUP = 256
+WAL_FORCE_PAUSE = 5.0  # seconds between two forced checkpoints of an oversized WAL
+WAL_FORCE_WAIT_MS = 200  # how long a forced checkpoint waits for readers
+WAL_CHECK_PAUSE = 0.2  # seconds between two looks at the WAL's size
 
 _SQLITE_FULL = 13
 
@@ -72,13 +76,19 @@ class StoreConnection(sqlite3.Connection):
         return self._audit_key
 
 
-def connect(path: Path) -> StoreConnection:
-    """A connection with the pragmas every connection must have (DESIGN §2)."""
+def connect(path: Path, *, writer: bool = False) -> StoreConnection:
+    """A connection with the pragmas every connection must have (DESIGN §2).
+
+    ``writer``: a connection that may create the file, which then gets incremental
+    auto-vacuum (it must come before WAL mode on a new file; see edged.storage).
+    """
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0,
                            factory=StoreConnection)
     conn.data_dir = Path(path).parent
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout=10000")
+    if writer:  # before WAL: on a new file it takes effect (an old one needs a VACUUM)
+        conn.execute("PRAGMA auto_vacuum=INCREMENTAL")
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")
     conn.execute("PRAGMA foreign_keys=ON")
@@ -110,11 +120,23 @@ class Database:
     """The daemon's only door to the SQLite file."""
 
     def __init__(self, path: Path, *, readers: int = 2,
-                 on_full: Callable[[bool], None] | None = None) -> None:
+                 on_full: Callable[[bool], None] | None = None,
+                 wal_max_bytes: int = 64 << 20, replicated: bool = False) -> None:
         self.path = path
+        self.replicated = replicated
+        """Litestream replicates the file: it alone checkpoints (an application checkpoint
+        racing it can leave a replica that restores corrupt), so the writer never does."""
+        self.wal_max_bytes = wal_max_bytes
+        """The WAL is checkpointed and truncated before it grows past this (edged.storage)."""
+        self.wal_peak_bytes = 0
+        """The largest WAL seen after a commit since the start."""
+        self._wal_forced_at = 0.0
+        self._wal_checked_at = 0.0
         self.full = False
         """True from a write that failed for want of space until a commit succeeds."""
         self.on_full = on_full
+        self.space_low = False
+        """Set by the space guard (edged.storage): the API refuses writes (ERR-1040)."""
         """Called with True when the store becomes unable to write, False when it can again."""
         self.stats = WriterStats()
         self._readers = readers
@@ -140,8 +162,13 @@ class Database:
                                                                    self._open_writer)
 
     def _open_writer(self) -> list[int]:
-        conn = connect(self.path)
+        conn = connect(self.path, writer=True)
         self._writer_conn = conn
+        # after a checkpoint resets it, the WAL file is cut back to a quarter of its bound
+        conn.execute(f"PRAGMA journal_size_limit={self.wal_max_bytes // 4}")
+        if self.replicated:
+            conn.execute("PRAGMA wal_autocheckpoint=0")
+        storage.convert_to_incremental(conn, self.path)
         return migrate(conn)
 
     async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
@@ -252,6 +279,37 @@ class Database:
                 outcomes = [_Outcome(False, error=StoreError(f"commit failed: {exc}"))
                             for _ in batch]
         _call_soon(loop, self._deliver, batch, outcomes, full, problem)
+        if problem is None:
+            self._bound_wal()
+
+    def _bound_wal(self) -> None:
+        """Between two groups: should the WAL pass half its bound (SQLite's own checkpoint
+        could not start it over: a reader held an old snapshot), checkpoint it in full and
+        truncate it, waiting at most a moment for readers, at most once every few seconds."""
+        now = time.monotonic()
+        if now - self._wal_checked_at < WAL_CHECK_PAUSE:  # a stat per group cost 1/6 of
+            return                                       # the writer's time in a drain
+        self._wal_checked_at = now
+        wal = storage.file_size(storage.wal_path(self.path))
+        self.wal_peak_bytes = max(self.wal_peak_bytes, wal)
+        if wal <= self.wal_max_bytes // 2 or self.replicated:  # Litestream checkpoints then
+            return
+        if now - self._wal_forced_at < WAL_FORCE_PAUSE:
+            return
+        self._wal_forced_at = now
+        conn = self._writer_conn
+        assert conn is not None
+        conn.execute(f"PRAGMA busy_timeout={WAL_FORCE_WAIT_MS}")
+        try:
+            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+        except sqlite3.Error as exc:
+            log.warning("checkpointing a WAL of %d MB failed: %s", wal >> 20, exc)
+        else:
+            if busy:
+                log.warning("the WAL is %d MB and a reader keeps it from being truncated"
+                            " (%d of %d frames checkpointed)", wal >> 20, done, frames)
+        finally:
+            conn.execute("PRAGMA busy_timeout=10000")
 
     def _deliver(self, batch: list[Job[Any]], outcomes: list[_Outcome], full: bool | None,
                  problem: BaseException | None) -> None:
@@ -341,7 +399,10 @@ class Database:
 
     def _close_writer(self) -> None:
         if self._writer_conn is not None:
-            self._writer_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            try:
+                self._writer_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+            except sqlite3.Error as exc:  # the WAL stays; the next start reads it
+                log.warning("the last checkpoint before closing failed: %s", exc)
             self._writer_conn.close()
             self._writer_conn = None
 
@@ -355,6 +416,9 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: 
 def open_sync(path: Path) -> StoreConnection:
     """A migrated connection for the command-line tools (no event loop needed)."""
     files.secure(path)
-    conn = connect(path)
+    conn = connect(path, writer=True)
+    # a command never checkpoints while the daemon runs (the daemon or Litestream does;
+    # closing the last connection still checkpoints when nothing else has the file open)
+    conn.execute("PRAGMA wal_autocheckpoint=0")
     migrate(conn)
     return conn

@@ -338,6 +338,17 @@ CREATE TABLE terminal_settlements (
 CREATE INDEX terminal_settlements_terminal ON terminal_settlements(terminal_id, n);
 CREATE INDEX terminal_settlements_created ON terminal_settlements(created_at)
 """),
+    # A day's queue (issue 21, bench/day.py: 80,000 rows after a 24-hour outage): the claim's
+    # look for a stored batch, the batch's members and the oldest waiting row each scanned
+    # every pending row. Partial indexes hold only rows still waiting, so they stay small.
+    (10, "outbox indexes for a day's queue", """
+CREATE INDEX outbox_pending_batched ON outbox(destination, id)
+    WHERE state = 'pending' AND batch_id IS NOT NULL;
+CREATE INDEX outbox_pending_kind ON outbox(destination, kind, id)
+    WHERE state = 'pending' AND batch_id IS NULL;
+CREATE INDEX outbox_open_age ON outbox(destination, created_at)
+    WHERE state IN ('pending', 'inflight')
+"""),
 )
 
 # Migrations that rebuild a table others reference: run with foreign keys off (SQLite's
