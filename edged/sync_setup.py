@@ -193,7 +193,7 @@ async def start(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventBus,
     supervise("sync-wake", partial(_wake_on_writes, runtime.engine, bus))
     supervise("sync-secrets", partial(_refresh_secrets, runtime, clock))
     supervise("sync-links", partial(_watch_links, bus, on_link_down))
-    if cfg.shopify is not None:
+    if cfg.shopify is not None and cfg.shopify.catalogue_pull == "paged":
         runtime.scheduler = _schedule_pull(runtime, cfg, db, bus, clock)
 
 

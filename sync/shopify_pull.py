@@ -195,4 +195,9 @@ async def pull_catalogue(source: ShopifyClient | ShopifyGateway | Gateway,
     return CataloguePull(tuple(entries), pulled_at, location, currency, pages)
 
 
-__all__ = ["PAGE_SIZE", "PULL_DOCUMENT", "CatalogueEntry", "CataloguePull", "pull_catalogue"]
+catalogue_entry = _entry
+"""One variant node (``productVariants`` page or bulk line) as a :class:`CatalogueEntry`."""
+
+
+__all__ = ["PAGE_SIZE", "PULL_DOCUMENT", "CatalogueEntry", "CataloguePull", "catalogue_entry",
+           "pull_catalogue"]

@@ -81,6 +81,8 @@ async def status(ctx: Ctx) -> Answer:
 
     body = await services.db.read(read)
     body["dead_jobs"] = await services.outbox.jobs("dead", None, STATUS_LIMIT)
+    body["pickups"] = await services.pickups.list("active", STATUS_LIMIT) \
+        if services.pickups is not None else []
     body["terminals"] = [v.as_dict() for v in services.terminals.views()]
     body["sync"] = await services.sync_status()
     body["now"] = utc_iso(now)
