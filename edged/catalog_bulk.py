@@ -45,6 +45,7 @@ from sync.shopify_bulk import (
     catalogue_query,
     parse_catalogue,
 )
+from sync.shopify_reads import ProductState, VariantState
 
 log = logging.getLogger(__name__)
 
@@ -85,14 +86,16 @@ def apply_bulk(conn: sqlite3.Connection, variants: Sequence[BulkVariant], pulled
         " WHERE subject LIKE 'gid://shopify/Product/%'")}
     changed: list[catalog_import.CatalogueRow] = []
     taken: list[BulkVariant] = []
+    later: set[str] = set()
     for v in variants:
         e = v.entry
-        if not e.sku:
-            continue
         applied = newer.get(e.product_id or "")
         if applied is not None and (applied[1] == "deleted" or v.product_updated_at is None
                                     or applied[0] > v.product_updated_at):
+            later.add(e.product_id or "")
             continue  # an event applied a later state of this product
+        if not e.sku:
+            continue
         taken.append(v)
         item = by_variant.get(e.variant_id) or by_item.get(e.inventory_item_id or "") \
             or by_sku.get(e.sku)
@@ -142,7 +145,32 @@ def apply_bulk(conn: sqlite3.Connection, variants: Sequence[BulkVariant], pulled
                      " reported_at = excluded.reported_at", writes)
     for stream in CATALOGUE_STREAMS:
         shopify_inbox.pull_cursor_back(conn, CURSORS[stream], pulled_at, now)
+    if complete:
+        _record_products(conn, [v for v in variants if v.entry.product_id not in later], now)
     return len(changed), inactive, len(writes), kept
+
+
+def _record_products(conn: sqlite3.Connection, variants: Sequence[BulkVariant],
+                     now: str) -> None:
+    """Each product's state as the file has it is applied: the poll then finds it known."""
+    by_product: dict[str, list[BulkVariant]] = {}
+    for v in variants:
+        if v.entry.product_id and v.product_updated_at:
+            by_product.setdefault(v.entry.product_id, []).append(v)
+    rows = []
+    for product_id, group in by_product.items():
+        first = group[0]
+        state = ProductState(product_id, first.product_title, first.product_status,
+                             first.product_updated_at or "", first.entry.currency,
+                             tuple(VariantState(v.entry.variant_id, v.entry.sku,
+                                                v.entry.barcode, v.entry.title, v.entry.price,
+                                                v.entry.inventory_item_id) for v in group))
+        rows.append((product_id, state.updated_at, state.digest, now))
+    conn.executemany("INSERT INTO shopify_versions (subject, version, digest, inbox_id,"
+                     " applied_at) VALUES (?, ?, ?, NULL, ?) ON CONFLICT (subject) DO UPDATE"
+                     " SET version = excluded.version, digest = excluded.digest,"
+                     " inbox_id = NULL, applied_at = excluded.applied_at"
+                     " WHERE excluded.version >= shopify_versions.version", rows)
 
 
 class BulkCatalogue:

@@ -91,6 +91,7 @@ class BulkVariant:
     entry: CatalogueEntry
     product_status: str
     product_updated_at: str | None
+    product_title: str = ""
 
 
 def _operation(node: Mapping[str, Any]) -> BulkOperation:
@@ -128,7 +129,8 @@ def parse_catalogue(lines: Iterable[str | bytes], currency: str) -> Iterator[Bul
             continue
         updated = product.get("updatedAt")
         yield BulkVariant(entry, str(product.get("status") or "ACTIVE"),
-                          normal_time(updated) if isinstance(updated, str) else None)
+                          normal_time(updated) if isinstance(updated, str) else None,
+                          str(product.get("title") or ""))
 
 
 SessionFactory = Callable[[], aiohttp.ClientSession]

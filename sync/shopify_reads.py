@@ -255,9 +255,11 @@ class ProductState:
 
     @property
     def digest(self) -> str:
+        """The state applied (the variants in id order: a poll and a bulk file list them
+        in different orders)."""
         return state_digest([self.title, self.status, self.currency,
-                             [(v.variant_id, v.sku, v.barcode, v.title, v.price,
-                               v.inventory_item_id) for v in self.variants]])
+                             sorted((v.variant_id, v.sku, v.barcode, v.title, v.price,
+                                     v.inventory_item_id) for v in self.variants)])
 
 
 @dataclass(frozen=True, slots=True)
