@@ -163,9 +163,7 @@ class WebhookReceiver:
         if ignored is None and delivery.shop_domain and self._shop.shop and \
                 delivery.shop_domain.lower() != self._shop.shop.lower():
             ignored = f"from the shop {delivery.shop_domain}; this box serves {self._shop.shop}"
-        key = wh.event_key(delivery.topic, found)
-        if key is not None and delivery.topic in wh.ORDER_TOPICS:
-            key = key.replace(delivery.topic, "orders", 1)  # create/updated of one change
+        key = wh.event_key(delivery.topic, found, body)
         now = utc_iso(self._clock.now())
 
         def write(conn: sqlite3.Connection) -> shopify_inbox.Received:

@@ -233,13 +233,16 @@ def digest(topic: str, payload: Any, triggered_at: str | None = None) -> Digest:
     return Digest(None)
 
 
-def event_key(topic: str, found: Digest) -> str | None:
-    """The key two deliveries of the same change share (Shopify may deliver one change
-    under several webhook ids): the topic, the subject and its version."""
-    if found.subject is None or (found.version is None
-                                 and topic not in (PRODUCTS_DELETE, ROUTING_COMPLETE)):
+def event_key(topic: str, found: Digest, body: bytes) -> str | None:
+    """The key two deliveries of one change share (Shopify may deliver a change under
+    several webhook ids, and ``orders/create`` and ``orders/updated`` of one order alike):
+    the topic's family, the subject, its version and a hash of the payload (two changes
+    within one second of ``updated_at`` differ in their payloads)."""
+    if found.subject is None:
         return None
-    return f"{topic}:{found.subject}:{found.version or ''}"
+    family = "orders" if topic in ORDER_TOPICS else topic
+    content = hashlib.sha256(body).hexdigest()[:16]
+    return f"{family}:{found.subject}:{found.version or ''}:{content}"
 
 
 __all__ = [
