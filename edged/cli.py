@@ -1,4 +1,4 @@
-"""The ``edged`` command: run, check-config, token, items, audit, report, simulate."""
+"""The ``edged`` command: run, check-config, token, items, audit, report, simulate, shopify."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from edged import audit, event_loop, lan_cli, tokens
+from edged import audit, event_loop, lan_cli, shopify_cli, tokens
 from edged.config import Config, load, with_overrides
 from edged.errors import ConfigError, TlsError
 from edged.store.database import open_sync
@@ -74,6 +74,7 @@ def _parser() -> argparse.ArgumentParser:
     common(day)
 
     lan_cli.add_commands(sub, common)
+    shopify_cli.add_commands(sub, common)
 
     sim = sub.add_parser("simulate", help="run a terminal simulator")
     sim.add_argument("kind", choices=("concert",))
@@ -106,6 +107,8 @@ def main(argv: list[str] | None = None) -> int:
 
 def _dispatch(args: argparse.Namespace) -> int:
     if (done := lan_cli.dispatch(args, _config)) is not None:
+        return done
+    if (done := shopify_cli.dispatch(args, _config)) is not None:
         return done
     if args.command == "run":
         cfg = _config(args)
