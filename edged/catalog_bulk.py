@@ -68,7 +68,9 @@ class BulkApplied:
     """Quantities not replaced (a change in flight, or a later read kept)."""
     bytes: int = 0
     download_seconds: float = 0.0
+    parse_seconds: float = 0.0
     apply_seconds: float = 0.0
+    """The one write transaction (what holds the store's writer)."""
 
 
 def apply_bulk(conn: sqlite3.Connection, variants: Sequence[BulkVariant], pulled_at: str,
@@ -328,6 +330,7 @@ class BulkCatalogue:
         variants: list[BulkVariant] = []
         if op.url is not None:
             variants = await asyncio.to_thread(self._read, currency)
+        parsed = self._clock.monotonic()
         complete = op.url is not None and len(variants) == op.object_count
         now = self._now()
 
@@ -342,7 +345,7 @@ class BulkCatalogue:
         applied = self._clock.monotonic()
         self._file.unlink(missing_ok=True)
         result = BulkApplied(op.id, len(variants), written, inactive, levels, kept, size,
-                             downloaded - started, applied - downloaded)
+                             downloaded - started, parsed - downloaded, applied - parsed)
         self.last = result
         log.info("catalogue pull: %d variants from bulk operation %s (%d bytes); %d items"
                  " written, %d inactive, %d quantities, %d kept", len(variants), op.id, size,

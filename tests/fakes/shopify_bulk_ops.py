@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import time
 from dataclasses import dataclass
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
@@ -70,6 +71,8 @@ class BulkOperation:
     root_count: int = 0
     body: bytes = b""
     expired: bool = False
+    run_seconds: float = 0.0
+    """How long the fake took to run the query and write the file (Shopify's side)."""
 
 
 def _connections(sel: SelectionSetNode | None, depth: int = 0) -> tuple[int, int]:
@@ -229,6 +232,7 @@ class FakeBulk:
                error_code: str | None = None) -> BulkOperation:
         """End ``op`` (the latest by default): run its query now and serve the file."""
         op = op or self.operations[-1]
+        started = time.perf_counter()
         if status == "COMPLETED":
             result = execute_sync(self.shop.schema, parse(op.query), root_value=self.shop._root,
                                   context_value=_BulkCtx("unstable"),
@@ -243,6 +247,7 @@ class FakeBulk:
                                    for ln in lines)
         op.status, op.error_code = status, error_code
         op.completed_at = self.shop.now()
+        op.run_seconds = time.perf_counter() - started
         self.shop.webhooks.emit("bulk_operations/finish", {
             "admin_graphql_api_id": op.id, "completed_at": _iso(op.completed_at),
             "created_at": _iso(op.created_at), "error_code": error_code.lower()
