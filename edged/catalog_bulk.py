@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 PURPOSE = "catalogue"
 FILE_NAME = "shopify-catalogue.jsonl"
 MAX_BYTES = 2 << 30
-FIRST_WAIT = 1.0
+FIRST_WAIT = 0.25
 RETRY_INITIAL = 30.0
 RETRY_MAX = 1800.0
 

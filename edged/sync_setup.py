@@ -267,7 +267,7 @@ async def pull_once(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventB
     entries, pulled_at = pulled.entries, pulled.pulled_at
     rows = [catalog_import.CatalogueRow(
         sku=e.sku, barcode=e.barcode, title=e.title, price=e.price, variant_id=e.variant_id,
-        inventory_item_id=e.inventory_item_id, quantity=e.available)
+        inventory_item_id=e.inventory_item_id, quantity=e.available, product_id=e.product_id)
         for e in entries if e.sku]
     stamp = utc_iso(pulled_at) if isinstance(pulled_at, datetime) else str(pulled_at)
     count = await db.write(lambda c: catalog_import.apply(c, rows, "shopify-pull",
