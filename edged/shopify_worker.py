@@ -137,7 +137,8 @@ class InboxWorker:
 
     async def step(self) -> bool:
         """Process the next due row; False when none was due (after waiting a little)."""
-        row = await self._db.write(lambda c: shopify_inbox.claim(c, self._now()))
+        # a read: this worker alone changes a row's state, so nothing else can take it
+        row = await self._db.read(lambda c: shopify_inbox.claim(c, self._now()))
         if row is None:
             due = await self._db.read(shopify_inbox.next_due)
             wait = IDLE_POLL

@@ -258,3 +258,34 @@ async def test_an_order_shipped_from_the_store_is_no_pickup_but_reserves_stock(
 
 async def _stock_is(api: Api, sku: str, quantity: int) -> bool:
     return await _stock(api, sku) == quantity
+
+
+async def test_when_the_link_comes_back_the_daemon_catches_up_at_once(
+        tmp_path: Path, admin_schema: GraphQLSchema) -> None:
+    """Webhooks off, the poll an hour away: the order placed while the link was down shows
+    as soon as the breaker closes again, long before the next scheduled poll."""
+    clock = ManualClock(_ahead())
+    async with store(tmp_path, admin_schema, webhooks=False, clock=clock,
+                     poll=3600.0) as (shop, api, v, _):
+        started = clock.monotonic()
+        await shop.faults.refuse()
+        # the store receives goods meanwhile; the sends fail and open the breaker
+        status, _ = await api.post("/v1/inventory/adjustments", {
+            "reason": "received", "changes": [{"sku": "TEA", "delta": 6}]})
+        assert status == 201
+        await until(lambda: _breaker_is(api, clock, "open"), "the breaker to open")
+        shop.pickups.pickup_order("Grace Hopper", [(v["MUG"].variant_id, 1)])
+        await shop.faults.restore()
+        await until(lambda: _breaker_is(api, clock, "closed"), "the link to come back")
+        (pickup,) = await until(lambda: pickups(api), "the catch-up poll")
+        assert pickup["customer_name"] == "Grace Hopper"
+        (row,) = [r for r in await inbox(api) if r["topic"] == "poll:fulfillment_orders"]
+        assert row["via"] == "poll" and row["state"] == "done"
+        assert clock.monotonic() - started < 3600.0  # not the scheduled poll
+
+
+async def _breaker_is(api: Api, clock: ManualClock, state: str) -> bool:
+    clock.advance(0.5)  # the breaker's break and the rows' backoff run on the clock
+    status, body = await api.get("/v1/sync")
+    shopify = next(d for d in body["destinations"] if d["destination"] == "shopify")
+    return shopify["breaker"]["state"] == state
