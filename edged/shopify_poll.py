@@ -49,8 +49,6 @@ log = logging.getLogger(__name__)
 CURSORS = {"pickups": "poll.fulfillment_orders", "products": "poll.products",
            "deletions": "poll.deletions", "levels": "poll.inventory_levels"}
 CATALOGUE_STREAMS = ("products", "deletions", "levels")
-MAX_PAGES = 200
-"""Pages one stream reads in one poll at most (the rest waits for the next poll)."""
 
 
 @dataclass
@@ -148,7 +146,9 @@ class CatchUpPoller:
             await self._db.write(lambda c: shopify_inbox.set_cursor(c, key, now, now))
             return 0
         total, after, newest = 0, None, start
-        for _ in range(MAX_PAGES):
+        # a stream is read to its end: its cursor moves only then (the pages of a search
+        # are not in the order of updatedAt), and each page's rows are committed as it comes
+        while not self._stop.is_set():
             page = await read(start, after)
             if page.newest is not None and (newest is None or page.newest > newest):
                 newest = page.newest

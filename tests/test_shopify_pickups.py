@@ -33,6 +33,7 @@ from tests.shopify_inbound import (
     subscribe,
     until,
 )
+from tests.test_status_page import browser  # noqa: F401  (the chromium fixture)
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -289,3 +290,31 @@ async def _breaker_is(api: Api, clock: ManualClock, state: str) -> bool:
     status, body = await api.get("/v1/sync")
     shopify = next(d for d in body["destinations"] if d["destination"] == "shopify")
     return shopify["breaker"]["state"] == state
+
+
+async def test_the_status_page_shows_pickups_live_without_payment_data(
+        tmp_path: Path, admin_schema: GraphQLSchema, browser: object) -> None:
+    """Playwright driving Debian's chromium (tests/test_status_page.py's fixture): a pick-up
+    placed online shows on the manager's page within a second, with its lines and the
+    customer's name and no amount; the inbox counts are there too."""
+    from playwright.async_api import Browser, expect  # noqa: PLC0415
+
+    assert isinstance(browser, Browser)
+    async with store(tmp_path, admin_schema) as (shop, api, v, _):
+        page = await browser.new_page()
+        await page.goto(api.base + "/")
+        await page.fill("#token", api.manager_token)
+        await page.click("#signin-form button[type=submit]")
+        await expect(page.locator("#live")).to_have_text("Live")
+        await expect(page.locator("#pickups")).to_contain_text("No online order")
+        shop.pickups.pickup_order("Ada Lovelace", [(v["TEA"].variant_id, 2),
+                                                   (v["MUG"].variant_id, 1)])
+        (pickup,) = await until(lambda: pickups(api), "the pick-up")
+        card = page.locator(f"#pickup-{pickup['id']}")
+        await expect(card).to_contain_text("Ada Lovelace", timeout=1000)
+        await expect(card).to_contain_text("2 × TEA")
+        await expect(card).to_contain_text("1 × MUG")
+        text = await card.inner_text()
+        assert "EUR" not in text and "4.50" not in text and "12.00" not in text
+        await expect(page.locator("#inbox-counts")).to_contain_text("done")
+        await page.close()

@@ -36,6 +36,7 @@ def _items(fakes: Fakes, text: str) -> list[tuple[str, int]]:
 
 def add_routes(app: web.Application, fakes: Fakes) -> None:
     shop = fakes.shopify
+    shop.webhooks.shop_domain = "fake.myshopify.com"  # the banner's [shopify] shop
     warehouse = shop.add_location("Warehouse")
 
     async def pickup(request: web.Request) -> web.Response:
