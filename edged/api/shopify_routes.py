@@ -41,8 +41,6 @@ INBOX = Free(schema={"type": "object", "title": "ShopifyInbox", "properties": {
 RECEIVED = Free(schema={"type": "object", "title": "WebhookReceived", "properties": {
     "received": {"type": "boolean"}, "id": _I, "state": {"enum": list(STATES)},
     "replayed": {"type": "boolean", "description": "the same webhook id was stored before"}}})
-RAW = Obj(name="ShopifyWebhook", description="Shopify's JSON payload as it sent it, signed"
-          " in X-Shopify-Hmac-SHA256; read raw and never trusted before it is verified")
 
 
 def _pickups(ctx: Ctx) -> PickupService:
@@ -105,7 +103,8 @@ SHOPIFY_ROUTES: tuple[Route, ...] = (
           " (no bearer token: X-Shopify-Hmac-SHA256 over the raw body, the previous secret"
           " accepted for an hour after a rotation). Stored in the inbox before the answer,"
           " processed later; a replayed X-Shopify-Webhook-Id is answered 200 and stored"
-          " once", RECEIVED, 200, RAW,
+          " once. The body is Shopify's JSON payload as it sent it, read raw and never"
+          " parsed before it is verified", RECEIVED, 200, None,
           ("ERR-1011", "ERR-1030", "ERR-1031", "ERR-1032", "ERR-1033", "ERR-1034"),
           scope=None, tag="shopify", idempotent=False, raw_body=True),
     Route("GET", "/v1/shopify/inbox", shopify_inbox, "What Shopify told the daemon (webhooks,"
