@@ -13,7 +13,9 @@ downloads the JSONL and applies it in one transaction:
   variant is not in the file at all inactive (deleted in Shopify; history kept);
 - quantities as reported at ``pulled_at``, except for items with a change in flight or
   acknowledged since (:func:`edged.records.items_in_doubt`) and items whose report is newer
-  than ``pulled_at`` (a webhook or the poll read them later);
+  than ``pulled_at`` (a webhook or the poll read them later); an item whose figure did not
+  change and that had no change acknowledged since its report is left as it is (the same
+  local stock, no write);
 - a product whose state an event applied after the file's (its ``updatedAt``) is left as the
   event made it;
 - the catch-up poll's catalogue cursors go back to ``pulled_at``, so nothing changed during
@@ -79,7 +81,7 @@ def apply_bulk(conn: sqlite3.Connection, variants: Sequence[BulkVariant], pulled
     transaction. ``complete``: the file was read whole, so a variant absent from it is gone."""
     doubtful = records.items_in_doubt(conn, pulled_at)
     local = conn.execute("SELECT id, sku, barcode, title, price, variant_id, inventory_item_id,"
-                         " product_id FROM items").fetchall()
+                         " product_id, active, inactive_reason FROM items").fetchall()
     by_variant = {r["variant_id"]: r for r in local if r["variant_id"]}
     by_item = {r["inventory_item_id"]: r for r in local if r["inventory_item_id"]}
     by_sku = {r["sku"]: r for r in local if r["sku"]}
@@ -113,13 +115,17 @@ def apply_bulk(conn: sqlite3.Connection, variants: Sequence[BulkVariant], pulled
     if changed:
         catalog_import.apply(conn, changed, "shopify-pull")
     ids = dict(conn.execute("SELECT variant_id, id FROM items WHERE variant_id IS NOT NULL"))
-    conn.executemany(
-        "UPDATE items SET active = ?, inactive_reason = ? WHERE id = ? AND"
-        " (active != ? OR coalesce(inactive_reason, '') != coalesce(?, ''))",
-        [(a, r, ids[v.entry.variant_id], a, r)
-         for v in taken if v.entry.variant_id in ids
-         for a, r in [(1, None) if v.product_status == "ACTIVE"
-                      else (0, f"product {v.product_status.lower()} in Shopify")]])
+    flags = {r["id"]: (r["active"], r["inactive_reason"]) for r in local}
+    moves = []
+    for v in taken:
+        item_id = ids.get(v.entry.variant_id)
+        if item_id is None:
+            continue
+        want = (1, None) if v.product_status == "ACTIVE" \
+            else (0, f"product {v.product_status.lower()} in Shopify")
+        if flags.get(item_id, (1, None)) != want:
+            moves.append((*want, item_id))
+    conn.executemany("UPDATE items SET active = ?, inactive_reason = ? WHERE id = ?", moves)
     inactive = 0
     if complete:
         present = {v.entry.variant_id for v in variants}
@@ -130,15 +136,26 @@ def apply_bulk(conn: sqlite3.Connection, variants: Sequence[BulkVariant], pulled
                 "UPDATE items SET active = 0, inactive_reason = 'not in Shopify''s"
                 " catalogue (deleted)', updated_at = ? WHERE id = ? AND active = 1",
                 chunk).rowcount
-    reported = dict(conn.execute("SELECT item_id, reported_at FROM inventory_levels"))
+    reported = {r[0]: (r[1], r[2]) for r in conn.execute(
+        "SELECT item_id, reported_quantity, reported_at FROM inventory_levels")}
+    # items with a change acknowledged since their report: that report must move to
+    # pulled_at (the figure read includes the change); for the others the same figure
+    # under an older time means the same local stock, and is not written again
+    since = {r[0] for r in conn.execute(
+        "SELECT DISTINCT d.item_id FROM stock_deltas d JOIN inventory_levels l"
+        " ON l.item_id = d.item_id WHERE d.acknowledged = 1"
+        " AND d.acknowledged_at > l.reported_at")}
     writes, kept = [], 0
     for v in taken:
         e = v.entry
         item_id = ids.get(e.variant_id)
         if item_id is None or e.available is None:
             continue
-        if item_id in doubtful or reported.get(item_id, "") > pulled_at:
+        old = reported.get(item_id)
+        if item_id in doubtful or (old is not None and old[1] > pulled_at):
             kept += 1
+            continue
+        if old is not None and old[0] == e.available and item_id not in since:
             continue
         writes.append((item_id, e.available, pulled_at))
     conn.executemany("INSERT INTO inventory_levels (item_id, reported_quantity, reported_at)"
@@ -148,13 +165,16 @@ def apply_bulk(conn: sqlite3.Connection, variants: Sequence[BulkVariant], pulled
     for stream in CATALOGUE_STREAMS:
         shopify_inbox.pull_cursor_back(conn, CURSORS[stream], pulled_at, now)
     if complete:
-        _record_products(conn, [v for v in variants if v.entry.product_id not in later], now)
+        _record_products(conn, [v for v in variants if v.entry.product_id not in later
+                                and (newer.get(v.entry.product_id or "") or ("",))[0]
+                                != v.product_updated_at], now)
     return len(changed), inactive, len(writes), kept
 
 
 def _record_products(conn: sqlite3.Connection, variants: Sequence[BulkVariant],
                      now: str) -> None:
-    """Each product's state as the file has it is applied: the poll then finds it known."""
+    """Each product's state as the file has it is applied: the poll then finds it known
+    (``variants``: those of the products whose version is not recorded yet)."""
     by_product: dict[str, list[BulkVariant]] = {}
     for v in variants:
         if v.entry.product_id and v.product_updated_at:
