@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import aiohttp
+import orjson
 
 from sync.errors import PermanentError, TransientError
 from sync.shopify_client import ShopifyClient, graphql_error, mapping
@@ -110,11 +111,10 @@ def _operation(node: Mapping[str, Any]) -> BulkOperation:
 def parse_catalogue(lines: Iterable[str | bytes], currency: str) -> Iterator[BulkVariant]:
     """The variants of a catalogue file; a line that cannot be read is skipped and logged."""
     for number, raw in enumerate(lines, start=1):
-        text = raw.decode("utf-8") if isinstance(raw, bytes) else raw
-        if not text.strip():
+        if not raw.strip():
             continue
         try:
-            node = json.loads(text)
+            node = orjson.loads(raw)
         except ValueError:
             logger.warning("bulk catalogue: line %d is not JSON; skipped", number)
             continue
