@@ -5,7 +5,7 @@ reverse proxy or tunnel of the store forwards to it. No bearer token (Shopify ha
 send); the API's Host rules still apply. In order:
 
 1. the body is read raw, at most ``[shopify] webhook_max_body_bytes`` (413 ERR-1033, nothing
-   stored) — never parsed before it is verified;
+   stored) within ``[api] body_timeout`` (408 ERR-1018) — never parsed before it is verified;
 2. ``X-Shopify-Hmac-SHA256`` is checked with :func:`hmac.compare_digest` against the webhook
    secret (``edged secret set shopify.webhook_secret``) and, for one hour after it was
    replaced, the previous one; a mismatch is 401 ERR-1030 with nothing stored (the secrets
@@ -132,7 +132,13 @@ class WebhookReceiver:
 
     async def receive(self, request: web.Request) -> dict[str, Any]:
         """Verify and store one delivery; the answer's body (raises :class:`ApiError`)."""
-        body = await _read_raw(request, self._shop.webhook_max_body_bytes)
+        timeout = self._cfg.api.body_timeout
+        try:
+            async with asyncio.timeout(timeout):
+                body = await _read_raw(request, self._shop.webhook_max_body_bytes)
+        except TimeoutError:
+            raise ApiError("ERR-1018", f"the delivery did not arrive within {timeout:g} s",
+                           headers={"Connection": "close"}) from None
         accepted = await self.secrets.accepted()
         if not accepted:
             raise ApiError("ERR-1031", "no webhook secret is set, so this delivery cannot be"

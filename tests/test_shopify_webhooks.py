@@ -15,6 +15,7 @@ import io
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from dataclasses import replace
 from pathlib import Path
 from datetime import timedelta
 from typing import Any
@@ -25,6 +26,7 @@ from graphql import GraphQLSchema
 from edged import secrets
 from sync.clock import Clock
 from tests.daemon_process import DaemonProcess
+from tests.test_hostile_input import _closed_within
 from tests.fakes.shopify import FakeShopify, SeededVariant, load_admin_schema
 from tests.fakes.shopify_webhook_sender import sign
 from tests.helpers import Api, running
@@ -229,6 +231,24 @@ async def test_a_delivery_over_the_limit_is_413_and_stores_nothing(
         assert (status, body["error"]["code"]) == (413, "ERR-1033")
         assert chunked == (413, "ERR-1033")
         assert rows(api) == before
+
+
+async def test_a_delivery_whose_body_never_arrives_is_a_408(
+        tmp_path: Path, admin_schema: GraphQLSchema) -> None:
+    async with FakeShopify(schema=admin_schema) as shop:
+        cfg = inbound_config(tmp_path / "data", shop, catalogue="paged")
+        cfg = replace(cfg, api=replace(cfg.api, body_timeout=0.5))
+        prepare(cfg, shop)
+        async with running(cfg) as api:
+            body = b'{"id": 1}'
+            headers = "".join(f"{k}: {v}\r\n" for k, v in
+                              shop.webhooks.headers("products/delete", body).items())
+            head = (f"POST /v1/webhooks/shopify HTTP/1.1\r\nHost: 127.0.0.1\r\n{headers}"
+                    "Content-Length: 100\r\n\r\n{").encode()
+            out = await asyncio.to_thread(_closed_within, api.daemon.port, head)
+            assert out.startswith(b"HTTP/1.1 408"), out[:100]
+            assert b"ERR-1018" in out
+            assert rows(api) == 0
 
 
 async def test_headers_missing_no_secret_and_a_foreign_host(

@@ -105,7 +105,8 @@ SHOPIFY_ROUTES: tuple[Route, ...] = (
           " processed later; a replayed X-Shopify-Webhook-Id is answered 200 and stored"
           " once. The body is Shopify's JSON payload as it sent it, read raw and never"
           " parsed before it is verified", RECEIVED, 200, None,
-          ("ERR-1011", "ERR-1030", "ERR-1031", "ERR-1032", "ERR-1033", "ERR-1034"),
+          ("ERR-1011", "ERR-1018", "ERR-1030", "ERR-1031", "ERR-1032", "ERR-1033",
+           "ERR-1034"),
           scope=None, tag="shopify", idempotent=False, raw_body=True),
     Route("GET", "/v1/shopify/inbox", shopify_inbox, "What Shopify told the daemon (webhooks,"
           " catch-up polls) and what became of each: done, duplicate, ignored (why),"
