@@ -25,8 +25,8 @@ def make_config(data_dir: Path, *, sim: dict[str, Any] | None = None,
         api=ApiConfig(listen="127.0.0.1:0", rate_per_second=1000.0, rate_burst=2000,
                       payment_rate_per_second=1000.0, payment_rate_burst=2000),
         terminals=(TerminalConfig(id="sim-1", kind="sim", options=options),),
-        shopify=ShopifyConfig(shop="test.myshopify.com", location_id="gid://shopify/Location/1")
-        if shopify else None,
+        shopify=ShopifyConfig(shop="test.myshopify.com", location_id="gid://shopify/Location/1",
+                              catalogue_pull="paged") if shopify else None,
     )
     return replace(cfg, **extra)
 
