@@ -71,6 +71,8 @@ class CatchUpPoller:
         self._stop = asyncio.Event()
         self._quiet = RepeatFilter(log)
         self.status = PollStatus()
+        self.first_attempt = asyncio.Event()
+        """Set once the start-up poll has ended, well or not."""
 
     def trigger(self) -> None:
         """Poll now (the link came back)."""
@@ -114,6 +116,8 @@ class CatchUpPoller:
             else:
                 self._quiet.clear("poll", "catch-up poll works again")
                 self._quiet.clear("credentials", "catch-up poll: credentials accepted")
+            finally:
+                self.first_attempt.set()
             await self._wait(wait)
 
     async def poll_once(self) -> dict[str, int]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -99,6 +100,8 @@ class running:  # noqa: N801  (reads as a statement: async with running(cfg) as 
 
     async def __aenter__(self) -> Api:
         daemon, token, manager = await start_daemon(self.cfg, self.clock)
+        if daemon.shopify is not None:  # its start-up catch-up poll ends before the test
+            await asyncio.wait_for(daemon.shopify.poller.first_attempt.wait(), 20.0)
         session = aiohttp.ClientSession()
         self.api = Api(daemon, session, token, manager)
         return self.api
