@@ -47,7 +47,7 @@ from sync.shopify_bulk import (
     catalogue_query,
     parse_catalogue,
 )
-from sync.shopify_reads import ProductState, VariantState
+from sync.shopify_states import ProductState, VariantState
 
 log = logging.getLogger(__name__)
 

@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 from edged import catalog_import, records
 
 if TYPE_CHECKING:
-    from sync.shopify_reads import LevelState, ProductState
+    from sync.shopify_states import LevelState, ProductState
 
 INACTIVE_STATUSES = {"ARCHIVED": "archived in Shopify", "DRAFT": "a draft in Shopify"}
 

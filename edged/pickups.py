@@ -38,7 +38,7 @@ from sync import contract, outbox
 from sync.clock import Clock, utc_iso
 
 if TYPE_CHECKING:
-    from sync.shopify_reads import FulfillmentOrderState
+    from sync.shopify_states import FulfillmentOrderState
 
 Event = tuple[str, dict[str, Any]]
 

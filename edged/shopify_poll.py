@@ -34,13 +34,13 @@ from edged.store import Database
 from sync.clock import Clock, utc_iso
 from sync.errors import BreakerOpen, CredentialsRequired, SyncError
 from sync.quiet_log import RepeatFilter
-from sync.shopify_reads import (
+from sync.shopify_reads import ShopifyReads
+from sync.shopify_states import (
     Deletion,
     FulfillmentOrderState,
     LevelState,
     Page,
     ProductState,
-    ShopifyReads,
     to_data,
 )
 

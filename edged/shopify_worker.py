@@ -51,13 +51,8 @@ from sync.breaker import BreakerState, CircuitBreaker
 from sync.clock import Clock, utc_iso
 from sync.errors import BreakerOpen, CredentialsRequired, PermanentError, SyncError
 from sync.quiet_log import RepeatFilter
-from sync.shopify_reads import (
-    Deletion,
-    FulfillmentOrderState,
-    LevelState,
-    ProductState,
-    ShopifyReads,
-)
+from sync.shopify_reads import ShopifyReads
+from sync.shopify_states import Deletion, FulfillmentOrderState, LevelState, ProductState
 
 log = logging.getLogger(__name__)
 

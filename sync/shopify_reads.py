@@ -2,9 +2,8 @@
 
 Webhooks are notifications: the worker reads the subject's current state here (a
 fulfillment order, an order's fulfillment orders, a product, inventory levels), and the
-catch-up poll reads the same states filtered on ``updated_at:>'…'``. Every state comes as a
-typed value with its Shopify ``updatedAt`` (the version the inbox compares) and a digest of
-what the daemon applies from it.
+catch-up poll reads the same states filtered on ``updated_at:>'…'``; each comes as a typed
+value of :mod:`sync.shopify_states`.
 
 Each query is sized by Shopify's published cost rules (a scalar or enum field 0, an object
 1, a connection 2 + ``first`` x the cost of one node with everything inside it; ``pageInfo``
@@ -18,25 +17,33 @@ waited out and sent again (:data:`THROTTLE_RETRIES` times).
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, Generic, TypeVar
+from typing import Any, TypeVar
 
 from sync.breaker import CircuitBreaker
 from sync.clock import utc_iso
 from sync.errors import Throttled, TransientError
 from sync.guarded import through
-from sync.money import decimal_to_minor
 from sync.shopify_client import GraphQLAnswer, ShopifyClient, graphql_error, mapping
-from sync.shopify_webhooks import normal_time, state_digest
+from sync.shopify_states import (
+    Deletion,
+    FulfillmentOrderState,
+    LevelState,
+    Page,
+    ProductState,
+    as_object,
+    as_text,
+    as_time,
+    fulfillment_order,
+    level_state,
+    variant_states,
+)
 
 logger = logging.getLogger(__name__)
 
 THROTTLE_RETRIES = 5
-DEFAULT_VARIANT_TITLE = "Default Title"
 #: How far back each catch-up poll reaches before its cursor: Shopify's search index may
 #: show a change a little after its ``updated_at``; what is seen twice is ignored.
 POLL_OVERLAP = timedelta(seconds=60)
@@ -178,216 +185,6 @@ def read_levels_document(count: int) -> str:
     return f"query EdgedReadLevels($loc: ID!, {params}) {{\n{fields}\n}}"
 
 
-# -- states -------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True, slots=True)
-class PickupLine:
-    line_item_id: str
-    sku: str | None
-    title: str
-    quantity: int
-    remaining: int
-    inventory_item_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class FulfillmentOrderState:
-    """A fulfillment order as Shopify shows it now."""
-
-    id: str
-    status: str
-    updated_at: str
-    created_at: str | None
-    method_type: str | None
-    location_id: str | None
-    order_id: str | None
-    order_name: str | None
-    order_source: str | None
-    order_cancelled: bool
-    customer_name: str | None
-    lines: tuple[PickupLine, ...]
-
-    def is_pickup_at(self, location_id: str) -> bool:
-        return self.method_type == "PICK_UP" and self.location_id == location_id
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> FulfillmentOrderState:
-        """The state from :func:`to_data`'s JSON (as the inbox keeps a poll's reading)."""
-        fields = dict(data)
-        fields["lines"] = tuple(PickupLine(**ln) for ln in fields.get("lines") or ())
-        return cls(**fields)
-
-    @property
-    def digest(self) -> str:
-        return state_digest([self.status, self.method_type, self.location_id,
-                             self.order_cancelled, self.customer_name,
-                             [(ln.line_item_id, ln.quantity, ln.remaining)
-                              for ln in self.lines]])
-
-
-@dataclass(frozen=True, slots=True)
-class VariantState:
-    variant_id: str
-    sku: str | None
-    barcode: str | None
-    title: str
-    price: int
-    inventory_item_id: str | None
-
-
-@dataclass(frozen=True, slots=True)
-class ProductState:
-    """A product and all its variants (prices in minor units of ``currency``)."""
-
-    id: str
-    title: str
-    status: str
-    updated_at: str
-    currency: str
-    variants: tuple[VariantState, ...]
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> ProductState:
-        fields = dict(data)
-        fields["variants"] = tuple(VariantState(**v) for v in fields.get("variants") or ())
-        return cls(**fields)
-
-    @property
-    def digest(self) -> str:
-        """The state applied (the variants in id order: a poll and a bulk file list them
-        in different orders)."""
-        return state_digest([self.title, self.status, self.currency,
-                             sorted((v.variant_id, v.sku, v.barcode, v.title, v.price,
-                                     v.inventory_item_id) for v in self.variants)])
-
-
-@dataclass(frozen=True, slots=True)
-class LevelState:
-    """An item's quantities at a location, read at ``read_at`` (the daemon's clock, taken
-    before the request: every change acknowledged before it is included)."""
-
-    inventory_item_id: str
-    location_id: str
-    available: int | None
-    on_hand: int | None
-    updated_at: str | None
-    read_at: str
-
-    @property
-    def subject(self) -> str:
-        return f"{self.inventory_item_id}@{self.location_id}"
-
-    @classmethod
-    def from_data(cls, data: Mapping[str, Any]) -> LevelState:
-        return cls(**data)
-
-    @property
-    def digest(self) -> str:
-        return state_digest([self.available])
-
-
-@dataclass(frozen=True, slots=True)
-class Deletion:
-    product_id: str
-    occurred_at: str
-
-
-@dataclass(frozen=True, slots=True)
-class Page(Generic[T]):
-    """One page of a catch-up poll; ``newest``: the latest ``updatedAt`` on it."""
-
-    items: tuple[T, ...]
-    end_cursor: str | None
-    has_next: bool
-    newest: str | None
-
-
-def to_data(state: FulfillmentOrderState | ProductState | LevelState | Deletion
-            ) -> dict[str, Any]:
-    """A state as JSON-able data (its class's ``from_data`` reads it back)."""
-    return dataclasses.asdict(state)
-
-
-# -- parsing ------------------------------------------------------------------------------
-
-
-def _obj(value: Any) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else {}
-
-
-def _text(value: Any) -> str | None:
-    return value if isinstance(value, str) and value else None
-
-
-def _int(value: Any) -> int:
-    return value if isinstance(value, int) and not isinstance(value, bool) else 0
-
-
-def _time(value: Any) -> str | None:
-    text = _text(value)
-    return normal_time(text) if text else None
-
-
-def fulfillment_order(node: Mapping[str, Any]) -> FulfillmentOrderState:
-    order = _obj(node.get("order"))
-    lines = []
-    for raw in _obj(node.get("lineItems")).get("nodes") or ():
-        ln = _obj(raw)
-        if not _text(ln.get("id")):
-            continue
-        product, variant = _text(ln.get("productTitle")) or "", _text(ln.get("variantTitle"))
-        title = f"{product} - {variant}" if variant and variant != DEFAULT_VARIANT_TITLE \
-            else product
-        lines.append(PickupLine(str(ln["id"]), _text(ln.get("sku")), title,
-                                _int(ln.get("totalQuantity")), _int(ln.get("remainingQuantity")),
-                                _text(ln.get("inventoryItemId"))))
-    return FulfillmentOrderState(
-        id=str(node["id"]), status=_text(node.get("status")) or "OPEN",
-        updated_at=_time(node.get("updatedAt")) or "", created_at=_time(node.get("createdAt")),
-        method_type=_text(_obj(node.get("deliveryMethod")).get("methodType")),
-        location_id=_text(_obj(_obj(node.get("assignedLocation")).get("location")).get("id")),
-        order_id=_text(order.get("id")), order_name=_text(order.get("name")),
-        order_source=_text(order.get("sourceName")),
-        order_cancelled=order.get("cancelledAt") is not None,
-        customer_name=_text(_obj(order.get("customer")).get("displayName")),
-        lines=tuple(lines))
-
-
-def _variant(node: Mapping[str, Any], product_title: str, currency: str) -> VariantState:
-    variant_title = _text(node.get("title"))
-    title = product_title
-    if variant_title and variant_title != DEFAULT_VARIANT_TITLE:
-        title = f"{product_title} - {variant_title}" if product_title else variant_title
-    return VariantState(str(node["id"]), _text(node.get("sku")), _text(node.get("barcode")),
-                        title, decimal_to_minor(str(node.get("price") or "0"), currency),
-                        _text(_obj(node.get("inventoryItem")).get("id")))
-
-
-def _variants(nodes: Any, product_title: str, currency: str) -> list[VariantState]:
-    out = []
-    for raw in nodes or ():
-        node = _obj(raw)
-        if not _text(node.get("id")):
-            continue
-        try:
-            out.append(_variant(node, product_title, currency))
-        except ValueError as exc:
-            logger.warning("shopify: variant %s skipped: %s", node.get("id"), exc)
-    return out
-
-
-def _level(node: Mapping[str, Any], item_id: str, location_id: str,
-           read_at: str) -> LevelState:
-    quantities = {str(_obj(q).get("name")): _obj(q).get("quantity")
-                  for q in node.get("quantities") or ()}
-    available, on_hand = quantities.get("available"), quantities.get("on_hand")
-    return LevelState(item_id, location_id,
-                      available if isinstance(available, int) else None,
-                      on_hand if isinstance(on_hand, int) else None,
-                      _time(node.get("updatedAt")), read_at)
-
-
 def since_filter(cursor: str | None) -> str:
     """``updated_at:>'…'`` a little before ``cursor`` (:data:`POLL_OVERLAP`)."""
     if cursor is None:
@@ -437,7 +234,7 @@ class ShopifyReads:
         return answer.data[name]
 
     async def _currency(self, answer: GraphQLAnswer) -> str:
-        currency = _text(_obj(answer.data.get("shop")).get("currencyCode"))
+        currency = as_text(as_object(answer.data.get("shop")).get("currencyCode"))
         if currency is None:
             raise TransientError("Shopify did not give the shop's currency")
         return currency
@@ -458,8 +255,8 @@ class ShopifyReads:
         order = self._field(answer, "order", "EdgedOrderPickups")
         if not isinstance(order, Mapping):
             return None
-        nodes = _obj(order.get("fulfillmentOrders")).get("nodes") or ()
-        return [fulfillment_order(_obj(n)) for n in nodes if _text(_obj(n).get("id"))]
+        nodes = as_object(order.get("fulfillmentOrders")).get("nodes") or ()
+        return [fulfillment_order(as_object(n)) for n in nodes if as_text(as_object(n).get("id"))]
 
     async def poll_pickups(self, cursor: str | None, after: str | None
                            ) -> Page[FulfillmentOrderState]:
@@ -473,16 +270,16 @@ class ShopifyReads:
                      "closed": cursor is not None}
         answer = await self._query("EdgedPollPickups", POLL_PICKUPS_DOCUMENT, variables,
                                    POLL_PICKUPS_COST)
-        page = _obj(self._field(answer, "fulfillmentOrders", "EdgedPollPickups"))
-        items = tuple(fulfillment_order(_obj(n)) for n in page.get("nodes") or ()
-                      if _text(_obj(n).get("id")))
+        page = as_object(self._field(answer, "fulfillmentOrders", "EdgedPollPickups"))
+        items = tuple(fulfillment_order(as_object(n)) for n in page.get("nodes") or ()
+                      if as_text(as_object(n).get("id")))
         return self._page(page, items, [i.updated_at for i in items])
 
     @staticmethod
     def _page(page: Mapping[str, Any], items: tuple[T, ...],
               times: Sequence[str | None]) -> Page[T]:
-        info = _obj(page.get("pageInfo"))
-        cursor = _text(info.get("endCursor"))
+        info = as_object(page.get("pageInfo"))
+        cursor = as_text(info.get("endCursor"))
         newest = max((t for t in times if t), default=None)
         return Page(items, cursor, bool(info.get("hasNextPage")) and cursor is not None,
                     newest)
@@ -490,22 +287,22 @@ class ShopifyReads:
     # -- products -------------------------------------------------------------------------
 
     async def _product_state(self, node: Mapping[str, Any], currency: str) -> ProductState:
-        title = _text(node.get("title")) or ""
-        connection = _obj(node.get("variants"))
-        variants = _variants(connection.get("nodes"), title, currency)
-        info = _obj(connection.get("pageInfo"))
-        after = _text(info.get("endCursor"))
+        title = as_text(node.get("title")) or ""
+        connection = as_object(node.get("variants"))
+        variants = variant_states(connection.get("nodes"), title, currency)
+        info = as_object(connection.get("pageInfo"))
+        after = as_text(info.get("endCursor"))
         while info.get("hasNextPage") and after is not None:  # more than 100 variants
             answer = await self._query("EdgedProductVariants", PRODUCT_VARIANTS_DOCUMENT,
                                        {"id": node["id"], "after": after},
                                        PRODUCT_VARIANTS_COST)
-            more = _obj(_obj(self._field(answer, "product",
+            more = as_object(as_object(self._field(answer, "product",
                                          "EdgedProductVariants")).get("variants"))
-            variants += _variants(more.get("nodes"), title, currency)
-            info = _obj(more.get("pageInfo"))
-            after = _text(info.get("endCursor"))
-        return ProductState(str(node["id"]), title, _text(node.get("status")) or "ACTIVE",
-                            _time(node.get("updatedAt")) or "", currency, tuple(variants))
+            variants += variant_states(more.get("nodes"), title, currency)
+            info = as_object(more.get("pageInfo"))
+            after = as_text(info.get("endCursor"))
+        return ProductState(str(node["id"]), title, as_text(node.get("status")) or "ACTIVE",
+                            as_time(node.get("updatedAt")) or "", currency, tuple(variants))
 
     async def product(self, product_id: str) -> ProductState | None:
         """The product now; None when Shopify no longer has it (deleted)."""
@@ -521,10 +318,10 @@ class ShopifyReads:
         variables = {"first": POLL_PRODUCTS_PAGE, "after": after, "q": since_filter(cursor)}
         answer = await self._query("EdgedPollProducts", POLL_PRODUCTS_DOCUMENT, variables,
                                    POLL_PRODUCTS_COST)
-        page = _obj(self._field(answer, "products", "EdgedPollProducts"))
+        page = as_object(self._field(answer, "products", "EdgedPollProducts"))
         currency = await self._currency(answer)
-        items = tuple([await self._product_state(_obj(n), currency)
-                       for n in page.get("nodes") or () if _text(_obj(n).get("id"))])
+        items = tuple([await self._product_state(as_object(n), currency)
+                       for n in page.get("nodes") or () if as_text(as_object(n).get("id"))])
         return self._page(page, items, [i.updated_at for i in items])
 
     async def poll_deletions(self, cursor: str | None, after: str | None) -> Page[Deletion]:
@@ -532,11 +329,11 @@ class ShopifyReads:
         variables = {"first": POLL_DELETIONS_PAGE, "after": after, "q": since}
         answer = await self._query("EdgedPollDeletions", POLL_DELETIONS_DOCUMENT, variables,
                                    POLL_DELETIONS_COST)
-        page = _obj(self._field(answer, "deletionEvents", "EdgedPollDeletions"))
+        page = as_object(self._field(answer, "deletionEvents", "EdgedPollDeletions"))
         items = []
         for raw in page.get("nodes") or ():
-            node = _obj(raw)
-            subject, when = _text(node.get("subjectId")), _time(node.get("occurredAt"))
+            node = as_object(raw)
+            subject, when = as_text(node.get("subjectId")), as_time(node.get("occurredAt"))
             if subject and when and node.get("subjectType") in (None, "PRODUCT"):
                 items.append(Deletion(subject, when))
         return self._page(page, tuple(items), [d.occurred_at for d in items])
@@ -553,13 +350,13 @@ class ShopifyReads:
         if not isinstance(location, Mapping):
             raise TransientError(f"Shopify does not know the location {self.location_id};"
                                  " check [shopify] location_id")
-        page = _obj(location.get("inventoryLevels"))
+        page = as_object(location.get("inventoryLevels"))
         items = []
         for raw in page.get("nodes") or ():
-            node = _obj(raw)
-            item = _text(_obj(node.get("item")).get("id"))
+            node = as_object(raw)
+            item = as_text(as_object(node.get("item")).get("id"))
             if item:
-                items.append(_level(node, item, self.location_id, read_at))
+                items.append(level_state(node, item, self.location_id, read_at))
         return self._page(page, tuple(items), [lv.updated_at for lv in items])
 
     async def levels(self, item_ids: Sequence[str]) -> dict[str, LevelState | None]:
@@ -577,7 +374,7 @@ class ShopifyReads:
             for n, item in enumerate(chunk):
                 node = mapping(answer.data.get(f"l{n}"))
                 level = mapping(node.get("inventoryLevel")) if node is not None else None
-                out[item] = None if level is None else _level(level, item, self.location_id,
+                out[item] = None if level is None else level_state(level, item, self.location_id,
                                                               read_at)
         return out
 
@@ -591,16 +388,7 @@ __all__ = [
     "POLL_PICKUPS_COST",
     "POLL_PRODUCTS_COST",
     "PRODUCT_COST",
-    "Deletion",
-    "FulfillmentOrderState",
-    "LevelState",
-    "Page",
-    "PickupLine",
-    "ProductState",
     "ShopifyReads",
-    "VariantState",
-    "fulfillment_order",
     "read_levels_document",
     "since_filter",
-    "to_data",
 ]
