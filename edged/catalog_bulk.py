@@ -5,8 +5,8 @@ stock change Shopify acknowledged before it is in the file's quantities), the bu
 runs (:mod:`sync.shopify_bulk`), its id is kept in ``shopify_bulk_operations`` (a daemon
 restarted meanwhile waits for the same operation instead of starting another: Shopify runs
 one at a time per shop), the daemon waits for the ``bulk_operations/finish`` webhook or
-reads ``currentBulkOperation`` (every second at first, then up to ``bulk_poll_seconds``),
-downloads the JSONL and applies it in one transaction:
+reads ``currentBulkOperation`` (a quarter second after the start, then twice as long each
+time, up to ``bulk_poll_seconds``), downloads the JSONL and applies it in one transaction:
 
 - each variant with a SKU onto its item, as a pull does (only the items that differ are
   written), with its product; items of products not ``ACTIVE`` inactive, and items whose
