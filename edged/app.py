@@ -37,6 +37,7 @@ from edged.events import EventBus
 from edged.inventory import InventoryService
 from edged.metrics import Metrics
 from edged.payments import PaymentService
+from edged.pickups import PickupService
 from edged.services import Services
 from edged.store import Database
 from edged.sync_hooks import StoreHooks
@@ -46,6 +47,7 @@ from edged.upkeep import Upkeep, replica_credentials
 
 if TYPE_CHECKING:
     from edged.discovery import Advertiser
+    from edged.shopify_inbound import ShopifyInbound
     from edged.tls import CertKeeper
 from sync import outbox
 from sync.clock import Clock, SystemClock
@@ -97,6 +99,7 @@ class Daemon:
             self.payments.tokens.link_down = self.sync.link_down
         self.outbox = self.sync.engine.store if self.sync is not None else OutboxStore(
             self.db, self.clock, StoreHooks(self.clock), publish=self.bus.publish)
+        self.shopify = self._shopify_inbound()
         self.services = Services(
             cfg=self.cfg, clock=self.clock, db=self.db, bus=self.bus, metrics=self.metrics,
             terminals=self.terminals, payments=self.payments, inventory=self.inventory,
@@ -114,6 +117,8 @@ class Daemon:
             streams=StreamRegistry(self.cfg.api.max_streams_per_token,
                                    max(1, connection_limit(self.cfg.api.max_connections) // 4)),
             upkeep=self.upkeep,
+            pickups=PickupService(self.db, self.bus, self.clock, self.cfg.shopify is not None),
+            shopify=self.shopify,
         )
         self.services.manager.alerts.extra.append(self.upkeep.conditions)
         self.app = build_web_app(self.services)
@@ -127,6 +132,18 @@ class Daemon:
             self.tls = CertKeeper(self.cfg, self.clock)
         self._tasks: list[asyncio.Task[None]] = []
         self.advertiser: Advertiser | None = None
+
+    def _shopify_inbound(self) -> ShopifyInbound | None:
+        """Webhooks, the inbox and the catch-up poll, on the Shopify destination's client."""
+        worker = self.sync.engine.workers.get("shopify") if self.sync is not None else None
+        if worker is None:
+            return None
+        from edged import shopify_inbound  # noqa: PLC0415  (only with [shopify])
+        from sync.shopify import ShopifyGateway  # noqa: PLC0415
+
+        assert isinstance(worker.gateway, ShopifyGateway)
+        return shopify_inbound.build(self.cfg, self.db, self.bus, self.clock, worker.gateway,
+                                     worker.breaker)
 
     @property
     def scheme(self) -> str:
@@ -157,6 +174,10 @@ class Daemon:
         if self.sync is not None:
             await sync_setup.start(self.sync, self.cfg, self.db, self.bus, self.clock,
                                    self.payments.tokens.store_pending)
+            if self.shopify is not None:
+                from edged import shopify_inbound  # noqa: PLC0415  (only with [shopify])
+
+                await shopify_inbound.start(self.shopify, self.sync.engine.supervisor.start)
             # token payments: the bounded wait for the processor, the offline maximum age
             self._tasks.append(asyncio.create_task(self.payments.tokens.run_deadlines(),
                                                    name="token-deadlines"))
@@ -265,7 +286,9 @@ class Daemon:
                     entry["worker"] = task.state.value
                     entry["last_error"] = task.last_error
             out.append(entry)
+        shopify = await self.shopify.status() if self.shopify is not None else None
         return {"destinations": out, "offline": await self._offline_summary(now),
+                "shopify": shopify,
                 "tasks": [{"name": t.name, "state": t.state.value, "restarts": t.restarts,
                            "last_error": t.last_error,
                            "retry_in_seconds": None if t.retry_in is None

@@ -38,6 +38,8 @@ class CatalogueRow:
     variant_id: str | None
     inventory_item_id: str | None
     quantity: int | None
+    product_id: str | None = None
+    """Shopify's product (a pull knows it): a deleted product's items become inactive."""
 
 
 def _int(value: Any, where: str) -> int | None:
@@ -119,9 +121,10 @@ def _upsert(conn: sqlite3.Connection, row: CatalogueRow, now: str) -> int:
     item_id = _local_item(conn, row)
     if item_id is None:
         cur = conn.execute("INSERT INTO items (sku, barcode, title, price, variant_id,"
-                           " inventory_item_id, updated_at) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                           " inventory_item_id, updated_at, product_id) VALUES (?, ?, ?, ?, ?,"
+                           " ?, ?, ?)",
                            (row.sku, row.barcode, row.title, row.price, row.variant_id,
-                            row.inventory_item_id, now))
+                            row.inventory_item_id, now, row.product_id))
         assert cur.lastrowid is not None
         return cur.lastrowid
     for column, value in (("sku", row.sku), ("variant_id", row.variant_id),
@@ -130,10 +133,17 @@ def _upsert(conn: sqlite3.Connection, row: CatalogueRow, now: str) -> int:
             conn.execute(f"UPDATE items SET {column} = NULL, updated_at = ?"  # noqa: S608
                          f" WHERE {column} = ? AND id != ?", (now, value, item_id))
     conn.execute("UPDATE items SET sku = ?, barcode = ?, title = ?, price = ?, variant_id = ?,"
-                 " inventory_item_id = ?, updated_at = ? WHERE id = ?",
+                 " inventory_item_id = ?, updated_at = ?, product_id = coalesce(?, product_id)"
+                 " WHERE id = ?",
                  (row.sku, row.barcode, row.title, row.price, row.variant_id,
-                  row.inventory_item_id, now, item_id))
+                  row.inventory_item_id, now, row.product_id, item_id))
     return item_id
+
+
+def _reported_later(conn: sqlite3.Connection, item_id: int, reported_at: str) -> bool:
+    row = conn.execute("SELECT reported_at FROM inventory_levels WHERE item_id = ?",
+                       (item_id,)).fetchone()
+    return row is not None and row[0] > reported_at
 
 
 def apply(conn: sqlite3.Connection, rows: list[CatalogueRow], source: str,
@@ -152,6 +162,8 @@ def apply(conn: sqlite3.Connection, rows: list[CatalogueRow], source: str,
         if row.quantity is not None:
             if item_id in doubtful:
                 continue  # a change in flight: keep the older report until the next pull
+            if reported_at is not None and _reported_later(conn, item_id, reported_at):
+                continue  # a read made after this one (a webhook's, the poll's) is kept
             conn.execute(
                 "INSERT INTO inventory_levels (item_id, reported_quantity, reported_at)"
                 " VALUES (?, ?, ?) ON CONFLICT(item_id) DO UPDATE SET"

@@ -1,4 +1,4 @@
-"""The ``edged`` command: run, check-config, token, items, audit, report, simulate."""
+"""The ``edged`` command: run, check-config, token, items, audit, report, simulate, shopify."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from edged import audit, event_loop, lan_cli, tokens, upkeep_cli
+from edged import audit, event_loop, lan_cli, shopify_cli, tokens, upkeep_cli
 from edged.config import Config, load, with_overrides
 from edged.errors import ConfigError, TlsError
 from edged.store.database import open_sync
@@ -78,6 +78,7 @@ def _parser() -> argparse.ArgumentParser:
 
     lan_cli.add_commands(sub, common)
     upkeep_cli.add_commands(sub, common)
+    shopify_cli.add_commands(sub, common)
 
     sim = sub.add_parser("simulate", help="run a terminal simulator")
     sim.add_argument("kind", choices=("concert", "zvt"))
@@ -116,6 +117,8 @@ def _dispatch(args: argparse.Namespace) -> int:
     if (done := lan_cli.dispatch(args, _config)) is not None:
         return done
     if (done := upkeep_cli.dispatch(args, _config)) is not None:
+        return done
+    if (done := shopify_cli.dispatch(args, _config)) is not None:
         return done
     if args.command == "run":
         cfg = _config(args)

@@ -103,6 +103,17 @@ class ShopifyConfig:
     location_id: str
     api_version: str = "2026-10"
     admin_url: str | None = None
+    poll_interval_seconds: float = 60.0
+    """Catch-up polling (always on): how often Shopify is read for what changed; also at
+    once whenever the link comes back."""
+    catalogue_pull: str = "bulk"
+    """The whole catalogue: ``bulk`` (one bulk operation, every ``full_pull_hours``) or
+    ``paged`` (page by page every ``[sync] pull_interval_seconds``)."""
+    full_pull_hours: float = 24.0
+    webhook_max_body_bytes: int = 1_048_576
+    """A webhook delivery larger than this is refused (413)."""
+    bulk_poll_seconds: float = 10.0
+    """Longest wait between two reads of a running bulk operation."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -397,6 +408,13 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
             location_id=t.require("location_id"),
             api_version=t.get("api_version", str, "2026-10", _non_empty),
             admin_url=t.get("admin_url", str, "", None) or None,
+            poll_interval_seconds=t.get("poll_interval_seconds", float, 60.0, _positive),
+            catalogue_pull=t.get("catalogue_pull", str, "bulk",
+                                 lambda v: None if v in ("bulk", "paged")
+                                 else "must be bulk or paged"),
+            full_pull_hours=t.get("full_pull_hours", float, 24.0, _positive),
+            webhook_max_body_bytes=t.get("webhook_max_body_bytes", int, 1_048_576, _positive),
+            bulk_poll_seconds=t.get("bulk_poll_seconds", float, 10.0, _positive),
         )
         t.done()
     processors: dict[str, ProcessorConfig | None] = {"stripe": None, "square": None}

@@ -140,6 +140,27 @@ CODES: dict[str, ErrorCode] = _table(
     ErrorCode("ERR-6074", 502, "The processor refused the refund"),
     ErrorCode("ERR-6017", 409, "The job's payment or refund is settled: a retry could move"
               " money the records say did not move; discard it"),
+    # Shopify talking back (issue 19): webhooks, the inbox, pick-ups, the bulk catalogue
+    ErrorCode("ERR-1030", 401, "The webhook's signature (X-Shopify-Hmac-SHA256) does not match"
+              " the webhook secret"),
+    ErrorCode("ERR-1031", 503, "No Shopify webhook secret is set, so deliveries cannot be"
+              " verified: edged secret set shopify.webhook_secret", retryable=True),
+    ErrorCode("ERR-1032", 400, "A Shopify webhook header is missing or malformed"),
+    ErrorCode("ERR-1033", 413, "The webhook body is larger than [shopify]"
+              " webhook_max_body_bytes"),
+    ErrorCode("ERR-1034", 503, "The webhook delivery could not be stored in time; Shopify"
+              " delivers it again", retryable=True),
+    ErrorCode("ERR-4011", 404, "No such pick-up"),
+    ErrorCode("ERR-4012", 409, "The pick-up cannot be marked ready in its state"),
+    ErrorCode("ERR-4013", 409, "The pick-up cannot be handed over in its state"),
+    ErrorCode("ERR-4014", 409, "The item is no longer sold: its product was deleted or"
+              " archived in Shopify"),
+    ErrorCode("ERR-6020", 502, "Shopify refused to mark the pick-up ready"),
+    ErrorCode("ERR-6021", 409, "The pick-up is closed or cancelled in Shopify"),
+    ErrorCode("ERR-6022", 502, "Shopify refused the hand-over (fulfillmentCreate)"),
+    ErrorCode("ERR-6023", 502, "Shopify refused the bulk catalogue query"),
+    ErrorCode("ERR-6024", 502, "Shopify refused the webhook subscription"),
+    ErrorCode("ERR-6025", 502, "An event from Shopify could not be applied"),
 )
 
 

@@ -117,6 +117,10 @@ class InventoryService:
         if row is None:
             raise ApiError("ERR-4001", f"{where}: no item with {ref.describe()} in the"
                            " catalogue", details={"field": where})
+        if not row["active"]:
+            raise ApiError("ERR-4014", f"{where}: item {ref.describe()} is no longer sold"
+                           f" ({row['inactive_reason'] or 'inactive'}); its history is kept",
+                           details={"field": where})
         if self._cfg.shopify is not None and not row["inventory_item_id"]:
             raise ApiError("ERR-4001", f"{where}: item {ref.describe()} has no Shopify"
                            " inventory item id, so its stock cannot be synced",

@@ -125,6 +125,7 @@ def item_dict(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
         "sku": row["sku"], "barcode": row["barcode"], "title": row["title"],
         "price": row["price"], "variant_id": row["variant_id"],
         "inventory_item_id": row["inventory_item_id"],
+        "active": bool(row["active"]), "inactive_reason": row["inactive_reason"],
         "stock": {"quantity": quantity, "unsynced_delta": pending,
                   "reported": quantity - pending, "reported_at": reported_at},
     }

@@ -57,6 +57,13 @@ ALLOWED_NAMES: Final[tuple[str, ...]] = (
     "replica.secret_access_key",
 )
 
+#: Secrets whose value a new one replaces is kept under a second name, written by
+#: :meth:`SecretStore.put` itself (never by hand): Shopify still signs with the old webhook
+#: secret for up to an hour after a rotation. The row's ``updated_at`` is the rotation time.
+PREVIOUS_KEPT: Final[dict[str, str]] = {
+    "shopify.webhook_secret": "shopify.webhook_secret.previous",
+}
+
 KEY_BYTES: Final = 32
 NONCE_BYTES: Final = 12
 TAG_BYTES: Final = 16
@@ -107,7 +114,7 @@ class Secret:
 
 def check_name(name: str) -> str:
     """Return ``name`` if it is an allowed secret name, else raise :class:`UnknownSecretName`."""
-    if name not in ALLOWED_NAMES:
+    if name not in ALLOWED_NAMES and name not in PREVIOUS_KEPT.values():
         shown = name if len(name) <= 40 else name[:40] + "..."
         raise UnknownSecretName(
             f"unknown secret name {shown!r}; allowed names: {', '.join(ALLOWED_NAMES)}"
@@ -262,11 +269,20 @@ class SecretStore:
         if own_tx:
             conn.execute("BEGIN IMMEDIATE")
         try:
+            now = utc_iso(datetime.now(UTC))
+            previous = PREVIOUS_KEPT.get(name)
+            old = self.get(conn, name) if previous is not None else None
+            if previous is not None and old is not None and old != plain:
+                conn.execute(
+                    "INSERT INTO secrets (name, ciphertext, updated_at) VALUES (?, ?, ?)"
+                    " ON CONFLICT (name) DO UPDATE SET ciphertext = excluded.ciphertext,"
+                    " updated_at = excluded.updated_at",
+                    (previous, self.seal(previous, old), now))
             conn.execute(
                 "INSERT INTO secrets (name, ciphertext, updated_at) VALUES (?, ?, ?)"
                 " ON CONFLICT (name) DO UPDATE SET ciphertext = excluded.ciphertext,"
                 " updated_at = excluded.updated_at",
-                (name, blob, utc_iso(datetime.now(UTC))),
+                (name, blob, now),
             )
             audit.append(conn, actor, "secret.set", name, {})
         except BaseException:
@@ -324,6 +340,9 @@ def cli_set(data_dir: Path, name: str, stdin: TextIO,
     Returns a confirmation line that names the secret and the key's place, never the value.
     """
     check_name(name)
+    if name in PREVIOUS_KEPT.values():
+        raise UnknownSecretName(f"{name} is kept by edged itself when"
+                                f" {name.removesuffix('.previous')} is set again")
     value = _strip_one_newline(stdin.read())
     if not value:
         raise SecretError(f"no value for {name} on standard input; nothing was stored")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from edged import tokens
 from edged.api.ratelimit import ClientBuckets
@@ -18,12 +18,16 @@ from edged.manager import ManagerParts
 from edged.metrics import Metrics
 from edged.pairing import PairingGuard
 from edged.payments import PaymentService
+from edged.pickups import PickupService
 from edged.store import Database
 from edged.terminals import TerminalManager
 from edged.token_cache import PrincipalCache
 from edged.upkeep import Upkeep
 from sync.clock import Clock
 from sync.outbox import OutboxStore
+
+if TYPE_CHECKING:
+    from edged.shopify_inbound import ShopifyInbound
 
 SyncStatus = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -54,6 +58,9 @@ class Services:
     """The SHA-256 fingerprint of the certificate served now ("" without TLS): pairing
     proofs are checked against it."""
     upkeep: Upkeep | None = None  # retention, the file's size, backups, the replica
+    pickups: PickupService | None = None
+    shopify: ShopifyInbound | None = None
+    """Webhooks, the inbox, the catch-up poll and the bulk catalogue (with [shopify])."""
 
     def pairing_guard(self) -> PairingGuard:
         """The one wrong-code counter shared by ``POST /v1/pair`` and the page's sign-in."""

@@ -11,7 +11,7 @@ import sqlite3
 from collections.abc import Mapping
 from typing import Any
 
-from edged import audit
+from edged import audit, pickups
 from edged.payment_state import (
     Actor,
     IllegalTransition,
@@ -74,6 +74,8 @@ class StoreHooks:
             return self._move(conn, row, PaymentState.CANCELED, now, Actor.PROCESSOR,
                               {"finished_at": now, "failure": "voided before capture"},
                               {"processor_ref": payload.processor_ref})
+        elif row.kind in (OutboxKind.PICKUP_READY, OutboxKind.PICKUP_HANDOVER):
+            return pickups.synced(conn, row.kind, row.subject_id, now)
         elif row.kind == OutboxKind.REFUND_CREATE:
             try:
                 move_refund(conn, row.subject_id, RefundState.SUCCEEDED, Actor.PROCESSOR, now,

@@ -231,7 +231,8 @@ async def start(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventBus,
     if runtime.readers:  # payments and refunds left unknown, read back (issue 16 item 9)
         runtime.settler = UnknownSettler(cfg, db, bus, clock, runtime.readers)
         supervise("settle-unknown", runtime.settler.run)
-    if cfg.shopify is not None:  # the catalogue pull: at start, then every pull_interval
+    if cfg.shopify is not None and cfg.shopify.catalogue_pull == "paged":
+        # the paged catalogue pull: at start, then every pull_interval
         supervise("shopify-pull", partial(_pull_forever, runtime, cfg, db, bus, clock))
 
 
@@ -303,7 +304,7 @@ async def pull_once(runtime: SyncRuntime, cfg: Config, db: Database, bus: EventB
     entries, pulled_at = pulled.entries, pulled.pulled_at
     rows = [catalog_import.CatalogueRow(
         sku=e.sku, barcode=e.barcode, title=e.title, price=e.price, variant_id=e.variant_id,
-        inventory_item_id=e.inventory_item_id, quantity=e.available)
+        inventory_item_id=e.inventory_item_id, quantity=e.available, product_id=e.product_id)
         for e in entries if e.sku]
     stamp = utc_iso(pulled_at) if isinstance(pulled_at, datetime) else str(pulled_at)
     count = await db.write(lambda c: catalog_import.apply(c, rows, "shopify-pull",

@@ -17,6 +17,9 @@ Kinds and destinations:
 - ``refund.create`` (stripe, square): a refund of a forwarded token payment.
 - ``payment.capture`` / ``payment.cancel`` (stripe, square): an authorised payment captured
   or voided (``POST /v1/payments/{id}/capture`` and ``/void``, ``edged.capture``).
+- ``pickup.ready`` / ``pickup.handover`` (shopify): an online order to pick up at this store
+  marked ready (``fulfillmentOrderLineItemsPreparedForPickup``) or handed over
+  (``fulfillmentCreate``) from ``POST /v1/pickups/{id}/ready`` and ``/handed-over``.
 
 A payload that does not match its dataclass raises :class:`ContractError`, a
 :class:`~sync.errors.PermanentError` (ERR-6004): the row dies with the reason, never retried.
@@ -48,6 +51,10 @@ class OutboxKind(enum.StrEnum):
     """Capture of an authorised payment (``POST /v1/payments/{id}/capture``)."""
     PAYMENT_CANCEL = "payment.cancel"
     """Void of an authorised payment (``POST /v1/payments/{id}/void``)."""
+    PICKUP_READY = "pickup.ready"
+    """A pick-up marked ready (``POST /v1/pickups/{id}/ready``)."""
+    PICKUP_HANDOVER = "pickup.handover"
+    """A pick-up handed over to its customer (``POST /v1/pickups/{id}/handed-over``)."""
 
 
 class ContractError(PermanentError):
@@ -298,12 +305,49 @@ class PaymentCancel(_Json):
         return self.payment_id
 
 
+@dataclass(frozen=True, slots=True)
+class PickupReady(_Json):
+    """Queued by ``POST /v1/pickups/{id}/ready``: Shopify tells the customer."""
+
+    KIND = OutboxKind.PICKUP_READY
+    pickup_id: str
+    fulfillment_order_id: str
+
+    @property
+    def subject(self) -> str:
+        return self.pickup_id
+
+
+@dataclass(frozen=True, slots=True)
+class PickupLineQuantity(_Json):
+    POSITIVE = frozenset({"quantity"})
+    line_item_id: str
+    """The fulfillment order's line item (``gid://shopify/FulfillmentOrderLineItem/N``)."""
+    quantity: int
+
+
+@dataclass(frozen=True, slots=True)
+class PickupHandover(_Json):
+    """Queued by ``POST /v1/pickups/{id}/handed-over``: the lines and quantities that left
+    the store, fixed when the register said so."""
+
+    KIND = OutboxKind.PICKUP_HANDOVER
+    pickup_id: str
+    fulfillment_order_id: str
+    lines: tuple[PickupLineQuantity, ...]
+
+    @property
+    def subject(self) -> str:
+        return self.pickup_id
+
+
 Payload = (OrderCreate | InventoryAdjust | InventorySet | PaymentForward | RefundCreate
-           | PaymentCapture | PaymentCancel)
+           | PaymentCapture | PaymentCancel | PickupReady | PickupHandover)
 
 PAYLOADS: Mapping[OutboxKind, type[Payload]] = {
     cls.KIND: cls for cls in (OrderCreate, InventoryAdjust, InventorySet, PaymentForward,
-                              RefundCreate, PaymentCapture, PaymentCancel)
+                              RefundCreate, PaymentCapture, PaymentCancel, PickupReady,
+                              PickupHandover)
 }
 
 #: Payload fields that only the manager scope may read on ``/v1/sync/jobs``.

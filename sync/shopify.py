@@ -5,6 +5,8 @@ The gateway hands each work to the module of its job:
 - ``inventory.adjust``, ``inventory.set``: stock changes and counts, batched
   (:mod:`sync.shopify_inventory`);
 - ``order.create``: a sale, never batched and never created twice (:mod:`sync.shopify_orders`);
+- ``pickup.ready``, ``pickup.handover``: a pick-up marked ready or handed over, each once
+  (:mod:`sync.shopify_pickup`);
 
 both over one shop's endpoint and cost bucket (:mod:`sync.shopify_client`). The catalogue
 pull (:mod:`sync.shopify_pull`) uses the same client.
@@ -42,6 +44,7 @@ from sync.shopify_inventory import (
     user_error_code,
 )
 from sync.shopify_orders import OrderSender, build_order, order_search_query
+from sync.shopify_pickup import PICKUP_KINDS, PickupSender
 
 DESTINATION = "shopify"
 ORDER_CREATE = OutboxKind.ORDER_CREATE
@@ -61,6 +64,7 @@ class ShopifyGateway:
                                     session_factory=session_factory, cost_bucket=cost_bucket)
         self.inventory = InventorySender(self.client, settings.location_id)
         self.orders = OrderSender(self.client, settings, clock)
+        self.pickups = PickupSender(self.client)
 
     @property
     def bucket(self) -> ShopifyCostBucket:
@@ -81,6 +85,8 @@ class ShopifyGateway:
             return await self.inventory.send(work)
         if work.kind == ORDER_CREATE:
             return await self.orders.send(work)
+        if work.kind in PICKUP_KINDS:
+            return await self.pickups.send(work)
         raise PermanentError(f"the shopify gateway does not handle {work.kind!r} rows",
                              ERR_REFUSED)
 

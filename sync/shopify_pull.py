@@ -243,5 +243,9 @@ async def pull_catalogue(source: ShopifyClient | ShopifyGateway | Gateway,
     return CataloguePull(tuple(entries), pulled_at, location, currency, pages)
 
 
+catalogue_entry = _entry
+"""One variant node (``productVariants`` page or bulk line) as a :class:`CatalogueEntry`."""
+
+
 __all__ = ["PAGE_SIZE", "PULL_DOCUMENT", "VARIANT_NODE_COST", "CatalogueEntry", "CataloguePull",
-           "page_size_for", "pull_catalogue", "pull_cost"]
+           "catalogue_entry", "page_size_for", "pull_catalogue", "pull_cost"]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import sqlite3
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -25,8 +26,8 @@ def make_config(data_dir: Path, *, sim: dict[str, Any] | None = None,
         api=ApiConfig(listen="127.0.0.1:0", rate_per_second=1000.0, rate_burst=2000,
                       payment_rate_per_second=1000.0, payment_rate_burst=2000),
         terminals=(TerminalConfig(id="sim-1", kind="sim", options=options),),
-        shopify=ShopifyConfig(shop="test.myshopify.com", location_id="gid://shopify/Location/1")
-        if shopify else None,
+        shopify=ShopifyConfig(shop="test.myshopify.com", location_id="gid://shopify/Location/1",
+                              catalogue_pull="paged") if shopify else None,
     )
     return replace(cfg, **extra)
 
@@ -99,6 +100,8 @@ class running:  # noqa: N801  (reads as a statement: async with running(cfg) as 
 
     async def __aenter__(self) -> Api:
         daemon, token, manager = await start_daemon(self.cfg, self.clock)
+        if daemon.shopify is not None:  # its start-up catch-up poll ends before the test
+            await asyncio.wait_for(daemon.shopify.poller.first_attempt.wait(), 20.0)
         session = aiohttp.ClientSession()
         self.api = Api(daemon, session, token, manager)
         return self.api

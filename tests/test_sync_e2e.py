@@ -122,7 +122,8 @@ def e2e_config(data_dir: Path, shop: FakeShopify | None = None,
         make_config(data_dir),
         shopify=None if shop is None else ShopifyConfig(
             shop="e2e.myshopify.com", location_id=shop.default_location_id,
-            api_version=API_VERSION, admin_url=f"{shop.base_url}/admin/api"),
+            api_version=API_VERSION, admin_url=f"{shop.base_url}/admin/api",
+            catalogue_pull="paged", poll_interval_seconds=3600.0),
         stripe=None if stripe is None else ProcessorConfig(base_url=stripe.base_url),
         offline=offline or OfflineConfig(),
         sync=SyncConfig(**settings))
@@ -451,7 +452,8 @@ def write_daemon_config(path: Path, shop: FakeShopify) -> Path:
     sections: dict[str, dict[str, Any]] = {
         "api": dict(UNLIMITED_API),
         "shopify": {"shop": "e2e.myshopify.com", "location_id": shop.default_location_id,
-                    "api_version": API_VERSION, "admin_url": f"{shop.base_url}/admin/api"},
+                    "api_version": API_VERSION, "admin_url": f"{shop.base_url}/admin/api",
+                    "catalogue_pull": "paged"},
         "sync": {"request_timeout": 5.0, "pull_interval_seconds": 1.0,
                  "breaker_break_seconds": 1.0, "quick_retries": 1},
     }

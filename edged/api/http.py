@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 SERVICES = web.AppKey("services", Services)
 DRAINING = web.AppKey("draining", list)  # a one-element list holding a bool
 PRINCIPAL = web.RequestKey("principal", Principal)
-PUBLIC_PATHS = frozenset({"/v1/pair"})  # /v1 calls without a bearer token
+# /v1 calls without a bearer token (the webhook is signed by Shopify instead)
+PUBLIC_PATHS = frozenset({"/v1/pair", "/v1/webhooks/shopify"})
 METRICS_PATH = "/metrics"
 """A bearer token of any scope (or the page's sign-in), unless the client is on this box or
 ``[api] metrics_public`` lets the LAN in."""
@@ -102,6 +103,8 @@ class Route:
     key_in_write: Callable[[dict[str, Any]], bool] | None = None
     idempotent: bool = True
     """False: a POST without Idempotency-Key whose answer is never stored (POST /v1/pair)."""
+    raw_body: bool = False
+    """True: the handler reads the request's body itself, unparsed (a signed webhook)."""
 
 
 def json_response(status: int, body: dict[str, Any],
@@ -204,7 +207,7 @@ def bind(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
         principal: Principal | None = request.get(PRINCIPAL)
         if (why := refusal(principal, route.scope, route.method)) is not None:
             raise ApiError("ERR-5003", why)
-        if route.method != "POST":
+        if route.method != "POST" or route.raw_body:
             answer = await route.handler(Ctx(request, services, principal, {}, None))
             return _render(answer)
         body, decoded = await _read_body(request, route.body)

@@ -82,6 +82,8 @@ async def status(ctx: Ctx) -> Answer:
     body = await services.db.read(read)
     dead = await services.outbox.jobs("dead", None, STATUS_LIMIT)
     body["dead_jobs"] = await services.db.read(lambda conn: job_retry.annotate(conn, dead))
+    body["pickups"] = await services.pickups.list("active", STATUS_LIMIT) \
+        if services.pickups is not None else []
     body["terminals"] = [v.as_dict() for v in services.terminals.views()]
     body["sync"] = await services.sync_status()
     body["storage"] = services.upkeep.status() if services.upkeep is not None else None

@@ -161,7 +161,8 @@ COUNT = _obj({"id": _S, "reason": _S, "reference": _SN, "created_at": _S,
                   "sku": _SN, "inventory_item_id": _SN, "quantity": _I, "previous": _I,
                   "delta": _I}}}}, "Count")
 ITEM = _obj({"sku": _SN, "barcode": _SN, "title": _S, "price": {"type": ["integer", "null"]},
-             "variant_id": _SN, "inventory_item_id": _SN,
+             "variant_id": _SN, "inventory_item_id": _SN, "active": {"type": "boolean"},
+             "inactive_reason": _SN,
              "stock": {"type": "object", "properties": {
                  "quantity": _I, "unsynced_delta": _I, "reported": _I,
                  "reported_at": _SN}}}, "Item")
@@ -191,7 +192,10 @@ SYNC = _obj({"destinations": {"type": "array", "items": {"type": "object", "prop
               "items": {"type": "object", "properties": {
                   "name": _S, "state": {"enum": ["running", "restarting", "finished"]},
                   "restarts": _I, "last_error": _SN,
-                  "retry_in_seconds": {"type": ["number", "null"]}}}}},
+                  "retry_in_seconds": {"type": ["number", "null"]}}}},
+    "shopify": {"type": ["object", "null"], "description": "With [shopify]: the inbox's rows"
+                " per state and per way in (webhook, poll, daemon), pick-ups per status, the"
+                " catch-up poll, the last bulk catalogue pull"}},
     "SyncStatus")
 JOB = _obj({"id": _I, "destination": _S, "kind": _S, "subject_id": _S,
             "state": {"enum": ["pending", "inflight", "done", "dead", "discarded"]},
@@ -221,7 +225,10 @@ STATUS = _obj({"now": _S, "store": {"type": "object"}, "viewer": {"type": "objec
                 "today": {"type": "object"},
                 "storage": {"type": ["object", "null"], "description": "the database file"
                             " and WAL sizes, free space, retention, backups and the off-box"
-                            " replica (lag_seconds, replicated_at)"}}, "Status")
+                            " replica (lag_seconds, replicated_at)"},
+                "pickups": {"type": "array", "description": "Online orders to pick up here"
+                            " (open or ready): items and customer name, never payment data",
+                            "items": {"type": "object"}}}, "Status")
 _COUNTED = {"type": "object", "properties": {"count": _I, "total": _I}}
 DAY_REPORT = _obj({
     "date": _S, "timezone": _S, "from": _S, "to": _S, "generated_at": _S,

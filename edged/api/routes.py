@@ -14,6 +14,7 @@ from edged.api import models
 from edged.api.http import DRAINING, Ctx, Route, json_response
 from edged.api.manager_routes import MANAGER_ROUTES
 from edged.api.pair_route import PAIR_INFO_ROUTE, PAIR_ROUTE
+from edged.api.shopify_routes import SHOPIFY_ROUTES
 from edged.api.streams import events
 from edged.api.terminal_routes import TERMINAL_ROUTES
 from edged.errors import ApiError
@@ -299,13 +300,14 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/orders", create_order, "Record a sale and the payments that paid it;"
           " decrements local stock once", models.ORDER, 201, models.ORDER_CREATE,
           _BODY_ERRORS + ("ERR-4001", "ERR-4003", "ERR-4004", "ERR-4005", "ERR-4006",
-                          "ERR-4007", "ERR-4008"), tag="stock"),
+                          "ERR-4007", "ERR-4008", "ERR-4014"), tag="stock"),
     Route("POST", "/v1/inventory/adjustments", adjust_inventory, "Change stock (received,"
           " damaged, counted…)", models.ADJUSTMENT, 201, models.ADJUSTMENT_CREATE,
-          _BODY_ERRORS + ("ERR-4001", "ERR-4009"), tag="stock"),
+          _BODY_ERRORS + ("ERR-4001", "ERR-4009", "ERR-4014"), tag="stock"),
     Route("POST", "/v1/inventory/counts", count_inventory, "Set stock to what was counted;"
           " sent to Shopify as a compare-and-swap on the last known quantity",
-          models.COUNT, 201, models.COUNT_CREATE, _BODY_ERRORS + ("ERR-4001",), tag="stock"),
+          models.COUNT, 201, models.COUNT_CREATE, _BODY_ERRORS + ("ERR-4001", "ERR-4014"),
+          tag="stock"),
     Route("GET", "/v1/items", get_item, "A catalogue entry with its local stock",
           models.ITEM, query={"sku": "the SKU", "barcode": "or the barcode"},
           errors=("ERR-1013", "ERR-4002"), tag="stock"),
@@ -343,4 +345,4 @@ ROUTES: tuple[Route, ...] = (
     Route("GET", "/metrics", metrics, "Prometheus text format; a bearer token of any scope"
           " unless the client is on this box ([api] metrics_public opens it to the LAN)",
           models.TEXT, errors=_AUTH_ERRORS, scope=None, tag="meta", media_type="text/plain"),
-) + MANAGER_ROUTES + (PAIR_ROUTE, PAIR_INFO_ROUTE) + TERMINAL_ROUTES
+) + MANAGER_ROUTES + (PAIR_ROUTE, PAIR_INFO_ROUTE) + TERMINAL_ROUTES + SHOPIFY_ROUTES

@@ -2,7 +2,8 @@
 // No framework and no build step. Every value from the daemon is set as text, never as HTML.
 "use strict";
 
-const KINDS = ["payment", "refund", "order", "inventory", "terminal", "sync", "alert"];
+const KINDS = ["payment", "refund", "order", "inventory", "terminal", "sync", "alert",
+               "pickup", "shopify"];
 const state = { status: null, offset: 0, source: null, refreshing: false, again: false,
                 drops: 0, actions: false, notes: {} };  // notes: what a manager is typing, by item
 
@@ -252,6 +253,8 @@ function render(s) {
   renderToday(s.today);
   renderTerminals(s.terminals);
   renderDestinations(s.sync.destinations);
+  renderShopify(s.sync.shopify);
+  renderPickups(s.pickups || []);
   renderOffline(s.sync.offline);
   renderStorage(s.storage);
   renderUnknownPayments(s.unknown_payments);
@@ -313,6 +316,44 @@ function renderDestinations(destinations) {
         el("dt", {}, "Dead"), el("dd", { class: "dead" }, String(d.dead)),
         el("dt", {}, "Last error"), el("dd", { class: "last-error" }, d.last_error || "none")));
   }));
+}
+
+function renderShopify(shopify) {
+  const card = $("shopify-card");
+  card.hidden = !shopify;
+  if (!shopify) return;
+  const inbox = shopify.inbox;
+  const poll = shopify.poll;
+  const cat = shopify.catalogue;
+  fill("shopify", el("dl", { class: "inbox" },
+    el("dt", {}, "Inbox"), el("dd", { id: "inbox-counts" },
+      `${inbox.pending} waiting · ${inbox.done} done · ${inbox.duplicate} duplicate · `
+      + `${inbox.ignored} ignored · ${inbox.failed} failed`),
+    el("dt", {}, "Came by"), el("dd", {}, `webhook ${inbox.by_via.webhook} · poll `
+      + `${inbox.by_via.poll} · daemon ${inbox.by_via.daemon}`),
+    el("dt", {}, "Last webhook"), el("dd", {}, inbox.last_webhook_at
+      ? [ageNode(inbox.last_webhook_at), " ago"] : "none yet (polling only)"),
+    el("dt", {}, "Last poll"), el("dd", {}, poll.last_poll_at
+      ? [ageNode(poll.last_poll_at), ` ago, every ${poll.interval_seconds} s`] : "not yet",
+      poll.last_error ? el("div", { class: "error" }, poll.last_error) : null),
+    el("dt", {}, "Catalogue"), el("dd", {}, cat ? `${cat.status.toLowerCase()}`
+      + (cat.items !== null ? `, ${cat.items} variants` : "")
+      + (cat.applied_at ? ` (${time(cat.applied_at)})` : "") : "no full pull yet",
+      cat && (cat.error || cat.last_error)
+        ? el("div", { class: "error" }, cat.error || cat.last_error) : null)));
+}
+
+function renderPickups(pickups) {
+  $("pickup-count").textContent = pickups.length ? String(pickups.length) : "";
+  if (!pickups.length) { fill("pickups", empty("No online order to pick up here.")); return; }
+  fill("pickups", pickups.map((p) => el("div", { class: "item", id: `pickup-${p.id}` },
+    el("div", { class: "what" }, `${p.order_name || p.fulfillment_order_id} · `
+      + `${p.customer_name || "a customer"} `,
+      el("span", { class: `state pickup-${p.status}` }, p.status.replace("_", " "))),
+    el("ul", { class: "lines" }, p.lines.map((ln) => el("li", {},
+      `${ln.quantity} × ${ln.title}` + (ln.sku ? ` (${ln.sku})` : "")))),
+    el("div", { class: "muted" }, `ordered ${time(p.ordered_at || p.created_at)}`
+      + (p.sync.ready ? ` · ready ${p.sync.ready}` : "")))));
 }
 
 function capBar(part, whole) {

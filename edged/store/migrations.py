@@ -320,6 +320,101 @@ ALTER TABLE refunds ADD COLUMN last_checked_at TEXT
 ALTER TABLE pairing_codes ADD COLUMN fingerprint TEXT;
 ALTER TABLE audit ADD COLUMN version INTEGER NOT NULL DEFAULT 1
 """),
+    (8, "Shopify talks back: the inbox, applied versions, poll cursors, pick-ups", """
+-- One inbox for what Shopify tells the daemon, by webhook or by the catch-up poll. A
+-- delivery is unique by its webhook id (delivery_id), and one change under several ids, or
+-- seen both ways, shares an event key, and only one row per key is not a duplicate.
+ALTER TABLE webhook_inbox ADD COLUMN via TEXT NOT NULL DEFAULT 'webhook'
+    CHECK (via IN ('webhook', 'poll', 'daemon'));
+ALTER TABLE webhook_inbox ADD COLUMN event_id TEXT;
+ALTER TABLE webhook_inbox ADD COLUMN triggered_at TEXT;
+ALTER TABLE webhook_inbox ADD COLUMN subject TEXT;
+ALTER TABLE webhook_inbox ADD COLUMN version TEXT;
+ALTER TABLE webhook_inbox ADD COLUMN event_key TEXT;
+ALTER TABLE webhook_inbox ADD COLUMN state TEXT NOT NULL DEFAULT 'pending'
+    CHECK (state IN ('pending', 'done', 'duplicate', 'ignored', 'failed'));
+ALTER TABLE webhook_inbox ADD COLUMN outcome TEXT;
+ALTER TABLE webhook_inbox ADD COLUMN error TEXT;
+ALTER TABLE webhook_inbox ADD COLUMN attempts INTEGER NOT NULL DEFAULT 0;
+ALTER TABLE webhook_inbox ADD COLUMN next_attempt_at TEXT;
+ALTER TABLE webhook_inbox ADD COLUMN duplicate_of INTEGER;
+ALTER TABLE webhook_inbox ADD COLUMN seen_again INTEGER NOT NULL DEFAULT 0;
+CREATE UNIQUE INDEX webhook_inbox_event ON webhook_inbox(source, event_key)
+    WHERE event_key IS NOT NULL AND state != 'duplicate';
+CREATE INDEX webhook_inbox_due ON webhook_inbox(next_attempt_at, id) WHERE state = 'pending';
+CREATE INDEX webhook_inbox_state ON webhook_inbox(state, id);
+
+-- The version of each Shopify subject last applied (a fulfillment order, a product, a
+-- level item@location): an older one is ignored, the same one is a duplicate.
+CREATE TABLE shopify_versions (
+    subject      TEXT PRIMARY KEY,
+    version      TEXT NOT NULL,
+    digest       TEXT NOT NULL,
+    inbox_id     INTEGER,
+    applied_at   TEXT NOT NULL
+);
+
+-- Where each catch-up poll resumes (Shopify's updated_at), and other small state.
+CREATE TABLE shopify_cursors (
+    name         TEXT PRIMARY KEY,
+    value        TEXT NOT NULL,
+    updated_at   TEXT NOT NULL
+);
+
+CREATE TABLE shopify_bulk_operations (
+    id           TEXT PRIMARY KEY,
+    purpose      TEXT NOT NULL,
+    status       TEXT NOT NULL,
+    started_at   TEXT NOT NULL,
+    finished_at  TEXT,
+    objects      INTEGER,
+    bytes        INTEGER,
+    applied_at   TEXT,
+    items        INTEGER,
+    error        TEXT
+);
+
+-- Online orders to pick up at this store: items and customer name, never payment data.
+CREATE TABLE pickups (
+    n                      INTEGER PRIMARY KEY,
+    id                     TEXT NOT NULL UNIQUE,
+    fulfillment_order_id   TEXT NOT NULL UNIQUE,
+    order_id               TEXT,
+    order_name             TEXT,
+    customer_name          TEXT,
+    location_id            TEXT NOT NULL,
+    status                 TEXT NOT NULL CHECK (status IN ('open', 'ready', 'handed_over',
+                               'cancelled', 'closed')),
+    shopify_status         TEXT NOT NULL,
+    shopify_updated_at     TEXT,
+    ordered_at             TEXT,
+    created_at             TEXT NOT NULL,
+    updated_at             TEXT NOT NULL,
+    ready_at               TEXT,
+    handed_over_at         TEXT,
+    ready_synced_at        TEXT,
+    handed_over_synced_at  TEXT
+);
+CREATE INDEX pickups_status ON pickups(status, n);
+
+CREATE TABLE pickup_lines (
+    pickup_id          TEXT NOT NULL REFERENCES pickups(id),
+    line_item_id       TEXT NOT NULL,
+    sku                TEXT,
+    title              TEXT NOT NULL,
+    quantity           INTEGER NOT NULL,
+    remaining          INTEGER NOT NULL,
+    inventory_item_id  TEXT,
+    PRIMARY KEY (pickup_id, line_item_id)
+);
+
+-- The catalogue follows the admin: a product deleted (or archived) in Shopify leaves its
+-- items inactive, kept for their history.
+ALTER TABLE items ADD COLUMN active INTEGER NOT NULL DEFAULT 1 CHECK (active IN (0, 1));
+ALTER TABLE items ADD COLUMN inactive_reason TEXT;
+ALTER TABLE items ADD COLUMN product_id TEXT;
+CREATE INDEX items_product ON items(product_id)
+"""),
     (9, "terminal end-of-day settlements (ZVT)", """
 CREATE TABLE terminal_settlements (
     n              INTEGER PRIMARY KEY,

@@ -27,6 +27,9 @@ sections that point a daemon at them, and the control endpoint:
   as sent (checked against Square's published OpenAPI description).
 - ``GET /catalogue.csv``: the seeded catalogue with the fake's own ids and current
   quantities, in the format of ``edged items import``.
+- Shopify talking back (:mod:`tests.fakes.serve_shopify`): ``POST /pickup`` (an online
+  order picked up here, and at the warehouse), ``/cancel``, ``/reprice``, ``/delete``,
+  ``/available``, ``/forge``, ``/seed``; ``GET /pickups``, ``/webhooks``.
 
 ``--catalogue FILE`` seeds Shopify from a CSV with the columns of ``edged items import``
 (``sku,barcode,title,price,quantity``; price in minor units; ``variant_id`` and
@@ -58,6 +61,7 @@ from typing import Any
 from aiohttp import web
 
 from sync.shopify import decimal_to_minor, minor_to_decimal
+from tests.fakes import serve_shopify
 from tests.fakes.base import LOOPBACK, FakeServer
 from tests.fakes.shopify import API_VERSION, FakeShopify, SeededVariant
 from tests.fakes.square import FakeSquare
@@ -267,6 +271,7 @@ def control_app(fakes: Fakes) -> web.Application:
     app.router.add_post("/checkout/{action}", fakes.checkout)
     app.router.add_post("/device/status", fakes.device_status)
     app.router.add_get("/catalogue.csv", fakes.catalogue_csv)
+    serve_shopify.add_routes(app, fakes)  # online orders, admin changes, webhooks
     return app
 
 
@@ -307,12 +312,14 @@ def banner(fakes: Fakes, control: str, seeded: int) -> str:
         " square.token",
         f"outage: curl -X POST {control}/down ... curl -X POST {control}/up;"
         f" curl -s {control}/state",
+        *serve_shopify.banner_lines(fakes, control),
         "Ctrl-C to stop.",
     ])
 
 
 async def serve(args: argparse.Namespace) -> int:
     fakes = Fakes(FakeShopify(), FakeStripe(), FakeSquare())
+    fakes.shopify.bulk.delay = args.bulk_delay  # type: ignore[attr-defined]
     seeded = fakes.seed(Path(args.catalogue)) if args.catalogue else 0
     runner = web.AppRunner(control_app(fakes), access_log=None)
     try:
@@ -350,6 +357,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--square-port", type=int, default=9300)
     parser.add_argument("--control-port", type=int, default=9099)
     parser.add_argument("--catalogue", help="a CSV to seed Shopify with (edged items import)")
+    parser.add_argument("--bulk-delay", type=float, default=0.5,
+                        help="seconds a bulk operation runs before it completes")
     args = parser.parse_args(argv)
     with contextlib.suppress(KeyboardInterrupt):
         return asyncio.run(serve(args))

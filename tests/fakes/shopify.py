@@ -758,6 +758,13 @@ class FakeShopify(FakeServer):
 
         self.default_location_id = self.add_location("Shop")
         self._root = self._root_value()
+        # hooks of the parts that live in modules of their own (tests/fakes/shopify_*.py)
+        self._route_hooks: list[Callable[[web.Application], None]] = []
+        self._view_hooks: dict[str, list[Callable[[Any], dict[str, Any]]]] = {}
+        self._listeners: list[Callable[[str, Any], None]] = []
+        from .shopify_extensions import install  # noqa: PLC0415  (they import this module)
+
+        install(self)
 
     # -- ids, seeding, reading ------------------------------------------------------------
 
@@ -848,6 +855,25 @@ class FakeShopify(FakeServer):
 
     def _setup_routes(self, app: web.Application) -> None:
         app.router.add_post("/admin/api/{version}/graphql.json", self._handle)
+        for hook in self._route_hooks:
+            hook(app)
+
+    def extend_root(self, fields: dict[str, Any]) -> None:
+        """Root fields served by an extension module."""
+        self._root.update(fields)
+
+    def extend_view(self, typename: str, extra: Callable[[Any], dict[str, Any]]) -> None:
+        """More fields on a view (``"Order"``), computed from its record."""
+        self._view_hooks.setdefault(typename, []).append(extra)
+
+    def listen(self, listener: Callable[[str, Any], None]) -> None:
+        """Called with ("inventory", AdjustmentGroup) and ("order", Order) when the daemon's
+        mutations apply (an extension sends the webhooks Shopify would)."""
+        self._listeners.append(listener)
+
+    def _emit(self, kind: str, record: Any) -> None:
+        for listener in self._listeners:
+            listener(kind, record)
 
     def fault_response(self, status: int) -> web.Response:
         rid = str(uuid.uuid4())
@@ -1068,10 +1094,13 @@ class FakeShopify(FakeServer):
         reverse: bool = False,
         **_ignored: Any,
     ) -> dict[str, Any]:
+        bulk = getattr(info.context, "bulk", False)  # a bulk operation reads it all
+        if bulk and first is None and last is None:
+            first = len(items)
         if first is None and last is None:
             raise _top("you must provide one of first or last", "BAD_REQUEST")
         for n in (first, last):
-            if n is not None and not 0 <= n <= MAX_PAGE:
+            if n is not None and not 0 <= n <= MAX_PAGE and not bulk:
                 raise _top(f"The page size must be between 0 and {MAX_PAGE}.", "BAD_REQUEST")
         ordered = sorted(items, key=key, reverse=reverse)
         keys = [key(x) for x in ordered]
@@ -1448,7 +1477,7 @@ class FakeShopify(FakeServer):
             return None if m is None else metafield_view(m)
 
         total = sum(float(ln.unit_price or 0) * ln.quantity for ln in o.lines)
-        return {
+        view = {
             "__typename": "Order",
             "id": o.id,
             "legacyResourceId": str(gid_number(o.id)),
@@ -1476,6 +1505,9 @@ class FakeShopify(FakeServer):
             "metafields": metafields,
             "metafield": metafield,
         }
+        for extra in self._view_hooks.get("Order", ()):
+            view.update(extra(o))
+        return view
 
     # -- mutations: idempotency -----------------------------------------------------------
 
@@ -1669,6 +1701,7 @@ class FakeShopify(FakeServer):
         self.adjustment_groups.append(group)
         if group.idempotency_key is not None:
             self.applied_by_key[group.idempotency_key] += 1
+        self._emit("inventory", group)
         return {"inventoryAdjustmentGroup": self._v_group(group), "userErrors": []}
 
     def _m_set(self, info: GraphQLResolveInfo[Any], input: dict[str, Any]) -> dict[str, Any]:
@@ -1888,6 +1921,7 @@ class FakeShopify(FakeServer):
             inventory_effects=effects,
         )
         self.orders.append(rec)
+        self._emit("order", rec)
         payload = {"order": self._v_order(rec), "userErrors": []}
         return payload
 
