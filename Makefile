@@ -27,15 +27,15 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 test: $(STAMP) lint
-	$(BIN)/python -m edged.errors_doc --check docs/errors.md
-	$(BIN)/python -m edged.states_doc --check docs/payment-states.md
+	$(BIN)/python -m edged.docgen.errors_doc --check docs/errors.md
+	$(BIN)/python -m edged.docgen.states_doc --check docs/payment-states.md
 	$(BIN)/pytest -q -p no:cacheprovider
 
 errors: $(STAMP)
-	$(BIN)/python -m edged.errors_doc docs/errors.md
+	$(BIN)/python -m edged.docgen.errors_doc docs/errors.md
 
 docs: errors
-	$(BIN)/python -m edged.states_doc docs/payment-states.md
+	$(BIN)/python -m edged.docgen.states_doc docs/payment-states.md
 
 bench: $(STAMP)
 	$(BIN)/python bench/api.py

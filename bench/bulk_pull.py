@@ -2,11 +2,11 @@
 and page by page, against the fake Shopify, side by side in one run.
 
 Both designs run the daemon's own code on a fresh SQLite file each (WAL, FULL, the store's
-writer thread): the bulk pull is ``edged.catalog_bulk.BulkCatalogue.pull``
+writer thread): the bulk pull is ``edged.inbound.catalog_bulk.BulkCatalogue.pull``
 (``bulkOperationRunQuery``, ``currentBulkOperation`` until it completes, the JSONL download,
-one transaction); the paged pull is ``sync.shopify_pull.pull_catalogue`` (the
+one transaction); the paged pull is ``sync.shopify_admin.pull.pull_catalogue`` (the
 ``productVariants`` pages of ``[shopify] catalogue_pull = "paged"``) applied with
-``edged.catalog_import.apply`` in one transaction, as ``sync_setup.pull_once`` does.
+``edged.stock.catalog_import.apply`` in one transaction, as ``sync_setup.pull_once`` does.
 
 Printed for each: GraphQL calls, the points Shopify's cost rules ask for them
 (``requestedQueryCost``, what the bucket must hold) and the points charged
@@ -43,15 +43,15 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from edged import catalog_import  # noqa: E402
-from edged.catalog_bulk import BulkCatalogue  # noqa: E402
 from edged.events import EventBus  # noqa: E402
+from edged.inbound.catalog_bulk import BulkCatalogue  # noqa: E402
+from edged.stock import catalog_import  # noqa: E402
 from edged.store import Database  # noqa: E402
-from sync.clock import SystemClock, utc_iso  # noqa: E402
-from sync.shopify_bulk import BulkRunner  # noqa: E402
-from sync.shopify_client import ShopifyClient, ShopifySettings  # noqa: E402
-from sync.shopify_pull import PAGE_SIZE, pull_catalogue  # noqa: E402
-from sync.shopify_reads import ShopifyReads  # noqa: E402
+from sync.core.clock import SystemClock, utc_iso  # noqa: E402
+from sync.shopify_admin.bulk import BulkRunner  # noqa: E402
+from sync.shopify_admin.client import ShopifyClient, ShopifySettings  # noqa: E402
+from sync.shopify_admin.pull import PAGE_SIZE, pull_catalogue  # noqa: E402
+from sync.shopify_admin.reads import ShopifyReads  # noqa: E402
 from tests.fakes.shopify import API_VERSION, FakeShopify, GraphQLCall  # noqa: E402
 
 RESTORE = 100.0

@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
-from edged import secrets
+from edged.store import secrets
 from tests.daemon_process import UNLIMITED_API, DaemonProcess
 from tests.fakes.base import FakeServer
 from tests.fakes.square import FakeSquare

@@ -44,7 +44,7 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from bench.drain import TimedShopify, catalogue_csv, new_token  # noqa: E402
-from edged import secrets  # noqa: E402
+from edged.store import secrets  # noqa: E402
 from tests.daemon_process import UNLIMITED_API, DaemonProcess  # noqa: E402
 from tests.fakes.shopify import API_VERSION  # noqa: E402
 from tests.fakes.stripe import FakeStripe  # noqa: E402

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 from edged import event_loop  # noqa: E402
 from edged.app import serve  # noqa: E402
 from edged.config import load, with_overrides  # noqa: E402
-from sync.clock import SystemClock  # noqa: E402
+from sync.core.clock import SystemClock  # noqa: E402
 
 
 class SteppedClock(SystemClock):

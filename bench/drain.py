@@ -57,7 +57,8 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from edged import secrets, tokens  # noqa: E402
+from edged.lan import tokens  # noqa: E402
+from edged.store import secrets
 from edged.store.database import open_sync  # noqa: E402
 from tests.daemon_process import UNLIMITED_API, DaemonProcess  # noqa: E402
 from tests.fakes.shopify import API_VERSION, FakeShopify, SeededVariant  # noqa: E402

@@ -43,19 +43,20 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from edged import catalog_import, retention, storage  # noqa: E402
 from edged.config import Config, ShopifyConfig, StoreConfig  # noqa: E402
 from edged.events import EventBus  # noqa: E402
-from edged.idempotency import IdemRecord  # noqa: E402
-from edged.inventory import InventoryService, ItemRef, OrderLine, StockChange  # noqa: E402
-from edged.payments import NewPayment, PaymentService  # noqa: E402
+from edged.lanes.terminals import TerminalManager  # noqa: E402
+from edged.payments.service import NewPayment, PaymentService  # noqa: E402
+from edged.stock import catalog_import
+from edged.stock.inventory import InventoryService, ItemRef, OrderLine, StockChange  # noqa: E402
 from edged.store import Database  # noqa: E402
-from edged.sync_hooks import StoreHooks  # noqa: E402
-from edged.terminals import TerminalManager  # noqa: E402
-from sync.clock import utc_iso  # noqa: E402
-from sync.gateway import OutboxRow, WorkResult  # noqa: E402
-from sync.outbox import OutboxStore  # noqa: E402
-from sync.shopify_inventory import plan_inventory  # noqa: E402
+from edged.store.idempotency import IdemRecord  # noqa: E402
+from edged.upkeep import retention, storage  # noqa: E402
+from edged.upstream.sync_hooks import StoreHooks  # noqa: E402
+from sync.core.clock import utc_iso  # noqa: E402
+from sync.core.gateway import OutboxRow, WorkResult  # noqa: E402
+from sync.core.outbox import OutboxStore  # noqa: E402
+from sync.shopify_admin.inventory import plan_inventory  # noqa: E402
 from tests.clock import ManualClock  # noqa: E402
 
 SKUS = 500

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from sync.clock import Clock
+from sync.core.clock import Clock
 
 
 @dataclass(frozen=True, slots=True)

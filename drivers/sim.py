@@ -24,7 +24,7 @@ from drivers.base import (
     TransactionRequest,
     TransactionResult,
 )
-from sync.clock import Clock, SystemClock
+from sync.core.clock import Clock, SystemClock
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,6 @@ from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
 
-from edged import audit, manager, status_metrics, sync_setup, systemd_notify
 from edged.api import page
 from edged.api.http import (
     DRAINING,
@@ -34,26 +33,28 @@ from edged.api.server import (
 from edged.api.stream_registry import StreamRegistry
 from edged.config import Config
 from edged.events import EventBus
-from edged.inventory import InventoryService
-from edged.metrics import Metrics
-from edged.payments import PaymentService
-from edged.pickups import PickupService
+from edged.inbound.pickups import PickupService
+from edged.lan.token_cache import PrincipalCache, stamp_path
+from edged.lanes.terminals import TerminalManager
+from edged.ops import manager, status_metrics, systemd_notify
+from edged.ops.metrics import Metrics
+from edged.payments.service import PaymentService
 from edged.services import Services
-from edged.store import Database
-from edged.sync_hooks import StoreHooks
-from edged.terminals import TerminalManager
-from edged.token_cache import PrincipalCache, stamp_path
-from edged.upkeep import Upkeep, replica_credentials
+from edged.stock.inventory import InventoryService
+from edged.store import Database, audit
+from edged.upkeep.tasks import Upkeep, replica_credentials
+from edged.upstream import sync_setup
+from edged.upstream.sync_hooks import StoreHooks
 
 if TYPE_CHECKING:
-    from edged.discovery import Advertiser
-    from edged.shopify_inbound import ShopifyInbound
-    from edged.tls import CertKeeper
-from sync import outbox
-from sync.clock import Clock, SystemClock
-from sync.outbox import OutboxStore
+    from edged.inbound.service import ShopifyInbound
+    from edged.lan.discovery import Advertiser
+    from edged.lan.tls import CertKeeper
+from sync.core import outbox
+from sync.core.clock import Clock, SystemClock
+from sync.core.outbox import OutboxStore
+from sync.core.supervisor import TaskState
 from sync.sdk_clients import preload
-from sync.supervisor import TaskState
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +128,7 @@ class Daemon:
         self.port = 0
         self.tls: CertKeeper | None = None
         if self.cfg.api.tls:
-            from edged.tls import CertKeeper  # noqa: PLC0415  (cryptography's x509 only for TLS)
+            from edged.lan.tls import CertKeeper  # noqa: PLC0415  (cryptography's x509 only for TLS)
 
             self.tls = CertKeeper(self.cfg, self.clock)
         self._tasks: list[asyncio.Task[None]] = []
@@ -138,11 +139,11 @@ class Daemon:
         worker = self.sync.engine.workers.get("shopify") if self.sync is not None else None
         if worker is None:
             return None
-        from edged import shopify_inbound  # noqa: PLC0415  (only with [shopify])
-        from sync.shopify import ShopifyGateway  # noqa: PLC0415
+        from edged.inbound import service as inbound  # noqa: PLC0415  (only with [shopify])
+        from sync.shopify_admin.gateway import ShopifyGateway  # noqa: PLC0415
 
         assert isinstance(worker.gateway, ShopifyGateway)
-        return shopify_inbound.build(self.cfg, self.db, self.bus, self.clock, worker.gateway,
+        return inbound.build(self.cfg, self.db, self.bus, self.clock, worker.gateway,
                                      worker.breaker)
 
     @property
@@ -175,9 +176,9 @@ class Daemon:
             await sync_setup.start(self.sync, self.cfg, self.db, self.bus, self.clock,
                                    self.payments.tokens.store_pending)
             if self.shopify is not None:
-                from edged import shopify_inbound  # noqa: PLC0415  (only with [shopify])
+                from edged.inbound import service as inbound  # noqa: PLC0415  (only with [shopify])
 
-                await shopify_inbound.start(self.shopify, self.sync.engine.supervisor.start)
+                await inbound.start(self.shopify, self.sync.engine.supervisor.start)
             # token payments: the bounded wait for the processor, the offline maximum age
             self._tasks.append(asyncio.create_task(self.payments.tokens.run_deadlines(),
                                                    name="token-deadlines"))
@@ -205,7 +206,7 @@ class Daemon:
         if self.cfg.stripe is not None or self.cfg.square is not None:
             self._tasks.append(asyncio.create_task(self._preload_sdks(), name="sdk-preload"))
         if self.cfg.advertise:
-            from edged.discovery import announce  # noqa: PLC0415  (zeroconf only when used)
+            from edged.lan.discovery import announce  # noqa: PLC0415  (zeroconf only when used)
 
             self.advertiser = await announce(self.cfg, self.port, self.tls)
 

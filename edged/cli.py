@@ -12,10 +12,15 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from edged import audit, event_loop, lan_cli, shopify_cli, tokens, upkeep_cli
+from edged import event_loop
 from edged.config import Config, load, with_overrides
 from edged.errors import ConfigError, TlsError
+from edged.inbound import cli as shopify_cli
+from edged.lan import cli as lan_cli
+from edged.lan import tokens
+from edged.store import audit
 from edged.store.database import open_sync
+from edged.upkeep import cli as upkeep_cli
 
 T = TypeVar("T")
 
@@ -124,7 +129,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         cfg = _config(args)
         logging.basicConfig(level=cfg.log_level,
                             format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-        from edged import log_redaction  # noqa: PLC0415
+        from edged.ops import log_redaction  # noqa: PLC0415
 
         log_redaction.install()  # no token, session id or pairing code in any line
         # httpx (the squareup SDK's client) logs every request at INFO: a cloud lane's
@@ -137,7 +142,7 @@ def _dispatch(args: argparse.Namespace) -> int:
               f" destinations: {', '.join(cfg.destinations) or 'none'}")
         return 0
     if args.command == "items":
-        from edged import catalog_import  # noqa: PLC0415  (only this command reads a catalogue)
+        from edged.stock import catalog_import  # noqa: PLC0415  (only this command reads a catalogue)
 
         path = Path(args.file)
         try:
@@ -150,7 +155,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         print(f"imported {count} items from {path}")
         return 0
     if args.command == "secret":
-        from edged import secrets  # noqa: PLC0415  (cryptography only when needed)
+        from edged.store import secrets  # noqa: PLC0415  (cryptography only when needed)
 
         try:
             if args.action == "rotate-key":
@@ -186,7 +191,7 @@ def _audit_verify(args: argparse.Namespace) -> int:
             print("edged: --expect-head must be SEQ:HASH as the journal prints it (or the 64"
                   " hex digits of HASH)", file=sys.stderr)
             return 2
-    from edged.archive import archive_path  # noqa: PLC0415  (only for this command)
+    from edged.upkeep.archive import archive_path  # noqa: PLC0415  (only for this command)
 
     conn = open_sync(_db_path(args))
     archived = archive_path(_db_path(args).parent)  # what `edged archive` moved out
@@ -252,7 +257,7 @@ def _report(args: argparse.Namespace) -> int:
     import json  # noqa: PLC0415
     from datetime import UTC, datetime  # noqa: PLC0415
 
-    from edged import reports  # noqa: PLC0415
+    from edged.ops import reports  # noqa: PLC0415
 
     cfg = _config(args)
     zone = cfg.manager.timezone
@@ -280,7 +285,7 @@ def _report(args: argparse.Namespace) -> int:
 
 async def _serve(cfg: Config) -> int:
     from edged.app import serve  # noqa: PLC0415  (keeps `edged token` light)
-    from edged.audit_key import AuditKeyError  # noqa: PLC0415
+    from edged.store.audit_key import AuditKeyError  # noqa: PLC0415
 
     try:
         return await serve(cfg)

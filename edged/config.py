@@ -16,14 +16,9 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from edged.errors import ConfigError
-from edged.money import is_known_currency
-from edged.upkeep_config import (
-    BackupConfig,
-    ReplicaConfig,
-    RetentionConfig,
-    StorageConfig,
-)
-from edged.upkeep_config import parse as parse_upkeep
+from edged.payments.money import is_known_currency
+from edged.upkeep.config import BackupConfig, ReplicaConfig, RetentionConfig, StorageConfig
+from edged.upkeep.config import parse as parse_upkeep
 
 T = TypeVar("T")
 
@@ -160,7 +155,7 @@ class ManagerConfig:
 
 @dataclass(frozen=True, slots=True)
 class AlertsConfig:
-    """When a condition becomes an ``alert`` event (see edged/alerts.py)."""
+    """When a condition becomes an ``alert`` event (see edged/ops/alerts.py)."""
 
     check_seconds: float = 5.0
     oldest_pending_minutes: float = 60.0
@@ -509,7 +504,7 @@ def _manager_alerts(root: _Table) -> tuple[ManagerConfig, AlertsConfig]:
 
 
 def _check_terminals(cfg: Config) -> None:
-    from edged.terminal_factory import validate_options  # noqa: PLC0415  (avoids a cycle)
+    from edged.lanes.factory import validate_options  # noqa: PLC0415  (avoids a cycle)
 
     for i, term in enumerate(cfg.terminals):
         problem = validate_options(term, cfg)

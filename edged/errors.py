@@ -2,7 +2,7 @@
 
 Codes are grouped (DESIGN §6): 1xxx request, 2xxx payments, 3xxx terminals, 4xxx inventory
 and orders, 5xxx security, 6xxx integrations. ``docs/errors.md`` is generated from
-:data:`CODES` by ``python -m edged.errors_doc`` and checked by ``make test``.
+:data:`CODES` by ``python -m edged.docgen.errors_doc`` and checked by ``make test``.
 """
 
 from __future__ import annotations
@@ -201,7 +201,7 @@ class ApiError(EdgedError):
 
 
 class TlsError(EdgedError):
-    """The certificate or its key cannot be made or read (here, not in :mod:`edged.tls`,
+    """The certificate or its key cannot be made or read (here, not in :mod:`edged.lan.tls`,
     so that catching it does not load cryptography's x509 on a daemon without TLS)."""
 
 

@@ -7,27 +7,27 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edged import tokens
 from edged.api.ratelimit import ClientBuckets
 from edged.api.stream_registry import StreamRegistry
 from edged.config import Config
 from edged.events import EventBus
-from edged.idempotency import KeyLocks
-from edged.inventory import InventoryService
-from edged.manager import ManagerParts
-from edged.metrics import Metrics
-from edged.pairing import PairingGuard
-from edged.payments import PaymentService
-from edged.pickups import PickupService
+from edged.inbound.pickups import PickupService
+from edged.lan import tokens
+from edged.lan.pairing import PairingGuard
+from edged.lan.token_cache import PrincipalCache
+from edged.lanes.terminals import TerminalManager
+from edged.ops.manager import ManagerParts
+from edged.ops.metrics import Metrics
+from edged.payments.service import PaymentService
+from edged.stock.inventory import InventoryService
 from edged.store import Database
-from edged.terminals import TerminalManager
-from edged.token_cache import PrincipalCache
-from edged.upkeep import Upkeep
-from sync.clock import Clock
-from sync.outbox import OutboxStore
+from edged.store.idempotency import KeyLocks
+from edged.upkeep.tasks import Upkeep
+from sync.core.clock import Clock
+from sync.core.outbox import OutboxStore
 
 if TYPE_CHECKING:
-    from edged.shopify_inbound import ShopifyInbound
+    from edged.inbound.service import ShopifyInbound
 
 SyncStatus = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -71,7 +71,7 @@ class Services:
     async def principal(self, token: str) -> tokens.Principal | None:
         """The token's owner; a token revoked by any process fails on its next call.
 
-        Kept in memory once read (:mod:`edged.token_cache`: the revocation stamp is read on
+        Kept in memory once read (:mod:`edged.lan.token_cache`: the revocation stamp is read on
         every call instead of the table). The last use is written at most once a minute per
         token.
         """

@@ -1,9 +1,10 @@
 """One call through a processor's SDK, its failure sorted the same way for every caller.
 
-The outbox gateways (``sync.stripe``, ``sync.square``) and the Terminal clients of the
-cloud lanes (``sync.stripe_terminal``, ``sync.square_terminal``) make their calls through
-:func:`stripe_call` and :func:`square_call`, so that a failure means the same thing
-whichever part of the daemon asked:
+The outbox gateways (``sync.stripe_api.gateway``, ``sync.square_api.gateway``) and the
+Terminal clients of the cloud lanes (``sync.stripe_api.terminal``,
+``sync.square_api.terminal``) make their calls through :func:`stripe_call` and
+:func:`square_call`, so that a failure means the same thing whichever part of the daemon
+asked:
 
 - 429 → the bucket backs off (``Retry-After``) and :class:`Throttled`;
 - a refused key or token (401/403) → :class:`CredentialsRequired` ``ERR-6072``;
@@ -25,9 +26,9 @@ from dataclasses import dataclass
 from enum import Enum
 from typing import Any, TypeVar
 
-from sync.clock import Clock
-from sync.errors import CredentialsRequired, OutcomeUnknown, Throttled, TransientError
-from sync.limiter import TokenBucket, header, retry_after_seconds
+from sync.core.clock import Clock
+from sync.core.errors import CredentialsRequired, OutcomeUnknown, Throttled, TransientError
+from sync.core.limiter import TokenBucket, header, retry_after_seconds
 
 T = TypeVar("T")
 

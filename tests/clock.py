@@ -7,7 +7,7 @@ from datetime import UTC, datetime, timedelta
 
 
 class ManualClock:
-    """Implements ``sync.clock.Clock``; ``advance`` moves time and wakes sleepers."""
+    """Implements ``sync.core.clock.Clock``; ``advance`` moves time and wakes sleepers."""
 
     def __init__(self, start: datetime | None = None) -> None:
         self._mono = 1000.0

@@ -12,10 +12,10 @@ from typing import Any
 
 import aiohttp
 
-from edged import tokens
 from edged.app import Daemon
 from edged.config import ApiConfig, Config, ShopifyConfig, StoreConfig, TerminalConfig
-from sync.clock import Clock, SystemClock
+from edged.lan import tokens
+from sync.core.clock import Clock, SystemClock
 
 
 def make_config(data_dir: Path, *, sim: dict[str, Any] | None = None,
@@ -119,7 +119,7 @@ MUG-1,4006381333948,Mug,1200,gid://shopify/ProductVariant/1002,gid://shopify/Inv
 
 
 def seed_catalogue(db_path: Path, csv_text: str = CATALOGUE_CSV) -> None:
-    from edged import catalog_import
+    from edged.stock import catalog_import
     from edged.store.database import open_sync
 
     src = db_path.parent / "catalogue.csv"

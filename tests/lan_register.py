@@ -121,7 +121,7 @@ async def _pay(url: str, fp: str, token: str, seconds: float,
 
 
 async def _find(store: str, timeout: float) -> dict[str, Any]:
-    from edged.discovery import discover
+    from edged.lan.discovery import discover
 
     for found in await discover(timeout):
         if found.store == store:

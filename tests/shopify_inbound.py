@@ -12,10 +12,10 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, TypeVar
 
-from edged import secrets
 from edged.config import Config, ShopifyConfig, SyncConfig
-from sync.clock import SystemClock
-from sync.money import decimal_to_minor
+from edged.store import secrets
+from sync.core.clock import SystemClock
+from sync.core.money import decimal_to_minor
 from tests.fakes.shopify import API_VERSION, FakeShopify, SeededVariant
 from tests.helpers import Api, make_config, seed_catalogue
 

@@ -14,12 +14,12 @@ from typing import Any
 import aiohttp
 import pytest
 
-from edged import tokens
 from edged.app import Daemon
 from edged.config import AlertsConfig, Config, OfflineConfig, TerminalConfig
 from edged.events import Subscription
-from sync import outbox
-from sync.contract import InventoryAdjust
+from edged.lan import tokens
+from sync.core import outbox
+from sync.core.contract import InventoryAdjust
 from tests.clock import ManualClock
 from tests.helpers import Api, make_config
 
@@ -180,7 +180,7 @@ async def test_offline_cap_age_forward_declined_and_refund_unknown(setup: Setup)
 
 
 async def test_cleared_alerts_are_kept_for_keep_days(setup: Setup) -> None:
-    """Cleared alerts go with the retention pass (edged.retention) after keep_days."""
+    """Cleared alerts go with the retention pass (edged.upkeep.retention) after keep_days."""
     s = setup
     retention = s.api.daemon.upkeep.retention
     _payment(s, "pay_u", "unknown", 100, "2026-11-26T11:00:00.000Z")

@@ -6,6 +6,7 @@ import logging
 from typing import Any
 
 import pytest
+
 from tests.helpers import Api
 
 PAY = "/v1/payments"
@@ -90,8 +91,8 @@ async def test_auth_is_required(api: Api, headers: dict[str, str], status: int,
 async def test_a_token_revoked_by_another_process_fails_on_its_next_call(api: Api) -> None:
     import sqlite3
 
-    from edged.token_cache import announce_revocation
-    from edged.tokens import hash_token
+    from edged.lan.token_cache import announce_revocation
+    from edged.lan.tokens import hash_token
 
     status, _ = await api.get("/v1/payments")
     assert status == 200
@@ -145,8 +146,8 @@ async def test_unknown_payment(api: Api) -> None:
 async def test_every_code_in_answers_is_in_the_generated_table(api: Api) -> None:
     from pathlib import Path
 
+    from edged.docgen.errors_doc import render
     from edged.errors import CODES
-    from edged.errors_doc import render
 
     table = (Path(__file__).parent.parent / "docs" / "errors.md").read_text()
     assert table == render()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 from tests.helpers import Api, make_config, running
 

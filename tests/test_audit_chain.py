@@ -17,7 +17,7 @@ import sqlite3
 import stat
 from pathlib import Path
 
-from edged import audit
+from edged.store import audit
 from edged.store.database import open_sync
 from tests.daemon_process import DaemonProcess, run_cli
 

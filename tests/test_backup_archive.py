@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from edged import archive, backup
 from edged.store.database import connect
-from edged.upkeep_config import BackupConfig
+from edged.upkeep import archive, backup
+from edged.upkeep.config import BackupConfig
 from tests.clock import ManualClock
 from tests.daemon_process import UNLIMITED_API, DaemonProcess, create_tokens, run_cli
 from tests.helpers import make_config, running
@@ -121,8 +121,8 @@ async def test_the_daily_copy_runs_at_its_time_and_keeps_the_last_ones(tmp_path:
 
 def _payment(conn: sqlite3.Connection, pid: str, state: str, when: datetime,
              order: str | None = None) -> None:
-    from edged import audit  # noqa: PLC0415
-    from sync.clock import utc_iso  # noqa: PLC0415
+    from edged.store import audit  # noqa: PLC0415
+    from sync.core.clock import utc_iso  # noqa: PLC0415
 
     stamp = utc_iso(when)
     if order is not None:

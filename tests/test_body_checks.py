@@ -8,8 +8,8 @@ import random
 
 import pytest
 
-from edged.cardnumbers import MAX_DEPTH, inspect, plain, text_has_pan
-from edged.idempotency import KeyLocks
+from edged.payments.cardnumbers import MAX_DEPTH, inspect, plain, text_has_pan
+from edged.store.idempotency import KeyLocks
 
 PAN = "4111111111111111"
 

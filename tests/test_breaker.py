@@ -6,12 +6,8 @@ import pickle
 
 import pytest
 
-from sync.breaker import (
-    BreakerSettings,
-    BreakerState,
-    CircuitBreaker,
-)
-from sync.errors import (
+from sync.core.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from sync.core.errors import (
     BreakerOpen,
     OutcomeUnknown,
     PermanentError,

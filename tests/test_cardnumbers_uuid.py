@@ -9,7 +9,7 @@ from __future__ import annotations
 import random
 import uuid
 
-from edged.cardnumbers import contains_pan, text_has_pan
+from edged.payments.cardnumbers import contains_pan, text_has_pan
 
 PAN_LIKE = "4111111111111111"
 

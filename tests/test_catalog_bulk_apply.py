@@ -10,11 +10,12 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from edged import catalog_import, records
-from edged.catalog_bulk import apply_bulk
+from edged.inbound.catalog_bulk import apply_bulk
+from edged.stock import catalog_import
+from edged.store import records
 from edged.store.database import open_sync
-from sync.shopify_bulk import BulkVariant
-from sync.shopify_pull import CatalogueEntry
+from sync.shopify_admin.bulk import BulkVariant
+from sync.shopify_admin.pull import CatalogueEntry
 
 T0 = "2026-12-01T10:00:00.000Z"
 ACKED = "2026-12-01T10:05:00.000Z"

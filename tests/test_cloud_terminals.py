@@ -22,9 +22,10 @@ from typing import Any, TypeVar, cast
 import aiohttp
 import pytest
 
-from edged import secrets, tokens
 from edged.app import Daemon
 from edged.config import Config, OfflineConfig, ProcessorConfig, SyncConfig, TerminalConfig
+from edged.lan import tokens
+from edged.store import secrets
 from edged.store.database import open_sync
 from tests.daemon_process import UNLIMITED_API, DaemonProcess
 from tests.fakes.square import FakeSquare

@@ -107,7 +107,7 @@ def test_items_import_json(tmp_path: Path) -> None:
     src.write_text('[{"sku": "B", "barcode": "99", "title": "Bread", "price": 250,'
                    ' "variant_id": "gid://shopify/ProductVariant/7", "inventory_item_id": 8,'
                    ' "quantity": 3}]')
-    from edged import catalog_import
+    from edged.stock import catalog_import
 
     rows = catalog_import.parse(src)
     assert rows[0].variant_id == "gid://shopify/ProductVariant/7"

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from edged.store import Database
-from sync import outbox
-from sync.contract import (
+from sync.core import outbox
+from sync.core.contract import (
     PAYLOADS,
     ContractError,
     InventoryAdjust,

@@ -17,9 +17,10 @@ import aiohttp
 from zeroconf import ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
-from edged import __version__, discovery, tls, tokens
+from edged import __version__
 from edged.app import Daemon
 from edged.config import Config, DiscoveryConfig
+from edged.lan import discovery, tls, tokens
 from tests.clock import ManualClock
 from tests.daemon_process import DaemonProcess, run_cli, write_config
 from tests.helpers import make_config

@@ -19,8 +19,8 @@ from typing import Any
 
 import pytest
 
-from edged import secrets
 from edged.config import Config, ProcessorConfig, SyncConfig
+from edged.store import secrets
 from tests.fakes.square import FakeSquare
 from tests.helpers import Api, make_config, running
 

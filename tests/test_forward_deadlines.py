@@ -20,12 +20,12 @@ import pytest
 from edged.config import OfflineConfig, ProcessorConfig
 from edged.errors import CODES
 from edged.events import EventBus
-from edged.idempotency import IdemRecord
+from edged.payments.token_payments import TokenPayments
 from edged.store import Database
-from edged.sync_hooks import StoreHooks, job_discarded
-from edged.token_payments import TokenPayments
-from sync.gateway import OutboxRow, Work, WorkResult
-from sync.outbox import JobStateError, OutboxStore
+from edged.store.idempotency import IdemRecord
+from edged.upstream.sync_hooks import StoreHooks, job_discarded
+from sync.core.gateway import OutboxRow, Work, WorkResult
+from sync.core.outbox import JobStateError, OutboxStore
 from tests.clock import ManualClock
 from tests.helpers import make_config
 

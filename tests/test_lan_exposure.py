@@ -24,8 +24,8 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from edged import tokens
-from edged.tls import box_addresses
+from edged.lan import tokens
+from edged.lan.tls import box_addresses
 from tests.daemon_process import DaemonProcess, run_cli
 from tests.helpers import make_config, running
 

@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from sync.errors import PermanentError
-from sync.limiter import (
+from sync.core.errors import PermanentError
+from sync.core.limiter import (
     CostBucketSettings,
     ShopifyCostBucket,
     ThrottleStatus,

@@ -14,7 +14,7 @@ import logging
 import socket
 from pathlib import Path
 
-from edged.log_redaction import RedactingFilter
+from edged.ops.log_redaction import RedactingFilter
 from tests.daemon_process import DaemonProcess, create_tokens, write_config
 
 

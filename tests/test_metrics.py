@@ -9,8 +9,8 @@ from pathlib import Path
 
 import yaml
 
-from sync import outbox
-from sync.contract import InventoryAdjust
+from sync.core import outbox
+from sync.core.contract import InventoryAdjust
 from tests.helpers import Api, make_config, running
 from tests.tools import need
 

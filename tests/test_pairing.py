@@ -21,8 +21,8 @@ from typing import Any
 import aiohttp
 import pytest
 
-from edged import pairing, tokens
 from edged.app import Daemon
+from edged.lan import pairing, tokens
 from edged.store.database import open_sync
 from tests.clock import ManualClock
 from tests.daemon_process import DaemonProcess, run_cli, write_config
@@ -296,7 +296,7 @@ async def test_the_losers_of_a_race_for_one_valid_code_are_not_wrong_codes(box: 
 async def test_a_proof_whose_hex_holds_a_card_like_run_still_pairs(box: Box) -> None:
     """About one proof in a hundred holds 13+ digits in a row that pass Luhn; the card guard
     takes 64 hex digits for the digest they are (it refused them: ERR-1010)."""
-    from edged.cardnumbers import text_has_pan
+    from edged.payments.cardnumbers import text_has_pan
 
     now = box.clock.now()
 

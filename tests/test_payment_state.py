@@ -16,7 +16,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from edged.api import models
-from edged.payment_state import (
+from edged.docgen.states_doc import render
+from edged.payments.states import (
     ANSWERED,
     INITIAL_PAYMENT_STATES,
     MAY_CHANGE_UPSTREAM,
@@ -32,7 +33,6 @@ from edged.payment_state import (
     move_refund,
     payment_move_allowed,
 )
-from edged.states_doc import render
 from edged.store.database import open_sync
 
 P = PaymentState
@@ -267,8 +267,8 @@ def test_token_payment_writers_keep_the_promises(
     doubt), the link going down and a manager's resolve, through the real writers: a
     settled payment never moves, only a manager or the processor leaves unknown, and
     nothing that may have been charged becomes failed."""
-    from edged.sync_hooks import StoreHooks
-    from sync.gateway import OutboxRow, RowFailure
+    from edged.upstream.sync_hooks import StoreHooks
+    from sync.core.gateway import OutboxRow, RowFailure
     from tests.clock import ManualClock
 
     hooks = StoreHooks(ManualClock())

@@ -11,16 +11,16 @@ from pathlib import Path
 import pytest
 
 from edged.store import Database
-from sync.breaker import BreakerState
-from sync.errors import (
+from sync.core.breaker import BreakerState
+from sync.core.errors import (
     CredentialsRequired,
     OutcomeUnknown,
     PermanentError,
     Throttled,
     TransientError,
 )
-from sync.gateway import PartialWork, Work, WorkResult
-from sync.policy import BreakerOutcome, RowAction, judge
+from sync.core.gateway import PartialWork, Work, WorkResult
+from sync.core.policy import BreakerOutcome, RowAction, judge
 from tests.clock import ManualClock
 from tests.test_sync_engine import ScriptedGateway, _engine, _enqueue, _states, _until
 
@@ -72,7 +72,7 @@ async def test_a_gateway_defect_is_logged_retried_later_and_the_worker_goes_on(
     gateway = ScriptedGateway()
     gateway.failures = [KeyError("payload")]  # once only: not quick-retried in the claim
     engine, breaker = _engine(db, clock, gateway)
-    with caplog.at_level(logging.ERROR, logger="sync.engine"):
+    with caplog.at_level(logging.ERROR, logger="sync.core.engine"):
         await engine.start()
         await _until(lambda: _states(db.path) == {"done": 1}, clock)
         await engine.stop()

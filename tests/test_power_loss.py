@@ -244,7 +244,7 @@ def test_files_written_outside_sqlite_survive_a_cut_right_after_the_command(
                             ).fetchone()[0]
     finally:
         conn.close()
-    from edged.secrets import SecretStore  # noqa: PLC0415
+    from edged.store.secrets import SecretStore  # noqa: PLC0415
 
     key = SecretStore.load_key(data, env={})
     assert SecretStore(key).open("stripe.key", bytes(blob)) == "sk_test_123"

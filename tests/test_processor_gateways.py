@@ -15,16 +15,16 @@ import pytest
 import stripe
 from square import AsyncSquare
 
-from sync.errors import (
+from sync.core.errors import (
     OutcomeUnknown,
     PermanentError,
     RefusedInDoubt,
     Throttled,
     TransientError,
 )
-from sync.gateway import OutboxRow, RowFailure, Work, WorkResult
-from sync.square import SquareGateway, SquareSettings, square_key
-from sync.stripe import StripeGateway, StripeSettings
+from sync.core.gateway import OutboxRow, RowFailure, Work, WorkResult
+from sync.square_api.gateway import SquareGateway, SquareSettings, square_key
+from sync.stripe_api.gateway import StripeGateway, StripeSettings
 from tests.clock import ManualClock
 from tests.fakes.square import FakeSquare
 from tests.fakes.stripe import FakeStripe

@@ -17,11 +17,11 @@ from typing import Any
 import aiohttp
 import pytest
 
-from edged import tokens
 from edged.app import Daemon
 from edged.config import ManagerConfig
-from sync import outbox
-from sync.contract import InventoryAdjust
+from edged.lan import tokens
+from sync.core import outbox
+from sync.core.contract import InventoryAdjust
 from tests.clock import ManualClock
 from tests.helpers import Api, make_config
 

@@ -18,11 +18,11 @@ from pathlib import Path
 
 import pytest
 
-from edged import retention, storage
 from edged.config import ConfigError, load
 from edged.store import Database
-from edged.upkeep_config import RetentionConfig, StorageConfig
-from sync.clock import utc_iso
+from edged.upkeep import retention, storage
+from edged.upkeep.config import RetentionConfig, StorageConfig
+from sync.core.clock import utc_iso
 from tests.clock import ManualClock
 from tests.helpers import Api, make_config, running
 

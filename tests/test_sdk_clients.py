@@ -11,13 +11,13 @@ from sync.sdk_clients import StripeSdk
 
 PROBE = textwrap.dedent("""
     import asyncio, json, sys
-    from sync.breaker import BreakerSettings, CircuitBreaker
-    from sync.clock import SystemClock
-    from sync.limiter import TokenBucket, TokenBucketSettings
-    from sync.square import SquareGateway, SquareSettings
-    from sync.square_terminal import SquareTerminalClient, SquareTerminalSettings
-    from sync.stripe import StripeGateway, StripeSettings
-    from sync.stripe_terminal import StripeTerminalClient, StripeTerminalSettings
+    from sync.core.breaker import BreakerSettings, CircuitBreaker
+    from sync.core.clock import SystemClock
+    from sync.core.limiter import TokenBucket, TokenBucketSettings
+    from sync.square_api.gateway import SquareGateway, SquareSettings
+    from sync.square_api.terminal import SquareTerminalClient, SquareTerminalSettings
+    from sync.stripe_api.gateway import StripeGateway, StripeSettings
+    from sync.stripe_api.terminal import StripeTerminalClient, StripeTerminalSettings
     from sync.sdk_clients import preload
 
     def loaded():

@@ -13,9 +13,10 @@ from pathlib import Path
 
 import pytest
 
-from edged import audit
 from edged.errors import EdgedError
-from edged.secrets import (
+from edged.store import audit
+from edged.store.database import open_sync
+from edged.store.secrets import (
     ALLOWED_NAMES,
     KeyFileInsecure,
     Secret,
@@ -25,7 +26,6 @@ from edged.secrets import (
     UnknownSecretName,
     cli_set,
 )
-from edged.store.database import open_sync
 
 VALUE = "shpat_0123456789abcdefFEDCBA9876543210"
 NO_CREDS: dict[str, str] = {}

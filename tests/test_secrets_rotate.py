@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edged import secrets
+from edged.store import secrets
 from edged.store.database import open_sync
 from tests.daemon_process import run_cli
 

@@ -15,9 +15,9 @@ from typing import Any
 import aiohttp
 import pytest
 
-from edged import pairing, tokens
 from edged.app import Daemon
 from edged.config import ManagerConfig
+from edged.lan import pairing, tokens
 from tests.clock import ManualClock
 from tests.helpers import Api, make_config
 from tests.lan_register import pair_body

@@ -18,7 +18,7 @@ from typing import Any
 import pytest
 from graphql import GraphQLSchema
 
-from edged import catalog_bulk
+from edged.inbound import catalog_bulk
 from tests.clock import ManualClock
 from tests.fakes.shopify import FakeShopify, load_admin_schema
 from tests.fakes.shopify_bulk_ops import BulkOperation

@@ -18,8 +18,8 @@ import pytest
 from graphql import GraphQLSchema, parse
 from graphql.utilities import get_operation_ast
 
-from sync.shopify_orders import FIND_ORDER_COST, FIND_ORDER_DOCUMENT
-from sync.shopify_pull import PAGE_SIZE, PULL_DOCUMENT, pull_cost
+from sync.shopify_admin.orders import FIND_ORDER_COST, FIND_ORDER_DOCUMENT
+from sync.shopify_admin.pull import PAGE_SIZE, PULL_DOCUMENT, pull_cost
 from tests.fakes.shopify import FakeShopify, load_admin_schema
 from tests.fakes.shopify_cost import actual_cost, requested_cost
 

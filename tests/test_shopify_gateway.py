@@ -20,11 +20,11 @@ from typing import Any
 import pytest
 from graphql import GraphQLSchema
 
-from sync.clock import utc_iso
-from sync.errors import HoldRow, OutcomeUnknown, PermanentError, Throttled, TransientError
-from sync.gateway import OutboxRow, PartialWork, Work
-from sync.limiter import ThrottleStatus
-from sync.shopify import (
+from sync.core.clock import utc_iso
+from sync.core.errors import HoldRow, OutcomeUnknown, PermanentError, Throttled, TransientError
+from sync.core.gateway import OutboxRow, PartialWork, Work
+from sync.core.limiter import ThrottleStatus
+from sync.shopify_admin.gateway import (
     BATCH_FORMAT,
     MAX_BATCH,
     MUTATIONS_PER_CALL,
@@ -34,8 +34,8 @@ from sync.shopify import (
     minor_to_decimal,
     order_search_query,
 )
-from sync.shopify_orders import FIND_ORDER_COST
-from sync.shopify_pull import PAGE_SIZE, CataloguePull, pull_catalogue, pull_cost
+from sync.shopify_admin.orders import FIND_ORDER_COST
+from sync.shopify_admin.pull import PAGE_SIZE, CataloguePull, pull_catalogue, pull_cost
 from tests.clock import ManualClock
 from tests.fakes.shopify import API_VERSION, FakeShopify, load_admin_schema
 

@@ -20,9 +20,12 @@ from typing import Any
 import pytest
 from graphql import GraphQLSchema
 
-from sync import shopify_bulk, shopify_pickup, shopify_reads, shopify_subscriptions
-from sync.shopify_client import MAX_QUERY_COST, ShopifyClient, ShopifySettings
-from sync.shopify_webhooks import TOPICS, verify
+from sync.shopify_admin import bulk as shopify_bulk
+from sync.shopify_admin import pickup as shopify_pickup
+from sync.shopify_admin import reads as shopify_reads
+from sync.shopify_admin import subscriptions as shopify_subscriptions
+from sync.shopify_admin.client import MAX_QUERY_COST, ShopifyClient, ShopifySettings
+from sync.shopify_admin.webhooks import TOPICS, verify
 from tests.clock import ManualClock
 from tests.fakes.shopify import API_VERSION, FakeShopify, load_admin_schema
 from tests.fakes.shopify_webhook_sender import sign

@@ -16,17 +16,16 @@ import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import replace
-from pathlib import Path
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
 from graphql import GraphQLSchema
 
-from edged import secrets
-from sync.clock import Clock
+from edged.store import secrets
+from sync.core.clock import Clock
 from tests.daemon_process import DaemonProcess
-from tests.test_hostile_input import _closed_within
 from tests.fakes.shopify import FakeShopify, SeededVariant, load_admin_schema
 from tests.fakes.shopify_webhook_sender import sign
 from tests.helpers import Api, running
@@ -39,6 +38,7 @@ from tests.shopify_inbound import (
     subscribe,
     until,
 )
+from tests.test_hostile_input import _closed_within
 
 pytestmark = pytest.mark.timeout(60)
 

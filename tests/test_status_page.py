@@ -16,8 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from edged import pairing, tokens
 from edged.config import TerminalConfig
+from edged.lan import pairing, tokens
 from tests.fakes.shopify import FakeShopify, load_admin_schema
 from tests.helpers import Api, running
 from tests.test_sync_e2e import (

@@ -10,8 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from edged import audit
-from edged.store import Database
+from edged.store import Database, audit
 from edged.store.database import open_sync
 from edged.store.migrations import MIGRATIONS
 

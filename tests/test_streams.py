@@ -20,9 +20,9 @@ from pathlib import Path
 import aiohttp
 import pytest
 
-from edged import tokens
 from edged.app import Daemon
-from edged.token_cache import announce_revocation
+from edged.lan import tokens
+from edged.lan.token_cache import announce_revocation
 from tests.clock import ManualClock
 from tests.helpers import make_config
 

@@ -15,7 +15,7 @@ import pytest
 
 from edged.app import Daemon
 from edged.store import Database
-from sync.supervisor import Backoff, Supervisor, TaskState
+from sync.core.supervisor import Backoff, Supervisor, TaskState
 from tests.clock import ManualClock
 from tests.helpers import make_config
 from tests.test_sync_engine import ScriptedGateway, _engine, _enqueue, _states
@@ -52,7 +52,7 @@ async def test_a_failing_task_restarts_with_backoff_and_logs_the_traceback_once(
         healthy.set()
         await asyncio.Event().wait()
 
-    with caplog.at_level(logging.WARNING, logger="sync.supervisor"):
+    with caplog.at_level(logging.WARNING, logger="sync.core.supervisor"):
         sup.start("flaky", task)
         await turns(lambda: len(runs) == 1)
         (status,) = sup.status()
@@ -267,7 +267,7 @@ async def test_the_catalogue_pull_runs_supervised_and_restarts(
         caplog: pytest.LogCaptureFixture) -> None:
     """Issue 16 item 10: the pull is a supervised task like the others: shown under
     ``tasks``, a crash logged once and restarted with backoff, then pulling on the clock."""
-    from edged import sync_setup  # noqa: PLC0415
+    from edged.upstream import sync_setup  # noqa: PLC0415
 
     d, clock = daemon
     real = sync_setup.pull_once
@@ -281,7 +281,7 @@ async def test_the_catalogue_pull_runs_supervised_and_restarts(
         return await real(*args)
 
     monkeypatch.setattr(sync_setup, "pull_once", pull_once)
-    with caplog.at_level(logging.ERROR, logger="sync.supervisor"):
+    with caplog.at_level(logging.ERROR, logger="sync.core.supervisor"):
         # the start's pull has run already; the next one is due after the interval
         interval = d.cfg.sync.pull_interval_seconds
         assert (await _task(d, "shopify-pull"))["state"] == "running"

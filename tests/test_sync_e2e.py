@@ -49,10 +49,12 @@ import pytest
 from aiohttp import web
 from graphql import GraphQLSchema
 
-from edged import secrets, sync_setup, tokens
 from edged.app import Daemon
 from edged.config import Config, OfflineConfig, ProcessorConfig, ShopifyConfig, SyncConfig
+from edged.lan import tokens
+from edged.store import secrets
 from edged.store.database import open_sync
+from edged.upstream import sync_setup
 from tests.daemon_process import UNLIMITED_API, DaemonProcess
 from tests.fakes.shopify import API_VERSION, FakeShopify, SeededVariant, load_admin_schema
 from tests.fakes.stripe import FakeStripe

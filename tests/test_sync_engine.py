@@ -15,15 +15,15 @@ from typing import Any
 import pytest
 
 from edged.store import Database
-from edged.sync_hooks import StoreHooks
-from sync import outbox
-from sync.breaker import BreakerSettings, BreakerState, CircuitBreaker
-from sync.contract import InventoryAdjust, OrderCreate, OrderLine, OutboxKind, Payload
-from sync.clock import utc_iso
-from sync.engine import EngineSettings, SyncEngine
-from sync.errors import OutcomeUnknown, PermanentError, TransientError
-from sync.gateway import OutboxRow, RowFailure, Work, WorkResult
-from sync.outbox import OutboxSettings, OutboxStore
+from edged.upstream.sync_hooks import StoreHooks
+from sync.core import outbox
+from sync.core.breaker import BreakerSettings, BreakerState, CircuitBreaker
+from sync.core.clock import utc_iso
+from sync.core.contract import InventoryAdjust, OrderCreate, OrderLine, OutboxKind, Payload
+from sync.core.engine import EngineSettings, SyncEngine
+from sync.core.errors import OutcomeUnknown, PermanentError, TransientError
+from sync.core.gateway import OutboxRow, RowFailure, Work, WorkResult
+from sync.core.outbox import OutboxSettings, OutboxStore
 from tests.clock import ManualClock
 
 Script = Callable[[Work], WorkResult]
@@ -249,7 +249,7 @@ async def test_rows_go_dead_after_max_attempts(db: Database) -> None:
 
 
 async def test_missing_credentials_wait_without_using_attempts(db: Database) -> None:
-    from sync.errors import CredentialsRequired
+    from sync.core.errors import CredentialsRequired
 
     clock = ManualClock()
     _enqueue(db.path, 2, kind=OutboxKind.ORDER_CREATE)
@@ -270,7 +270,7 @@ async def test_missing_credentials_wait_without_using_attempts(db: Database) -> 
 def test_a_repeated_error_is_logged_once_loudly(caplog: pytest.LogCaptureFixture) -> None:
     import logging
 
-    from sync.quiet_log import RepeatFilter
+    from sync.core.quiet_log import RepeatFilter
 
     caplog.set_level(logging.DEBUG, logger="test.quiet")
     quiet = RepeatFilter(logging.getLogger("test.quiet"))
@@ -312,8 +312,8 @@ async def test_a_crash_mid_send_records_the_doubt_when_the_send_went_out(
 async def test_a_held_sale_lets_deltas_pass_and_holds_later_counts(db: Database) -> None:
     """A held order.create (HoldRow) waits alone: stock deltas behind it are sent; a stock
     count (compare-and-swap on local stock, which counts the sale) waits for it."""
-    from sync.contract import InventorySet  # noqa: PLC0415
-    from sync.errors import HoldRow  # noqa: PLC0415
+    from sync.core.contract import InventorySet  # noqa: PLC0415
+    from sync.core.errors import HoldRow  # noqa: PLC0415
 
     clock = ManualClock()
     _enqueue(db.path, 1, kind=OutboxKind.ORDER_CREATE)

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from edged.systemd_notify import Notifier
+from edged.ops.systemd_notify import Notifier
 from tests.daemon_process import DaemonProcess
 from tests.tools import need
 

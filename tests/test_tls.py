@@ -16,10 +16,10 @@ import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from edged import tls, tokens
 from edged.app import Daemon
 from edged.config import ApiConfig, Config, StoreConfig, load
 from edged.errors import ConfigError
+from edged.lan import tls, tokens
 from tests.clock import ManualClock
 from tests.daemon_process import DaemonProcess, run_cli, write_config
 from tests.helpers import make_config

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from edged import tokens
-from edged.token_cache import (
+from edged.lan import tokens
+from edged.lan.token_cache import (
     RECHECK_SECONDS,
     PrincipalCache,
     announce_revocation,

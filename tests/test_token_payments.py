@@ -15,11 +15,11 @@ from pathlib import Path
 
 import pytest
 
-from edged import secrets
 from edged.config import OfflineConfig
+from edged.store import secrets
 from edged.store.database import open_sync
-from edged.sync_hooks import StoreHooks
-from sync.gateway import OutboxRow, RowFailure
+from edged.upstream.sync_hooks import StoreHooks
+from sync.core.gateway import OutboxRow, RowFailure
 from tests.clock import ManualClock
 from tests.daemon_process import UNLIMITED_API, DaemonProcess
 from tests.fakes.stripe import FakeStripe

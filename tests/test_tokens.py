@@ -6,10 +6,10 @@ import sqlite3
 from datetime import UTC, datetime
 from pathlib import Path
 
-from edged import tokens
+from edged.lan import tokens
+from edged.lan.token_cache import announce_revocation
 from edged.store.database import open_sync
 from edged.store.migrations import MIGRATIONS
-from edged.token_cache import announce_revocation
 from tests.daemon_process import DaemonProcess, run_cli, write_config
 from tests.helpers import make_config, running
 

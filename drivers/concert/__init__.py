@@ -39,7 +39,7 @@ E+ has no abort from the register (:meth:`ConcertTerminal.cancel` raises
 
 Threading: pyserial blocks, so every line operation runs on one worker thread per terminal
 (a single-thread executor), reading in slices of ``poll_interval`` seconds; the event loop
-only awaits. Deadlines are read from the injectable :class:`sync.clock.Clock`, and every
+only awaits. Deadlines are read from the injectable :class:`sync.core.clock.Clock`, and every
 timer is a setting, so tests use small ones (or a manual clock) and never wait long.
 
 A card number from the answer is cut to its last four digits inside the decoder; nothing

@@ -64,7 +64,7 @@ from drivers.concert.session import (
     SerialPort,
     describe,
 )
-from sync.clock import Clock, SystemClock
+from sync.core.clock import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
 

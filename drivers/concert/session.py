@@ -25,7 +25,7 @@ from drivers.concert.framing import (
     FrameError,
     FrameParser,
 )
-from sync.clock import Clock
+from sync.core.clock import Clock
 
 logger = logging.getLogger(__name__)
 

@@ -45,9 +45,9 @@ from drivers.base import (
 )
 from drivers.cloud_poll import CloudSettings
 from drivers.square_terminal.poller import LINK_ERRORS, CheckoutPoller, Run
-from sync.clock import Clock
-from sync.errors import OutcomeUnknown, SyncError
-from sync.square_terminal import ActionView, CheckoutRefused, SquareTerminalClient
+from sync.core.clock import Clock
+from sync.core.errors import OutcomeUnknown, SyncError
+from sync.square_api.terminal import ActionView, CheckoutRefused, SquareTerminalClient
 
 log = logging.getLogger(__name__)
 

@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 from drivers.base import Outcome, TransactionResult
 from drivers.cloud_poll import CloudSettings, Schedule, pause
-from sync.clock import Clock
-from sync.errors import BreakerOpen, OutcomeUnknown, SyncError, TransientError
-from sync.square_terminal import CheckoutRefused, CheckoutView, SquareTerminalClient
+from sync.core.clock import Clock
+from sync.core.errors import BreakerOpen, OutcomeUnknown, SyncError, TransientError
+from sync.square_api.terminal import CheckoutRefused, CheckoutView, SquareTerminalClient
 
 log = logging.getLogger(__name__)
 

@@ -1,7 +1,7 @@
 """``stripe_reader``: a Stripe Terminal smart reader, server-driven through the Stripe API.
 
 ``poller`` follows one payment on the reader until its final state; ``adapter`` is the
-lane's :class:`~drivers.base.Terminal`. The HTTP calls live in ``sync.stripe_terminal``
+lane's :class:`~drivers.base.Terminal`. The HTTP calls live in ``sync.stripe_api.terminal``
 (the ``stripe`` destination's breaker and rate limiter).
 """
 

@@ -34,10 +34,10 @@ from drivers.base import (
 )
 from drivers.cloud_poll import CloudSettings
 from drivers.stripe_reader.poller import LINK_ERRORS, ReaderPoller, Run, result_of
-from sync.clock import Clock
-from sync.errors import CredentialsRequired, SyncError
-from sync.errors import OutcomeUnknown as OutcomeLost
-from sync.stripe_terminal import StripeTerminalClient, TerminalRefused
+from sync.core.clock import Clock
+from sync.core.errors import CredentialsRequired, SyncError
+from sync.core.errors import OutcomeUnknown as OutcomeLost
+from sync.stripe_api.terminal import StripeTerminalClient, TerminalRefused
 
 log = logging.getLogger(__name__)
 

@@ -16,9 +16,9 @@ from dataclasses import dataclass, field
 
 from drivers.base import Outcome, TransactionRequest, TransactionResult
 from drivers.cloud_poll import CloudSettings, Schedule, pause
-from sync.clock import Clock
-from sync.errors import BreakerOpen, OutcomeUnknown, SyncError, TransientError
-from sync.stripe_terminal import IntentView, ReaderView, StripeTerminalClient, TerminalRefused
+from sync.core.clock import Clock
+from sync.core.errors import BreakerOpen, OutcomeUnknown, SyncError, TransientError
+from sync.stripe_api.terminal import IntentView, ReaderView, StripeTerminalClient, TerminalRefused
 
 log = logging.getLogger(__name__)
 

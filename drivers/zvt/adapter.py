@@ -43,7 +43,7 @@ from drivers.zvt.session import (
     Unconfirmed,
     ZvtSettings,
 )
-from sync.clock import Clock, SystemClock
+from sync.core.clock import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
 

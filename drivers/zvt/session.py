@@ -37,7 +37,7 @@ from drivers.zvt.framing import (
     parse_apdu,
 )
 from drivers.zvt.messages import DEFAULT_CONFIG, password_bytes
-from sync.clock import Clock
+from sync.core.clock import Clock
 
 logger = logging.getLogger(__name__)
 

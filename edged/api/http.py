@@ -17,20 +17,21 @@ from typing import Any
 
 from aiohttp import ClientConnectionError, ClientPayloadError, web
 
-from edged import idempotency, jsoncodec
+from edged import jsoncodec
 from edged.api import session as _session
 from edged.api.ratelimit import Verdict
 from edged.api.schema import Obj, Schema
 from edged.api.server import body_arrived
-from edged.cardnumbers import MAX_DEPTH, Problem, inspect, mask, plain, text_has_pan
 from edged.config import is_loopback
 from edged.errors import ApiError, EdgedError
-from edged.idempotency import MAX_KEY_LENGTH, IdemRecord
-from edged.payments import Answer
+from edged.lan.tokens import Principal, refusal
+from edged.payments.cardnumbers import MAX_DEPTH, Problem, inspect, mask, plain, text_has_pan
+from edged.payments.service import Answer
 from edged.services import Services
+from edged.store import idempotency
 from edged.store.database import StoreFull
-from edged.tokens import Principal, refusal
-from sync.clock import utc_iso
+from edged.store.idempotency import MAX_KEY_LENGTH, IdemRecord
+from sync.core.clock import utc_iso
 
 log = logging.getLogger(__name__)
 
@@ -224,7 +225,8 @@ def bind(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
                     lambda c: idempotency.lookup(c, scope, key))
                 if stored is not None:
                     return _replay(services, record, stored)
-            if services.db.space_low:  # refused before SQLite meets a full disk (edged.storage)
+            # refused before SQLite meets a full disk (edged.upkeep.storage)
+            if services.db.space_low:
                 stored = await services.db.read_inline(
                     lambda c: idempotency.lookup(c, scope, key))
                 if stored is not None:  # a retry of what was answered still gets its answer

@@ -7,12 +7,13 @@ from typing import Any
 
 from aiohttp import web
 
-from edged import alerts, job_retry, records, reports
 from edged.api import models
 from edged.api.http import Ctx, Route
 from edged.errors import ApiError
-from edged.payments import Answer
-from sync.clock import utc_iso
+from edged.ops import alerts, job_retry, reports
+from edged.payments.service import Answer
+from edged.store import records
+from sync.core.clock import utc_iso
 
 STATUS_LIMIT = 50
 RECENT_PAYMENTS = 10

@@ -5,15 +5,15 @@ from __future__ import annotations
 from typing import Any
 
 from edged.api.schema import Arr, Free, Int, Obj, Str
-from edged.inventory import COUNT_REASON, MAX_DELTA, MAX_QUANTITY, REASONS
-from edged.money import MAX_AMOUNT, is_known_currency
-from edged.payment_state import (
+from edged.payments.money import MAX_AMOUNT, is_known_currency
+from edged.payments.states import (
     PAYMENT_MOVES,
     REFUND_MOVES,
     PaymentState,
     RefundState,
     manager_outcomes,
 )
+from edged.stock.inventory import COUNT_REASON, MAX_DELTA, MAX_QUANTITY, REASONS
 
 
 def _currency(value: Any) -> str | None:

@@ -9,8 +9,8 @@ from typing import Any
 from edged import __version__
 from edged.api.http import Route
 from edged.errors import CODES
-from edged.payment_state import PaymentState
-from sync.outbox import JOB_STATES
+from edged.payments.states import PaymentState
+from sync.core.outbox import JOB_STATES
 
 
 def document(routes: Iterable[Route]) -> dict[str, Any]:

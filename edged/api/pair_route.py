@@ -6,12 +6,12 @@ from __future__ import annotations
 import logging
 import sqlite3
 
-from edged import pairing
 from edged.api.http import Ctx, Route
 from edged.api.pairing_gate import attempt, check_transport, proof_of
 from edged.api.schema import Free, Obj, Str
-from edged.payments import Answer
-from sync.clock import utc_iso
+from edged.lan import pairing
+from edged.payments.service import Answer
+from sync.core.clock import utc_iso
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,9 @@ import logging
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from edged import pairing
 from edged.config import is_loopback
 from edged.errors import ApiError
+from edged.lan import pairing
 from edged.services import Services
 
 log = logging.getLogger(__name__)

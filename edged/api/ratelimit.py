@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from sync.clock import Clock
+from sync.core.clock import Clock
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,7 +9,6 @@ from typing import Any
 
 from aiohttp import web
 
-from edged import audit, idempotency, job_retry, systemd_notify
 from edged.api import models
 from edged.api.http import DRAINING, Ctx, Route, json_response
 from edged.api.manager_routes import MANAGER_ROUTES
@@ -18,13 +17,15 @@ from edged.api.shopify_routes import SHOPIFY_ROUTES
 from edged.api.streams import events
 from edged.api.terminal_routes import TERMINAL_ROUTES
 from edged.errors import ApiError
-from edged.inventory import COUNT_REASON, ItemRef, OrderLine, StockChange, StockCount
-from edged.payment_methods import available
-from edged.payment_state import PaymentState
-from edged.payments import Answer, NewPayment
-from edged.sync_hooks import job_discarded
-from sync.clock import utc_iso
-from sync.outbox import JOB_STATES, JobStateError
+from edged.ops import job_retry, systemd_notify
+from edged.payments.methods import available
+from edged.payments.service import Answer, NewPayment
+from edged.payments.states import PaymentState
+from edged.stock.inventory import COUNT_REASON, ItemRef, OrderLine, StockChange, StockCount
+from edged.store import audit, idempotency
+from edged.upstream.sync_hooks import job_discarded
+from sync.core.clock import utc_iso
+from sync.core.outbox import JOB_STATES, JobStateError
 
 _BODY_ERRORS = ("ERR-1001", "ERR-1002", "ERR-1003", "ERR-1004", "ERR-1005", "ERR-1006",
                 "ERR-1007", "ERR-1008", "ERR-1009", "ERR-1010", "ERR-1014")

@@ -22,11 +22,12 @@ from typing import Any
 
 from aiohttp import web
 
-from edged import audit, pairing
 from edged.errors import ApiError
+from edged.lan import pairing
+from edged.lan.sessions import NewSession
+from edged.lan.tokens import Principal
 from edged.services import Services
-from edged.sessions import NewSession
-from edged.tokens import Principal
+from edged.store import audit
 
 log = logging.getLogger(__name__)
 

@@ -4,12 +4,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from edged.answer import Answer
 from edged.api.http import Ctx, Route
 from edged.api.schema import Free, Obj
 from edged.errors import ApiError
-from edged.pickups import LISTS, PickupService
-from edged.shopify_inbox import STATES
+from edged.inbound.inbox import STATES
+from edged.inbound.pickups import LISTS, PickupService
+from edged.payments.answer import Answer
 
 _S = {"type": "string"}
 _SN = {"type": ["string", "null"]}
@@ -66,7 +66,7 @@ async def shopify_inbox(ctx: Ctx) -> Answer:
         else None
 
     def read(conn: Any) -> dict[str, Any]:
-        from edged import shopify_inbox as inbox  # noqa: PLC0415
+        from edged.inbound import inbox  # noqa: PLC0415
 
         return {"data": inbox.list_rows(conn, state, limit, before),
                 "counts": inbox.counts(conn)}

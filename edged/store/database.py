@@ -25,11 +25,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
 
-from edged import audit_key, storage
-from edged.audit_key import AuditKey
 from edged.errors import StoreError
-from edged.store import files
+from edged.store import audit_key, files
+from edged.store.audit_key import AuditKey
 from edged.store.migrations import migrate
+from edged.upkeep import storage
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ def _is_full(exc: BaseException) -> bool:
 
 class StoreConnection(sqlite3.Connection):
     """A connection to the store's file that knows where its audit key is (beside the
-    database, or a systemd credential: :mod:`edged.audit_key`), read on first use."""
+    database, or a systemd credential: :mod:`edged.store.audit_key`), read on first use."""
 
     data_dir: Path
     _audit_key: AuditKey | None = None
@@ -80,7 +80,7 @@ def connect(path: Path, *, writer: bool = False) -> StoreConnection:
     """A connection with the pragmas every connection must have (DESIGN §2).
 
     ``writer``: a connection that may create the file, which then gets incremental
-    auto-vacuum (it must come before WAL mode on a new file; see edged.storage).
+    auto-vacuum (it must come before WAL mode on a new file; see edged.upkeep.storage).
     """
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0,
                            factory=StoreConnection)
@@ -127,7 +127,8 @@ class Database:
         """Litestream replicates the file: it alone checkpoints (an application checkpoint
         racing it can leave a replica that restores corrupt), so the writer never does."""
         self.wal_max_bytes = wal_max_bytes
-        """The WAL is checkpointed and truncated before it grows past this (edged.storage)."""
+        """The WAL is checkpointed and truncated before it grows past this
+        (edged.upkeep.storage)."""
         self.wal_peak_bytes = 0
         """The largest WAL seen after a commit since the start."""
         self._wal_forced_at = 0.0
@@ -136,7 +137,7 @@ class Database:
         """True from a write that failed for want of space until a commit succeeds."""
         self.on_full = on_full
         self.space_low = False
-        """Set by the space guard (edged.storage): the API refuses writes (ERR-1040)."""
+        """Set by the space guard (edged.upkeep.storage): the API refuses writes (ERR-1040)."""
         """Called with True when the store becomes unable to write, False when it can again."""
         self.stats = WriterStats()
         self._readers = readers

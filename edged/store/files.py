@@ -3,8 +3,8 @@
 The folder is made (or tightened to) 0700, and the database file is made 0600 before SQLite
 opens it: SQLite gives its ``-wal`` and ``-shm`` files the database file's mode. Files left
 wider by an older version (``make run`` used to leave 0755 and 0644) are tightened at the
-next open, with one warning. The keys are 0600 already (:mod:`edged.audit_key`,
-:mod:`edged.secrets`, :mod:`edged.tls`); ``tokens.revoked`` stays readable (0644) so a
+next open, with one warning. The keys are 0600 already (:mod:`edged.store.audit_key`,
+:mod:`edged.store.secrets`, :mod:`edged.lan.tls`); ``tokens.revoked`` stays readable (0644) so a
 daemon running as another user than the CLI reads it, private all the same inside 0700.
 """
 

@@ -226,7 +226,7 @@ CREATE TABLE health (
     beats        INTEGER NOT NULL
 );
 """),
-    # The payment state machine (edged/payment_state.py): `authorized` joins the CHECK list;
+    # The payment state machine (edged/payments/states.py): `authorized` joins the CHECK list;
     # the terminal's own figures when they differ from the request; when a payment was
     # accepted offline. SQLite changes a CHECK only by rebuilding the table.
     (3, "payment states from the state machine", """

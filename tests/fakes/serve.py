@@ -60,7 +60,7 @@ from typing import Any
 
 from aiohttp import web
 
-from sync.shopify import decimal_to_minor, minor_to_decimal
+from sync.shopify_admin.gateway import decimal_to_minor, minor_to_decimal
 from tests.fakes import serve_shopify
 from tests.fakes.base import LOOPBACK, FakeServer
 from tests.fakes.shopify import API_VERSION, FakeShopify, SeededVariant

@@ -1,0 +1,1 @@
+"""The generators of docs/errors.md and docs/payment-states.md (make only)."""

@@ -1,0 +1,1 @@
+"""The store LAN: TLS, mDNS discovery, pairing, tokens, sessions, their commands."""

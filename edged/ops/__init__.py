@@ -1,0 +1,1 @@
+"""What managers watch: alerts, the day report, metrics, systemd, log redaction."""

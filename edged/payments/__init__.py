@@ -1,0 +1,1 @@
+"""Payments and refunds: the state table, the services that move them, what a lane takes."""

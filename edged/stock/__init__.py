@@ -1,0 +1,1 @@
+"""The catalogue and local stock: sales, adjustments, counts, catalogue files."""

@@ -1,0 +1,1 @@
+"""Years on a small box: retention, file size, backups, archive, replica."""

@@ -1,0 +1,1 @@
+"""The link to sync/: the engine built from config, outcomes into our records."""

@@ -1,0 +1,1 @@
+"""The sync engine: outbox and contract, engine, policy, supervisor, breaker, limits."""

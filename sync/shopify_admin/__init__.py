@@ -1,0 +1,1 @@
+"""Shopify's GraphQL Admin API: client, cost bucket, stock, orders, reads."""

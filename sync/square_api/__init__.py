@@ -1,0 +1,1 @@
+"""Square through its SDK: gateway, Terminal client, read-back, error sorting."""

@@ -1,0 +1,1 @@
+"""Stripe through its SDK: gateway, Terminal client, read-back, error sorting."""
