@@ -51,7 +51,8 @@ from edged.stock import catalog_import
 from edged.stock.inventory import InventoryService, ItemRef, OrderLine, StockChange  # noqa: E402
 from edged.store import Database  # noqa: E402
 from edged.store.idempotency import IdemRecord  # noqa: E402
-from edged.upkeep import retention, storage  # noqa: E402
+from edged.upkeep import retention
+from edged.store import storage  # noqa: E402
 from edged.upstream.sync_hooks import StoreHooks  # noqa: E402
 from sync.core.clock import utc_iso  # noqa: E402
 from sync.core.gateway import OutboxRow, WorkResult  # noqa: E402

@@ -14,14 +14,8 @@ from typing import TYPE_CHECKING, Any
 from aiohttp import web
 
 from edged.api import page
-from edged.api.http import (
-    DRAINING,
-    SERVICES,
-    allowed_hosts,
-    bind,
-)
+from edged.api.http import allowed_hosts, bind
 from edged.api.middleware import edge_middleware
-from edged.api.ratelimit import ClientBuckets
 from edged.api.routes import ROUTES
 from edged.api.server import (
     GUARD,
@@ -30,10 +24,12 @@ from edged.api.server import (
     connection_limit,
     handler_args,
 )
-from edged.api.stream_registry import StreamRegistry
+from edged.api.wire import DRAINING, SERVICES
 from edged.config import Config
 from edged.events import EventBus
 from edged.inbound.pickups import PickupService
+from edged.lan.ratelimit import ClientBuckets
+from edged.lan.stream_registry import StreamRegistry
 from edged.lan.token_cache import PrincipalCache, stamp_path
 from edged.lanes.terminals import TerminalManager
 from edged.ops import manager, status_metrics, systemd_notify

@@ -7,8 +7,6 @@ import logging
 import os
 import sqlite3
 import sys
-import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
@@ -18,8 +16,10 @@ from edged.errors import ConfigError, TlsError
 from edged.inbound import cli as shopify_cli
 from edged.lan import cli as lan_cli
 from edged.lan import tokens
+from edged.lanes.factory import check_terminals
 from edged.store import audit
 from edged.store.database import open_sync
+from edged.store.patient import write_patiently
 from edged.upkeep import cli as upkeep_cli
 
 T = TypeVar("T")
@@ -100,7 +100,7 @@ def _parser() -> argparse.ArgumentParser:
 
 
 def _config(args: argparse.Namespace) -> Config:
-    cfg = load(getattr(args, "config", None))
+    cfg = check_terminals(load(getattr(args, "config", None)))
     return with_overrides(cfg, data_dir=getattr(args, "data_dir", None),
                           listen=getattr(args, "listen", None))
 
@@ -137,7 +137,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
         return event_loop.run(_serve(cfg), os.environ)
     if args.command == "check-config":
-        cfg = load(args.file)
+        cfg = check_terminals(load(args.file))
         print(f"{args.file}: OK — store {cfg.store.id}, {len(cfg.terminals)} terminal(s),"
               f" destinations: {', '.join(cfg.destinations) or 'none'}")
         return 0
@@ -213,44 +213,6 @@ def _audit_verify(args: argparse.Namespace) -> int:
     print(f"audit chain BROKEN{where}: {result.reason} ({result.entries} good entries{keyed};"
           f" last good {result.head or 'none'})", file=sys.stderr)
     return 1
-
-
-BUSY_BUDGET = 120.0
-"""Seconds a command-line write keeps retrying a database another process holds."""
-
-
-def write_patiently(path: Path, fn: Callable[[sqlite3.Connection], T],
-                    budget: float = BUSY_BUDGET) -> T:
-    """Open, migrate and run ``fn`` in one write transaction, retrying while the file is
-    busy (the daemon's group commit, another ``edged`` command, a migration at first
-    start). SQLite's busy timeout bounds each wait; a command must not give up on a store
-    that is merely busy, so the whole write is tried again until ``budget`` runs out."""
-    deadline = time.monotonic() + budget
-    pause = 0.05
-    while True:
-        conn: sqlite3.Connection | None = None
-        try:
-            conn = open_sync(path)
-            conn.execute("BEGIN IMMEDIATE")
-            value = fn(conn)
-            conn.execute("COMMIT")
-            return value
-        except sqlite3.OperationalError as exc:
-            if not _busy(exc) or time.monotonic() + pause > deadline:
-                raise
-            print(f"edged: the database is busy ({exc}); trying again", file=sys.stderr)
-        finally:
-            if conn is not None:
-                if conn.in_transaction:
-                    conn.rollback()
-                conn.close()
-        time.sleep(pause)
-        pause = min(pause * 2, 2.0)
-
-
-def _busy(exc: sqlite3.OperationalError) -> bool:
-    code = getattr(exc, "sqlite_errorcode", 0) & 0xFF
-    return code in (5, 6) or "locked" in str(exc) or "busy" in str(exc)  # BUSY, LOCKED
 
 
 def _report(args: argparse.Namespace) -> int:

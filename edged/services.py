@@ -7,13 +7,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from edged.api.ratelimit import ClientBuckets
-from edged.api.stream_registry import StreamRegistry
 from edged.config import Config
 from edged.events import EventBus
 from edged.inbound.pickups import PickupService
 from edged.lan import tokens
 from edged.lan.pairing import PairingGuard
+from edged.lan.ratelimit import ClientBuckets
+from edged.lan.stream_registry import StreamRegistry
 from edged.lan.token_cache import PrincipalCache
 from edged.lanes.terminals import TerminalManager
 from edged.ops.manager import ManagerParts

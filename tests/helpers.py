@@ -12,10 +12,18 @@ from typing import Any
 
 import aiohttp
 
+from edged import config
 from edged.app import Daemon
 from edged.config import ApiConfig, Config, ShopifyConfig, StoreConfig, TerminalConfig
+from edged.lanes.factory import check_terminals
 from edged.lan import tokens
 from sync.core.clock import Clock, SystemClock
+
+
+def load_config(path: Path | None) -> Config:
+    """A file (or the embedded default) as `edged run` and `edged check-config` read it:
+    parsed by the config, then every lane's options checked by the driver that runs it."""
+    return check_terminals(config.load(path))
 
 
 def make_config(data_dir: Path, *, sim: dict[str, Any] | None = None,

@@ -21,7 +21,7 @@ import pytest
 
 from edged.store.database import connect
 from edged.upkeep import archive, backup
-from edged.upkeep.config import BackupConfig
+from edged.config.upkeep import BackupConfig
 from tests.clock import ManualClock
 from tests.daemon_process import UNLIMITED_API, DaemonProcess, create_tokens, run_cli
 from tests.helpers import make_config, running

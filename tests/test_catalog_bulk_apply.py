@@ -11,8 +11,7 @@ import sqlite3
 from pathlib import Path
 
 from edged.inbound.catalog_bulk import apply_bulk
-from edged.stock import catalog_import
-from edged.store import records
+from edged.stock import catalog_import, records
 from edged.store.database import open_sync
 from sync.shopify_admin.bulk import BulkVariant
 from sync.shopify_admin.pull import CatalogueEntry

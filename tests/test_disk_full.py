@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from edged.upkeep.config import StorageConfig
+from edged.config.upkeep import StorageConfig
 from tests.helpers import Api, make_config, running
 
 

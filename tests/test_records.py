@@ -7,8 +7,8 @@ from typing import Any
 
 import pytest
 
+from edged.payments import records
 from edged.payments.states import PaymentState
-from edged.store import records
 from edged.store.database import open_sync
 
 NOW = "2026-12-01T18:00:00.000Z"

@@ -274,7 +274,7 @@ async def test_a_replica_that_cannot_be_reached_raises_an_alert_as_its_lag_grows
     """No Litestream answers on the control socket (a replica unreachable, Litestream
     stuck): replicated_at stays still, the lag grows with the clock, and past
     lag_alert_seconds the alert ``replica_lag`` holds, naming the replica and the error."""
-    from edged.upkeep.config import ReplicaConfig  # noqa: PLC0415
+    from edged.config.upkeep import ReplicaConfig  # noqa: PLC0415
     from edged.upkeep.replica import Replicator  # noqa: PLC0415
     from edged.upkeep.tasks import Upkeep  # noqa: PLC0415
     from tests.clock import ManualClock  # noqa: PLC0415

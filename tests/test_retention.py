@@ -20,8 +20,9 @@ import pytest
 
 from edged.config import ConfigError, load
 from edged.store import Database
-from edged.upkeep import retention, storage
-from edged.upkeep.config import RetentionConfig, StorageConfig
+from edged.upkeep import retention
+from edged.store import storage
+from edged.config.upkeep import RetentionConfig, StorageConfig
 from sync.core.clock import utc_iso
 from tests.clock import ManualClock
 from tests.helpers import Api, make_config, running

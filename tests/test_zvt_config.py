@@ -8,8 +8,8 @@ from pathlib import Path
 import pytest
 
 from drivers.zvt.session import ZvtSettings
-from edged.config import load
 from edged.errors import ConfigError
+from tests.helpers import load_config as load
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -8,24 +8,31 @@ document is generated from the same declarations.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import socket
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from aiohttp import ClientConnectionError, ClientPayloadError, web
+from aiohttp import web
 
 from edged import jsoncodec
 from edged.api import session as _session
-from edged.api.ratelimit import Verdict
 from edged.api.schema import Obj, Schema
-from edged.api.server import body_arrived
+from edged.api.wire import (
+    DRAINING,
+    PRINCIPAL,
+    SERVICES,
+    ClientGone,
+    error_response,
+    json_response,
+    read_raw,
+)
 from edged.config import is_loopback
-from edged.errors import ApiError, EdgedError
+from edged.errors import ApiError
+from edged.lan.ratelimit import Verdict
 from edged.lan.tokens import Principal, refusal
-from edged.payments.cardnumbers import MAX_DEPTH, Problem, inspect, mask, plain, text_has_pan
+from edged.payments.cardnumbers import MAX_DEPTH, Problem, inspect, plain, text_has_pan
 from edged.payments.service import Answer
 from edged.services import Services
 from edged.store import idempotency
@@ -35,9 +42,6 @@ from sync.core.clock import utc_iso
 
 log = logging.getLogger(__name__)
 
-SERVICES = web.AppKey("services", Services)
-DRAINING = web.AppKey("draining", list)  # a one-element list holding a bool
-PRINCIPAL = web.RequestKey("principal", Principal)
 # /v1 calls without a bearer token (the webhook is signed by Shopify instead)
 PUBLIC_PATHS = frozenset({"/v1/pair", "/v1/webhooks/shopify"})
 METRICS_PATH = "/metrics"
@@ -106,47 +110,6 @@ class Route:
     """False: a POST without Idempotency-Key whose answer is never stored (POST /v1/pair)."""
     raw_body: bool = False
     """True: the handler reads the request's body itself, unparsed (a signed webhook)."""
-
-
-def json_response(status: int, body: dict[str, Any],
-                  headers: dict[str, str] | None = None) -> web.Response:
-    return web.Response(status=status, headers=headers, body=jsoncodec.dumps(body),
-                        content_type="application/json", charset="utf-8")
-
-
-def error_response(err: ApiError) -> web.Response:
-    body = err.body()
-    body["error"]["message"] = mask(body["error"]["message"])  # never echo a card number
-    response = json_response(err.status, body, err.headers)
-    if err.headers.get("Connection") == "close":
-        response.force_close()  # do not wait for the rest of a body
-    return response
-
-
-class ClientGone(EdgedError):
-    """The client closed the connection before its request arrived in full."""
-
-
-async def read_raw(request: web.Request) -> bytes:
-    """The whole body, within ``[api] body_timeout`` (every body read goes through here);
-    once it is in, the connection is held (:func:`edged.api.server.body_arrived`)."""
-    timeout = request.app[SERVICES].cfg.api.body_timeout
-    try:
-        if request.content.is_eof():  # all of it has arrived: nothing to wait for
-            raw = await request.read()
-        else:
-            async with asyncio.timeout(timeout):
-                raw = await request.read()
-    except web.HTTPRequestEntityTooLarge:
-        limit = request.app[SERVICES].cfg.api.max_body_bytes
-        raise ApiError("ERR-1007", f"the body is larger than {limit} bytes") from None
-    except TimeoutError:
-        raise ApiError("ERR-1018", f"the body did not arrive within {timeout:g} s",
-                       headers={"Connection": "close"}) from None
-    except (ConnectionError, ClientPayloadError, ClientConnectionError) as exc:
-        raise ClientGone(str(exc)) from None
-    body_arrived(request)
-    return raw
 
 
 async def _read_body(request: web.Request, schema: Obj | None) -> tuple[dict[str, Any], Any]:
@@ -225,7 +188,7 @@ def bind(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
                     lambda c: idempotency.lookup(c, scope, key))
                 if stored is not None:
                     return _replay(services, record, stored)
-            # refused before SQLite meets a full disk (edged.upkeep.storage)
+            # refused before SQLite meets a full disk (edged.store.storage)
             if services.db.space_low:
                 stored = await services.db.read_inline(
                     lambda c: idempotency.lookup(c, scope, key))

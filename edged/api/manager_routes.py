@@ -11,8 +11,8 @@ from edged.api import models
 from edged.api.http import Ctx, Route
 from edged.errors import ApiError
 from edged.ops import alerts, job_retry, reports
+from edged.payments import records
 from edged.payments.service import Answer
-from edged.store import records
 from sync.core.clock import utc_iso
 
 STATUS_LIMIT = 50

@@ -23,8 +23,9 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
-from edged.api.http import PRINCIPAL, SERVICES, admit, count_request, error_answer
+from edged.api.http import admit, count_request, error_answer
 from edged.api.server import GUARD, ConnectionGuard
+from edged.api.wire import PRINCIPAL, SERVICES
 from edged.errors import ApiError
 
 STREAMS = frozenset({"/v1/events"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from edged.api.schema import Arr, Free, Int, Obj, Str
-from edged.payments.money import MAX_AMOUNT, is_known_currency
+from edged.money import MAX_AMOUNT, is_known_currency
 from edged.payments.states import (
     PAYMENT_MOVES,
     REFUND_MOVES,

@@ -10,12 +10,13 @@ from typing import Any
 from aiohttp import web
 
 from edged.api import models
-from edged.api.http import DRAINING, Ctx, Route, json_response
+from edged.api.http import Ctx, Route
 from edged.api.manager_routes import MANAGER_ROUTES
 from edged.api.pair_route import PAIR_INFO_ROUTE, PAIR_ROUTE
 from edged.api.shopify_routes import SHOPIFY_ROUTES
 from edged.api.streams import events
 from edged.api.terminal_routes import TERMINAL_ROUTES
+from edged.api.wire import DRAINING, json_response
 from edged.errors import ApiError
 from edged.ops import job_retry, systemd_notify
 from edged.payments.methods import available

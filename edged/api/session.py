@@ -22,6 +22,7 @@ from typing import Any
 
 from aiohttp import web
 
+from edged.api.wire import SERVICES, json_response, read_raw
 from edged.errors import ApiError
 from edged.lan import pairing
 from edged.lan.sessions import NewSession
@@ -87,7 +88,6 @@ def _body(principal: Principal, expires_at: str) -> dict[str, Any]:
 
 
 async def sign_in(request: web.Request) -> web.StreamResponse:
-    from edged.api.http import SERVICES, json_response  # noqa: PLC0415  (http imports us)
 
     services = request.app[SERVICES]
     check_origin(request)
@@ -96,7 +96,6 @@ async def sign_in(request: web.Request) -> web.StreamResponse:
     if not verdict.allowed:
         raise ApiError("ERR-1015", f"too many sign-in attempts; retry after"
                        f" {verdict.retry_after} s", headers=verdict.headers())
-    from edged.api.http import read_raw  # noqa: PLC0415  (http imports us)
 
     raw = await read_raw(request)
     try:
@@ -156,14 +155,12 @@ async def _redeem_code(request: web.Request, services: Services,
 
 
 async def whoami(request: web.Request) -> web.StreamResponse:
-    from edged.api.http import SERVICES, json_response  # noqa: PLC0415
 
     principal, expires_at = await principal_of(request, request.app[SERVICES])
     return json_response(200, _body(principal, expires_at))
 
 
 async def sign_out(request: web.Request) -> web.StreamResponse:
-    from edged.api.http import SERVICES, json_response  # noqa: PLC0415
 
     check_origin(request)
     services = request.app[SERVICES]

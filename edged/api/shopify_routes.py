@@ -9,7 +9,7 @@ from edged.api.schema import Free, Obj
 from edged.errors import ApiError
 from edged.inbound.inbox import STATES
 from edged.inbound.pickups import LISTS, PickupService
-from edged.payments.answer import Answer
+from edged.store.answer import Answer
 
 _S = {"type": "string"}
 _SN = {"type": ["string", "null"]}

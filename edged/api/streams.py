@@ -23,10 +23,11 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 
 from edged.api import session as page_session
-from edged.api.http import SERVICES, Ctx
-from edged.api.stream_registry import Stream
+from edged.api.http import Ctx
+from edged.api.wire import SERVICES
 from edged.errors import ApiError
 from edged.events import Event, EventBus
+from edged.lan.stream_registry import Stream
 
 log = logging.getLogger(__name__)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from edged.api import models
 from edged.api.http import Ctx, Route
 from edged.lanes.end_of_day import EndOfDayService
-from edged.payments.answer import Answer
+from edged.store.answer import Answer
 
 _BODY_ERRORS = ("ERR-1001", "ERR-1002", "ERR-1006", "ERR-1007", "ERR-1008", "ERR-1009",
                 "ERR-1014")

@@ -12,7 +12,7 @@ time, up to ``bulk_poll_seconds``), downloads the JSONL and applies it in one tr
   written), with its product; items of products not ``ACTIVE`` inactive, and items whose
   variant is not in the file at all inactive (deleted in Shopify; history kept);
 - quantities as reported at ``pulled_at``, except for items with a change in flight or
-  acknowledged since (:func:`edged.store.records.items_in_doubt`) and items whose report is newer
+  acknowledged since (:func:`edged.payments.records.items_in_doubt`) and items whose report is newer
   than ``pulled_at`` (a webhook or the poll read them later); an item whose figure did not
   change and that had no change acknowledged since its report is left as it is (the same
   local stock, no write);
@@ -35,8 +35,8 @@ from pathlib import Path
 from edged.events import EventBus
 from edged.inbound import inbox
 from edged.inbound.poll import CATALOGUE_STREAMS, CURSORS
-from edged.stock import catalog_import
-from edged.store import Database, records
+from edged.stock import catalog_import, records
+from edged.store import Database
 from sync.core.clock import Clock, utc_iso
 from sync.core.errors import BreakerOpen, CredentialsRequired, SyncError, TransientError
 from sync.core.quiet_log import RepeatFilter

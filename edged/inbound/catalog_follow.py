@@ -23,8 +23,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from edged.stock import catalog_import
-from edged.store import records
+from edged.stock import catalog_import, records
 
 if TYPE_CHECKING:
     from sync.shopify_admin.states import LevelState, ProductState

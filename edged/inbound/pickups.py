@@ -31,8 +31,8 @@ from edged.errors import ApiError
 from edged.events import EventBus
 from edged.ids import new_id
 from edged.inbound import inbox
-from edged.payments.answer import Answer
 from edged.store import Database, audit, idempotency
+from edged.store.answer import Answer
 from edged.store.idempotency import IdemRecord
 from sync.core import contract, outbox
 from sync.core.clock import Clock, utc_iso

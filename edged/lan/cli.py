@@ -15,6 +15,7 @@ from edged.lan import tokens
 from edged.lan.token_cache import RECHECK_SECONDS, announce_revocation
 from edged.store import audit
 from edged.store.database import open_sync
+from edged.store.patient import write_patiently
 
 Common = Callable[[argparse.ArgumentParser], None]
 ConfigOf = Callable[[argparse.Namespace], Config]
@@ -101,7 +102,6 @@ def _discover(args: argparse.Namespace) -> int:
 
 
 def _pair(args: argparse.Namespace, cfg: Config) -> int:
-    from edged.cli import write_patiently  # noqa: PLC0415  (cli imports this module)
     from edged.lan import pairing  # noqa: PLC0415
 
     try:
@@ -142,7 +142,6 @@ def _served_fingerprint(cfg: Config) -> str:
 
 
 def _token(args: argparse.Namespace, cfg: Config) -> int:
-    from edged.cli import write_patiently  # noqa: PLC0415  (cli imports this module)
 
     path = cfg.data_dir / "edged.db"
     if args.action == "list":

@@ -20,8 +20,8 @@ from typing import TYPE_CHECKING, Any
 from drivers.base import DriverError, EndOfDayTotals, NothingSent, TerminalBusy
 from edged.errors import ApiError
 from edged.ids import new_id
-from edged.payments.answer import Answer
 from edged.store import audit, idempotency
+from edged.store.answer import Answer
 from sync.core.clock import utc_iso
 
 if TYPE_CHECKING:

@@ -14,12 +14,13 @@ from typing import TYPE_CHECKING, Any
 from drivers.base import Terminal
 from drivers.cloud_poll import CloudSettings
 from drivers.sim import SimSettings, SimTerminal
+from edged.config import Config, TerminalConfig
+from edged.errors import ConfigError
 from sync.core.clock import Clock
 
 if TYPE_CHECKING:
     from drivers.concert.session import ConcertSettings
     from drivers.zvt.session import ZvtSettings
-    from edged.config import Config, TerminalConfig
     from sync.square_api.terminal import SquareTerminalClient
     from sync.stripe_api.terminal import StripeTerminalClient
 
@@ -133,6 +134,18 @@ def cloud_settings(term: TerminalConfig) -> CloudSettings:
     device_key, _ = CLOUD[term.kind]
     extra = ("ping_interval",) if term.kind == "square_terminal" else ()
     return CloudSettings.from_options(term.options, device_key, term.customer_timeout, extra)
+
+
+def check_terminals(cfg: Config) -> Config:
+    """The options of every ``[[terminals]]`` entry, checked by the driver that will run it
+    (the config's own parser knows no driver); :class:`ConfigError` naming the file and the
+    key of the first fault. Returns ``cfg``."""
+    for i, term in enumerate(cfg.terminals):
+        problem = validate_options(term, cfg)
+        if problem is not None:
+            key, message = problem
+            raise ConfigError(f"{cfg.source}: terminals[{i}].{key}: {message}")
+    return cfg
 
 
 def validate_options(term: TerminalConfig, cfg: Config) -> tuple[str, str] | None:

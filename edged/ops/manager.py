@@ -6,9 +6,9 @@ import asyncio
 import contextlib
 from dataclasses import dataclass, field
 
-from edged.api.ratelimit import ClientBuckets
 from edged.config import Config
 from edged.events import EventBus
+from edged.lan.ratelimit import ClientBuckets
 from edged.lan.sessions import SessionStore
 from edged.lanes.terminals import TerminalManager
 from edged.ops.alerts import AlertCenter, SyncStatus

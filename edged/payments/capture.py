@@ -28,10 +28,11 @@ from typing import Any
 
 from edged.errors import ApiError
 from edged.events import EventBus
-from edged.payments.answer import Answer
+from edged.payments import records
 from edged.payments.refunds import RefundService
 from edged.payments.states import PaymentState
-from edged.store import Database, audit, idempotency, records
+from edged.store import Database, audit, idempotency
+from edged.store.answer import Answer
 from edged.store.idempotency import IdemRecord
 from sync.core import outbox
 from sync.core.clock import Clock, utc_iso

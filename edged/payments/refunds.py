@@ -21,9 +21,9 @@ from drivers.base import (
 from edged.errors import ApiError
 from edged.events import EventBus
 from edged.ids import new_id
-from edged.lanes.settlement import previous_reference
 from edged.lanes.terminals import NotSent, TerminalManager
-from edged.payments.answer import Answer
+from edged.payments import records
+from edged.payments.settlement import previous_reference
 from edged.payments.states import (
     Actor,
     IllegalTransition,
@@ -33,7 +33,8 @@ from edged.payments.states import (
     move_refund,
 )
 from edged.payments.terminal_figures import describe, other_figures
-from edged.store import Database, audit, idempotency, records
+from edged.store import Database, audit, idempotency
+from edged.store.answer import Answer
 from edged.store.idempotency import IdemRecord
 from sync.core import outbox
 from sync.core.clock import Clock, utc_iso

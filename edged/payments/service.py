@@ -33,11 +33,12 @@ from edged.config import Config
 from edged.errors import ApiError
 from edged.events import EventBus
 from edged.ids import new_id
-from edged.lanes.settlement import previous_reference
 from edged.lanes.terminals import NotSent, TerminalManager
-from edged.payments.answer import Answer, payment_answer, stored_answer
+from edged.payments import records
 from edged.payments.capture import CaptureService
+from edged.payments.records import payment_answer
 from edged.payments.refunds import RefundService
+from edged.payments.settlement import previous_reference
 from edged.payments.states import (
     ANSWERED,
     Actor,
@@ -48,7 +49,8 @@ from edged.payments.states import (
 )
 from edged.payments.terminal_figures import describe, other_figures
 from edged.payments.token_payments import TokenPayments
-from edged.store import Database, audit, idempotency, records
+from edged.store import Database, audit, idempotency
+from edged.store.answer import Answer, stored_answer
 from edged.store.idempotency import IdemRecord
 from sync.core.clock import Clock, utc_iso
 

@@ -35,9 +35,10 @@ from edged.config import Config
 from edged.errors import ApiError
 from edged.events import EventBus
 from edged.ids import new_id
-from edged.payments.answer import Answer, stored_answer
+from edged.payments import records
 from edged.payments.states import Actor, PaymentState, check_payment_start, move_payment
-from edged.store import Database, audit, records
+from edged.store import Database, audit
+from edged.store.answer import Answer, stored_answer
 from edged.store.idempotency import IdemRecord
 from sync.core import outbox
 from sync.core.clock import Clock, utc_iso

@@ -35,6 +35,7 @@ from typing import Any
 
 from edged.config import Config
 from edged.events import EventBus
+from edged.payments import records
 from edged.payments.states import (
     Actor,
     IllegalTransition,
@@ -43,7 +44,7 @@ from edged.payments.states import (
     move_payment,
     move_refund,
 )
-from edged.store import Database, audit, records
+from edged.store import Database, audit
 from sync.core import outbox
 from sync.core.breaker import BreakerState, CircuitBreaker
 from sync.core.clock import Clock, utc_iso

@@ -18,8 +18,9 @@ from pathlib import Path
 from typing import Any
 
 from edged.errors import EdgedError
+from edged.stock import records
 from edged.stock.inventory import inventory_item_gid, variant_gid
-from edged.store import audit, records
+from edged.store import audit
 from sync.core.clock import utc_iso
 
 COLUMNS = ("sku", "barcode", "title", "price", "variant_id", "inventory_item_id", "quantity")

@@ -15,9 +15,11 @@ from edged.config import Config
 from edged.errors import ApiError
 from edged.events import EventBus
 from edged.ids import new_id
+from edged.payments.records import payment_row
 from edged.payments.service import Answer
 from edged.payments.states import HAND_OVER
-from edged.store import Database, audit, idempotency, records
+from edged.stock import records
+from edged.store import Database, audit, idempotency
 from edged.store.idempotency import IdemRecord
 from sync.core import contract, outbox
 from sync.core.clock import Clock, utc_iso
@@ -191,7 +193,7 @@ class InventoryService:
             raise ApiError("ERR-1005", "payments: the same payment is named twice")
         rows = []
         for pid in payment_ids:
-            row = records.payment_row(conn, pid)
+            row = payment_row(conn, pid)
             if row is None:
                 raise ApiError("ERR-4003", f"payments: no payment {pid!r}")
             if row["state"] not in HAND_OVER:

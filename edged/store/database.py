@@ -26,10 +26,9 @@ from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
 
 from edged.errors import StoreError
-from edged.store import audit_key, files
+from edged.store import audit_key, files, storage
 from edged.store.audit_key import AuditKey
 from edged.store.migrations import migrate
-from edged.upkeep import storage
 
 log = logging.getLogger(__name__)
 
@@ -80,7 +79,7 @@ def connect(path: Path, *, writer: bool = False) -> StoreConnection:
     """A connection with the pragmas every connection must have (DESIGN §2).
 
     ``writer``: a connection that may create the file, which then gets incremental
-    auto-vacuum (it must come before WAL mode on a new file; see edged.upkeep.storage).
+    auto-vacuum (it must come before WAL mode on a new file; see edged.store.storage).
     """
     conn = sqlite3.connect(path, isolation_level=None, check_same_thread=False, timeout=10.0,
                            factory=StoreConnection)
@@ -128,7 +127,7 @@ class Database:
         racing it can leave a replica that restores corrupt), so the writer never does."""
         self.wal_max_bytes = wal_max_bytes
         """The WAL is checkpointed and truncated before it grows past this
-        (edged.upkeep.storage)."""
+        (edged.store.storage)."""
         self.wal_peak_bytes = 0
         """The largest WAL seen after a commit since the start."""
         self._wal_forced_at = 0.0
@@ -137,7 +136,7 @@ class Database:
         """True from a write that failed for want of space until a commit succeeds."""
         self.on_full = on_full
         self.space_low = False
-        """Set by the space guard (edged.upkeep.storage): the API refuses writes (ERR-1040)."""
+        """Set by the space guard (edged.store.storage): the API refuses writes (ERR-1040)."""
         """Called with True when the store becomes unable to write, False when it can again."""
         self.stats = WriterStats()
         self._readers = readers

@@ -50,9 +50,9 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+from edged.config.upkeep import ReplicaConfig
 from edged.errors import EdgedError
 from edged.store import audit, audit_key, durable_file, files
-from edged.upkeep.config import ReplicaConfig
 from sync.core.clock import Clock, utc_iso
 
 log = logging.getLogger(__name__)

@@ -18,8 +18,8 @@ from typing import Any
 
 from edged.config import Config
 from edged.ops.metrics import Metrics
-from edged.store import Database, StoreFull
-from edged.upkeep import backup, storage
+from edged.store import Database, StoreFull, storage
+from edged.upkeep import backup
 from edged.upkeep.retention import Retention
 from sync.core.clock import Clock, utc_iso
 from sync.core.supervisor import Supervisor, TaskStatus

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import ipaddress
 import tomllib
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
+from edged.config.table import Table, non_empty, sub
+from edged.config.upkeep import BackupConfig, ReplicaConfig, RetentionConfig, StorageConfig
+from edged.config.upkeep import parse as parse_upkeep
 from edged.errors import ConfigError
-from edged.payments.money import is_known_currency
-from edged.upkeep.config import BackupConfig, ReplicaConfig, RetentionConfig, StorageConfig
-from edged.upkeep.config import parse as parse_upkeep
+from edged.money import is_known_currency
 
 T = TypeVar("T")
 
@@ -218,52 +219,6 @@ class Config:
         return None
 
 
-class _Table:
-    """Reads one TOML table, naming the file and the dotted key in every complaint."""
-
-    def __init__(self, data: Mapping[str, Any], where: str, source: str) -> None:
-        self.data = dict(data)
-        self.where = where
-        self.source = source
-        self.seen: set[str] = set()
-
-    def key(self, name: str) -> str:
-        return f"{self.where}.{name}" if self.where else name
-
-    def fail(self, name: str, message: str) -> ConfigError:
-        return ConfigError(f"{self.source}: {self.key(name)}: {message}")
-
-    def get(self, name: str, kind: type[T], default: T, check: Callable[[T], str | None]
-            | None = None) -> T:
-        self.seen.add(name)
-        if name not in self.data:
-            return default
-        value = self.data[name]
-        ok = isinstance(value, kind) and not (kind is int and isinstance(value, bool))
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value, ok = float(value), True
-        if not ok:
-            raise self.fail(name, f"expected {kind.__name__}, got {type(value).__name__} "
-                                  f"{value!r}")
-        if check is not None and (problem := check(value)):
-            raise self.fail(name, problem)
-        return value  # type: ignore[no-any-return]
-
-    def require(self, name: str) -> str:
-        if name not in self.data:
-            raise self.fail(name, "is required")
-        return self.get(name, str, "", _non_empty)
-
-    def done(self) -> None:
-        unknown = sorted(set(self.data) - self.seen)
-        if unknown:
-            raise self.fail(unknown[0], "unknown key (see config.example.toml for every key)")
-
-
-def _non_empty(v: str) -> str | None:
-    return None if v.strip() else "must not be empty"
-
-
 def _positive(v: float) -> str | None:
     return None if v > 0 else "must be greater than 0"
 
@@ -305,28 +260,18 @@ def _currency(v: str) -> str | None:
     return None if is_known_currency(v) else "is not an ISO 4217 currency code"
 
 
-def _sub(parent: _Table, name: str) -> _Table | None:
-    parent.seen.add(name)
-    if name not in parent.data:
-        return None
-    value = parent.data[name]
-    if not isinstance(value, dict):
-        raise parent.fail(name, "must be a table")
-    return _Table(value, parent.key(name), parent.source)
-
-
 def _parse(data: Mapping[str, Any], source: str) -> Config:
-    root = _Table(data, "", source)
+    root = Table(data, "", source)
     store = StoreConfig()
-    if (t := _sub(root, "store")) is not None:
+    if (t := sub(root, "store")) is not None:
         store = StoreConfig(
-            id=t.get("id", str, store.id, _non_empty),
+            id=t.get("id", str, store.id, non_empty),
             currency=t.get("currency", str, store.currency, _currency),
-            data_dir=t.get("data_dir", str, store.data_dir, _non_empty),
+            data_dir=t.get("data_dir", str, store.data_dir, non_empty),
         )
         t.done()
     api = ApiConfig()
-    if (t := _sub(root, "api")) is not None:
+    if (t := sub(root, "api")) is not None:
         hosts = t.get("allowed_hosts", list, [])
         if not all(isinstance(h, str) for h in hosts):
             raise t.fail("allowed_hosts", "must be a list of host names")
@@ -361,7 +306,7 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
         )
         t.done()
     discovery = DiscoveryConfig()
-    if (t := _sub(root, "discovery")) is not None:
+    if (t := sub(root, "discovery")) is not None:
         interfaces: list[Any] = t.get("interfaces", list, [], _interface)
         discovery = DiscoveryConfig(
             enabled=t.get("enabled", bool, False) if "enabled" in t.data else None,
@@ -376,7 +321,7 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
             raise root.fail("terminals", "must be an array of tables ([[terminals]])")
         parsed = []
         for i, entry in enumerate(raw):
-            t = _Table(entry, f"terminals[{i}]", source)
+            t = Table(entry, f"terminals[{i}]", source)
             tid = t.require("id")
             kind = t.get("kind", str, "sim")
             if kind not in TERMINAL_KINDS:
@@ -397,11 +342,11 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
             raise root.fail("terminals", "two terminals share one id")
         terminals = tuple(parsed)
     shopify = None
-    if (t := _sub(root, "shopify")) is not None:
+    if (t := sub(root, "shopify")) is not None:
         shopify = ShopifyConfig(
             shop=t.require("shop"),
             location_id=t.require("location_id"),
-            api_version=t.get("api_version", str, "2026-10", _non_empty),
+            api_version=t.get("api_version", str, "2026-10", non_empty),
             admin_url=t.get("admin_url", str, "", None) or None,
             poll_interval_seconds=t.get("poll_interval_seconds", float, 60.0, _positive),
             catalogue_pull=t.get("catalogue_pull", str, "bulk",
@@ -414,14 +359,14 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
         t.done()
     processors: dict[str, ProcessorConfig | None] = {"stripe": None, "square": None}
     for name in processors:
-        if (t := _sub(root, name)) is not None:
+        if (t := sub(root, name)) is not None:
             processors[name] = ProcessorConfig(
                 base_url=t.get("base_url", str, "", None) or None,
                 location_id=t.get("location_id", str, "", None) or None,
             )
             t.done()
     offline = OfflineConfig()
-    if (t := _sub(root, "offline")) is not None:
+    if (t := sub(root, "offline")) is not None:
         offline = OfflineConfig(
             enabled=t.get("enabled", bool, offline.enabled),
             max_payment=t.get("max_payment", int, offline.max_payment, _positive),
@@ -433,7 +378,7 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
         )
         t.done()
     sync = SyncConfig()
-    if (t := _sub(root, "sync")) is not None:
+    if (t := sub(root, "sync")) is not None:
         sync = SyncConfig(
             max_attempts=t.get("max_attempts", int, sync.max_attempts, _positive),
             lease_seconds=t.get("lease_seconds", float, sync.lease_seconds, _positive),
@@ -448,19 +393,18 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
         t.done()
     manager, alerts = _manager_alerts(root)
     log_level = "INFO"
-    if (t := _sub(root, "log")) is not None:
+    if (t := sub(root, "log")) is not None:
         log_level = t.get("level", str, "INFO",
                           lambda v: None if v.upper() in ("DEBUG", "INFO", "WARNING", "ERROR")
                           else "must be DEBUG, INFO, WARNING or ERROR").upper()
         t.done()
-    upkeep = parse_upkeep(root, _sub)
+    upkeep = parse_upkeep(root, sub)
     root.done()
     cfg = Config(store=store, api=api, discovery=discovery, terminals=terminals, shopify=shopify,
                  stripe=processors["stripe"], square=processors["square"], offline=offline,
                  sync=sync, manager=manager, alerts=alerts, log_level=log_level,
                  source=source, retention=upkeep.retention, storage=upkeep.storage,
                  replica=upkeep.replica, backup=upkeep.backup)
-    _check_terminals(cfg)
     check_lan(cfg)
     return cfg
 
@@ -479,16 +423,16 @@ def _ratio(v: float) -> str | None:
     return None if 0 < v <= 1 else "must be more than 0 and at most 1"
 
 
-def _manager_alerts(root: _Table) -> tuple[ManagerConfig, AlertsConfig]:
+def _manager_alerts(root: Table) -> tuple[ManagerConfig, AlertsConfig]:
     manager = ManagerConfig()
-    if (t := _sub(root, "manager")) is not None:
+    if (t := sub(root, "manager")) is not None:
         manager = ManagerConfig(
             timezone=t.get("timezone", str, manager.timezone, _timezone),
             session_minutes=t.get("session_minutes", int, manager.session_minutes, _positive),
         )
         t.done()
     alerts = AlertsConfig()
-    if (t := _sub(root, "alerts")) is not None:
+    if (t := sub(root, "alerts")) is not None:
         alerts = AlertsConfig(
             check_seconds=t.get("check_seconds", float, alerts.check_seconds, _positive),
             oldest_pending_minutes=t.get("oldest_pending_minutes", float,
@@ -501,16 +445,6 @@ def _manager_alerts(root: _Table) -> tuple[ManagerConfig, AlertsConfig]:
         )
         t.done()
     return manager, alerts
-
-
-def _check_terminals(cfg: Config) -> None:
-    from edged.lanes.factory import validate_options  # noqa: PLC0415  (avoids a cycle)
-
-    for i, term in enumerate(cfg.terminals):
-        problem = validate_options(term, cfg)
-        if problem is not None:
-            key, message = problem
-            raise ConfigError(f"{cfg.source}: terminals[{i}].{key}: {message}")
 
 
 def load(path: str | Path | None) -> Config:

@@ -1,4 +1,5 @@
-"""An HTTP answer decided by a service, and the one way a payment answer is stored."""
+"""An HTTP answer decided by a service, stored under the request's Idempotency-Key in the
+transaction of the change it answers."""
 
 from __future__ import annotations
 
@@ -6,7 +7,7 @@ import sqlite3
 from dataclasses import dataclass
 from typing import Any
 
-from edged.store import idempotency, records
+from edged.store import idempotency
 from edged.store.idempotency import IdemRecord
 
 
@@ -17,14 +18,6 @@ class Answer:
     status: int
     body: dict[str, Any]
     stored: bool = True  # False: the caller still has to store it under the key
-
-
-def payment_answer(conn: sqlite3.Connection, idem: IdemRecord | None, status: int,
-                   payment_id: str) -> Answer:
-    """The payment as committed, saved under the request's key in the same transaction."""
-    body = records.get_payment(conn, payment_id)
-    assert body is not None
-    return stored_answer(conn, idem, status, body)
 
 
 def stored_answer(conn: sqlite3.Connection, idem: IdemRecord | None, status: int,

@@ -10,10 +10,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from edged.config import _Table
+from edged.config.table import Table
 
 
 @dataclass(frozen=True, slots=True)
@@ -114,7 +112,7 @@ def _replica_url(v: str) -> str | None:
     return "must be an absolute path, file:///path or s3://bucket/path"
 
 
-def parse(root: _Table, sub: Callable[[_Table, str], _Table | None]) -> Upkeep:
+def parse(root: Table, sub: Callable[[Table, str], Table | None]) -> Upkeep:
     retention = RetentionConfig()
     if (t := sub(root, "retention")) is not None:
         d = retention
