@@ -5,7 +5,7 @@ fresh data dir, reads ``VmRSS`` from ``/proc/PID/status`` once it printed its re
 again after ``--settle`` seconds of idling, and stops it; then the same with ``[shopify]``,
 ``[stripe]`` and ``[square]`` configured. Their SDKs (``stripe``, ``squareup`` and its
 pydantic models, ``httpx``) are imported on a worker thread once the daemon is ready
-(``sync/sdk_clients.py``); the bench waits for the line saying they are loaded before the
+(``sync/core/preload.py``); the bench waits for the line saying they are loaded before the
 second reading, so that figure includes them; every upstream URL points at a closed
 loopback port and no secret is set, so nothing leaves the box. Start → ready is from ``Popen`` to the ready line,
 interpreter start included, with the CPU the daemon used by then (``/proc/PID/stat``,

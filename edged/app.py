@@ -49,8 +49,10 @@ if TYPE_CHECKING:
 from sync.core import outbox
 from sync.core.clock import Clock, SystemClock
 from sync.core.outbox import OutboxStore
+from sync.core.preload import preload
 from sync.core.supervisor import TaskState
-from sync.sdk_clients import preload
+from sync.square_api import sdk as square_sdk
+from sync.stripe_api import sdk as stripe_sdk
 
 log = logging.getLogger(__name__)
 
@@ -216,12 +218,13 @@ class Daemon:
                      " (its keyed part starts here)" if started else "")
 
     async def _preload_sdks(self) -> None:
-        """Import the processors' SDKs now that the API answers (sync.sdk_clients)."""
+        """Import the processors' SDKs now that the API answers (sync.core.preload)."""
         names = ", ".join(n for n, on in (("stripe", self.cfg.stripe is not None),
                                           ("squareup", self.cfg.square is not None)) if on)
         try:
-            seconds = await preload(stripe=self.cfg.stripe is not None,
-                                    square=self.cfg.square is not None)
+            seconds = await preload(
+                ([stripe_sdk.warm] if self.cfg.stripe is not None else [])
+                + ([square_sdk.warm] if self.cfg.square is not None else []))
         except Exception:  # the first call that needs them will say what is wrong
             log.exception("loading the processors' SDKs (%s) failed", names)
             return

@@ -7,7 +7,7 @@ import subprocess
 import sys
 import textwrap
 
-from sync.sdk_clients import StripeSdk
+from sync.stripe_api.sdk import StripeSdk
 
 PROBE = textwrap.dedent("""
     import asyncio, json, sys
@@ -18,7 +18,9 @@ PROBE = textwrap.dedent("""
     from sync.square_api.terminal import SquareTerminalClient, SquareTerminalSettings
     from sync.stripe_api.gateway import StripeGateway, StripeSettings
     from sync.stripe_api.terminal import StripeTerminalClient, StripeTerminalSettings
-    from sync.sdk_clients import preload
+    from sync.core.preload import preload
+    from sync.square_api import sdk as square_sdk
+    from sync.stripe_api import sdk as stripe_sdk
 
     def loaded():
         return {name: name in sys.modules for name in ("stripe", "square.client", "httpx")}
@@ -33,7 +35,7 @@ PROBE = textwrap.dedent("""
              SquareTerminalClient(SquareTerminalSettings(base_url="http://127.0.0.1:9"),
                                   lambda: "t", clock, brk, bucket)]
     before = loaded()
-    seconds = asyncio.run(preload(stripe=True, square=True))
+    seconds = asyncio.run(preload([stripe_sdk.warm, square_sdk.warm]))
     print(json.dumps({"before": before, "after": loaded(), "seconds": seconds}))
 """)
 

@@ -78,8 +78,8 @@ from sync.core.contract import (
 from sync.core.errors import CredentialsRequired, OutcomeUnknown, PermanentError, RefusedInDoubt
 from sync.core.gateway import OutboxRow, RowFailure, Work, WorkResult
 from sync.core.limiter import TokenBucket, TokenBucketSettings
-from sync.sdk_calls import SquareRefusal, square_call
-from sync.sdk_clients import SquareSdk
+from sync.square_api.calls import SquareRefusal, square_call
+from sync.square_api.sdk import SquareSdk
 
 if TYPE_CHECKING:
     from square.core.request_options import RequestOptions
@@ -314,7 +314,7 @@ class SquareGateway:
     # -- plumbing -----------------------------------------------------------------------
 
     async def _call(self, what: str, work: Work, call: Callable[[], Awaitable[T]]) -> T:
-        """One HTTP call: take a token, make it, sort its failure (``sync.sdk_calls``)."""
+        """One HTTP call: take a token, make it, sort its failure (``sync.stripe_api.calls``)."""
         await self.bucket.acquire()
         return await square_call(what, call, self.bucket, self._clock,
                                  partial(_row_refusal, what, work))

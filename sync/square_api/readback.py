@@ -28,8 +28,8 @@ from sync.core.clock import Clock, utc_iso
 from sync.core.errors import CredentialsRequired, PermanentError
 from sync.core.limiter import TokenBucket
 from sync.core.readback import Guarded, PaymentQuery, PaymentSeen, RefundQuery, RefundSeen, Seen
-from sync.sdk_calls import SquareRefusal, square_call
-from sync.sdk_clients import SquareSdk
+from sync.square_api.calls import SquareRefusal, square_call
+from sync.square_api.sdk import SquareSdk
 from sync.square_api.terminal import checkout_note
 
 if TYPE_CHECKING:

@@ -40,8 +40,8 @@ from sync.core.clock import Clock, utc_iso
 from sync.core.errors import CredentialsRequired, OutcomeUnknown, PermanentError
 from sync.core.guarded import through
 from sync.core.limiter import TokenBucket
-from sync.sdk_calls import square_call
-from sync.sdk_clients import SquareSdk
+from sync.square_api.calls import square_call
+from sync.square_api.sdk import SquareSdk
 
 if TYPE_CHECKING:
     from square.core.request_options import RequestOptions

@@ -44,7 +44,7 @@ So, before any resend:
 - a cancel or capture retrieves the PaymentIntent: already ``canceled`` / ``succeeded`` →
   applied without a call; otherwise it is resent under the same key.
 
-Errors (sorted in ``sync.sdk_calls``, as for the Terminal client): 429 →
+Errors (sorted in ``sync.stripe_api.calls``, as for the Terminal client): 429 →
 ``bucket.on_429(Retry-After)`` and :class:`Throttled`; 5xx, 409 (the key is in use by a
 request still running), a dropped connection or a timeout after sending →
 :class:`OutcomeUnknown`; connection refused or a connect timeout → :class:`TransientError`;
@@ -53,7 +53,7 @@ request still running), a dropped connection or a timeout after sending →
 400/404 → ``ERR-6070``.
 A missing key → :class:`TransientError` telling the technician ``edged secret set stripe.key``.
 
-The SDK is imported by the first call (:mod:`sync.sdk_clients`), never at module level or
+The SDK is imported by the first call (:mod:`sync.stripe_api.sdk`), never at module level or
 in the constructor: the daemon imports it only when Stripe is configured, and after it is
 ready (start-up and idle memory targets).
 """
@@ -77,8 +77,8 @@ from sync.core.contract import (
 from sync.core.errors import CredentialsRequired, PermanentError, RefusedInDoubt
 from sync.core.gateway import OutboxRow, RowFailure, Work, WorkResult
 from sync.core.limiter import TokenBucket, TokenBucketSettings
-from sync.sdk_calls import StripeRefusal, StripeRefusalKind, stripe_call
-from sync.sdk_clients import StripeSdk
+from sync.stripe_api.calls import StripeRefusal, StripeRefusalKind, stripe_call
+from sync.stripe_api.sdk import StripeSdk
 
 if TYPE_CHECKING:
     import stripe
@@ -390,7 +390,7 @@ class StripeGateway:
 
     async def _call(self, what: str, work: Work | None,
                     call: Callable[[], Awaitable[T]]) -> T:
-        """One HTTP call: take a token, make it, sort its failure (``sync.sdk_calls``)."""
+        """One HTTP call: take a token, make it, sort its failure (``sync.stripe_api.calls``)."""
         await self.bucket.acquire()
         return await stripe_call(what, call, self.bucket, self._clock,
                                  partial(_row_refusal, what, work))

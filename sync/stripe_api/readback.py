@@ -23,8 +23,8 @@ from sync.core.clock import Clock
 from sync.core.errors import CredentialsRequired, PermanentError
 from sync.core.limiter import TokenBucket
 from sync.core.readback import Guarded, PaymentQuery, PaymentSeen, RefundQuery, RefundSeen, Seen
-from sync.sdk_calls import StripeRefusal, stripe_call
-from sync.sdk_clients import StripeSdk
+from sync.stripe_api.calls import StripeRefusal, stripe_call
+from sync.stripe_api.sdk import StripeSdk
 from sync.stripe_api.terminal import intent_view
 
 if TYPE_CHECKING:

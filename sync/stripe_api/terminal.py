@@ -44,8 +44,8 @@ from sync.core.clock import Clock
 from sync.core.errors import CredentialsRequired, PermanentError
 from sync.core.guarded import through
 from sync.core.limiter import TokenBucket
-from sync.sdk_calls import StripeRefusal, StripeRefusalKind, stripe_call
-from sync.sdk_clients import StripeSdk
+from sync.stripe_api.calls import StripeRefusal, StripeRefusalKind, stripe_call
+from sync.stripe_api.sdk import StripeSdk
 
 if TYPE_CHECKING:
     import stripe

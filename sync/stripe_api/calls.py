@@ -1,20 +1,19 @@
-"""One call through a processor's SDK, its failure sorted the same way for every caller.
+"""Stripe's errors, sorted once for every caller: one refusal value.
 
-The outbox gateways (``sync.stripe_api.gateway``, ``sync.square_api.gateway``) and the
-Terminal clients of the cloud lanes (``sync.stripe_api.terminal``,
-``sync.square_api.terminal``) make their calls through :func:`stripe_call` and
-:func:`square_call`, so that a failure means the same thing whichever part of the daemon
-asked:
+Every call of this processor's gateway, Terminal client and read-back goes through
+:func:`stripe_call`, so that a failure means the same thing whichever part of the daemon asked:
 
-- 429 → the bucket backs off (``Retry-After``) and :class:`Throttled`;
-- a refused key or token (401/403) → :class:`CredentialsRequired` ``ERR-6072``;
-- no connection (refused, connect timeout): nothing left the box → :class:`TransientError`;
+- 429 → the bucket backs off (``Retry-After``) and :class:`~sync.core.errors.Throttled`;
+- a refused secret key (401/403) → :class:`~sync.core.errors.CredentialsRequired` ``ERR-6072``;
+- no connection (refused, connect timeout): nothing left the box →
+  :class:`~sync.core.errors.TransientError`;
 - the connection failed after sending, a timeout, a 5xx, 408 or 409 (the key is in use by a
-  request still running), an answer that cannot be read → :class:`OutcomeUnknown`;
-- anything else is the processor refusing the call (a decline, a bad request, a key seen
-  with another body): the caller's ``refused`` turns that :class:`StripeRefusal` /
-  :class:`SquareRefusal` into its own exception, since what a refusal means is the
-  caller's (a row's permanent failure, a declined sale).
+  request still running), an answer that cannot be read →
+  :class:`~sync.core.errors.OutcomeUnknown`;
+- anything else is Stripe refusing the call (a decline, a bad request, a key seen with
+  another body): one :class:`StripeRefusal` value, which the caller's ``refused`` turns into its
+  own exception, since what a refusal means is the caller's (a row's permanent failure, a
+  declined sale).
 
 An answer, also a refusal, tells the bucket the processor is answering again.
 """
@@ -49,14 +48,6 @@ class StripeRefusal:
     code: str | None
     decline_code: str | None
     error: Mapping[str, Any] | None  # the body's ``error`` object, when there is one
-
-
-@dataclass(frozen=True, slots=True)
-class SquareRefusal:
-    status: int
-    codes: tuple[str, ...]
-    message: str  # "detail (CODE); …", or "HTTP 400" when Square listed no error
-    decline: bool  # a PAYMENT_METHOD_ERROR: the card was declined
 
 
 async def stripe_call(what: str, call: Callable[[], Awaitable[T]], bucket: TokenBucket,
@@ -117,45 +108,5 @@ async def stripe_call(what: str, call: Callable[[], Awaitable[T]], bucket: Token
             f"{exc.user_message}", exc.code, None, None)) from None
     except TimeoutError:
         raise OutcomeUnknown(f"stripe: no answer in time to the call to {what}") from None
-    bucket.on_success()
-    return answer
-
-
-async def square_call(what: str, call: Callable[[], Awaitable[T]], bucket: TokenBucket,
-                      clock: Clock, refused: Callable[[SquareRefusal], Exception]) -> T:
-    """Make ``call`` (a token must already be taken) and sort its failure."""
-    import httpx  # noqa: PLC0415  (imported with the SDK, never at start)
-    from square.core.api_error import ApiError  # noqa: PLC0415
-
-    try:
-        answer = await call()
-    except ApiError as exc:
-        status: int | None = exc.status_code
-        if status == 429:
-            wait = bucket.on_429(retry_after_seconds(header(exc.headers, "retry-after"),
-                                                     clock.now()))
-            raise Throttled(wait, f"square rate-limited the call to {what} (429)") from None
-        bucket.on_success()
-        if status in (401, 403):
-            raise CredentialsRequired(
-                f"ERR-6072: Square refused the access token ({status}) when asked to "
-                f"{what}; set a valid one with `edged secret set square.token`") from None
-        if status is None or status < 400 or status >= 500 or status in (408, 409):
-            raise OutcomeUnknown(f"square answered {status} to the call to {what}") from None
-        errors = list(exc.errors or [])
-        raise refused(SquareRefusal(
-            status, tuple(str(e.code) for e in errors),
-            "; ".join(f"{e.detail or e.code} ({e.code})" for e in errors) or f"HTTP {status}",
-            any(str(e.category) == "PAYMENT_METHOD_ERROR" for e in errors))) from None
-    except (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout,
-            httpx.UnsupportedProtocol) as exc:
-        raise TransientError(f"square unreachable ({type(exc).__name__}): could not "
-                             f"{what}; nothing was sent") from None
-    except (httpx.TransportError, TimeoutError) as exc:
-        raise OutcomeUnknown(f"square: the connection failed after sending the call to "
-                             f"{what} ({type(exc).__name__})") from None
-    except ValueError as exc:  # a 2xx answer the SDK could not read
-        raise OutcomeUnknown(f"square: unreadable answer to the call to {what} "
-                             f"({type(exc).__name__})") from None
     bucket.on_success()
     return answer

@@ -1,0 +1,57 @@
+"""Stripe's SDK client, built on first use and shared by the gateway, the Terminal client
+and the read-back: a ``stripe.StripeClient`` on the SDK's aiohttp transport, rebuilt when
+the secret key changes (a rotated key takes effect on the next call), never retried by the
+SDK (the daemon's own policy decides).
+
+Importing the SDK costs about 0.3 s of CPU, more than the whole daemon's way to ready, so
+nothing imports it when a gateway or a Terminal client is constructed: the client is built
+by the first call that needs it, and :func:`warm` (run on a worker thread once the daemon is
+ready, :func:`sync.core.preload.preload`) imports what the first call would, so that the
+first payment normally finds it loaded.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    import stripe
+
+
+def warm() -> None:
+    import stripe  # noqa: PLC0415
+
+    client = stripe.StripeClient("sk_preload", http_client=stripe.AIOHTTPClient())
+    for service in (client.v1.payment_intents, client.v1.refunds, client.v1.terminal.readers):
+        assert service is not None
+
+
+class StripeSdk:
+    """A Stripe client for one base URL and timeout, made when first asked for."""
+
+    def __init__(self, base_url: str | None, timeout: float) -> None:
+        self.base_url = base_url
+        self.timeout = timeout
+        self._http: stripe.AIOHTTPClient | None = None
+        self._client: stripe.StripeClient | None = None
+        self._key: str | None = None
+
+    def client(self, key: str) -> stripe.StripeClient:
+        import aiohttp  # noqa: PLC0415
+        import stripe  # noqa: PLC0415  (lazily: see the module docstring)
+
+        if self._http is None:
+            self._http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(
+                total=self.timeout, connect=min(self.timeout, 10.0)))
+        if self._client is None or key != self._key:
+            self._client = stripe.StripeClient(
+                key, base_addresses={"api": self.base_url} if self.base_url else {},
+                http_client=self._http, max_network_retries=0)
+            self._key = key
+        return self._client
+
+    async def close(self) -> None:
+        if self._http is not None:
+            await self._http.close_async()  # type: ignore[no-untyped-call]
+            self._http = None
+            self._client = None
