@@ -1,4 +1,4 @@
-"""Register API bench (DESIGN §8, issue 22): the daemon against the floor, on two disks.
+"""Register API bench (bench/README.md, issue 22): the daemon against the floor, on two disks.
 
 For each storage, side by side in one run and in the same directory (so on the same disk):
 

@@ -1,4 +1,4 @@
-"""Drain bench (DESIGN §8): a queue built during an outage, pushed to a cost-limited Shopify.
+"""Drain bench (bench/README.md): a queue built during an outage, pushed to a cost-limited Shopify.
 
 While the fake Shopify refuses connections, a real daemon (``python -m edged run``, through
 ``tests/daemon_process.py``) takes 10,000 stock adjustment changes and 1,000 sales over its

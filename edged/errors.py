@@ -1,6 +1,6 @@
 """Every error a client can see: one table, one exception root.
 
-Codes are grouped (DESIGN §6): 1xxx request, 2xxx payments, 3xxx terminals, 4xxx inventory
+Codes are grouped (README, the API): 1xxx request, 2xxx payments, 3xxx terminals, 4xxx inventory
 and orders, 5xxx security, 6xxx integrations. ``docs/errors.md`` is generated from
 :data:`CODES` by ``python -m edged.docgen.errors_doc`` and checked by ``make test``.
 """

@@ -1,7 +1,7 @@
 """The bulk catalogue's apply on a real SQLite file: what it replaces and what it keeps.
 
 Local stock = Shopify's figure as read at a time + the store's changes not in that figure
-(DESIGN §5). A figure read at ``pulled_at`` includes every change acknowledged before it;
+(docs/design.md, sync). A figure read at ``pulled_at`` includes every change acknowledged before it;
 a change in flight may or may not be in it; a later read wins.
 """
 

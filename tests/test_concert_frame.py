@@ -28,7 +28,7 @@ from drivers.concert.framing import (
     lrc,
 )
 
-# Vectors from /work/shared/facts/concert.md.
+# Vectors from docs/facts/concert.md.
 REQUEST_FULL = bytes.fromhex(
     "02 3031 3030303031323530 31 31 30 393738 20202020202020202020 41303130 42303130 03 01"
 )

@@ -1,4 +1,4 @@
-"""Crash and stop tests on a real daemon process (DESIGN §2, §3, §6).
+"""Crash and stop tests on a real daemon process (docs/design.md: the data, payments; README: the API).
 
 (a) SIGKILL mid-load: ten registers take cash payments and record the sales they pay,
     over real HTTP, each request with its own Idempotency-Key; the daemon is killed while

@@ -2,7 +2,7 @@
 
 Property tests (hypothesis) run every sequence of moves the daemon's writers can attempt
 (the API, terminals, sync hooks, deadlines, restarts, a manager) through the table and
-check what DESIGN §3 promises; the same moves through the real SQLite store check that a
+check what docs/design.md, payments promises; the same moves through the real SQLite store check that a
 refused move changes nothing.
 """
 

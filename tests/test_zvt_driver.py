@@ -1,7 +1,7 @@
 """The ZVT driver against the terminal simulator, on TCP and on a pty (serial framing).
 
 Each test drives :class:`ZvtTerminal` directly and checks what the terminal received and
-booked (the simulator's log and journal): the facts of ``/work/shared/facts/zvt.md``
+booked (the simulator's log and journal): the facts of ``docs/facts/zvt.md``
 decide what each ending must be. Timers are small settings; nothing asserts on time.
 """
 

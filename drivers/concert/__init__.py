@@ -2,7 +2,7 @@
 
 Sources (facts only, no code taken): PayXpert's "USB/RS232 - Specifications" and
 "Concert V2/V3" pages, and the ECR-side libraries pyteliummanager (MIT) and pypostelium
-(AGPL), summarised with byte vectors in ``/work/shared/facts/concert.md``.
+(AGPL), summarised with byte vectors in ``docs/facts/concert.md``.
 
 The line is opened with ``serial.serial_for_url``, so a device path (``/dev/ttyACM0``, a
 pty, a ``/dev/serial/by-id`` link) and a ``socket://host:port`` URL both work. USB CDC-ACM

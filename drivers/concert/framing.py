@@ -1,6 +1,6 @@
 """Concert (Ingenico Telium E+) framing: control bytes, ``STX data ETX LRC`` frames.
 
-Facts (see ``/work/shared/facts/concert.md``; public sources: PayXpert "USB/RS232 -
+Facts (see ``docs/facts/concert.md``; public sources: PayXpert "USB/RS232 -
 Specifications" and "Concert V2/V3" pages, and what the ECR-side libraries pyteliummanager
 and pypostelium agree on):
 

@@ -1,6 +1,6 @@
 """Concert (Ingenico Telium E+) messages: the 34-character request, the 80/25-character answer.
 
-Layouts from ``/work/shared/facts/concert.md`` (public sources: PayXpert "USB/RS232 -
+Layouts from ``docs/facts/concert.md`` (public sources: PayXpert "USB/RS232 -
 Specifications" and "Concert V2/V3" pages; the ECR-side libraries pyteliummanager and
 pypostelium agree byte for byte). Only facts were taken from those sources, no code.
 

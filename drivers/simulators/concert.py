@@ -1,6 +1,6 @@
 """A Concert E+ terminal on a pty: the terminal side of :mod:`drivers.concert`.
 
-It speaks the real bytes (see ``/work/shared/facts/concert.md``) on the master side of a
+It speaks the real bytes (see ``docs/facts/concert.md``) on the master side of a
 pseudo-terminal; the daemon opens the slave device like any serial port. It runs on its
 own thread, so a test or a benchmark drives it from anywhere.
 

@@ -1,6 +1,6 @@
 """A ZVT payment terminal (PT) on TCP or on a pty: the terminal side of the protocol.
 
-Built to the protocol (``/work/shared/facts/zvt.md`` and the specification's tables), not
+Built to the protocol (``docs/facts/zvt.md`` and the specification's tables), not
 to :mod:`drivers.zvt.adapter`: it answers any ECR that speaks ZVT — Registration, Status
 enquiry, Authorisation, Refund, Reversal, Repeat receipt, End of day, Abort command, Log
 off — the way a PT does: ``80 00 00`` (or ``84 xx``) to the command, then, as master,

@@ -1,6 +1,6 @@
 """ZVT terminals (the DACH ECR interface) over TCP or RS-232.
 
-Facts (``/work/shared/facts/zvt.md``, and the specification's summary tables as the ECR
+Facts (``docs/facts/zvt.md``, and the specification's summary tables as the ECR
 libraries ecrterm and Portalum.Zvt publish them; no code taken): see
 :mod:`drivers.zvt.framing` (lengths, DLE framing, CRC-16/KERMIT) and
 :mod:`drivers.zvt.messages` (APDUs, BMPs, TLV, result codes).

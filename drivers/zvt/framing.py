@@ -1,6 +1,6 @@
 """ZVT framing: APDU length fields, and the serial line's ``DLE STX … DLE ETX CRC`` frames.
 
-Facts (``/work/shared/facts/zvt.md``; the ZVT specification's summary tables as ECR
+Facts (``docs/facts/zvt.md``; the ZVT specification's summary tables as ECR
 libraries publish them):
 
 - an APDU is ``CLASS INSTR LEN DATA``; ``LEN`` is one byte below 255, else ``FF`` and two

@@ -1,6 +1,6 @@
 """ZVT APDUs: the ECR's commands, the terminal's messages, their BMPs and TLV containers.
 
-Facts only (``/work/shared/facts/zvt.md``; the specification's summary tables of BMPs,
+Facts only (``docs/facts/zvt.md``; the specification's summary tables of BMPs,
 result codes and intermediate status codes as the ECR libraries ecrterm and Portalum.Zvt
 publish them, and the PT packets captured in ecrterm's test suite, used as test vectors):
 

@@ -136,7 +136,8 @@ class SyncConfig:
     request_timeout: float = 20.0
     pull_interval_seconds: float = 900.0
     breaker_break_seconds: float | None = None
-    """How long an open breaker refuses calls; None: DESIGN §5 (Shopify 30 s, processors 60 s)."""
+    """How long an open breaker refuses calls; None: the default (Shopify 30 s, processors
+    60 s; docs/design.md, sync)."""
     quick_retries: int = 3
     """Attempts of one upstream call inside a claim before the row goes back with a backoff."""
     unknown_recheck_seconds: float = 180.0

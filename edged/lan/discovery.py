@@ -1,4 +1,4 @@
-"""mDNS discovery (DESIGN §7): the daemon announces itself, ``edged discover`` listens.
+"""mDNS discovery (README, the store LAN): the daemon announces itself, ``edged discover`` listens.
 
 The daemon registers ``<instance>._edged._tcp.local.`` with zeroconf's asyncio API: SRV to
 ``<store id>.local.`` (a name in its certificate) on the API's port, A/AAAA records for its

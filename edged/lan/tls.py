@@ -1,4 +1,5 @@
-"""The daemon's own TLS certificate (DESIGN §7): made at first start, pinned by fingerprint.
+"""The daemon's own TLS certificate: made at first start, pinned by fingerprint (README, the
+store LAN).
 
 Registers on the store LAN do not trust a CA; they pin the SHA-256 fingerprint of this
 certificate, which ``edged tls fingerprint`` prints and mDNS announces (TXT ``fp=``).

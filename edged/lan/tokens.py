@@ -1,6 +1,6 @@
 """Bearer tokens for the register API: shown once, stored as a SHA-256 hash.
 
-Scopes (DESIGN §6): ``register`` (payments, orders, stock, reads), ``manager`` (also
+Scopes (README, the API): ``register`` (payments, orders, stock, reads), ``manager`` (also
 resolve, retry and discard, reports, pairing) and ``monitor`` (reads only, for a wall
 screen). A revoked token is refused on its very next call: a revocation is committed, then
 announced to the daemon, which keeps the tokens it has read (:mod:`edged.lan.token_cache`).

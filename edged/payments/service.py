@@ -1,4 +1,5 @@
-"""Payments and refunds: the states of DESIGN §3 and the writes that move between them.
+"""Payments and refunds: the writes that move them through the state table
+(:mod:`edged.payments.states`; docs/design.md, payments).
 
 Every change is one write transaction that also stores the idempotent answer, the audit
 entry and the outbox rows; events go out only after the commit.

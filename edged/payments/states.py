@@ -1,4 +1,4 @@
-"""The payment and refund lifecycles (DESIGN §3): the states and every move allowed.
+"""The payment and refund lifecycles (docs/design.md, payments): the states and every move allowed.
 
 One table says which move each actor may make. Every writer of ``payments.state`` or
 ``refunds.state`` goes through :func:`move_payment` / :func:`move_refund` (or

@@ -1,7 +1,7 @@
 """Token (card-not-present) payments: forwarded to their processor through the outbox.
 
 A token payment is ``pending`` while its forward row waits for the processor, or
-``stored`` when it was accepted offline within the caps (DESIGN §3). The processor's
+``stored`` when it was accepted offline within the caps (docs/design.md, payments). The processor's
 answer arrives through the sync hooks (``edged.upstream.sync_hooks``).
 
 Two bounds run on the daemon's clock (:meth:`TokenPayments.run_deadlines`):

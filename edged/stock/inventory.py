@@ -1,7 +1,7 @@
 """The catalogue, local stock, sales and stock adjustments.
 
 Local stock = the last quantity Shopify reported + the deltas it has not acknowledged yet
-(DESIGN §5). A sale decrements stock once: one local delta per line, and upstream only
+(docs/design.md, sync). A sale decrements stock once: one local delta per line, and upstream only
 through the order (never again through an adjustment).
 """
 

@@ -76,7 +76,7 @@ class StoreConnection(sqlite3.Connection):
 
 
 def connect(path: Path, *, writer: bool = False) -> StoreConnection:
-    """A connection with the pragmas every connection must have (DESIGN §2).
+    """A connection with the pragmas every connection must have (docs/design.md, the data).
 
     ``writer``: a connection that may create the file, which then gets incremental
     auto-vacuum (it must come before WAL mode on a new file; see edged.store.storage).

@@ -1,4 +1,4 @@
-"""Integration secrets encrypted at rest (DESIGN §7).
+"""Integration secrets encrypted at rest (README, the store LAN).
 
 The Shopify token and webhook secret, the Stripe key and the Square token live in the
 ``secrets`` table, each value sealed with AES-256-GCM under a 32-byte key that never

@@ -66,13 +66,13 @@ class BreakerSettings:
 
     @classmethod
     def shopify(cls) -> BreakerSettings:
-        """DESIGN §5 default for Shopify: 0.5 over 30 s, at least 5 calls, 30 s break."""
+        """The default for Shopify: 0.5 over 30 s, at least 5 calls, 30 s break (docs/design.md)."""
         return cls(failure_ratio=0.5, sampling_window=30.0, minimum_throughput=5,
                    break_duration=30.0)
 
     @classmethod
     def processors(cls) -> BreakerSettings:
-        """DESIGN §5 default for Stripe and Square: 0.3 over 60 s, 3 calls, 60 s break."""
+        """The default for Stripe and Square: 0.3 over 60 s, 3 calls, 60 s break."""
         return cls(failure_ratio=0.3, sampling_window=60.0, minimum_throughput=3,
                    break_duration=60.0)
 
