@@ -132,9 +132,10 @@ def _dispatch(args: argparse.Namespace) -> int:
         from edged.ops import log_redaction  # noqa: PLC0415
 
         log_redaction.install()  # no token, session id or pairing code in any line
-        # httpx (the squareup SDK's client) logs every request at INFO: a cloud lane's
-        # heartbeat would fill the journal; edged logs what the calls mean instead
-        logging.getLogger("httpx").setLevel(max(logging.WARNING, logging.root.level))
+        # httpx (the squareup SDK's client) and the stripe SDK log every request at INFO: a
+        # cloud lane's polls would fill the journal; edged logs what the calls mean instead
+        for chatty in ("httpx", "stripe"):
+            logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.root.level))
         return event_loop.run(_serve(cfg), os.environ)
     if args.command == "check-config":
         cfg = check_terminals(load(args.file))
