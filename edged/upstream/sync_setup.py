@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 SECRET_NAMES = {"shopify": "shopify.token", "stripe": "stripe.key", "square": "square.token"}
 SECRET_REFRESH_SECONDS = 30.0
+STOP_GRACE = 5.0
+"""Seconds the sync tasks get to return by themselves at a stop before they are cancelled."""
 
 
 class SecretCache:
@@ -92,8 +94,8 @@ class SyncRuntime:
         worker = self.engine.workers.get(destination)
         return worker is not None and worker.breaker.state is BreakerState.OPEN
 
-    async def stop(self) -> None:
-        await self.engine.stop()  # the workers and the tasks below, all supervised
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        await self.engine.stop(grace)  # the workers and the tasks below, all supervised
         for reader in self.readers.values():
             await reader.close()
 
