@@ -23,6 +23,9 @@ def pytest_configure(config: pytest.Config) -> None:
     compiled every module it imports again (about half a second of CPU a process). Python
     reads bytecode that is already there and checks it against its source's size and time.
     Only the main process does it (under pytest-xdist the workers find it done)."""
+    config.addinivalue_line(
+        "markers", "serial: a promise in real time (an answer within a second); `make test`"
+                   " runs these after the others, alone, not beside other tests")
     if not hasattr(config, "workerinput"):
         for package in ("edged", "drivers", "sync", "tests"):
             compileall.compile_dir(ROOT / package, quiet=1)

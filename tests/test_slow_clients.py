@@ -41,7 +41,8 @@ SESSIONS = 32
 STREAMS = 32
 PROMISE = 1.0  # seconds: a register's cash payment, whatever else happens on the LAN
 
-pytestmark = pytest.mark.timeout(HOLD + 120)
+# serial: a promise in real time (under a second a payment), kept apart from other tests
+pytestmark = [pytest.mark.timeout(HOLD + 120), pytest.mark.serial]
 
 
 async def _register(base: str, token: str, until: float) -> list[float | str]:
