@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import compileall
+import sys
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
@@ -22,7 +23,11 @@ def pytest_configure(config: pytest.Config) -> None:
     ``PYTHONDONTWRITEBYTECODE`` set none of them can leave its bytecode behind, so each one
     compiled every module it imports again (about half a second of CPU a process). Python
     reads bytecode that is already there and checks it against its source's size and time.
-    Only the main process does it (under pytest-xdist the workers find it done)."""
+    Only the main process does it (under pytest-xdist the workers find it done). For the same
+    reason pytest may keep the test modules it rewrote for their asserts (``__pycache__``,
+    ignored by git): every pytest process of a run (each worker, the serial run) would
+    otherwise rewrite all of them again, about five seconds each."""
+    sys.dont_write_bytecode = False
     config.addinivalue_line(
         "markers", "serial: a promise in real time (an answer within a second); `make test`"
                    " runs these after the others, alone, not beside other tests")
