@@ -29,7 +29,8 @@ lint: $(STAMP)
 test: $(STAMP) lint
 	$(BIN)/python -m edged.docgen.errors_doc --check docs/errors.md
 	$(BIN)/python -m edged.docgen.states_doc --check docs/payment-states.md
-	$(BIN)/pytest -q -p no:cacheprovider
+	$(BIN)/pytest -q -p no:cacheprovider -n auto --dist loadgroup -m "not serial"
+	$(BIN)/pytest -q -p no:cacheprovider -m serial
 
 errors: $(STAMP)
 	$(BIN)/python -m edged.docgen.errors_doc docs/errors.md

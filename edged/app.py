@@ -242,7 +242,7 @@ class Daemon:
             await self._runner.cleanup()
         await self.services.manager.stop()
         if self.sync is not None:
-            await self.sync.stop()
+            await self.sync.stop(min(self.shutdown_grace, sync_setup.STOP_GRACE))
         await self.terminals.stop(self.shutdown_grace)
         await self.links.close()
         await self.upkeep.stop()

@@ -126,6 +126,43 @@ def square_checkout(sq: FakeSquare) -> Callable[[], Awaitable[str | None]]:
     return probe
 
 
+class BreakerWatch:
+    """Counts the times ``destination``'s breaker opens, read from ``GET /v1/events``."""
+
+    def __init__(self, api: Api, destination: str) -> None:
+        self._api = api
+        self._destination = destination
+        self.opened = 0
+        self._resp: aiohttp.ClientResponse | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> BreakerWatch:
+        self._resp = await self._api.session.get(
+            f"{self._api.base}/v1/events?kinds=sync", headers=self._api.headers(),
+            timeout=aiohttp.ClientTimeout(total=None, sock_read=None))
+        assert self._resp.status == 200
+        first = await asyncio.wait_for(self._resp.content.readline(), 5.0)
+        assert first.startswith(b":"), first  # subscribed: nothing after this is missed
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+        if self._resp is not None:
+            self._resp.close()
+
+    async def _read(self) -> None:
+        assert self._resp is not None
+        async for raw in self._resp.content:
+            line = raw.decode().rstrip("\n")
+            if line.startswith("data: "):
+                data = json.loads(line[len("data: "):])
+                if data.get("event") == "breaker" and data.get("to") == "open" \
+                        and data.get("destination") == self._destination:
+                    self.opened += 1
+
+
 # -- Stripe reader ------------------------------------------------------------------------
 
 
@@ -251,19 +288,24 @@ async def test_stripe_link_lost_mid_payment_and_restored(tmp_path: Path) -> None
 
 async def test_stripe_cancel_while_the_link_is_down_waits_for_it(tmp_path: Path) -> None:
     """A register's cancel during an outage is not an unknown: the stop is sent when the
-    link returns (within link_grace), and Stripe's answer decides."""
+    link returns (within link_grace), and Stripe's answer decides.
+
+    The cancel call waits (up to 10 s) for the payment to end; the outage lasts while it
+    waits, until the stop has been refused and tried again (the breaker opened twice)."""
     async with fakes(square=False) as (st, _), running(cloud_config(tmp_path, st, None)) as api:
         await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the reader online")
         status, body = await pay(api, "reader-1", 1700)
         assert status == 202, body
         intent_id = await until(reader_intent(st), "the reader to get the PaymentIntent")
-        await st.faults.refuse()
-        status, answer = await api.post(f"/v1/payments/{body['id']}/cancel", {})
+        async with BreakerWatch(api, "stripe") as breaker:
+            await st.faults.refuse()
+            cancel = asyncio.ensure_future(api.post(f"/v1/payments/{body['id']}/cancel", {}))
+            await until(lambda: _holds(breaker.opened >= 2), "the stop to meet the outage")
+            status, still = await api.get(f"/v1/payments/{body['id']}")
+            assert still["state"] == "in_progress", still
+            await st.faults.restore()
+            status, answer = await cancel
         assert answer["state"] in ("in_progress", "canceled"), answer
-        await asyncio.sleep(0.3)
-        status, still = await api.get(f"/v1/payments/{body['id']}")
-        assert still["state"] == "in_progress", still
-        await st.faults.restore()
         done = await final(api, body["id"])
         assert done["state"] == "canceled", done
         assert st.payment_intents[intent_id]["status"] == "canceled"
@@ -383,16 +425,21 @@ async def test_square_link_lost_mid_payment_and_restored(tmp_path: Path) -> None
 
 
 async def test_square_cancel_while_the_link_is_down_waits_for_it(tmp_path: Path) -> None:
+    """As with Stripe: the cancel call waits for the payment to end while the outage lasts,
+    until the stop has been refused and tried again (the breaker opened twice)."""
     async with fakes(stripe=False) as (_, sq), running(cloud_config(tmp_path, None, sq)) as api:
         await until(lambda: _is(lane_state(api, "square-1"), "online"), "the device online")
         status, body = await pay(api, "square-1", 1300)
         assert status == 202, body
         checkout_id = await until(square_checkout(sq), "the checkout")
-        await sq.faults.refuse()
-        await api.post(f"/v1/payments/{body['id']}/cancel", {})
-        status, still = await api.get(f"/v1/payments/{body['id']}")
-        assert still["state"] == "in_progress", still
-        await sq.faults.restore()
+        async with BreakerWatch(api, "square") as breaker:
+            await sq.faults.refuse()
+            cancel = asyncio.ensure_future(api.post(f"/v1/payments/{body['id']}/cancel", {}))
+            await until(lambda: _holds(breaker.opened >= 2), "the stop to meet the outage")
+            status, still = await api.get(f"/v1/payments/{body['id']}")
+            assert still["state"] == "in_progress", still
+            await sq.faults.restore()
+            await cancel
         done = await final(api, body["id"])
         assert done["state"] == "canceled", done
         assert sq.checkouts[checkout_id]["status"] == "CANCELED"

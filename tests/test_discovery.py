@@ -14,6 +14,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import aiohttp
+import pytest
 from zeroconf import ServiceStateChange, Zeroconf
 from zeroconf.asyncio import AsyncServiceBrowser, AsyncServiceInfo, AsyncZeroconf
 
@@ -24,6 +25,10 @@ from edged.lan import discovery, tls, tokens
 from tests.clock import ManualClock
 from tests.daemon_process import DaemonProcess, run_cli, write_config
 from tests.helpers import make_config
+
+# the daemons these tests start answer mDNS on 127.0.0.1: one test at a time hears them
+# (pytest-xdist: the same worker)
+pytestmark = pytest.mark.xdist_group("mdns")
 
 LOOPBACK = ("127.0.0.1",)
 

@@ -33,10 +33,11 @@ DAEMON_IP = "10.213.77.1"
 REGISTER_IP = "10.213.77.2"
 PORT = 8731
 
-pytestmark = pytest.mark.skipif(
+pytestmark = [pytest.mark.skipif(
     os.geteuid() != 0,
     reason="creating network namespaces and a veth pair needs root (CI runs as root);"
-           " run `sudo .venv/bin/pytest tests/test_lan_netns.py` to see it")
+           " run `sudo .venv/bin/pytest tests/test_lan_netns.py` to see it"),
+    pytest.mark.serial]  # fixed addresses and namespace names: one run at a time
 
 
 def _ip(*args: str) -> None:

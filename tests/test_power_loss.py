@@ -58,6 +58,9 @@ from tests.tools import need
 TRIGGER = 150  # acknowledged requests before the power goes
 CONTROL_ROWS = 200
 
+# one FUSE power-cut file system at a time (pytest-xdist: the same worker, one after the other)
+pytestmark = pytest.mark.xdist_group("power_loss")
+
 
 class PowerLossFS:
     """The file system process: ``cut``, ``sync``, ``remount`` over its standard input."""

@@ -333,7 +333,9 @@ def test_raw_key_ending_in_whitespace_is_kept_whole(data_dir: Path) -> None:
 
 
 @pytest.mark.parametrize("content", [b"", b"too short", os.urandom(33), b"z" * 64,
-                                     base64.b64encode(os.urandom(16)) + b"\n"])
+                                     base64.b64encode(os.urandom(16)) + b"\n"],
+                         ids=["empty", "too short", "33 random bytes", "64 z",
+                              "16 random bytes in base64"])  # the same ids in every worker
 def test_bad_key_refused(data_dir: Path, content: bytes) -> None:
     path = data_dir / "secret.key"
     path.write_bytes(content)

@@ -292,6 +292,7 @@ async def _breaker_is(api: Api, clock: ManualClock, state: str) -> bool:
     return shopify["breaker"]["state"] == state
 
 
+@pytest.mark.serial  # within a second in a real browser: kept apart from other tests
 async def test_the_status_page_shows_pickups_live_without_payment_data(
         tmp_path: Path, admin_schema: GraphQLSchema, browser: object) -> None:
     """Playwright driving Debian's chromium (tests/test_status_page.py's fixture): a pick-up

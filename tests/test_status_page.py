@@ -33,7 +33,8 @@ from tests.test_sync_e2e import (
 )
 from tests.tools import need
 
-pytestmark = pytest.mark.timeout(120)
+# serial: the page shows every change within a second (LIVE), kept apart from other tests
+pytestmark = [pytest.mark.timeout(120), pytest.mark.serial]
 
 LIVE = 1000  # ms: every change shows within a second, without a reload
 SCREENSHOT = os.environ.get("EDGED_SCREENSHOT")  # a path: keep a picture of the page

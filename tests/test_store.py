@@ -164,10 +164,11 @@ async def test_a_closed_store_refuses_writes(tmp_path: Path) -> None:
 
 def test_a_cli_write_waits_for_a_busy_database_instead_of_giving_up(tmp_path: Path) -> None:
     """The cause of the flaky chain test: a command gave up after SQLite's 10 s busy
-    timeout while other writers held the file. Here the lock is held longer than that."""
+    timeout while other writers held the file. Here the lock is held until that timeout
+    has run out in the command (it says it tries again), and the command still waits."""
+    import queue
     import subprocess
     import sys
-    import time
 
     data = tmp_path / "data"
     conn = open_sync(data / "edged.db")
@@ -175,13 +176,32 @@ def test_a_cli_write_waits_for_a_busy_database_instead_of_giving_up(tmp_path: Pa
     proc = subprocess.Popen([sys.executable, "-m", "edged", "token", "create", "patient",
                              "--data-dir", str(data)], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
+    assert proc.stderr is not None and proc.stdout is not None
+    said: queue.Queue[str | None] = queue.Queue()
+
+    def read_stderr() -> None:
+        assert proc.stderr is not None
+        for line in proc.stderr:
+            said.put(line)
+        said.put(None)
+
+    reader = threading.Thread(target=read_stderr, daemon=True)
+    reader.start()
+    err: list[str] = []
     try:
-        with pytest.raises(subprocess.TimeoutExpired):
-            proc.wait(12.0)  # past SQLite's 10 s busy timeout, the command still waits
+        while True:  # SQLite's 10 s busy timeout runs out in the command, which tries again
+            line = said.get(timeout=60)
+            assert line is not None, f"the command ended while the file was busy: {err}"
+            err.append(line)
+            if "the database is busy" in line and "trying again" in line:
+                break
+        assert proc.poll() is None, "the command gave up after its first busy timeout"
     finally:
         conn.execute("ROLLBACK")
         conn.close()
-    out, err = proc.communicate(timeout=60)
+    out = proc.stdout.read()
+    proc.wait(timeout=60)
+    reader.join(timeout=10)
     assert proc.returncode == 0, err
     assert out.startswith("edg_")
     check = open_sync(data / "edged.db")

@@ -26,7 +26,12 @@ used up attempts; a manager retry of a dead batch row in doubt was re-batched un
 key and applied twice; a pull during an applied send counted the sale twice.
 
 Speed: ``[sync] quick_retries = 1`` and ``breaker_break_seconds = 1`` (config keys added
-for this) so that a breaker opens after five quick failures and probes every second.
+for this) so that a breaker opens after five quick failures and probes every second, and
+``retry_backoff_seconds = 0.25`` so that a failed row goes again within a second. The
+fake is a Shopify Plus shop (:data:`PLUS`) except where a test is about throttling, and
+the daemon assumes that restore rate until the fake's first answer
+(``[shopify] assumed_restore_rate``): a catalogue page costs ~1000 points by the published
+rules, 10 s of the standard plan's 100 points a second; the cost rules hold all the same.
 """
 
 from __future__ import annotations
@@ -69,6 +74,11 @@ STRIPE_KEY = "sk_test_e2e"
 CURRENCY = "EUR"
 PRICE = 450
 WAIT = 20.0  # the bound of every wait for the daemon to do something by itself
+#: A Shopify Plus shop's cost bucket: 1000 points a second (shopify.dev, "Shopify API rate
+#: limits": 100 / 200 / 1000 / 2000 by plan), for the tests that are not about throttling.
+PLUS_RESTORE_RATE = 1000.0
+PLUS: dict[str, Any] = {"restore_rate": PLUS_RESTORE_RATE}
+RETRY_BACKOFF = 0.25  # [sync] retry_backoff_seconds: a failed row goes again this soon
 
 
 # -- fixtures and helpers --------------------------------------------------------------------
@@ -119,13 +129,15 @@ def e2e_config(data_dir: Path, shop: FakeShopify | None = None,
                stripe: FakeStripe | None = None, *, offline: OfflineConfig | None = None,
                **sync: Any) -> Config:
     settings: dict[str, Any] = {"request_timeout": 5.0, "pull_interval_seconds": 3600.0,
-                                "breaker_break_seconds": 1.0, "quick_retries": 1, **sync}
+                                "breaker_break_seconds": 1.0, "quick_retries": 1,
+                                "retry_backoff_seconds": RETRY_BACKOFF, **sync}
     return replace(
         make_config(data_dir),
         shopify=None if shop is None else ShopifyConfig(
             shop="e2e.myshopify.com", location_id=shop.default_location_id,
             api_version=API_VERSION, admin_url=f"{shop.base_url}/admin/api",
-            catalogue_pull="paged", poll_interval_seconds=3600.0),
+            catalogue_pull="paged", poll_interval_seconds=3600.0,
+            assumed_restore_rate=PLUS_RESTORE_RATE),
         stripe=None if stripe is None else ProcessorConfig(base_url=stripe.base_url),
         offline=offline or OfflineConfig(),
         sync=SyncConfig(**settings))
@@ -328,7 +340,7 @@ class HoldingShopify(FakeShopify):
 async def test_outage_queues_then_drains_exactly_once(tmp_path: Path,
                                                       admin_schema: GraphQLSchema) -> None:
     start = {"TEA": 40, "MUG": 10, "JAM": 25}
-    async with FakeShopify(schema=admin_schema) as shop, FakeStripe() as stripe:
+    async with FakeShopify(schema=admin_schema, **PLUS) as shop, FakeStripe() as stripe:
         variants = seed_shop(shop, start)
         cfg = e2e_config(tmp_path / "data", shop, stripe,
                          offline=OfflineConfig(enabled=True, max_payment=20000,
@@ -405,7 +417,7 @@ async def test_outage_queues_then_drains_exactly_once(tmp_path: Path,
 async def test_answer_lost_after_apply_is_not_applied_twice(
         tmp_path: Path, admin_schema: GraphQLSchema) -> None:
     start = {"TEA": 40, "MUG": 10}
-    async with FakeShopify(schema=admin_schema) as shop, FakeStripe() as stripe:
+    async with FakeShopify(schema=admin_schema, **PLUS) as shop, FakeStripe() as stripe:
         variants = seed_shop(shop, start)
         cfg = e2e_config(tmp_path / "data", shop, stripe)
         prepare(cfg, catalogue_csv(variants, start))
@@ -455,9 +467,10 @@ def write_daemon_config(path: Path, shop: FakeShopify) -> Path:
         "api": dict(UNLIMITED_API),
         "shopify": {"shop": "e2e.myshopify.com", "location_id": shop.default_location_id,
                     "api_version": API_VERSION, "admin_url": f"{shop.base_url}/admin/api",
-                    "catalogue_pull": "paged"},
+                    "catalogue_pull": "paged", "assumed_restore_rate": PLUS_RESTORE_RATE},
         "sync": {"request_timeout": 5.0, "pull_interval_seconds": 1.0,
-                 "breaker_break_seconds": 1.0, "quick_retries": 1},
+                 "breaker_break_seconds": 1.0, "quick_retries": 1,
+                 "retry_backoff_seconds": RETRY_BACKOFF},
     }
     text = "".join(f"[{name}]\n" + "".join(f"{k} = {_toml(v)}\n" for k, v in keys.items())
                    for name, keys in sections.items())
@@ -501,7 +514,7 @@ async def test_sigkill_during_drain_then_restart_is_exactly_once(
         return dict(expected)
 
     data = tmp_path / "data"
-    async with HoldingShopify(schema=admin_schema) as shop:
+    async with HoldingShopify(schema=admin_schema, **PLUS) as shop:
         variants = seed_shop(shop, skus)
         data.mkdir()
         config = write_daemon_config(tmp_path / "edged.toml", shop)
@@ -652,7 +665,7 @@ async def test_throttled_answers_do_not_use_up_attempts(
 
 async def test_user_error_kills_one_row_discard_and_retry(
         tmp_path: Path, admin_schema: GraphQLSchema) -> None:
-    async with FakeShopify(schema=admin_schema) as shop:
+    async with FakeShopify(schema=admin_schema, **PLUS) as shop:
         variants = seed_shop(shop, {"TEA": 40, "NEW": None})  # NEW: not stocked yet
         ghost = ("GHOST,,Ghost,450,gid://shopify/ProductVariant/999998,"
                  "gid://shopify/InventoryItem/999999,5")  # unknown to Shopify
@@ -716,7 +729,7 @@ async def test_user_error_kills_one_row_discard_and_retry(
 
 async def test_retry_of_a_dead_batch_whose_outcome_was_unknown_applies_once(
         tmp_path: Path, admin_schema: GraphQLSchema) -> None:
-    async with FakeShopify(schema=admin_schema) as shop:
+    async with FakeShopify(schema=admin_schema, **PLUS) as shop:
         variants = seed_shop(shop, {"TEA": 40})
         cfg = e2e_config(tmp_path / "data", shop, max_attempts=2)
         prepare(cfg, catalogue_csv(variants, {"TEA": 40}))
@@ -846,7 +859,7 @@ async def _open_for(api: Api, destination: str, seconds: float) -> bool:
 
 async def test_pull_keeps_the_unacknowledged_sale(tmp_path: Path,
                                                   admin_schema: GraphQLSchema) -> None:
-    async with HoldingShopify(schema=admin_schema) as shop:
+    async with HoldingShopify(schema=admin_schema, **PLUS) as shop:
         variants = seed_shop(shop, {"TEA": 40})
         tea = variants["TEA"].inventory_item_id
         cfg = e2e_config(tmp_path / "data", shop)
@@ -889,7 +902,7 @@ async def _attempted(api: Api) -> bool:
 
 async def test_pull_during_an_applied_send_counts_the_sale_once(
         tmp_path: Path, admin_schema: GraphQLSchema) -> None:
-    async with HoldingShopify(schema=admin_schema) as shop:
+    async with HoldingShopify(schema=admin_schema, **PLUS) as shop:
         variants = seed_shop(shop, {"TEA": 40})
         tea = variants["TEA"].inventory_item_id
         cfg = e2e_config(tmp_path / "data", shop)
@@ -916,7 +929,7 @@ async def test_pull_during_an_applied_send_counts_the_sale_once(
 
 async def test_a_count_reaches_shopify_and_a_stale_one_is_refused(
         tmp_path: Path, admin_schema: GraphQLSchema) -> None:
-    async with FakeShopify(schema=admin_schema) as shop:
+    async with FakeShopify(schema=admin_schema, **PLUS) as shop:
         variants = seed_shop(shop, {"TEA": 40, "MUG": 10})
         tea, mug = variants["TEA"].inventory_item_id, variants["MUG"].inventory_item_id
         cfg = e2e_config(tmp_path / "data", shop)
@@ -947,7 +960,7 @@ def _rename(shop: FakeShopify, variant: SeededVariant, sku: str) -> None:
 
 async def test_pull_follows_a_sku_renamed_or_swapped_in_shopify(
         tmp_path: Path, admin_schema: GraphQLSchema) -> None:
-    async with FakeShopify(schema=admin_schema) as shop:
+    async with FakeShopify(schema=admin_schema, **PLUS) as shop:
         variants = seed_shop(shop, {"TEA": 40, "MUG": 10, "CUP": 5})
         cfg = e2e_config(tmp_path / "data", shop)
         prepare(cfg, catalogue_csv(variants, {"TEA": 40, "MUG": 10, "CUP": 5}))

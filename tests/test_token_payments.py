@@ -170,7 +170,7 @@ async def test_a_token_payment_answers_within_the_forward_wait_and_is_charged_on
     (The other outcomes of the wait are tested on a manual clock: test_forward_deadlines.)"""
     async with FakeStripe() as stripe:
         cfg = e2e_config(tmp_path / "data", None, stripe,
-                         offline=OfflineConfig(forward_wait_seconds=3.0))
+                         offline=OfflineConfig(forward_wait_seconds=1.0))
         prepare(cfg, None)
         async with running(cfg) as api:
             stripe.faults.hang()

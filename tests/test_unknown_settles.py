@@ -88,7 +88,7 @@ async def test_a_forward_left_unknown_settles_when_the_link_returns(tmp_path: Pa
 async def test_a_search_miss_proves_nothing_and_a_read_later_settles(tmp_path: Path) -> None:
     """Stripe's search can lag: the first read finds nothing, the payment stays unknown
     (checked, with the time), and a later read settles it."""
-    async with FakeStripe(search_delay=4.0) as stripe:
+    async with FakeStripe(search_delay=2.0) as stripe:  # the first read comes well before
         cfg = e2e_config(tmp_path / "data", None, stripe, max_attempts=1,
                          unknown_recheck_seconds=RECHECK)
         prepare(cfg, None)

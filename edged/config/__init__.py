@@ -110,6 +110,12 @@ class ShopifyConfig:
     """A webhook delivery larger than this is refused (413)."""
     bulk_poll_seconds: float = 10.0
     """Longest wait between two reads of a running bulk operation."""
+    assumed_restore_rate: float = 50.0
+    """Points a second the local copy of Shopify's cost bucket regains until Shopify's first
+    answer gives the shop's own figures (50: less than any plan restores)."""
+    in_doubt_retry_seconds: float = 15.0
+    """How long before a stock level read while the store's own change to it was on its way
+    to Shopify is read again."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,6 +149,9 @@ class SyncConfig:
     unknown_recheck_seconds: float = 180.0
     """While a payment or refund is unknown, how often it is read back from its processor
     (and at once when the link returns)."""
+    retry_backoff_seconds: float = 2.0
+    """The first wait before a row whose send failed goes again; it doubles with every
+    attempt (up to 300 s), with jitter."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -356,6 +365,8 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
             full_pull_hours=t.get("full_pull_hours", float, 24.0, _positive),
             webhook_max_body_bytes=t.get("webhook_max_body_bytes", int, 1_048_576, _positive),
             bulk_poll_seconds=t.get("bulk_poll_seconds", float, 10.0, _positive),
+            assumed_restore_rate=t.get("assumed_restore_rate", float, 50.0, _positive),
+            in_doubt_retry_seconds=t.get("in_doubt_retry_seconds", float, 15.0, _positive),
         )
         t.done()
     processors: dict[str, ProcessorConfig | None] = {"stripe": None, "square": None}
@@ -390,6 +401,8 @@ def _parse(data: Mapping[str, Any], source: str) -> Config:
             quick_retries=t.get("quick_retries", int, sync.quick_retries, _positive),
             unknown_recheck_seconds=t.get("unknown_recheck_seconds", float,
                                           sync.unknown_recheck_seconds, _positive),
+            retry_backoff_seconds=t.get("retry_backoff_seconds", float,
+                                        sync.retry_backoff_seconds, _positive),
         )
         t.done()
     manager, alerts = _manager_alerts(root)

@@ -89,7 +89,8 @@ def build(cfg: Config, db: Database, bus: EventBus, clock: Clock,
                              poll_seconds=shop.bulk_poll_seconds)
     worker = InboxWorker(reads, db, bus, clock, breaker, location_id=shop.location_id,
                          source_name=gateway.settings.source_name,
-                         bulk_notice=bulk.notice if bulk is not None else None)
+                         bulk_notice=bulk.notice if bulk is not None else None,
+                         in_doubt_retry=shop.in_doubt_retry_seconds)
     poller = CatchUpPoller(reads, db, clock, shop.poll_interval_seconds, worker.wake)
     webhooks = WebhookReceiver(cfg, db, clock, WebhookSecrets(cfg, db, clock), worker.wake)
     return ShopifyInbound(cfg, db, bus, breaker, reads, worker, poller, webhooks, bulk)

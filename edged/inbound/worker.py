@@ -84,7 +84,8 @@ class Outcome:
 class InboxWorker:
     def __init__(self, reads: ShopifyReads, db: Database, bus: EventBus, clock: Clock,
                  breaker: CircuitBreaker, *, location_id: str, source_name: str = "edged",
-                 bulk_notice: BulkNotice | None = None) -> None:
+                 bulk_notice: BulkNotice | None = None,
+                 in_doubt_retry: float = IN_DOUBT_RETRY) -> None:
         self.reads = reads
         self._db = db
         self._bus = bus
@@ -93,6 +94,7 @@ class InboxWorker:
         self._location = location_id
         self._source_name = source_name
         self._bulk_notice = bulk_notice
+        self._in_doubt_retry = in_doubt_retry
         self._wake = asyncio.Event()
         self._stop = asyncio.Event()
         self._quiet = RepeatFilter(log)
@@ -403,8 +405,8 @@ class InboxWorker:
                 doubtful = doubtful or result.outcome is LevelOutcome.IN_DOUBT
             outcome.text = "; ".join(said) or "nothing to read"
             if doubtful and row.attempts + 1 < IN_DOUBT_ATTEMPTS:
-                outcome.retry_in = IN_DOUBT_RETRY
-                outcome.text += f"; reading again in {IN_DOUBT_RETRY:g} s"
+                outcome.retry_in = self._in_doubt_retry
+                outcome.text += f"; reading again in {self._in_doubt_retry:g} s"
             elif not results and duplicates and len(duplicates) == len(levels):
                 outcome.state, outcome.duplicate_of = "duplicate", duplicates[0]
             elif results and all(r.outcome not in (LevelOutcome.APPLIED,

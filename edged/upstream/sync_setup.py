@@ -30,7 +30,7 @@ from edged.upstream.sync_hooks import StoreHooks
 from sync.core.breaker import BreakerSettings, BreakerState, CircuitBreaker
 from sync.core.clock import Clock, utc_iso
 from sync.core.engine import EngineSettings, SyncEngine
-from sync.core.limiter import TokenBucket
+from sync.core.limiter import CostBucketSettings, ShopifyCostBucket, TokenBucket
 from sync.core.outbox import OutboxSettings, OutboxStore
 from sync.core.readback import ReadBack
 
@@ -42,6 +42,8 @@ log = logging.getLogger(__name__)
 
 SECRET_NAMES = {"shopify": "shopify.token", "stripe": "stripe.key", "square": "square.token"}
 SECRET_REFRESH_SECONDS = 30.0
+STOP_GRACE = 5.0
+"""Seconds the sync tasks get to return by themselves at a stop before they are cancelled."""
 
 
 class SecretCache:
@@ -92,8 +94,8 @@ class SyncRuntime:
         worker = self.engine.workers.get(destination)
         return worker is not None and worker.breaker.state is BreakerState.OPEN
 
-    async def stop(self) -> None:
-        await self.engine.stop()  # the workers and the tasks below, all supervised
+    async def stop(self, grace: float = STOP_GRACE) -> None:
+        await self.engine.stop(grace)  # the workers and the tasks below, all supervised
         for reader in self.readers.values():
             await reader.close()
 
@@ -103,7 +105,8 @@ def build(cfg: Config, db: Database, bus: EventBus, clock: Clock) -> SyncRuntime
         return None
     store = OutboxStore(db, clock, StoreHooks(clock),
                         OutboxSettings(lease_seconds=cfg.sync.lease_seconds,
-                                       max_attempts=cfg.sync.max_attempts),
+                                       max_attempts=cfg.sync.max_attempts,
+                                       backoff_initial=cfg.sync.retry_backoff_seconds),
                         publish=bus.publish)
 
     def notify(kind: str, event: str, data: dict[str, object]) -> None:
@@ -127,7 +130,9 @@ def build(cfg: Config, db: Database, bus: EventBus, clock: Clock) -> SyncRuntime
                                                   location_id=shop.location_id,
                                                   admin_url=shop.admin_url,
                                                   timeout=cfg.sync.request_timeout),
-                                  secrets.provider(SECRET_NAMES["shopify"]), clock),
+                                  secrets.provider(SECRET_NAMES["shopify"]), clock,
+                                  cost_bucket=ShopifyCostBucket(clock, CostBucketSettings(
+                                      initial_restore_rate=shop.assumed_restore_rate))),
                    breaker("shopify", BreakerSettings.shopify()))
     if cfg.stripe is not None:
         from sync.stripe_api.gateway import StripeGateway, StripeSettings  # noqa: PLC0415
