@@ -277,3 +277,33 @@ def test_compact_entries_removed_or_moved_are_caught_with_or_without_the_key(
     assert not result.ok and result.broken_at == whole[2].seq, result
     assert "removed, inserted or edited" in result.reason
     conn.close()
+
+
+def test_the_upgrade_frees_the_old_index_without_writing_it_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 11 drops the chain's unique index (a year's is 118 MB). SQLite as Debian
+    builds it zeroes freed pages (SECURE_DELETE), which would write the whole index into
+    the WAL at the upgrade, past its 64 MB bound; the migration runs with FAST instead."""
+    data = tmp_path / "data"
+    _old_file(data, monkeypatch)
+    conn = sqlite3.connect(data / "edged.db")
+    prev, rows = conn.execute("SELECT hash FROM audit ORDER BY seq DESC").fetchone()[0], []
+    for i in range(20_000):  # the plain formula: enough for an index of a few hundred pages
+        at, body = "2026-03-09T10:00:00.000Z", f'{{"n":{i}}}'
+        prev = hashlib.sha256(f"{prev}{i}".encode()).hexdigest()
+        rows.append((at, body, prev if i else "x", prev))
+    conn.executemany("INSERT INTO audit (at, actor, action, subject, data, prev_hash, hash,"
+                     " version) VALUES (?, 'cli', 'x', 's', ?, ?, ?, 2)", rows)
+    conn.commit()
+    (index_pages,) = conn.execute("SELECT count(*) FROM dbstat WHERE name = 'audit_chain'")\
+        .fetchone()
+    conn.close()
+    assert index_pages > 300
+    default = sqlite3.connect(":memory:").execute("PRAGMA secure_delete").fetchone()[0]
+    upgraded = open_sync(data / "edged.db")  # applies migration 11; commands never checkpoint
+    wal_pages = (data / "edged.db-wal").stat().st_size // 4096
+    assert wal_pages < index_pages // 10, (wal_pages, index_pages)
+    assert upgraded.execute("SELECT freelist_count FROM pragma_freelist_count").fetchone()[0] \
+        >= index_pages
+    assert upgraded.execute("PRAGMA secure_delete").fetchone()[0] == default
+    upgraded.close()

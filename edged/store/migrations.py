@@ -460,7 +460,22 @@ REBUILDS = frozenset({3})
 
 
 def migrate(conn: sqlite3.Connection) -> list[int]:
-    """Apply every migration not yet recorded; return the versions applied now."""
+    """Apply every migration not yet recorded; return the versions applied now.
+
+    With ``secure_delete=FAST``: SQLite as Debian builds it zeroes every page it frees,
+    so dropping an index (migration 11: a year's audit_chain, 118 MB) would write the
+    whole index into the WAL in one transaction, past ``wal_max_mb``; FAST still clears
+    what it can without more writes. The connection's own setting is put back after.
+    """
+    prior = conn.execute("PRAGMA secure_delete").fetchone()[0]
+    conn.execute("PRAGMA secure_delete=FAST")
+    try:
+        return _apply(conn)
+    finally:
+        conn.execute(f"PRAGMA secure_delete={('OFF', 'ON', 'FAST')[prior]}")
+
+
+def _apply(conn: sqlite3.Connection) -> list[int]:
     conn.execute(
         "CREATE TABLE IF NOT EXISTS schema_migrations ("
         " version INTEGER PRIMARY KEY, name TEXT NOT NULL, applied_at TEXT NOT NULL)"
