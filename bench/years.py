@@ -47,7 +47,7 @@ from edged.config import Config, ShopifyConfig, StoreConfig  # noqa: E402
 from edged.events import EventBus  # noqa: E402
 from edged.lanes.terminals import TerminalManager  # noqa: E402
 from edged.payments.service import NewPayment, PaymentService  # noqa: E402
-from edged.stock import catalog_import
+from edged.stock import catalog_import  # noqa: E402
 from edged.stock.inventory import InventoryService, ItemRef, OrderLine, StockChange  # noqa: E402
 from edged.store import Database  # noqa: E402
 from edged.store.idempotency import IdemRecord  # noqa: E402
@@ -63,6 +63,7 @@ from tests.clock import ManualClock  # noqa: E402
 SKUS = 500
 PRICE = 450
 TARGET_GROWTH = 1024
+KEPT = ("payments", "orders", "order_lines", "audit", "refunds")  # never pruned (the law)
 TARGET_WAL = 64 << 20
 MB = 1 << 20
 
@@ -227,15 +228,20 @@ async def run(args: argparse.Namespace) -> int:
     # stock changes): the growth per payment is measured over the days after that
     settled_at: tuple[int, int] | None = None
     print(f"{'day':>5} {'payments':>9} {'db MB':>8} {'wal MB':>7} {'free pages':>10}"
-          f" {'days/s':>7}")
+          f" {'days/s':>7} {'write() KB/payment':>19}")
+    window = (io_start["wchar"], 0)  # write() per payment over the last 30 days
     for d in range(1, args.days + 1):
         await year.day()
         if d % 30 == 0 or d == args.days:
             size = storage.file_size(year.db.path)
             sizes = await year.db.read(lambda c: storage.sizes(c, year.db.path))
+            wchar = io_counters()["wchar"]
             print(f"{d:>5} {year.payments:>9} {size / MB:>8.1f}"
                   f" {sizes.wal_bytes / MB:>7.1f} {sizes.free_pages:>10}"
-                  f" {d / (time.monotonic() - started):>7.2f}", flush=True)
+                  f" {d / (time.monotonic() - started):>7.2f}"
+                  f" {(wchar - window[0]) / max(1, year.payments - window[1]) / 1024:>19.1f}",
+                  flush=True)
+            window = (wchar, year.payments)
         if d == min(args.days // 2, 120) and settled_at is None:
             settled_at = (year.payments, storage.file_size(year.db.path))
     await year.db.write(lambda c: storage.vacuum_step(c, 1 << 20))
@@ -250,8 +256,12 @@ async def run(args: argparse.Namespace) -> int:
     try:  # where the kept bytes are (SQLite's dbstat: pages per table and index)
         per_table = conn.execute("SELECT name, sum(pgsize) FROM dbstat GROUP BY name"
                                  " ORDER BY 2 DESC").fetchall()
+        kept = conn.execute(
+            "SELECT m.tbl_name, sum(d.pgsize), group_concat(DISTINCT d.name) FROM dbstat d"
+            " JOIN sqlite_master m ON m.name = d.name WHERE m.tbl_name IN (?, ?, ?, ?, ?)"
+            " GROUP BY m.tbl_name ORDER BY 2 DESC", KEPT).fetchall()
     except sqlite3.Error:
-        per_table = []
+        per_table, kept = [], []
     conn.close()
     print(f"ran {args.days} days in {seconds:.0f} s ({year.payments / seconds:.0f} sales/s)")
     print("rows at the end: " + ", ".join(f"{t} {n}" for t, n in counts.items()))
@@ -267,6 +277,12 @@ async def run(args: argparse.Namespace) -> int:
     if per_table:
         print("bytes per payment by table and index at the end: " + ", ".join(
             f"{name} {size / max(1, year.payments):.0f}" for name, size in per_table[:14]))
+    if kept:
+        paid = max(1, year.payments)
+        print(f"kept for good (tables with their indexes), per payment:"
+              f" {sum(size for _, size, _ in kept) / paid:.0f} bytes = " + ", ".join(
+                  f"{table} {size / paid:.0f} ({names.count(',') + 1} b-trees)"
+                  for table, size, names in kept))
     print(f"largest WAL seen: {year.wal_peak / MB:.1f} MB (target <= {TARGET_WAL // MB} MB)"
           + ("" if year.wal_peak <= TARGET_WAL else "  MISSED"))
     wchar = (io_end["wchar"] - io_start["wchar"]) / max(1, year.payments)

@@ -5,19 +5,23 @@ What an attacker with the database file (and not the audit key) can do, and what
 (the formula is public) is caught; so is the same with every entry marked plain; a tail
 cut off is caught with the head the journal printed at start or the end-of-day report
 named (``--expect-head``). A chain written before keyed chains still verifies, its keyed
-part starting at the daemon's first start with a key.
+part starting at the daemon's first start with a key; so does a chain written before
+compact entries (migration 11), continued by them.
 """
 
 from __future__ import annotations
 
 import hashlib
+import hmac
 import json
 import re
 import sqlite3
 import stat
 from pathlib import Path
 
-from edged.store import audit
+import pytest
+
+from edged.store import audit, migrations
 from edged.store.database import open_sync
 from tests.daemon_process import DaemonProcess, run_cli
 
@@ -28,6 +32,13 @@ def _sha(prev: str, at: str, actor: str, action: str, subject: str, data: str) -
     """The plain chain's formula, as anyone can read it in the code."""
     return hashlib.sha256("\x1f".join((prev, at, actor, action, subject, data))
                           .encode()).hexdigest()
+
+
+def _mac2(key: bytes, prev: str, at: str, actor: str, action: str, subject: str,
+          data: str) -> str:
+    """The keyed formula of issue 17 (version 2), as the daemon wrote it until migration 11."""
+    material = "\x1f".join((prev, at, actor, action, subject, data)).encode()
+    return hmac.new(key, b"2\x1f" + material, hashlib.sha256).hexdigest()
 
 
 def _rehash(db: Path, downgrade: bool = False) -> None:
@@ -145,7 +156,9 @@ def test_a_chain_from_before_still_verifies_and_its_keyed_part_follows(tmp_path:
     assert code == 1 and "at entry 2" in out, out
     conn.execute("UPDATE audit SET subject = 't1' WHERE seq = 2")
     # ...and no plain entry may follow the keyed part
-    last, seq = conn.execute("SELECT hash, seq FROM audit ORDER BY seq DESC").fetchone()
+    top = audit.head(conn)
+    assert top is not None
+    last, seq = top.hash, top.seq  # the hex of the keyed head, as a forger would chain
     at = "2026-12-01T00:00:00.000Z"
     conn.execute("INSERT INTO audit (at, actor, action, subject, data, prev_hash, hash)"
                  " VALUES (?, 'x', 'payment.approved', 'p', '{}', ?, ?)",
@@ -179,3 +192,118 @@ def test_the_end_of_day_report_names_the_head(tmp_path: Path) -> None:
     assert report["audit"]["entries"] == int(head.split(":")[0])
     csv = run_cli(data, "report", "day", "--csv").stdout
     assert f"audit_head,,{head}," in csv
+
+
+def _old_file(data: Path, monkeypatch: pytest.MonkeyPatch) -> str:
+    """A file as migration 10 left it: two plain entries (version 1), then three keyed ones
+    as issue 17 wrote them (version 2: hex hashes, the previous one stored, the unique index
+    on it). Returns the head the journal printed then."""
+    with monkeypatch.context() as patch:
+        patch.setattr(migrations, "MIGRATIONS",
+                      tuple(m for m in migrations.MIGRATIONS if m[0] <= 10))
+        conn = open_sync(data / "edged.db")
+    key = conn.audit_key().secret
+    assert conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'audit_chain'").fetchone()
+    prev = audit.GENESIS
+    for i in range(5):
+        at, body = f"2026-03-0{i + 1}T10:00:00.000Z", json.dumps({"amount": 100 + i})
+        version = 1 if i < 2 else 2
+        digest = (_sha(prev, at, "cli", "payment.approved", f"p{i}", body) if version == 1
+                  else _mac2(key, prev, at, "cli", "payment.approved", f"p{i}", body))
+        conn.execute("INSERT INTO audit (at, actor, action, subject, data, prev_hash, hash,"
+                     " version) VALUES (?, 'cli', 'payment.approved', ?, ?, ?, ?, ?)",
+                     (at, f"p{i}", body, prev, digest, version))
+        prev = digest
+    conn.commit()
+    conn.close()
+    return f"5:{prev}"
+
+
+def test_a_chain_from_before_compact_entries_verifies_with_them(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Upgraded in place: old entries stay as written and verify by their own formula; new
+    ones are compact (version 3) and chain onto the last old one; the heads printed before
+    and after the upgrade are both held; an edit in any part is found."""
+    data = tmp_path / "data"
+    old_head = _old_file(data, monkeypatch)
+    new_head = _history(data)  # the daemon opens the file: migration 11, then payments
+    code, out = _verify(data, "--expect-head", old_head)
+    assert code == 0 and f"holds {old_head}" in out and "keyed since entry 3" in out, out
+    code, out = _verify(data, "--expect-head", new_head)
+    assert code == 0 and f"head {new_head}" in out, out
+    conn = sqlite3.connect(data / "edged.db")
+    assert not conn.execute("SELECT 1 FROM sqlite_master WHERE name = 'audit_chain'").fetchone()
+    rows = conn.execute("SELECT seq, version, prev_hash, typeof(hash), length(hash) FROM audit"
+                        " ORDER BY seq").fetchall()
+    assert [r[1] for r in rows[:6]] == [1, 1, 2, 2, 2, 3], rows
+    assert all(r[1:] == (3, "", "blob", 32) for r in rows[5:]), rows
+    assert [r[0] for r in rows] == list(range(1, len(rows) + 1))
+    assert rows[-1][0] == int(new_head.split(":")[0])
+    for seq, column in ((4, "data"), (7, "data"), (7, "at")):  # a version 2, then 3 entry
+        (before,) = conn.execute(f"SELECT {column} FROM audit WHERE seq = ?",  # noqa: S608
+                                 (seq,)).fetchone()
+        conn.execute(f"UPDATE audit SET {column} = replace({column}, '1', '9')"  # noqa: S608
+                     " WHERE seq = ?", (seq,))
+        conn.commit()
+        code, out = _verify(data)
+        assert code == 1 and f"at entry {seq}" in out, (seq, column, out)
+        conn.execute(f"UPDATE audit SET {column} = ? WHERE seq = ?", (before, seq))  # noqa: S608
+        conn.commit()
+    assert _verify(data)[0] == 0
+    conn.close()
+
+
+def test_compact_entries_removed_or_moved_are_caught_with_or_without_the_key(
+        tmp_path: Path) -> None:
+    """A compact entry stores no previous hash: its MAC covers the one before it and its
+    own seq. An entry taken out of the middle, or the last one put back under another seq,
+    fails with the key; without it (a restored box) the gap in the seqs still shows."""
+    data = tmp_path / "data"
+    _history(data)
+    conn = open_sync(data / "edged.db")
+    key = conn.audit_key().secret
+    whole = list(audit.entries(conn))
+    assert len(whole) >= 4 and {e.version for e in whole} == {audit.COMPACT}
+    assert audit.verify(iter(whole), key).ok
+    unkeyed = audit.check_file(conn, None, None)
+    assert unkeyed.ok and unkeyed.unchecked == len(whole)
+    gap = whole[:2] + whole[3:]
+    assert audit.verify(iter(gap), key).broken_at == whole[3].seq
+    assert audit.verify(iter(gap), None, links_without_key=True).broken_at == whole[3].seq
+    conn.execute("DELETE FROM audit WHERE seq = ?", (whole[2].seq,))
+    conn.execute("UPDATE audit SET seq = seq - 1 WHERE seq > ?", (whole[2].seq,))
+    conn.commit()
+    result = audit.check(conn)  # renumbered so the seqs run on: the MACs say no
+    assert not result.ok and result.broken_at == whole[2].seq, result
+    assert "removed, inserted or edited" in result.reason
+    conn.close()
+
+
+def test_the_upgrade_frees_the_old_index_without_writing_it_again(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Migration 11 drops the chain's unique index (a year's is 118 MB). SQLite as Debian
+    builds it zeroes freed pages (SECURE_DELETE), which would write the whole index into
+    the WAL at the upgrade, past its 64 MB bound; the migration runs with FAST instead."""
+    data = tmp_path / "data"
+    _old_file(data, monkeypatch)
+    conn = sqlite3.connect(data / "edged.db")
+    prev, rows = conn.execute("SELECT hash FROM audit ORDER BY seq DESC").fetchone()[0], []
+    for i in range(20_000):  # the plain formula: enough for an index of a few hundred pages
+        at, body = "2026-03-09T10:00:00.000Z", f'{{"n":{i}}}'
+        prev = hashlib.sha256(f"{prev}{i}".encode()).hexdigest()
+        rows.append((at, body, prev if i else "x", prev))
+    conn.executemany("INSERT INTO audit (at, actor, action, subject, data, prev_hash, hash,"
+                     " version) VALUES (?, 'cli', 'x', 's', ?, ?, ?, 2)", rows)
+    conn.commit()
+    (index_pages,) = conn.execute("SELECT count(*) FROM dbstat WHERE name = 'audit_chain'")\
+        .fetchone()
+    conn.close()
+    assert index_pages > 300
+    default = sqlite3.connect(":memory:").execute("PRAGMA secure_delete").fetchone()[0]
+    upgraded = open_sync(data / "edged.db")  # applies migration 11; commands never checkpoint
+    wal_pages = (data / "edged.db-wal").stat().st_size // 4096
+    assert wal_pages < index_pages // 10, (wal_pages, index_pages)
+    assert upgraded.execute("SELECT freelist_count FROM pragma_freelist_count").fetchone()[0] \
+        >= index_pages
+    assert upgraded.execute("PRAGMA secure_delete").fetchone()[0] == default
+    upgraded.close()

@@ -126,17 +126,34 @@ def test_audit_chain_detects_tampering(tmp_path: Path) -> None:
 
 
 def test_audit_entries_cannot_fork_the_chain(tmp_path: Path) -> None:
+    """One entry only may follow another: an entry takes the next seq (the primary key),
+    and SQLite refuses a write from a transaction that read an older snapshot (WAL mode:
+    SQLITE_BUSY_SNAPSHOT), so a writer that read a stale head cannot chain onto it."""
     conn = open_sync(tmp_path / "edged.db")
     with pytest.raises(RuntimeError):
         audit.append(conn, "test", "x", "outside a transaction", {})
+    for subject in ("a", "b"):
+        conn.execute("BEGIN IMMEDIATE")
+        audit.append(conn, "test", "x", subject, {})
+        conn.execute("COMMIT")
     conn.execute("BEGIN IMMEDIATE")
-    audit.append(conn, "test", "x", "a", {})
-    conn.execute("COMMIT")
-    conn.execute("BEGIN IMMEDIATE")
-    with pytest.raises(sqlite3.IntegrityError):  # a second entry after the genesis
-        conn.execute("INSERT INTO audit (at, actor, action, subject, data, prev_hash, hash)"
-                     " VALUES ('t', 'a', 'x', 'b', '{}', ?, 'h')", (audit.GENESIS,))
+    with pytest.raises(sqlite3.IntegrityError):  # a second entry after entry 1
+        conn.execute("INSERT INTO audit (seq, at, actor, action, subject, data, prev_hash,"
+                     " hash, version) VALUES (2, 't', 'a', 'x', 'c', '{}', '', ?, 3)",
+                     (bytes(32),))
     conn.execute("ROLLBACK")
+    other = open_sync(tmp_path / "edged.db")
+    conn.execute("BEGIN")
+    assert audit.head(conn) is not None  # this transaction has read the head: entry 2
+    other.execute("BEGIN IMMEDIATE")
+    audit.append(other, "test", "x", "d", {})  # another writer appends entry 3
+    other.execute("COMMIT")
+    with pytest.raises(sqlite3.OperationalError):  # entry 3 again, after entry 2: refused
+        audit.append(conn, "test", "x", "e", {})
+    conn.execute("ROLLBACK")
+    result = audit.check(conn)
+    assert (result.ok, result.entries) == (True, 3), result
+    other.close()
 
 
 def test_concurrent_token_creation_keeps_the_chain(tmp_path: Path) -> None:
