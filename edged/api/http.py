@@ -238,7 +238,8 @@ def bind(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
                 answer = await route.handler(Ctx(request, services, principal, body, record))
                 if isinstance(answer, Answer) and not answer.stored:
                     await services.db.write(
-                        lambda c: idempotency.save(c, record, answer.status, answer.body))
+                        lambda c: idempotency.save(c, record, answer.status, answer.body),
+                        inline=True)
             except idempotency.Replayed as replayed:
                 return _replay(services, record, replayed.stored)
             return _render(answer)

@@ -120,7 +120,7 @@ class PaymentService:
                          {"method": "cash", "amount": new.amount, "currency": new.currency})
             return stored_answer(conn, idem, 201, body)
 
-        answer = await self._db.write(write)
+        answer = await self._db.write(write, inline=True)  # point writes: on the loop
         self._bus.publish("payment", answer.body)
         return answer
 
@@ -160,7 +160,7 @@ class PaymentService:
             return stored_answer(conn, idem, 202, body)
 
         try:
-            answer = await self._db.write(write)
+            answer = await self._db.write(write, inline=True)
         except BaseException:
             driver.abandon(request)  # nothing recorded: the terminal gets nothing to charge
             self._terminals.release(terminal_id, payment_id)
@@ -250,7 +250,7 @@ class PaymentService:
                 return None
             return records.get_payment(conn, payment_id)
 
-        body = await self._db.write(write)
+        body = await self._db.write(write, inline=True)
         if body is not None:
             self._bus.publish("payment", body)  # wakes the register's long-poll
             # logged once the long-poll's answer is on its way (it runs first on the loop)
