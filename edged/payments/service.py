@@ -108,7 +108,7 @@ class PaymentService:
 
     async def _create_cash(self, new: NewPayment, idem: IdemRecord, actor: str) -> Answer:
         payment_id = new_id("pay")
-        now = self._now()
+        now = idem.at or self._now()  # the moment the call came
 
         def write(conn: sqlite3.Connection) -> Answer:
             check_payment_start(payment_id, PaymentState.APPROVED)
