@@ -299,10 +299,13 @@ async def test_inline_writes_run_on_the_loop_and_commit_on_the_writer_thread(
     assert inserts == [loop_thread] * 20
     assert commits and all(t == "edged-writer" for t in commits)
     assert len(commits) < 20  # they shared commits
+    assert not [sql for _, sql in seen if sql in ("SAVEPOINT", "RELEASE")]  # none failed
 
 
 async def test_inline_writes_fail_alone_and_a_full_disk_fails_their_group(
         tmp_path: Path) -> None:
+    """An inline group runs without savepoints; when a write fails, the group runs again
+    with one each, and only that write is undone."""
     from edged.store.database import StoreFull
 
     db = Database(tmp_path / "edged.db")
