@@ -66,13 +66,60 @@ METRICS = ("edged_db_commits", "edged_db_writes", "edged_db_largest_group")
 BODY = {"amount": 1250, "currency": "EUR", "method": "cash"}
 
 
+@dataclass(frozen=True)
+class Usage:
+    """What the kernel counted for a process so far: CPU (user, system) and context
+    switches summed over its threads (``/proc/PID/task/*/status``), live ones only."""
+
+    user: float
+    system: float
+    switches: int  # voluntary + involuntary
+    involuntary: int
+
+    def __sub__(self, other: Usage) -> Usage:
+        return Usage(self.user - other.user, self.system - other.system,
+                     self.switches - other.switches, self.involuntary - other.involuntary)
+
+    @property
+    def cpu(self) -> float:
+        return self.user + self.system
+
+
+NO_USAGE = Usage(0.0, 0.0, 0, 0)
+
+
+def process_usage(pid: int) -> Usage:
+    """CPU and context switches of a process and all its threads."""
+    tick = os.sysconf("SC_CLK_TCK")
+    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    switches = involuntary = 0
+    for task in os.listdir(f"/proc/{pid}/task"):
+        try:
+            with open(f"/proc/{pid}/task/{task}/status", encoding="ascii") as f:
+                for line in f:
+                    if line.startswith("voluntary_ctxt_switches"):
+                        switches += int(line.split()[1])
+                    elif line.startswith("nonvoluntary_ctxt_switches"):
+                        n = int(line.split()[1])
+                        switches += n
+                        involuntary += n
+        except FileNotFoundError:  # a thread that ended meanwhile
+            continue
+    return Usage(int(fields[11]) / tick, int(fields[12]) / tick, switches, involuntary)
+
+
 @dataclass
 class LoadResult:
     seconds: float
     latencies: list[float]  # seconds, one per answered payment
     failures: list[str]
-    cpu: float = 0.0  # the server's CPU seconds during the timed load
+    usage: Usage = NO_USAGE  # the server's, during the timed load
     client_cpu: float = 0.0  # this process's CPU seconds during the timed load
+
+    @property
+    def cpu(self) -> float:
+        return self.usage.cpu
 
     @property
     def rate(self) -> float:
@@ -82,16 +129,18 @@ class LoadResult:
     def cpu_ms(self) -> float:
         return self.cpu / len(self.latencies) * 1000 if self.latencies else float("nan")
 
+    @property
+    def switches(self) -> float:
+        """Context switches per request, summed over the server's threads."""
+        return self.usage.switches / len(self.latencies) if self.latencies else float("nan")
 
-def process_cpu(pid: int) -> float:
-    """utime + stime of a process, in seconds (``/proc/PID/stat``)."""
-    with open(f"/proc/{pid}/stat", encoding="ascii") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    @property
+    def system_share(self) -> float:
+        return self.usage.system / self.cpu if self.cpu else float("nan")
 
 
 async def drive_payments(base_url: str, token: str | None, n: int, clients: int,
-                         cpu: Callable[[], float]) -> LoadResult:
+                         usage: Callable[[], Usage]) -> LoadResult:
     """N cash payments from ``clients`` workers, each on its own kept-alive connection."""
     run = uuid.uuid4().hex[:8]
     latencies: list[float] = []
@@ -126,14 +175,14 @@ async def drive_payments(base_url: str, token: str | None, n: int, clients: int,
             for i in counter:
                 await pay(f"bench-{run}-{i}")
 
-        cpu_before = cpu()
+        usage_before = usage()
         client_before = time.process_time()
         started = time.perf_counter()
         await asyncio.gather(*(worker() for _ in range(clients)))
         seconds = time.perf_counter() - started
         client_cpu = time.process_time() - client_before
-        cpu_used = cpu() - cpu_before
-    return LoadResult(seconds, latencies, failures, cpu_used, client_cpu)
+        used = usage() - usage_before
+    return LoadResult(seconds, latencies, failures, used, client_cpu)
 
 
 RAW_LOOP = """
@@ -195,8 +244,8 @@ class FloorProcess:
             raise RuntimeError(f"the floor did not start: {line!r}")
         self.base_url = f"http://127.0.0.1:{self.port}"
 
-    def cpu(self) -> float:
-        return process_cpu(self.proc.pid)
+    def usage(self) -> Usage:
+        return process_usage(self.proc.pid)
 
     def stop(self) -> None:
         self.proc.terminate()
@@ -252,7 +301,7 @@ def one_round(workdir: Path, env: Mapping[str, str], args: argparse.Namespace) -
     floor = FloorProcess(workdir, env)
     try:
         floor_load = asyncio.run(drive_payments(floor.base_url, None, args.n, args.clients,
-                                                floor.cpu))
+                                                floor.usage))
     finally:
         floor.stop()
         for suffix in ("", "-wal", "-shm"):
@@ -265,7 +314,7 @@ def one_round(workdir: Path, env: Mapping[str, str], args: argparse.Namespace) -
         ready_s, idle_rss = daemon.startup_seconds, daemon.rss_bytes()
         before = scrape(daemon.base_url)
         load = asyncio.run(drive_payments(daemon.base_url, token, args.n, args.clients,
-                                          daemon.cpu_seconds))
+                                          lambda: process_usage(daemon.pid)))
         after = scrape(daemon.base_url)
         daemon.terminate()
     shutil.rmtree(data, ignore_errors=True)
@@ -294,9 +343,15 @@ def report(label: str, kind: str, rounds: list[Round], raw_s: tuple[float, float
     rows = [
         (f"[{label}]", "", ""),
         ("floor CPU per request", f"{floor_ms:.3f} ms",
-         f"{med(r.floor.rate for r in rounds):,.0f} req/s, p99 {floor_p99:.1f} ms"),
+         f"{med(r.floor.rate for r in rounds):,.0f} req/s, p99 {floor_p99:.1f} ms,"
+         f" {med(r.floor.system_share for r in rounds):.0%} in the kernel"),
         ("daemon CPU per payment", f"{daemon_ms:.3f} ms",
-         f"{med(r.daemon.cpu / r.daemon.seconds for r in rounds):.0%} of one core"),
+         f"{med(r.daemon.cpu / r.daemon.seconds for r in rounds):.0%} of one core,"
+         f" {med(r.daemon.system_share for r in rounds):.0%} in the kernel"),
+        ("context switches per request", f"{med(r.daemon.switches for r in rounds):.2f}",
+         f"daemon (floor {med(r.floor.switches for r in rounds):.2f}; involuntary"
+         f" {med(r.daemon.usage.involuntary / len(r.daemon.latencies) for r in rounds):.2f}"
+         f" / {med(r.floor.usage.involuntary / len(r.floor.latencies) for r in rounds):.2f})"),
         ("daemon ÷ floor (CPU)", f"{cpu_ratio:.2f}x",
          f"<= {TARGET_CPU_RATIO}x  {verdict(cpu_ratio <= TARGET_CPU_RATIO)}"),
         ("durable payments/s", f"{pay_rate:,.0f}", ""),

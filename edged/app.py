@@ -30,7 +30,7 @@ from edged.events import EventBus
 from edged.inbound.pickups import PickupService
 from edged.lan.ratelimit import ClientBuckets
 from edged.lan.stream_registry import StreamRegistry
-from edged.lan.token_cache import PrincipalCache, stamp_path
+from edged.lan.token_cache import PrincipalCache, ensure_stamp, stamp_path
 from edged.lanes.terminals import TerminalManager
 from edged.ops import manager, status_metrics, systemd_notify
 from edged.ops.metrics import Metrics
@@ -150,6 +150,7 @@ class Daemon:
 
     async def start(self) -> None:
         await self.db.open()
+        ensure_stamp(stamp_path(self.db.path))  # kept open from the first call on
         await self._audit_head()
         self.services.allowed_hosts = allowed_hosts(self.services)
         if self.tls is not None:
@@ -247,6 +248,7 @@ class Daemon:
         await self.links.close()
         await self.upkeep.stop()
         await self.db.close()
+        self.services.principals.close()
         log.info("edged stopped cleanly")
 
     def _store_full(self, full: bool) -> None:

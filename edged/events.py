@@ -7,6 +7,7 @@ import collections
 import itertools
 import logging
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -35,11 +36,17 @@ class Replay:
     reason: str = ""
 
 
+Accept = Callable[[str, dict[str, Any]], bool]
+
+
 @dataclass(slots=True, eq=False)
 class Subscription:
     queue: asyncio.Queue[Event]
     kinds: frozenset[str] = field(default_factory=frozenset)
     dropped: bool = False
+    accept: Accept | None = None
+    """Asked at publishing whether the subscriber wants an event at all: one it does not
+    want costs it no wake-up (a cash sale, for the alert center)."""
 
 
 class EventBus:
@@ -55,8 +62,7 @@ class EventBus:
         self._replay: collections.deque[Event] = collections.deque(maxlen=replay)
         self._last_id = 0
         self._queue_size = queue_size
-        self._recent: list[Event] = []
-        self._recent_max = recent
+        self._recent: collections.deque[Event] = collections.deque(maxlen=recent)
         self._watchers: dict[str, set[asyncio.Future[dict[str, Any]]]] = {}
 
     def publish(self, kind: str, data: dict[str, Any]) -> Event:
@@ -64,15 +70,14 @@ class EventBus:
         self._last_id = event.id
         self._replay.append(event)
         self._recent.append(event)
-        if len(self._recent) > self._recent_max:
-            del self._recent[: len(self._recent) - self._recent_max]
         subject = data.get("id")
-        if isinstance(subject, str):  # first: a long-poll waiting on it answers first
-            for waiter in self._watchers.pop(subject, set()):
+        if isinstance(subject, str) and self._watchers:  # first: a long-poll waiting on it
+            for waiter in self._watchers.pop(subject, ()):  # answers first
                 if not waiter.done():
                     waiter.set_result(data)
-        for sub in list(self._subs):
-            if sub.kinds and kind not in sub.kinds:
+        for sub in tuple(self._subs) if self._subs else ():
+            if (sub.kinds and kind not in sub.kinds) or \
+                    (sub.accept is not None and not sub.accept(kind, data)):
                 continue
             try:
                 sub.queue.put_nowait(event)
@@ -82,8 +87,9 @@ class EventBus:
                 log.warning("dropped a slow event subscriber after %d events", self._queue_size)
         return event
 
-    def subscribe(self, kinds: frozenset[str] = frozenset()) -> Subscription:
-        sub = Subscription(asyncio.Queue(self._queue_size), kinds)
+    def subscribe(self, kinds: frozenset[str] = frozenset(),
+                  accept: Accept | None = None) -> Subscription:
+        sub = Subscription(asyncio.Queue(self._queue_size), kinds, accept=accept)
         self._subs.add(sub)
         return sub
 

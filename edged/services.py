@@ -87,6 +87,6 @@ class Services:
         now = self.clock.now()
         if tokens.touch_due(found, now):
             used = found
-            found = await self.db.write(lambda c: tokens.touch(c, used, now))
+            found = await self.db.write(lambda c: tokens.touch(c, used, now), inline=True)
             self.principals.update(digest, found)
         return found

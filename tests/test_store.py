@@ -301,3 +301,108 @@ async def test_close_commits_the_writes_of_its_own_iteration(tmp_path: Path) -> 
     assert [await f for f in pending] == list(range(5))
     conn = sqlite3.connect(tmp_path / "edged.db")
     assert conn.execute("SELECT count(*) FROM tokens").fetchone()[0] == 5
+
+
+async def test_inline_writes_run_on_the_loop_and_commit_on_the_writer_thread(
+        tmp_path: Path) -> None:
+    """An inline group's statements run on the event loop's thread, its COMMIT on the
+    writer thread; each caller is answered only once that COMMIT is done: another
+    connection (another process would see the same) reads every row at that moment."""
+    db = Database(tmp_path / "edged.db")
+    await db.open()
+    seen: list[tuple[str, str]] = []
+    outside = sqlite3.connect(tmp_path / "edged.db")
+
+    def traced(conn: sqlite3.Connection) -> None:
+        conn.set_trace_callback(
+            lambda sql: seen.append((threading.current_thread().name, sql.split()[0])))
+
+    try:
+        await db.write(traced, inline=True)
+        seen.clear()
+
+        async def pay(n: int) -> int:
+            await db.write(_token_insert(n), inline=True)
+            return int(outside.execute("SELECT count(*) FROM tokens WHERE name = ?",
+                                       (str(n),)).fetchone()[0])
+
+        assert await asyncio.gather(*(pay(n) for n in range(20))) == [1] * 20
+    finally:
+        await db.close()
+        outside.close()
+    loop_thread = threading.current_thread().name
+    inserts = [t for t, sql in seen if sql == "INSERT"]
+    commits = [t for t, sql in seen if sql == "COMMIT"]
+    assert inserts == [loop_thread] * 20
+    assert commits and all(t == "edged-writer" for t in commits)
+    assert len(commits) < 20  # they shared commits
+    assert not [sql for _, sql in seen if sql in ("SAVEPOINT", "RELEASE")]  # none failed
+
+
+async def test_inline_writes_fail_alone_and_a_full_disk_fails_their_group(
+        tmp_path: Path) -> None:
+    """An inline group runs without savepoints; when a write fails, the group runs again
+    with one each, and only that write is undone."""
+    from edged.store.database import StoreFull
+
+    db = Database(tmp_path / "edged.db")
+    await db.open()
+
+    def failing(n: int) -> Callable[[sqlite3.Connection], int]:
+        def write(conn: sqlite3.Connection) -> int:
+            _token_insert(n)(conn)
+            raise ValueError(f"write {n} fails")
+        return write
+
+    def full(conn: sqlite3.Connection) -> None:
+        _token_insert(99)(conn)
+        raise sqlite3.OperationalError("database or disk is full")
+
+    try:
+        results = await asyncio.gather(
+            *(db.write(failing(n) if n % 4 == 1 else _token_insert(n), inline=True)
+              for n in range(12)), return_exceptions=True)
+        assert [type(r) for r in results] == [
+            ValueError if n % 4 == 1 else int for n in range(12)]
+        group = await asyncio.gather(db.write(_token_insert(20), inline=True),
+                                     db.write(full, inline=True), return_exceptions=True)
+        assert [type(r) for r in group] == [StoreFull, StoreFull]  # the group is undone
+        assert db.full
+        assert await db.write(_token_insert(21), inline=True) == 21  # space again
+        assert not db.full
+    finally:
+        await db.close()
+    conn = sqlite3.connect(tmp_path / "edged.db")
+    names = {int(r[0]) for r in conn.execute("SELECT name FROM tokens")}
+    conn.close()
+    assert names == {n for n in range(12) if n % 4 != 1} | {21}
+
+
+async def test_an_inline_write_on_a_locked_file_waits_on_the_writer_thread(
+        tmp_path: Path) -> None:
+    """Another process holds the write lock: the loop does not wait for it (a timer still
+    fires), the writer thread does, and the write commits once the lock is free."""
+    db = Database(tmp_path / "edged.db")
+    await db.open()
+    other = sqlite3.connect(tmp_path / "edged.db", isolation_level=None)
+    threads: list[str] = []
+
+    def insert(n: int) -> Callable[[sqlite3.Connection], int]:
+        def write(conn: sqlite3.Connection) -> int:
+            threads.append(threading.current_thread().name)
+            return _token_insert(n)(conn)
+        return write
+
+    try:
+        other.execute("BEGIN IMMEDIATE")
+        write = asyncio.ensure_future(db.write(insert(7), inline=True))
+        for _ in range(20):  # the loop keeps turning while the lock is held
+            await asyncio.sleep(0.005)
+        assert not write.done()
+        other.execute("ROLLBACK")
+        assert await asyncio.wait_for(write, 30) == 7
+        assert await db.write(insert(8), inline=True) == 8  # the lock is free: on the loop
+    finally:
+        other.close()
+        await db.close()
+    assert threads == ["edged-writer", threading.current_thread().name]

@@ -220,15 +220,15 @@ class HeldWrites:
         self.fail = False
         self.held = 0
 
-    async def write(self, fn: Callable[[sqlite3.Connection], Any]) -> Any:
+    async def write(self, fn: Callable[[sqlite3.Connection], Any], **kw: Any) -> Any:
         if fn.__qualname__.endswith("_create_card_present.<locals>.write") and not self.held:
             self.held += 1
             await self.go.wait()
             if self.fail:
                 def full(conn: sqlite3.Connection) -> Any:
                     raise sqlite3.OperationalError("database or disk is full")
-                return await self.original(full)
-        return await self.original(fn)
+                return await self.original(full, **kw)
+        return await self.original(fn, **kw)
 
     def __enter__(self) -> HeldWrites:
         self.db.write = self.write  # type: ignore[method-assign]

@@ -159,3 +159,32 @@ def test_a_fifo_in_place_of_the_stamp_does_not_block_and_a_revocation_replaces_i
     cache.check()
     assert cache.get("d1", 10.0) is None
     assert path.is_file()
+
+
+def test_the_stamp_is_read_again_only_when_its_file_was_replaced_or_written(
+        tmp_path: Path) -> None:
+    """The daemon keeps the stamp file open and looks at it with one fstat per call; a
+    revocation's rename (and any write in place) is seen on the very next call."""
+    from edged.lan.token_cache import StampFile, ensure_stamp
+
+    db_path = tmp_path / "edged.db"
+    path = stamp_path(db_path)
+    ensure_stamp(path)
+    assert path.read_bytes() == b"" and (path.stat().st_mode & 0o777) == 0o644
+    watched = StampFile(path)
+    assert watched.read() == b""
+    opened = [e for e in os.listdir("/proc/self/fd")]
+    assert watched.read() == b"" and os.listdir("/proc/self/fd") == opened  # nothing opened
+    announce_revocation(db_path)
+    first = watched.read()
+    assert first is not None and len(first) == 32
+    announce_revocation(db_path)
+    second = watched.read()
+    assert second is not None and second != first
+    with open(path, "r+b") as f:  # in place, same size
+        f.write(b"x" * 32)
+        os.utime(f.fileno(), ns=(0, 0))
+    assert watched.read() == b"x" * 32
+    path.unlink()
+    assert watched.read() == b""
+    watched.close()

@@ -201,7 +201,8 @@ def bind(route: Route) -> Callable[[web.Request], Awaitable[web.StreamResponse]]
                 answer = await route.handler(Ctx(request, services, principal, body, record))
                 if isinstance(answer, Answer) and not answer.stored:
                     await services.db.write(
-                        lambda c: idempotency.save(c, record, answer.status, answer.body))
+                        lambda c: idempotency.save(c, record, answer.status, answer.body),
+                        inline=True)
             except idempotency.Replayed as replayed:
                 return _replay(services, record, replayed.stored)
             return _render(answer)
@@ -283,9 +284,9 @@ def error_answer(request: web.Request, exc: Exception) -> tuple[int, web.StreamR
 
 def count_request(services: Services, request: web.Request, status: int,
                   route: str) -> None:
-    services.metrics.inc("edged_http_requests_total", "HTTP requests answered",
-                         route=route, method=method_label(request.method),
-                         status=str(status))
+    services.metrics.inc_labels("edged_http_requests_total", "HTTP requests answered",
+                                (("method", method_label(request.method)), ("route", route),
+                                 ("status", str(status))))
 
 
 KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS",

@@ -66,9 +66,9 @@ async def edge_middleware(request: web.Request,
         route = resource.canonical if resource is not None else "unmatched"
         count_request(services, request, status, route)
         if route not in STREAMS:
-            services.metrics.observe("edged_http_request_duration_seconds",
-                                     "Time to answer a request",
-                                     time.perf_counter() - started, route=route)
+            services.metrics.observe_labels("edged_http_request_duration_seconds",
+                                            "Time to answer a request",
+                                            time.perf_counter() - started, (("route", route),))
         ConnectionGuard.leave(conn)
         if anonymous is not None and guard is not None:
             guard.unauthenticated_done(anonymous)

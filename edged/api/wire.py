@@ -42,11 +42,12 @@ class ClientGone(EdgedError):
 async def read_raw(request: web.Request) -> bytes:
     """The whole body, within ``[api] body_timeout`` (every body read goes through here);
     once it is in, the connection is held (:func:`edged.api.server.body_arrived`)."""
-    timeout = request.app[SERVICES].cfg.api.body_timeout
+    timeout = 0.0
     try:
         if request.content.is_eof():  # all of it has arrived: nothing to wait for
             raw = await request.read()
         else:
+            timeout = request.app[SERVICES].cfg.api.body_timeout
             async with asyncio.timeout(timeout):
                 raw = await request.read()
     except web.HTTPRequestEntityTooLarge:
@@ -57,5 +58,6 @@ async def read_raw(request: web.Request) -> bytes:
                        headers={"Connection": "close"}) from None
     except (ConnectionError, ClientPayloadError, ClientConnectionError) as exc:
         raise ClientGone(str(exc)) from None
-    body_arrived(request)
+    if request.get(PRINCIPAL) is None:  # an authenticated request's is held already
+        body_arrived(request)
     return raw

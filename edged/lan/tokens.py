@@ -16,6 +16,7 @@ import secrets
 import sqlite3
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime, timedelta
+from functools import lru_cache
 from typing import Any
 
 from edged.errors import EdgedError
@@ -119,8 +120,13 @@ def touch_due(principal: Principal, now: datetime) -> bool:
     """Whether this use should be written (at most once per :data:`LAST_USED_RESOLUTION`)."""
     if principal.last_used_at is None:
         return True
-    last = datetime.fromisoformat(principal.last_used_at.replace("Z", "+00:00"))
-    return now - last >= LAST_USED_RESOLUTION
+    return now - _parsed(principal.last_used_at) >= LAST_USED_RESOLUTION
+
+
+@lru_cache(maxsize=64)
+def _parsed(stamp: str) -> datetime:
+    """A stored time, parsed once (every call of a kept token asks about the same one)."""
+    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def lookup(conn: sqlite3.Connection, token: str) -> Principal | None:

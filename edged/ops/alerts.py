@@ -336,11 +336,10 @@ class AlertCenter:
                 or data.get("currency") in self._subjects)  # stored offline, by currency
 
     async def _watch(self) -> None:
-        sub = self._bus.subscribe(WATCHED_KINDS)
+        sub = self._bus.subscribe(WATCHED_KINDS, accept=self.matters)
         try:
             while True:
-                event = await sub.queue.get()
-                if self.matters(event.kind, event.data):
-                    self._poke.set()
+                await sub.queue.get()  # only what matters is queued (asked at publishing)
+                self._poke.set()
         finally:
             self._bus.unsubscribe(sub)

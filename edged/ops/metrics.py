@@ -55,9 +55,15 @@ class Metrics:
         return fam
 
     def inc(self, name: str, help_text: str, amount: float = 1.0, **labels: str) -> None:
-        fam = self._family(name, "counter", help_text)
-        key = tuple(sorted(labels.items()))
-        fam.values[key] = fam.values.get(key, 0.0) + amount
+        self.inc_labels(name, help_text, tuple(sorted(labels.items())), amount)
+
+    def inc_labels(self, name: str, help_text: str, labels: Labels,
+                   amount: float = 1.0) -> None:
+        """:meth:`inc` with the labels as (name, value) pairs already sorted by name (the
+        per-request counters: no keyword dict to sort)."""
+        fam = self._families.get(name) or self._family(name, "counter", help_text)
+        values = fam.values
+        values[labels] = values.get(labels, 0.0) + amount
 
     def set(self, name: str, help_text: str, value: float, **labels: str) -> None:
         fam = self._family(name, "gauge", help_text)
@@ -72,10 +78,14 @@ class Metrics:
     def observe(self, name: str, help_text: str, value: float,
                 buckets: tuple[float, ...] = DEFAULT_BUCKETS, **labels: str) -> None:
         """Count ``value`` in a histogram (cumulative buckets, sum and count)."""
+        self.observe_labels(name, help_text, value, tuple(sorted(labels.items())), buckets)
+
+    def observe_labels(self, name: str, help_text: str, value: float, key: Labels,
+                       buckets: tuple[float, ...] = DEFAULT_BUCKETS) -> None:
+        """:meth:`observe` with the labels already sorted by name."""
         hist = self._histograms.get(name)
         if hist is None:
             hist = self._histograms[name] = _Histogram(name, help_text, buckets)
-        key = tuple(sorted(labels.items()))
         counts = hist.counts.get(key)
         if counts is None:
             counts = hist.counts[key] = [0] * (len(hist.buckets) + 1)

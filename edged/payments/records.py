@@ -4,6 +4,7 @@ Used inside write transactions and on readers."""
 from __future__ import annotations
 
 import enum
+import functools
 import json
 import sqlite3
 from typing import Any
@@ -48,24 +49,37 @@ def payment_dict(conn: sqlite3.Connection, row: sqlite3.Row) -> dict[str, Any]:
 
 _PAYMENT_COLUMNS = frozenset({*_PAYMENT_FIELDS, "token", "terminal_figures"})
 _PAYMENT_DEFAULTS: dict[str, Any] = {"capture": "automatic"}  # as the table declares them
+_SHOWN = frozenset(_PAYMENT_FIELDS)
+_NEW_PAYMENT: dict[str, Any] = {f: _PAYMENT_DEFAULTS.get(f) for f in _PAYMENT_FIELDS}
+"""A new payment's answer before its columns are filled in (in the read-back's order)."""
 
 
 def insert_payment(conn: sqlite3.Connection, **columns: Any) -> dict[str, Any]:
     """Insert a payment row and return it as :func:`get_payment` would read it back in this
     transaction (the columns not given at their declared defaults, no refunds yet, no
     terminal figures), without reading it: a new payment's answer costs no read."""
-    unknown = set(columns) - _PAYMENT_COLUMNS
-    if unknown or "terminal_figures" in columns:
+    if not columns.keys() <= _PAYMENT_COLUMNS or "terminal_figures" in columns:
+        unknown = set(columns) - _PAYMENT_COLUMNS
         raise ValueError(f"not a column a new payment is given: {sorted(unknown)}")
-    values = {name: v.value if isinstance(v, enum.Enum) else v for name, v in columns.items()}
-    names = list(values)
-    conn.execute(f"INSERT INTO payments ({', '.join(names)})"  # noqa: S608  (names checked)
-                 f" VALUES ({', '.join('?' * len(names))})", [values[n] for n in names])
-    out = {f: values.get(f, _PAYMENT_DEFAULTS.get(f)) for f in _PAYMENT_FIELDS}
+    out = _NEW_PAYMENT.copy()
+    values = []
+    for name, given in columns.items():
+        value = given.value if isinstance(given, enum.Enum) else given
+        values.append(value)
+        if name in _SHOWN:
+            out[name] = value
+    conn.execute(_insert_sql(tuple(columns)), values)
     out["terminal_figures"] = None
     out["refunds"] = []
     out["refunded"] = 0
     return out
+
+
+@functools.lru_cache(maxsize=32)
+def _insert_sql(names: tuple[str, ...]) -> str:
+    """The INSERT for these columns (checked against the table's: never input)."""
+    return (f"INSERT INTO payments ({', '.join(names)})"  # noqa: S608
+            f" VALUES ({', '.join('?' * len(names))})")
 
 
 def payment_row(conn: sqlite3.Connection, payment_id: str) -> sqlite3.Row | None:

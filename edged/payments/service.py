@@ -111,7 +111,7 @@ class PaymentService:
 
     async def _create_cash(self, new: NewPayment, idem: IdemRecord, actor: str) -> Answer:
         payment_id = new_id("pay")
-        now = self._now()
+        now = idem.at or self._now()  # the moment the call came
 
         def write(conn: sqlite3.Connection) -> Answer:
             check_payment_start(payment_id, PaymentState.APPROVED)
@@ -123,7 +123,7 @@ class PaymentService:
                          {"method": "cash", "amount": new.amount, "currency": new.currency})
             return stored_answer(conn, idem, 201, body)
 
-        answer = await self._db.write(write)
+        answer = await self._db.write(write, inline=True)  # point writes: on the loop
         self._bus.publish("payment", answer.body)
         return answer
 
@@ -163,7 +163,7 @@ class PaymentService:
             return stored_answer(conn, idem, 202, body)
 
         try:
-            answer = await self._db.write(write)
+            answer = await self._db.write(write, inline=True)
         except BaseException:
             driver.abandon(request)  # nothing recorded: the terminal gets nothing to charge
             self._terminals.release(terminal_id, payment_id)
@@ -253,7 +253,7 @@ class PaymentService:
                 return None
             return records.get_payment(conn, payment_id)
 
-        body = await self._db.write(write)
+        body = await self._db.write(write, inline=True)
         if body is not None:
             self._bus.publish("payment", body)  # wakes the register's long-poll
             # logged once the long-poll's answer is on its way (it runs first on the loop)

@@ -96,13 +96,21 @@ class UnknownSettler:
 
     async def run(self) -> None:
         """Until cancelled: a pass, then wait for what calls for the next one."""
-        sub = self._bus.subscribe(frozenset({"sync", "payment", "refund"}))
+        sub = self._bus.subscribe(frozenset({"sync", "payment", "refund"}),
+                                  accept=self._wakes)
         try:
             while True:
                 done = await self.settle_once()
                 await self._wait(sub.queue, self._delay(done))
         finally:
             self._bus.unsubscribe(sub)
+
+    def _wakes(self, kind: str, data: dict[str, Any]) -> bool:
+        """What :meth:`_wait` acts on: a link back, something new unknown (every other
+        payment event, a sale that went well, costs the task no wake-up)."""
+        if kind == "sync":
+            return data.get("event") == "breaker" and data.get("to") == "closed"
+        return data.get("state") == "unknown"
 
     def _delay(self, done: Pass) -> float:
         """The next pass: the interval; while a processor could not be asked, as soon as

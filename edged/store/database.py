@@ -8,6 +8,16 @@ Group commit: every write submitted while the previous commit is being flushed w
 queue; the writer then runs them all in one ``BEGIN IMMEDIATE`` transaction, each inside
 its own savepoint (one failing write is rolled back alone), and commits once — one fsync
 for many registers. A caller is answered only after the commit that holds its write.
+
+Where the statements run: a group of *inline* writes (``write(fn, inline=True)``: a few
+statements by key, the register's hot path) runs its statements on the event loop's own
+thread and hands only its ``COMMIT`` (the WAL write and the fsync, during which Python's
+interpreter lock is free) to the writer thread; any other group runs on the writer thread
+whole. Python code on two threads takes turns on one interpreter lock: statements run on the
+writer thread took that lock back once per statement, against the loop, and each turn cost
+context switches and waits (bench/README.md, issue 22). Either way the group is one
+transaction on the one writer connection, and the next group starts once this one's commit
+is known.
 """
 
 from __future__ import annotations
@@ -16,12 +26,14 @@ import asyncio
 import contextlib
 import errno
 import logging
+import queue
 import sqlite3
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any, Generic, TypeVar, overload
 
@@ -98,6 +110,7 @@ def connect(path: Path, *, writer: bool = False) -> StoreConnection:
 class Job(Generic[T]):
     fn: Callable[[sqlite3.Connection], T]
     future: asyncio.Future[T]
+    inline: bool = False
 
 
 @dataclass(slots=True)
@@ -140,11 +153,12 @@ class Database:
         """Called with True when the store becomes unable to write, False when it can again."""
         self.stats = WriterStats()
         self._readers = readers
-        self._writer_exec = ThreadPoolExecutor(1, thread_name_prefix="edged-writer")
-        self._pending: list[Job[Any]] = []  # writes of this loop iteration, not handed over
-        self._queue_lock = threading.Lock()
-        self._queued: list[Job[Any]] = []  # handed over, for the writer thread to take
-        self._draining = False  # the writer thread is taking them (under _queue_lock)
+        self._writer_tasks: queue.SimpleQueue[Callable[[], None] | None] = queue.SimpleQueue()
+        self._writer_thread: threading.Thread | None = None
+        self._pending: list[Job[Any]] = []  # writes waiting for the next group
+        self._busy = False  # a group is in flight (its statements or its commit)
+        self._start_scheduled = False
+        self._idle: asyncio.Event | None = None  # set when no group is in flight (close)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._reader_exec = ThreadPoolExecutor(readers, thread_name_prefix="edged-reader")
         self._writer_conn: sqlite3.Connection | None = None
@@ -158,8 +172,10 @@ class Database:
     async def open(self) -> None:
         files.secure(self.path)
         self._loop = asyncio.get_running_loop()
-        self.migrations_applied = await self._loop.run_in_executor(self._writer_exec,
-                                                                   self._open_writer)
+        self._writer_thread = threading.Thread(target=self._writer_main, daemon=True,
+                                               name="edged-writer")
+        self._writer_thread.start()
+        self.migrations_applied = await self._on_writer(self._open_writer)
 
     def _open_writer(self) -> list[int]:
         conn = connect(self.path, writer=True)
@@ -169,31 +185,111 @@ class Database:
         if self.replicated:
             conn.execute("PRAGMA wal_autocheckpoint=0")
         storage.convert_to_incremental(conn, self.path)
-        return migrate(conn)
+        applied = migrate(conn)
+        # BEGIN never waits on the loop's thread: a file locked by another process sends
+        # the group to the writer thread, which waits there (_begin)
+        conn.execute("PRAGMA busy_timeout=0")
+        return applied
 
-    async def write(self, fn: Callable[[sqlite3.Connection], T]) -> T:
-        """Run ``fn`` in a write transaction; return once its commit is durable."""
+    def _writer_main(self) -> None:
+        """The writer thread: runs what it is handed, in order, until handed None."""
+        while (task := self._writer_tasks.get()) is not None:
+            task()
+
+    async def _on_writer(self, fn: Callable[[], T]) -> T:
+        """Run ``fn`` on the writer thread (between groups) and return its result."""
+        loop = asyncio.get_running_loop()
+        future: asyncio.Future[T] = loop.create_future()
+
+        def run() -> None:
+            try:
+                result = fn()
+            except BaseException as exc:  # the caller gets it
+                _call_soon(loop, _settle, future, None, exc)
+            else:
+                _call_soon(loop, _settle, future, result, None)
+
+        self._writer_tasks.put(run)
+        return await future
+
+    async def write(self, fn: Callable[[sqlite3.Connection], T], *, inline: bool = False) -> T:
+        """Run ``fn`` in a write transaction; return once its commit is durable.
+
+        ``inline``: ``fn`` is a few statements by key (no scan, no wait, nothing that may
+        take long) and has no effect but its statements (it may run twice: _run_inline), so
+        it may run on the event loop's own thread, its commit on the writer thread (see the
+        module's docstring). Without it, ``fn`` runs on the writer thread.
+        """
         if self._closed or self._writer_conn is None:
             raise StoreError("the database is closed")
         loop = asyncio.get_running_loop()
         future: asyncio.Future[T] = loop.create_future()
-        self._pending.append(Job(fn, future))
-        if len(self._pending) == 1:  # one hand-over per iteration of the loop
-            loop.call_soon(self._hand_over)
+        self._pending.append(Job(fn, future, inline))
+        if not self._busy and not self._start_scheduled:  # one group per loop iteration
+            self._start_scheduled = True
+            loop.call_soon(self._start_group)
         return await future
 
-    def _hand_over(self) -> None:
-        """Queue this iteration's writes for the writer; start it unless it is at work."""
-        if not self._pending:
+    def _start_group(self) -> None:
+        """On the loop: the writes waiting become a group, unless one is in flight."""
+        self._start_scheduled = False
+        if self._busy or not self._pending:
             return
-        jobs, self._pending = self._pending, []
-        with self._queue_lock:
-            self._queued.extend(jobs)
-            if self._draining:
-                return  # it takes them after the group it is committing
-            self._draining = True
-        assert self._loop is not None
-        self._writer_exec.submit(self._drain, self._loop)
+        batch = self._pending[:MAX_GROUP]
+        del self._pending[:MAX_GROUP]
+        self._busy = True
+        if self._idle is not None:
+            self._idle.clear()
+        loop = self._loop
+        assert loop is not None
+        if all(job.inline for job in batch) and self._begin_now():
+            try:
+                outcomes = self._run_inline(batch)
+            except BaseException as exc:  # the transaction is undone: nobody's write is in
+                self._writer_tasks.put(partial(self._finish, loop, batch, None, exc))
+                return
+            if outcomes is not None:
+                self._writer_tasks.put(partial(self._commit_inline, loop, batch, outcomes))
+                return
+        self._writer_tasks.put(partial(self._run_on_writer, loop, batch))
+
+    def _run_inline(self, batch: list[Job[Any]]) -> list[_Outcome] | None:
+        """On the loop, after BEGIN: the group's writes, first without a savepoint each.
+
+        Inline writes are point writes that rarely fail (a key answered meanwhile): the
+        group runs straight through, two statements a write fewer. Should one fail, the
+        transaction is rolled back and the group runs again with a savepoint each, so that
+        the failure undoes that write alone (an inline write can run twice: its effects are
+        its statements). None: the file was locked meanwhile, the writer thread takes it.
+        """
+        conn = self._writer_conn
+        assert conn is not None
+        if len(batch) == 1:
+            return self._run_jobs(batch)
+        outcomes: list[_Outcome] = []
+        for job in batch:
+            try:
+                outcomes.append(_Outcome(True, value=job.fn(conn)))
+            except Exception as exc:
+                if _is_full(exc):
+                    raise
+                break
+        else:
+            return outcomes
+        conn.execute("ROLLBACK")
+        if not self._begin_now():
+            return None
+        return self._run_jobs(batch)
+
+    def _begin_now(self) -> bool:
+        """BEGIN IMMEDIATE on the loop's thread if the file's write lock is free at once."""
+        conn = self._writer_conn
+        assert conn is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        except sqlite3.Error:  # locked by another process: the writer thread waits (and
+            return False       # reports any other error to the group's callers)
+        return True
 
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run ``fn`` on a reader connection (a consistent snapshot of the last commits)."""
@@ -239,48 +335,99 @@ class Database:
         finally:
             conn.execute("COMMIT")
 
-    def _drain(self, loop: asyncio.AbstractEventLoop) -> None:
-        """The writer thread: commit groups while writes keep coming, then stop.
+    def _commit_inline(self, loop: asyncio.AbstractEventLoop, batch: list[Job[Any]],
+                       outcomes: list[_Outcome]) -> None:
+        """The writer thread: commit the group whose statements ran on the loop."""
+        conn = self._writer_conn
+        assert conn is not None
+        try:
+            if conn.in_transaction:  # a lone write that failed was rolled back already
+                self._commit(conn)
+        except BaseException as exc:
+            self._finish(loop, batch, None, exc)
+        else:
+            self._count(batch, outcomes)
+            self._finish(loop, batch, outcomes, None)
 
-        Every write handed over while a group was committing goes into the next group, with
-        no trip through the event loop between two groups; each group's outcomes go back to
-        the loop in one call. The loop hands writes over once per iteration of its own
-        (:meth:`write`), so a burst of requests costs one hand-over, not one each.
+    def _run_on_writer(self, loop: asyncio.AbstractEventLoop, batch: list[Job[Any]]) -> None:
+        """The writer thread: the whole group, BEGIN (waiting for the lock) to COMMIT."""
+        try:
+            self._begin()
+            outcomes = self._run_jobs(batch)
+            conn = self._writer_conn
+            assert conn is not None
+            if conn.in_transaction:
+                self._commit(conn)
+        except BaseException as exc:
+            self._finish(loop, batch, None, exc)
+        else:
+            self._count(batch, outcomes)
+            self._finish(loop, batch, outcomes, None)
+
+    def _finish(self, loop: asyncio.AbstractEventLoop, batch: list[Job[Any]],
+                outcomes: list[_Outcome] | None, problem: BaseException | None) -> None:
+        """The writer thread: the group's outcomes to the loop, in one call.
+
+        ``problem``: the group's transaction failed as a whole (its commit, or a full disk):
+        nobody's write is durable, and each caller gets the reason.
         """
-        try:
-            while True:
-                with self._queue_lock:
-                    if not self._queued:
-                        self._draining = False
-                        return
-                    waiting, self._queued = self._queued, []
-                for start in range(0, len(waiting), MAX_GROUP):
-                    self._commit_group(loop, waiting[start:start + MAX_GROUP])
-        except BaseException:
-            with self._queue_lock:
-                self._draining = False
-            raise
-
-    def _commit_group(self, loop: asyncio.AbstractEventLoop, batch: list[Job[Any]]) -> None:
-        """One transaction for the group, its outcomes handed back to the loop in one call."""
+        conn = self._writer_conn
+        if problem is not None and conn is not None:
+            _rollback(conn)
         full: bool | None = False
-        problem: BaseException | None = None
-        try:
-            outcomes = self._run_group(batch)
-        except BaseException as exc:  # the commit itself failed: nobody's write is durable
-            problem = exc
-            if _is_full(exc):
+        if problem is not None:
+            if _is_full(problem):
                 full = True
-                outcomes = [_Outcome(False, error=StoreFull(f"disk full: {exc}"))
+                outcomes = [_Outcome(False, error=StoreFull(f"disk full: {problem}"))
                             for _ in batch]
             else:
                 full = None  # says nothing about space
-                log.error("group commit of %d writes failed: %s", len(batch), exc)
-                outcomes = [_Outcome(False, error=StoreError(f"commit failed: {exc}"))
+                log.error("group commit of %d writes failed: %s", len(batch), problem)
+                outcomes = [_Outcome(False, error=StoreError(f"commit failed: {problem}"))
                             for _ in batch]
-        _call_soon(loop, self._deliver, batch, outcomes, full, problem)
-        if problem is None:
-            self._bound_wal()
+        else:
+            self._bound_wal()  # before the loop may begin the next group on the connection
+        assert outcomes is not None
+        _call_soon(loop, self._group_done, batch, outcomes, full, problem)
+
+    def _group_done(self, batch: list[Job[Any]], outcomes: list[_Outcome], full: bool | None,
+                    problem: BaseException | None) -> None:
+        """On the loop: answer the group's writes, then start the next group at once."""
+        self._busy = False
+        self._deliver(batch, outcomes, full, problem)
+        if self._pending:
+            self._start_group()
+        elif self._idle is not None:
+            self._idle.set()
+
+    @staticmethod
+    def _commit(conn: sqlite3.Connection) -> None:
+        """The group's COMMIT: its WAL frames written and flushed (a function of its own so
+        that a profile tells it apart, bench/profile_api.py)."""
+        conn.execute("COMMIT")
+
+    def _begin(self) -> None:
+        """BEGIN IMMEDIATE on the writer thread, waiting up to 10 s for another process's
+        write lock (a command, Litestream) as every connection does."""
+        conn = self._writer_conn
+        assert conn is not None
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+            return
+        except sqlite3.OperationalError as exc:
+            if getattr(exc, "sqlite_errorname", "") not in ("SQLITE_BUSY", "SQLITE_LOCKED"):
+                raise
+        conn.execute("PRAGMA busy_timeout=10000")
+        try:
+            conn.execute("BEGIN IMMEDIATE")
+        finally:
+            conn.execute("PRAGMA busy_timeout=0")
+
+    def _count(self, batch: list[Job[Any]], outcomes: list[_Outcome]) -> None:
+        self.stats.commits += 1
+        self.stats.writes += len(batch)
+        self.stats.largest_group = max(self.stats.largest_group, len(batch))
+        self.stats.failed_writes += sum(1 for o in outcomes if not o.ok)
 
     def _bound_wal(self) -> None:
         """Between two groups: should the WAL pass half its bound (SQLite's own checkpoint
@@ -309,7 +456,7 @@ class Database:
                 log.warning("the WAL is %d MB and a reader keeps it from being truncated"
                             " (%d of %d frames checkpointed)", wal >> 20, done, frames)
         finally:
-            conn.execute("PRAGMA busy_timeout=10000")
+            conn.execute("PRAGMA busy_timeout=0")
 
     def _deliver(self, batch: list[Job[Any]], outcomes: list[_Outcome], full: bool | None,
                  problem: BaseException | None) -> None:
@@ -338,55 +485,56 @@ class Database:
         if self.on_full is not None:
             self.on_full(full)
 
-    def _run_group(self, batch: list[Job[Any]]) -> list[_Outcome]:
+    def _run_jobs(self, batch: list[Job[Any]]) -> list[_Outcome]:
+        """The group's writes, after its BEGIN, each in its own savepoint (a lone write in
+        none: a failure rolls the transaction back). Raises what undoes the whole group
+        (a full disk); the caller rolls back then."""
         conn = self._writer_conn
         assert conn is not None
         outcomes: list[_Outcome] = []
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            if len(batch) == 1:  # alone in its transaction: no savepoint needed to undo it
-                try:
-                    outcomes.append(_Outcome(True, value=batch[0].fn(conn)))
-                except Exception as exc:
-                    if _is_full(exc):
-                        raise  # as in a group: the store is full, StoreFull for the caller
-                    conn.execute("ROLLBACK")
-                    self.stats.failed_writes += 1
-                    outcomes.append(_Outcome(False, error=exc))
-            for job in batch if len(batch) > 1 else ():
-                conn.execute("SAVEPOINT job")
-                try:
-                    value = job.fn(conn)
-                except Exception as exc:  # one write's failure undoes only that write
-                    if _is_full(exc):
-                        raise  # SQLite may have rolled the transaction back: none is written
-                    conn.execute("ROLLBACK TO job")
-                    conn.execute("RELEASE job")
-                    outcomes.append(_Outcome(False, error=exc))
-                    self.stats.failed_writes += 1
-                else:
-                    conn.execute("RELEASE job")
-                    outcomes.append(_Outcome(True, value=value))
-            if outcomes[0].ok or len(batch) > 1:  # a lone failed write was rolled back
-                conn.execute("COMMIT")
-        except BaseException:
-            if conn.in_transaction:
-                with contextlib.suppress(sqlite3.Error):
-                    conn.execute("ROLLBACK")
-            raise
-        self.stats.commits += 1
-        self.stats.writes += len(batch)
-        self.stats.largest_group = max(self.stats.largest_group, len(batch))
+        if len(batch) == 1:  # alone in its transaction: no savepoint needed to undo it
+            try:
+                outcomes.append(_Outcome(True, value=batch[0].fn(conn)))
+            except Exception as exc:
+                if _is_full(exc):
+                    raise  # as in a group: the store is full, StoreFull for the caller
+                conn.execute("ROLLBACK")
+                outcomes.append(_Outcome(False, error=exc))
+            return outcomes
+        for job in batch:
+            conn.execute("SAVEPOINT job")
+            try:
+                value = job.fn(conn)
+            except Exception as exc:  # one write's failure undoes only that write
+                if _is_full(exc):
+                    raise  # SQLite may have rolled the transaction back: none is written
+                conn.execute("ROLLBACK TO job")
+                conn.execute("RELEASE job")
+                outcomes.append(_Outcome(False, error=exc))
+            else:
+                conn.execute("RELEASE job")
+                outcomes.append(_Outcome(True, value=value))
         return outcomes
 
     async def close(self) -> None:
-        """Finish every queued write, then close every connection."""
+        """Finish every write submitted, then close every connection."""
         if self._closed:
             return
         self._closed = True
-        self._hand_over()  # the writes of this iteration still go in
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer_exec, self._close_writer)  # after the drain
+        if self._writer_thread is None:  # never opened
+            self._reader_exec.shutdown(wait=True)
+            return
+        self._idle = asyncio.Event()
+        if not self._busy:
+            self._start_group()  # the writes of this iteration still go in
+        while self._busy or self._pending:
+            self._idle.clear()
+            if not self._busy:
+                self._start_group()
+            await self._idle.wait()
+        await self._on_writer(self._close_writer)
+        self._writer_tasks.put(None)
+        await asyncio.to_thread(self._writer_thread.join)
         if self._inline_conn is not None:
             self._inline_conn.close()
             self._inline_conn = None
@@ -394,12 +542,12 @@ class Database:
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
-        self._writer_exec.shutdown(wait=True)
         self._reader_exec.shutdown(wait=True)
 
     def _close_writer(self) -> None:
         if self._writer_conn is not None:
             try:
+                self._writer_conn.execute("PRAGMA busy_timeout=10000")
                 self._writer_conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
             except sqlite3.Error as exc:  # the WAL stays; the next start reads it
                 log.warning("the last checkpoint before closing failed: %s", exc)
@@ -411,6 +559,21 @@ def _call_soon(loop: asyncio.AbstractEventLoop, fn: Callable[..., None], *args: 
     """Hand a result to the loop; a loop already closed has nobody left to tell."""
     with contextlib.suppress(RuntimeError):
         loop.call_soon_threadsafe(fn, *args)
+
+
+def _settle(future: asyncio.Future[Any], result: Any, exc: BaseException | None) -> None:
+    if future.done():
+        return
+    if exc is not None:
+        future.set_exception(exc)
+    else:
+        future.set_result(result)
+
+
+def _rollback(conn: sqlite3.Connection) -> None:
+    if conn.in_transaction:
+        with contextlib.suppress(sqlite3.Error):
+            conn.execute("ROLLBACK")
 
 
 def open_sync(path: Path) -> StoreConnection:
