@@ -78,6 +78,7 @@ from tests.daemon_process import UNLIMITED_API, DaemonProcess  # noqa: E402
 
 LANE = "lane-1"
 TARGET_P99_MS = 5.0
+CLOUD_TARGET_P99_MS = 10.0  # issue 22: a cloud lane adds < 10 ms beyond the processor
 
 
 class TimedSimulator(ConcertSimulator):
@@ -408,9 +409,10 @@ def cloud(args: argparse.Namespace) -> int:
     print(line("daemon overhead beyond the fake", [r.overhead for r in runs]))
     print(f"{'processor calls per payment':<54} min {calls[0]}   median"
           f" {calls[len(calls) // 2]}   max {calls[-1]}")
-    verdict = "met" if overhead_p99 < TARGET_P99_MS else "MISSED"
-    print(f"target: overhead p99 < {TARGET_P99_MS:g} ms: {verdict} ({overhead_p99:.2f} ms)")
-    return 1 if args.check and overhead_p99 >= TARGET_P99_MS else 0
+    verdict = "met" if overhead_p99 < CLOUD_TARGET_P99_MS else "MISSED"
+    print(f"target: overhead p99 < {CLOUD_TARGET_P99_MS:g} ms: {verdict}"
+          f" ({overhead_p99:.2f} ms)")
+    return 1 if args.check and overhead_p99 >= CLOUD_TARGET_P99_MS else 0
 
 
 if __name__ == "__main__":

@@ -276,7 +276,6 @@ class DaemonProcess:
             match = READY_RE.search(line)
             if match:
                 self.startup_seconds = time.monotonic() - started
-                print(f"STARTUP {self.startup_seconds:.2f} at {time.monotonic():.2f}", flush=True)
                 self.base_url = match.group(1)
                 self.port = int(match.group(3))
                 return self

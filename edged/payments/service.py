@@ -170,15 +170,28 @@ class PaymentService:
             raise
         # durable: the terminal may have the request now (a Concert lane sends the frame it
         # held since prepare; a cloud terminal is handed the sale)
-        await self._start_on_terminal(terminal_id, request, idem)
+        made = await self._start_on_terminal(terminal_id, request, idem)
 
         async def collect(driver: Terminal) -> TransactionResult:
             return await driver.collect(request)
 
         self._terminals.run(terminal_id, payment_id, collect, self._finish_payment,
                             settle=lambda: self.settle_unknown(payment_id))
+        if made is not None:  # stored before the answer, while the lane already follows it
+            await self._store_reference(payment_id, made)
         self._bus.publish("payment", answer.body)
         return answer
+
+    async def _store_reference(self, payment_id: str, reference: str) -> None:
+        """The processor's id of what a terminal's start made (a checkout): a restart reads
+        it back by id. Queued before the lane's first read can end the payment, so the
+        result's write comes after it; should it fail, a restart finds it by search."""
+        try:
+            await self._db.write(partial(_store_reference, payment_id=payment_id,
+                                         reference=reference, now=self._now()), inline=True)
+        except Exception:
+            log.exception("payment %s: could not store the processor's reference %s; the"
+                          " lane follows it anyway", payment_id, reference)
 
     def _refused(self, terminal_id: str, payment_id: str, exc: Exception) -> NoReturn:
         """A terminal refused a sale before anything could be charged: answer at once."""
@@ -190,8 +203,9 @@ class PaymentService:
                        details={"payment": payment_id}) from None
 
     async def _start_on_terminal(self, terminal_id: str, request: TransactionRequest,
-                                 idem: IdemRecord) -> None:
-        """Hand the sale over before answering (cloud terminals; local ones do nothing).
+                                 idem: IdemRecord) -> str | None:
+        """Hand the sale over before answering (cloud terminals; local ones do nothing);
+        the processor's id of what it made, if the driver says.
 
         A terminal that refused it (offline, busy: keyed on the processor's own error code)
         answers the register at once with ERR-3003 / ERR-3002: the payment is ``failed``
@@ -202,10 +216,7 @@ class PaymentService:
         assert driver is not None
         payment_id = request.payment_id
         try:
-            made = await driver.start(request)
-            if made is not None:  # what the processor made: a restart reads it back by id
-                await self._db.write(partial(_store_reference, payment_id=payment_id,
-                                             reference=made, now=self._now()))
+            return await driver.start(request)
         except (TerminalUnavailable, TerminalBusy) as exc:
             message = str(exc)
             now = self._now()
@@ -230,6 +241,7 @@ class PaymentService:
         except Exception:
             log.exception("terminal %s: starting %s failed; following it anyway",
                           terminal_id, payment_id)
+        return None
 
     def _default_terminal(self) -> str:
         ids = self._terminals.ids()

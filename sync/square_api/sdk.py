@@ -1,6 +1,7 @@
 """Square's SDK client, built on first use and shared by the gateway, the Terminal client
-and the read-back: one ``AsyncSquare`` on an ``httpx.AsyncClient``; the access token is read
-on every request from :attr:`SquareSdk.token`, which the caller sets.
+and the read-back: one ``AsyncSquare`` on an ``httpx.AsyncClient`` whose requests aiohttp
+carries (:mod:`sync.square_api.transport`); the access token is read on every request from
+:attr:`SquareSdk.token`, which the caller sets.
 
 Importing the SDK costs about 0.3 s of CPU, more than the whole daemon's way to ready, so
 nothing imports it when a gateway or a Terminal client is constructed: the client is built
@@ -25,11 +26,13 @@ def warm() -> None:
     from square.types.payment_refund import PaymentRefund  # noqa: PLC0415
     from square.types.terminal_checkout import TerminalCheckout  # noqa: PLC0415
 
+    from sync.square_api.transport import AiohttpTransport  # noqa: PLC0415
+
     client = AsyncSquare(token=str, base_url="http://127.0.0.1",
                          httpx_client=httpx.AsyncClient())
     for sub in (client.payments, client.refunds, client.terminal.checkouts,
                 client.terminal.actions,
-                Payment, PaymentRefund, TerminalCheckout):
+                Payment, PaymentRefund, TerminalCheckout, AiohttpTransport):
         assert sub is not None
 
 
@@ -49,8 +52,10 @@ class SquareSdk:
             import httpx  # noqa: PLC0415
             from square import AsyncSquare  # noqa: PLC0415  (lazily: see the module docstring)
 
+            from sync.square_api.transport import AiohttpTransport  # noqa: PLC0415
+
             self._http = httpx.AsyncClient(timeout=httpx.Timeout(
-                self.timeout, connect=min(self.timeout, 10.0)))
+                self.timeout, connect=min(self.timeout, 10.0)), transport=AiohttpTransport())
             self._client = AsyncSquare(token=self._current_token, base_url=self.base_url,
                                        httpx_client=self._http, timeout=self.timeout)
         return self._client

@@ -29,11 +29,12 @@ answer → :class:`OutcomeUnknown`; nothing sent → :class:`TransientError`; 40
 from __future__ import annotations
 
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any, TypeVar, cast
+from typing import TYPE_CHECKING, Any
+from urllib.parse import quote
 
 from sync.core.breaker import CircuitBreaker
 from sync.core.clock import Clock, utc_iso
@@ -42,16 +43,11 @@ from sync.core.guarded import through
 from sync.core.limiter import TokenBucket
 from sync.square_api.calls import square_call
 from sync.square_api.sdk import SquareSdk
+from sync.square_api.wire import field, request
 
 if TYPE_CHECKING:
     from square.core.request_options import RequestOptions
-    from square.payments.client import AsyncPaymentsClient
-    from square.terminal.actions.client import AsyncActionsClient
-    from square.terminal.checkouts.client import AsyncCheckoutsClient
-    from square.types.terminal_action import TerminalAction
-    from square.types.terminal_checkout import TerminalCheckout
 
-T = TypeVar("T")
 NO_RETRY: RequestOptions = {"max_retries": 0}
 #: How long a PING may wait for the Terminal before Square cancels it (``TIMED_OUT``).
 PING_DEADLINE_SECONDS = 30
@@ -116,22 +112,41 @@ def checkout_note(payment_id: str) -> str:
     return f"edged {payment_id}"
 
 
-def _view(c: TerminalCheckout) -> CheckoutView:
-    return CheckoutView(id=str(c.id), status=str(c.status),
-                        amount=int(c.amount_money.amount or 0),
-                        currency=str(c.amount_money.currency or ""),
-                        payment_ids=tuple(c.payment_ids or ()),
-                        cancel_reason=str(c.cancel_reason) if c.cancel_reason else None,
-                        note=c.note, created_at=c.created_at)
+def _view(c: Mapping[str, Any]) -> CheckoutView:
+    money = c.get("amount_money") or {}
+    reason = c.get("cancel_reason")
+    return CheckoutView(id=str(c.get("id")), status=str(c.get("status")),
+                        amount=int(money.get("amount") or 0),
+                        currency=str(money.get("currency") or ""),
+                        payment_ids=tuple(str(p) for p in c.get("payment_ids") or ()),
+                        cancel_reason=str(reason) if reason else None,
+                        note=c.get("note"), created_at=c.get("created_at"))
 
 
-def _action(a: TerminalAction) -> ActionView:
-    return ActionView(id=str(a.id), status=str(a.status),
-                      cancel_reason=str(a.cancel_reason) if a.cancel_reason else None)
+def _action(a: Mapping[str, Any]) -> ActionView:
+    reason = a.get("cancel_reason")
+    return ActionView(id=str(a.get("id")), status=str(a.get("status")),
+                      cancel_reason=str(reason) if reason else None)
+
+
+def _object(answer: Mapping[str, Any], name: str, what: str) -> Mapping[str, Any]:
+    """The answer's ``name`` object (``checkout``, ``action``, ``payment``)."""
+    found = answer.get(name)
+    if not isinstance(found, Mapping):
+        raise OutcomeUnknown(f"square answered {what} without a {name}")
+    return found
 
 
 class SquareTerminalClient:
-    """Square's Terminal API through the ``square`` destination's breaker and bucket."""
+    """Square's Terminal API through the ``square`` destination's breaker and bucket.
+
+    Each call goes through the SDK's own HTTP client (:func:`sync.square_api.wire.request`:
+    its token, ``Square-Version``, base URL and timeout) and reads the answer's JSON as it
+    is: the typed calls build a pydantic model of every answer, which was most of a Square
+    Terminal lane's own CPU per payment (bench/README.md, issue 22). The request bodies are
+    Square's own field names, checked by the tests' fake against Square's OpenAPI
+    description.
+    """
 
     def __init__(self, settings: SquareTerminalSettings,
                  token_provider: Callable[[], str | None], clock: Clock,
@@ -144,39 +159,20 @@ class SquareTerminalClient:
         self._token_provider = token_provider
         self._sdk = SquareSdk(settings.base_url, settings.timeout)  # built on first use
 
-    # The client's sub-client properties are untyped in the SDK: name their types.
-    @property
-    def _checkouts(self) -> AsyncCheckoutsClient:
-        return cast("AsyncCheckoutsClient", self._sdk.client().terminal.checkouts)
-
-    @property
-    def _actions(self) -> AsyncActionsClient:
-        return cast("AsyncActionsClient", self._sdk.client().terminal.actions)
-
-    @property
-    def _payments(self) -> AsyncPaymentsClient:
-        return cast("AsyncPaymentsClient", self._sdk.client().payments)
-
     async def close(self) -> None:
         await self._sdk.close()
 
     async def ping(self, device_id: str) -> ActionView:
         """Send a ``PING`` to the Terminal; its answer is read with :meth:`action`."""
-        answer = await self._call("ping the Terminal", lambda: self._actions.create(
-            idempotency_key=f"edged-ping-{uuid.uuid4().hex}",
-            action={"device_id": device_id, "type": "PING",
-                    "deadline_duration": f"PT{PING_DEADLINE_SECONDS}S"},
-            request_options=NO_RETRY))
-        if answer.action is None:
-            raise OutcomeUnknown("square answered the PING without an action")
-        return _action(answer.action)
+        answer = await self._call("ping the Terminal", "v2/terminals/actions", "POST", {
+            "idempotency_key": f"edged-ping-{uuid.uuid4().hex}",
+            "action": {"device_id": device_id, "type": "PING",
+                       "deadline_duration": f"PT{PING_DEADLINE_SECONDS}S"}})
+        return _action(_object(answer, "action", "the PING"))
 
     async def action(self, action_id: str) -> ActionView:
-        answer = await self._call("read the PING", lambda: self._actions.get(
-            action_id, request_options=NO_RETRY))
-        if answer.action is None:
-            raise OutcomeUnknown(f"square answered without action {action_id}")
-        return _action(answer.action)
+        answer = await self._call("read the PING", f"v2/terminals/actions/{_id(action_id)}")
+        return _action(_object(answer, "action", f"the read of action {action_id}"))
 
     async def find(self, device_id: str, payment_id: str,
                    since: datetime) -> CheckoutView | None:
@@ -185,17 +181,19 @@ class SquareTerminalClient:
         start = utc_iso(since - SEARCH_MARGIN)
         cursor: str | None = None
         for _ in range(20):  # 2000 checkouts of one device since the payment: enough
-            query: Any = {"filter": {"device_id": device_id,
+            body: dict[str, Any] = {
+                "query": {"filter": {"device_id": device_id,
                                      "created_at": {"start_at": start}},
-                          "sort": {"sort_order": "ASC"}}
-            page: dict[str, Any] = {"cursor": cursor} if cursor else {}
-            answer = await self._call("search the checkouts", partial(
-                self._checkouts.search, query=query, limit=100, request_options=NO_RETRY,
-                **page))
-            for checkout in answer.checkouts or ():
-                if checkout.note == note:
+                          "sort": {"sort_order": "ASC"}},
+                "limit": 100}
+            if cursor:
+                body["cursor"] = cursor
+            answer = await self._call("search the checkouts", "v2/terminals/checkouts/search",
+                                      "POST", body)
+            for checkout in answer.get("checkouts") or ():
+                if isinstance(checkout, Mapping) and checkout.get("note") == note:
                     return _view(checkout)
-            cursor = answer.cursor
+            cursor = answer.get("cursor")
             if not cursor:
                 return None
         return None
@@ -213,62 +211,57 @@ class SquareTerminalClient:
             checkout["reference_id"] = reference[:40]
         if manual_capture:
             checkout["payment_options"] = {"autocomplete": False}
-        answer = await self._call("create the checkout", lambda: self._checkouts.create(
-            idempotency_key=checkout_key(payment_id), checkout=cast(Any, checkout),
-            request_options=NO_RETRY))
-        if answer.checkout is None:
-            raise OutcomeUnknown("square answered the checkout create without a checkout")
-        return _view(answer.checkout)
+        answer = await self._call("create the checkout", "v2/terminals/checkouts", "POST",
+                                  {"idempotency_key": checkout_key(payment_id),
+                                   "checkout": checkout})
+        return _view(_object(answer, "checkout", "the checkout create"))
 
     async def get(self, checkout_id: str) -> CheckoutView:
-        answer = await self._call("read the checkout", lambda: self._checkouts.get(
-            checkout_id, request_options=NO_RETRY))
-        if answer.checkout is None:
-            raise OutcomeUnknown(f"square answered without checkout {checkout_id}")
-        return _view(answer.checkout)
+        answer = await self._call("read the checkout",
+                                  f"v2/terminals/checkouts/{_id(checkout_id)}")
+        return _view(_object(answer, "checkout", f"the read of checkout {checkout_id}"))
 
     async def cancel(self, checkout_id: str) -> CheckoutView:
-        answer = await self._call("cancel the checkout", lambda: self._checkouts.cancel(
-            checkout_id, request_options=NO_RETRY))
-        if answer.checkout is None:
-            raise OutcomeUnknown(f"square answered the cancel without checkout {checkout_id}")
-        return _view(answer.checkout)
+        answer = await self._call("cancel the checkout",
+                                  f"v2/terminals/checkouts/{_id(checkout_id)}/cancel", "POST")
+        return _view(_object(answer, "checkout", f"the cancel of checkout {checkout_id}"))
 
     async def payment(self, payment_id: str) -> CardView:
-        answer = await self._call("read the payment", lambda: self._payments.get(
-            payment_id, request_options=NO_RETRY))
-        p = answer.payment
-        if p is None:
-            raise OutcomeUnknown(f"square answered without payment {payment_id}")
-        details = p.card_details
-        card = details.card if details is not None else None
-        return CardView(payment_id=payment_id, status=p.status,
-                        brand=str(card.card_brand) if card is not None and card.card_brand
-                        else None,
-                        last4=card.last4 if card is not None else None,
-                        auth_code=details.auth_result_code if details is not None else None)
+        answer = await self._call("read the payment", f"v2/payments/{_id(payment_id)}")
+        p = _object(answer, "payment", f"the read of payment {payment_id}")
+        details = field(p, "card_details")
+        brand = field(details, "card", "card_brand")
+        return CardView(payment_id=payment_id, status=p.get("status"),
+                        brand=str(brand) if brand else None,
+                        last4=field(details, "card", "last_4"),
+                        auth_code=field(details, "auth_result_code"))
 
     # -- plumbing -------------------------------------------------------------------------
 
-    async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
+    async def _call(self, what: str, path: str, method: str = "GET",
+                    body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         token = self._token_provider()
         if not token:
             raise CredentialsRequired("ERR-6006: no Square access token is set; set it with "
                                       "`edged secret set square.token`")
         self._sdk.token = token
+        client = self._sdk.client()
 
-        async def limited() -> T:
+        async def limited() -> dict[str, Any]:
             await self.bucket.acquire()
             self.calls += 1
-            return await self._sorted(what, call)
+            return await square_call(
+                what, partial(request, client, path, method, body=body,
+                              request_options=NO_RETRY), self.bucket, self._clock,
+                lambda refusal: CheckoutRefused(f"Square refused the call to {what}: "
+                                                f"{refusal.message}", refusal.codes))
 
         return await through(self.breaker, limited)
 
-    async def _sorted(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
-        return await square_call(
-            what, call, self.bucket, self._clock,
-            lambda refusal: CheckoutRefused(f"Square refused the call to {what}: "
-                                            f"{refusal.message}", refusal.codes))
+
+def _id(value: str) -> str:
+    """An id as one segment of a path."""
+    return quote(value, safe="")
 
 
 __all__ = ["ActionView", "CardView", "CheckoutRefused", "CheckoutView", "SquareTerminalClient",

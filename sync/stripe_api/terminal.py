@@ -38,10 +38,11 @@ from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from functools import partial
 from typing import TYPE_CHECKING, Any, TypeVar
+from urllib.parse import quote_plus
 
 from sync.core.breaker import CircuitBreaker
 from sync.core.clock import Clock
-from sync.core.errors import CredentialsRequired, PermanentError
+from sync.core.errors import CredentialsRequired, OutcomeUnknown, PermanentError
 from sync.core.guarded import through
 from sync.core.limiter import TokenBucket
 from sync.stripe_api.calls import StripeRefusal, StripeRefusalKind, stripe_call
@@ -49,7 +50,17 @@ from sync.stripe_api.sdk import StripeSdk
 
 if TYPE_CHECKING:
     import stripe
-    from stripe.params import PaymentIntentCreateParams
+    from stripe.params import (
+        PaymentIntentCancelParams,
+        PaymentIntentCreateParams,
+        PaymentIntentRetrieveParams,
+        PaymentIntentSearchParams,
+    )
+    from stripe.params.terminal import (
+        ReaderCancelActionParams,
+        ReaderProcessPaymentIntentParams,
+        ReaderRetrieveParams,
+    )
 
 log = logging.getLogger(__name__)
 
@@ -184,12 +195,19 @@ class StripeTerminalClient:
         await self._sdk.close()
 
     # -- calls ----------------------------------------------------------------------------
+    # Each call is the SDK's ``raw_request_async`` with the SDK's typed parameters (its
+    # TypedDicts, checked by mypy: the contract where Stripe publishes no description here):
+    # the SDK's own request (key, version, idempotency key, encoding, errors raised as its
+    # error classes), its answer read as the JSON it is. The typed services build a
+    # StripeObject for every nested object of an answer and the views read them back as
+    # dicts: for a reader expanded down to its charge that was most of the lane's own time
+    # per poll (bench/README.md, issue 22).
 
     async def create_intent(self, payment_id: str, amount: int, currency: str, *,
                             manual_capture: bool = False,
                             description: str | None = None) -> IntentView:
         client = self._stripe()
-        params: PaymentIntentCreateParams = {
+        params: PaymentIntentCreateParams = {  # the SDK's typed parameters: the contract
             "amount": amount, "currency": currency.lower(),
             "allowed_payment_method_types": ["card_present"],
             "capture_method": "manual" if manual_capture else "automatic",
@@ -197,42 +215,43 @@ class StripeTerminalClient:
         }
         if description:
             params["description"] = description[:1000]
-        pi = await self._call("create the PaymentIntent", lambda: client.v1.payment_intents
-                              .create_async(params,
-                                            options={"idempotency_key": intent_key(payment_id)}))
-        return intent_view(pi.to_dict())
+        pi = await self._call("create the PaymentIntent", partial(
+            _raw, client, "post", "/v1/payment_intents", params, intent_key(payment_id)))
+        return intent_view(pi)
 
     async def process(self, reader_id: str, payment_id: str, intent_id: str) -> ReaderView:
         client = self._stripe()
-        reader = await self._call(
-            "hand the PaymentIntent to the reader",
-            lambda: client.v1.terminal.readers.process_payment_intent_async(
-                reader_id, {"payment_intent": intent_id},
-                options={"idempotency_key": process_key(payment_id)}))
-        return _reader_view(reader.to_dict())
+        params: ReaderProcessPaymentIntentParams = {"payment_intent": intent_id}
+        reader = await self._call("hand the PaymentIntent to the reader", partial(
+            _raw, client, "post", f"/v1/terminal/readers/{_id(reader_id)}"
+            "/process_payment_intent", params, process_key(payment_id)))
+        return _reader_view(reader)
 
     async def reader(self, reader_id: str) -> ReaderView:
         client = self._stripe()
-        reader = await self._call("read the reader",
-                                  lambda: client.v1.terminal.readers.retrieve_async(
-                                      reader_id, {"expand": [READER_EXPAND]}))
-        return _reader_view(reader.to_dict())
+        params: ReaderRetrieveParams = {"expand": [READER_EXPAND]}
+        reader = await self._call("read the reader", partial(
+            _raw, client, "get", f"/v1/terminal/readers/{_id(reader_id)}", params))
+        return _reader_view(reader)
 
     async def intent(self, intent_id: str) -> IntentView:
         client = self._stripe()
-        pi = await self._call("read the PaymentIntent",
-                              lambda: client.v1.payment_intents.retrieve_async(
-                                  intent_id, {"expand": ["latest_charge"]}))
-        return intent_view(pi.to_dict())
+        params: PaymentIntentRetrieveParams = {"expand": ["latest_charge"]}
+        pi = await self._call("read the PaymentIntent", partial(
+            _raw, client, "get", f"/v1/payment_intents/{_id(intent_id)}", params))
+        return intent_view(pi)
 
     async def find_intent(self, payment_id: str) -> IntentView | None:
         client = self._stripe()
         literal = "'" + payment_id.replace("\\", "\\\\").replace("'", "\\'") + "'"
-        found = await self._call("search PaymentIntents",
-                                 lambda: client.v1.payment_intents.search_async(
-                                     {"query": f"metadata['edged_payment_id']:{literal}",
-                                      "limit": 10, "expand": ["data.latest_charge"]}))
-        intents = [intent_view(pi.to_dict()) for pi in found.data]
+        params: PaymentIntentSearchParams = {
+            "query": f"metadata['edged_payment_id']:{literal}", "limit": 10,
+            "expand": ["data.latest_charge"]}
+        found = await self._call("search PaymentIntents", partial(
+            _raw, client, "get", "/v1/payment_intents/search", params))
+        data = found.get("data")
+        intents = [intent_view(pi) for pi in data if isinstance(pi, Mapping)] \
+            if isinstance(data, list) else []
         paid = [i for i in intents if i.status in ("succeeded", "requires_capture",
                                                    "processing")]
         chosen = paid or intents
@@ -240,17 +259,18 @@ class StripeTerminalClient:
 
     async def cancel_action(self, reader_id: str, key: str) -> ReaderView:
         client = self._stripe()
-        reader = await self._call("cancel the reader's action",
-                                  lambda: client.v1.terminal.readers.cancel_action_async(
-                                      reader_id, options={"idempotency_key": key}))
-        return _reader_view(reader.to_dict())
+        params: ReaderCancelActionParams = {}
+        reader = await self._call("cancel the reader's action", partial(
+            _raw, client, "post", f"/v1/terminal/readers/{_id(reader_id)}/cancel_action",
+            params, key))
+        return _reader_view(reader)
 
     async def cancel_intent(self, intent_id: str, key: str) -> IntentView:
         client = self._stripe()
-        pi = await self._call("cancel the PaymentIntent",
-                              lambda: client.v1.payment_intents.cancel_async(
-                                  intent_id, options={"idempotency_key": key}))
-        return intent_view(pi.to_dict())
+        params: PaymentIntentCancelParams = {}
+        pi = await self._call("cancel the PaymentIntent", partial(
+            _raw, client, "post", f"/v1/payment_intents/{_id(intent_id)}/cancel", params, key))
+        return intent_view(pi)
 
     # -- plumbing -------------------------------------------------------------------------
 
@@ -272,6 +292,22 @@ class StripeTerminalClient:
     async def _sorted(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         return await stripe_call(what, call, self.bucket, self._clock,
                                  partial(_lane_refusal, what))
+
+
+async def _raw(client: stripe.StripeClient, method: str, url: str, params: Mapping[str, object],
+               idempotency_key: str | None = None) -> Mapping[str, Any]:
+    """One call through the SDK's ``raw_request_async``; its answer's JSON object."""
+    options = {"idempotency_key": idempotency_key} if idempotency_key else {}
+    answer = await client.raw_request_async(method, url, **params, **options)
+    data = answer.data
+    if not isinstance(data, Mapping):
+        raise OutcomeUnknown(f"stripe answered {url} with something that is not an object")
+    return data
+
+
+def _id(value: str) -> str:
+    """An id in a URL's path, escaped as the SDK's typed services escape it."""
+    return quote_plus(value)
 
 
 def _lane_refusal(what: str, refusal: StripeRefusal) -> Exception:
