@@ -43,7 +43,7 @@ from drivers.base import (
     TransactionRequest,
     TransactionResult,
 )
-from drivers.cloud_poll import CloudSettings
+from drivers.cloud.poll import CloudSettings
 from drivers.square_terminal.poller import LINK_ERRORS, CheckoutPoller, Run
 from sync.core.clock import Clock
 from sync.core.errors import OutcomeUnknown, SyncError

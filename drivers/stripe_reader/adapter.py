@@ -32,7 +32,7 @@ from drivers.base import (
     TransactionRequest,
     TransactionResult,
 )
-from drivers.cloud_poll import CloudSettings
+from drivers.cloud.poll import CloudSettings
 from drivers.stripe_reader.poller import LINK_ERRORS, ReaderPoller, Run, result_of
 from sync.core.clock import Clock
 from sync.core.errors import CredentialsRequired, SyncError
