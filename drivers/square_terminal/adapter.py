@@ -33,17 +33,16 @@ import logging
 from datetime import datetime
 
 from drivers.base import (
-    Capabilities,
     InterruptedTransaction,
     Outcome,
-    Terminal,
     TerminalState,
     TerminalStatus,
     TerminalUnavailable,
     TransactionRequest,
     TransactionResult,
 )
-from drivers.cloud_poll import CloudSettings
+from drivers.cloud.lane import CloudLane
+from drivers.cloud.poll import CloudSettings
 from drivers.square_terminal.poller import LINK_ERRORS, CheckoutPoller, Run
 from sync.core.clock import Clock
 from sync.core.errors import OutcomeUnknown, SyncError
@@ -52,32 +51,22 @@ from sync.square_api.terminal import ActionView, CheckoutRefused, SquareTerminal
 log = logging.getLogger(__name__)
 
 
-class SquareTerminal(Terminal):
+class SquareTerminal(CloudLane[Run]):
     kind = "square_terminal"
     processor = "square"
 
     def __init__(self, terminal_id: str, settings: CloudSettings, client: SquareTerminalClient,
                  clock: Clock) -> None:
-        super().__init__(terminal_id)
-        self.settings = settings
+        super().__init__(terminal_id, settings, clock)
         self.client = client
-        self._clock = clock
         self._deadline = settings.customer_timeout + 30
         self._poller = CheckoutPoller(client, settings, clock, self._deadline,
                                       on_never_shown=self._never_shown)
-        self._run: Run | None = None
         self._answering: bool | None = None
         """What the last settled PING said (None: nothing yet, the checkout decides)."""
         self._why_offline = ""
         self._ping: ActionView | None = None
         self._pinged_at: float | None = None
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(refund=False, cancel=True, recover=True, manual_capture=True)
-
-    async def open(self) -> None:
-        return None
 
     # -- availability ---------------------------------------------------------------------
 
@@ -152,20 +141,13 @@ class SquareTerminal(Terminal):
         self._run = run
         return checkout.id
 
-    async def collect(self, request: TransactionRequest) -> TransactionResult:
-        run = self._run
-        if run is None or run.payment_id != request.payment_id:
-            await self.start(request)
-            run = self._run
-        assert run is not None
-        try:
-            return await self._poller.follow(run)
-        finally:
-            self._run = None
+    async def _hand_over(self, request: TransactionRequest) -> None:
+        """``start`` alone: ``prepare`` (refused while the Terminal is held offline) is not
+        asked here."""
+        await self.start(request)
 
-    async def cancel(self) -> None:
-        if self._run is not None:
-            self._run.cancel.set()
+    async def _follow(self, run: Run) -> TransactionResult:
+        return await self._poller.follow(run)
 
     async def recover(self, interrupted: InterruptedTransaction) -> TransactionResult | None:
         checkout_id = interrupted.extra.get("processor_ref") or None
@@ -198,9 +180,6 @@ class SquareTerminal(Terminal):
                         result.detail)
             return None
         return result
-
-    async def close(self) -> None:
-        await self.cancel()
 
 
 def _parse(stamp: str) -> datetime:

@@ -22,7 +22,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from drivers.base import Outcome, TransactionResult
-from drivers.cloud_poll import CloudSettings, Schedule, pause
+from drivers.cloud.poll import CloudSettings, Schedule, pause
 from sync.core.clock import Clock
 from sync.core.errors import BreakerOpen, OutcomeUnknown, SyncError, TransientError
 from sync.square_api.terminal import CheckoutRefused, CheckoutView, SquareTerminalClient

@@ -21,10 +21,8 @@ from __future__ import annotations
 import logging
 
 from drivers.base import (
-    Capabilities,
     InterruptedTransaction,
     Outcome,
-    Terminal,
     TerminalBusy,
     TerminalState,
     TerminalStatus,
@@ -32,7 +30,8 @@ from drivers.base import (
     TransactionRequest,
     TransactionResult,
 )
-from drivers.cloud_poll import CloudSettings
+from drivers.cloud.lane import CloudLane
+from drivers.cloud.poll import CloudSettings
 from drivers.stripe_reader.poller import LINK_ERRORS, ReaderPoller, Run, result_of
 from sync.core.clock import Clock
 from sync.core.errors import CredentialsRequired, SyncError
@@ -45,25 +44,15 @@ OFFLINE_CODES = ("terminal_reader_offline",)
 BUSY_CODES = ("terminal_reader_busy",)
 
 
-class StripeReaderTerminal(Terminal):
+class StripeReaderTerminal(CloudLane[Run]):
     kind = "stripe_reader"
     processor = "stripe"
 
     def __init__(self, terminal_id: str, settings: CloudSettings,
                  client: StripeTerminalClient, clock: Clock) -> None:
-        super().__init__(terminal_id)
-        self.settings = settings
+        super().__init__(terminal_id, settings, clock)
         self.client = client
-        self._clock = clock
         self._poller = ReaderPoller(client, settings.device, settings, clock)
-        self._run: Run | None = None
-
-    @property
-    def capabilities(self) -> Capabilities:
-        return Capabilities(refund=False, cancel=True, recover=True, manual_capture=True)
-
-    async def open(self) -> None:
-        return None
 
     async def status(self) -> TerminalStatus:
         try:
@@ -162,21 +151,8 @@ class StripeReaderTerminal(Terminal):
         except (SyncError, *LINK_ERRORS) as exc:
             log.warning("could not cancel the unused PaymentIntent %s: %s", run.intent_id, exc)
 
-    async def collect(self, request: TransactionRequest) -> TransactionResult:
-        run = self._run
-        if run is None or run.payment_id != request.payment_id:
-            await self.prepare(request)
-            await self.start(request)
-            run = self._run
-        assert run is not None
-        try:
-            return run.ended if run.ended is not None else await self._poller.follow(run)
-        finally:
-            self._run = None
-
-    async def cancel(self) -> None:
-        if self._run is not None:
-            self._run.cancel.set()
+    async def _follow(self, run: Run) -> TransactionResult:
+        return run.ended if run.ended is not None else await self._poller.follow(run)
 
     async def recover(self, interrupted: InterruptedTransaction) -> TransactionResult | None:
         run = Run(interrupted.payment_id, interrupted.extra.get("processor_ref") or None,
@@ -208,7 +184,3 @@ class StripeReaderTerminal(Terminal):
         result = await self._poller.stop(run, "the daemon stopped during the payment",
                                          reader_is_ours=reader.action_intent == run.intent_id)
         return None if result.outcome.value == "unknown" else result
-
-    async def close(self) -> None:
-        await self.cancel()
-

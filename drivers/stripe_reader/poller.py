@@ -15,7 +15,7 @@ import logging
 from dataclasses import dataclass, field
 
 from drivers.base import Outcome, TransactionRequest, TransactionResult
-from drivers.cloud_poll import CloudSettings, Schedule, pause
+from drivers.cloud.poll import CloudSettings, Schedule, pause
 from sync.core.clock import Clock
 from sync.core.errors import BreakerOpen, OutcomeUnknown, SyncError, TransientError
 from sync.stripe_api.terminal import IntentView, ReaderView, StripeTerminalClient, TerminalRefused

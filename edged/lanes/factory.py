@@ -12,7 +12,7 @@ from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any
 
 from drivers.base import Terminal
-from drivers.cloud_poll import CloudSettings
+from drivers.cloud.poll import CloudSettings
 from drivers.sim import SimSettings, SimTerminal
 from edged.config import Config, TerminalConfig
 from edged.errors import ConfigError
