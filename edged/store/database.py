@@ -337,25 +337,26 @@ class Database:
 
     def _commit_inline(self, loop: asyncio.AbstractEventLoop, batch: list[Job[Any]],
                        outcomes: list[_Outcome]) -> None:
-        """The writer thread: commit the group whose statements ran on the loop."""
-        conn = self._writer_conn
-        assert conn is not None
-        try:
-            if conn.in_transaction:  # a lone write that failed was rolled back already
-                self._commit(conn)
-        except BaseException as exc:
-            self._finish(loop, batch, None, exc)
-        else:
-            self._count(batch, outcomes)
-            self._finish(loop, batch, outcomes, None)
+        """The writer thread: commit the group whose statements ran on the loop (a lone
+        write that failed was rolled back already: nothing to commit)."""
+        self._settle(loop, batch, lambda: outcomes)
 
     def _run_on_writer(self, loop: asyncio.AbstractEventLoop, batch: list[Job[Any]]) -> None:
         """The writer thread: the whole group, BEGIN (waiting for the lock) to COMMIT."""
-        try:
+        def run() -> list[_Outcome]:
             self._begin()
-            outcomes = self._run_jobs(batch)
-            conn = self._writer_conn
-            assert conn is not None
+            return self._run_jobs(batch)
+
+        self._settle(loop, batch, run)
+
+    def _settle(self, loop: asyncio.AbstractEventLoop, batch: list[Job[Any]],
+                work: Callable[[], list[_Outcome]]) -> None:
+        """The writer thread: ``work``, then COMMIT if a transaction is open; the outcomes,
+        or what failed, to the loop."""
+        conn = self._writer_conn
+        assert conn is not None
+        try:
+            outcomes = work()
             if conn.in_transaction:
                 self._commit(conn)
         except BaseException as exc:
