@@ -28,6 +28,7 @@ from edged.lan import tokens
 from edged.store import secrets
 from edged.store.database import open_sync
 from tests.daemon_process import UNLIMITED_API, DaemonProcess
+from tests.event_tap import EventTap, breaker_opened
 from tests.fakes.square import FakeSquare
 from tests.fakes.stripe import FakeStripe
 from tests.helpers import Api, make_config, running
@@ -124,43 +125,6 @@ def square_checkout(sq: FakeSquare) -> Callable[[], Awaitable[str | None]]:
         live = [c for c in sq.device_checkouts(DEVICE) if c["status"] == "PENDING"]
         return str(live[-1]["id"]) if live else None
     return probe
-
-
-class BreakerWatch:
-    """Counts the times ``destination``'s breaker opens, read from ``GET /v1/events``."""
-
-    def __init__(self, api: Api, destination: str) -> None:
-        self._api = api
-        self._destination = destination
-        self.opened = 0
-        self._resp: aiohttp.ClientResponse | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> BreakerWatch:
-        self._resp = await self._api.session.get(
-            f"{self._api.base}/v1/events?kinds=sync", headers=self._api.headers(),
-            timeout=aiohttp.ClientTimeout(total=None, sock_read=None))
-        assert self._resp.status == 200
-        first = await asyncio.wait_for(self._resp.content.readline(), 5.0)
-        assert first.startswith(b":"), first  # subscribed: nothing after this is missed
-        self._task = asyncio.create_task(self._read())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        if self._resp is not None:
-            self._resp.close()
-
-    async def _read(self) -> None:
-        assert self._resp is not None
-        async for raw in self._resp.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("data: "):
-                data = json.loads(line[len("data: "):])
-                if data.get("event") == "breaker" and data.get("to") == "open" \
-                        and data.get("destination") == self._destination:
-                    self.opened += 1
 
 
 # -- Stripe reader ------------------------------------------------------------------------
@@ -297,10 +261,11 @@ async def test_stripe_cancel_while_the_link_is_down_waits_for_it(tmp_path: Path)
         status, body = await pay(api, "reader-1", 1700)
         assert status == 202, body
         intent_id = await until(reader_intent(st), "the reader to get the PaymentIntent")
-        async with BreakerWatch(api, "stripe") as breaker:
+        async with EventTap(api, "sync") as breaker:
             await st.faults.refuse()
             cancel = asyncio.ensure_future(api.post(f"/v1/payments/{body['id']}/cancel", {}))
-            await until(lambda: _holds(breaker.opened >= 2), "the stop to meet the outage")
+            await until(lambda: _holds(breaker.count(breaker_opened("stripe")) >= 2),
+                        "the stop to meet the outage")
             status, still = await api.get(f"/v1/payments/{body['id']}")
             assert still["state"] == "in_progress", still
             await st.faults.restore()
@@ -432,10 +397,11 @@ async def test_square_cancel_while_the_link_is_down_waits_for_it(tmp_path: Path)
         status, body = await pay(api, "square-1", 1300)
         assert status == 202, body
         checkout_id = await until(square_checkout(sq), "the checkout")
-        async with BreakerWatch(api, "square") as breaker:
+        async with EventTap(api, "sync") as breaker:
             await sq.faults.refuse()
             cancel = asyncio.ensure_future(api.post(f"/v1/payments/{body['id']}/cancel", {}))
-            await until(lambda: _holds(breaker.opened >= 2), "the stop to meet the outage")
+            await until(lambda: _holds(breaker.count(breaker_opened("square")) >= 2),
+                        "the stop to meet the outage")
             status, still = await api.get(f"/v1/payments/{body['id']}")
             assert still["state"] == "in_progress", still
             await sq.faults.restore()

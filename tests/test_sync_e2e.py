@@ -61,6 +61,7 @@ from edged.store import secrets
 from edged.store.database import open_sync
 from edged.upstream import sync_setup
 from tests.daemon_process import UNLIMITED_API, DaemonProcess
+from tests.event_tap import EventTap
 from tests.fakes.shopify import API_VERSION, FakeShopify, SeededVariant, load_admin_schema
 from tests.fakes.stripe import FakeStripe
 from tests.helpers import Api, make_config, running, seed_catalogue
@@ -246,50 +247,6 @@ def upstream_deltas(shop: FakeShopify) -> Counter[str]:
 
 def intents_for(stripe: FakeStripe, payment_id: str) -> list[dict[str, Any]]:
     return stripe.find_by_metadata("edged_payment_id", payment_id)
-
-
-class EventTap:
-    """``GET /v1/events`` read in the background: ``await tap.wait_for(pred)``."""
-
-    def __init__(self, api: Api, kinds: str) -> None:
-        self._api = api
-        self._kinds = kinds
-        self.events: list[tuple[str, dict[str, Any]]] = []
-        self._resp: aiohttp.ClientResponse | None = None
-        self._task: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> EventTap:
-        self._resp = await self._api.session.get(
-            f"{self._api.base}/v1/events?kinds={self._kinds}", headers=self._api.headers(),
-            timeout=aiohttp.ClientTimeout(total=None, sock_read=None))
-        assert self._resp.status == 200
-        first = await asyncio.wait_for(self._resp.content.readline(), 5.0)
-        assert first.startswith(b":"), first  # subscribed: nothing after this is missed
-        self._task = asyncio.create_task(self._read())
-        return self
-
-    async def __aexit__(self, *exc: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-        if self._resp is not None:
-            self._resp.close()
-
-    async def _read(self) -> None:
-        assert self._resp is not None
-        kind = ""
-        async for raw in self._resp.content:
-            line = raw.decode().rstrip("\n")
-            if line.startswith("event: "):
-                kind = line[len("event: "):]
-            elif line.startswith("data: "):
-                self.events.append((kind, json.loads(line[len("data: "):])))
-
-    async def wait_for(self, pred: Callable[[str, dict[str, Any]], bool],
-                       timeout: float = WAIT) -> dict[str, Any]:
-        async def probe() -> dict[str, Any] | None:
-            return next((data for kind, data in self.events if pred(kind, data)), None)
-
-        return await until(probe, f"an event on /v1/events?kinds={self._kinds}", timeout)
 
 
 class HoldingShopify(FakeShopify):
