@@ -9,6 +9,7 @@ import os
 import signal
 from dataclasses import dataclass
 from datetime import datetime
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
@@ -79,6 +80,8 @@ class Daemon:
     cfg: Config
     clock: Clock
     shutdown_grace: float = SHUTDOWN_GRACE
+    replace_lost_audit_key: bool = False
+    """``edged run --replace-lost-audit-key`` (edged.store.audit.ensure_keyed)."""
 
     def __post_init__(self) -> None:
         self.db = Database(self.cfg.data_dir / "edged.db",
@@ -212,11 +215,12 @@ class Daemon:
     async def _audit_head(self) -> None:
         """Start the keyed part of the audit chain if it has none; the head to the journal
         (``edged audit verify --expect-head`` proves later that no tail was cut)."""
-        started = await self.db.write(audit.ensure_keyed)
+        started = await self.db.write(partial(audit.ensure_keyed,
+                                              replace_lost_key=self.replace_lost_audit_key))
         head = await self.db.read(audit.head)
         if head is not None:
             log.info("audit chain: %d entries, head %s%s", head.entries, head,
-                     " (its keyed part starts here)" if started else "")
+                     " (keyed by this key from here on)" if started else "")
 
     async def _preload_sdks(self) -> None:
         """Import the processors' SDKs now that the API answers (sync.core.preload)."""
@@ -361,10 +365,11 @@ def _age(stamp: str | None, now: datetime) -> float | None:
     return round((now - then).total_seconds(), 3)
 
 
-async def serve(cfg: Config, clock: Clock | None = None) -> int:
+async def serve(cfg: Config, clock: Clock | None = None, *,
+                replace_lost_audit_key: bool = False) -> int:
     """Run until SIGTERM or SIGINT; return the exit status."""
     clock = clock or SystemClock()
-    daemon = Daemon(cfg, clock)
+    daemon = Daemon(cfg, clock, replace_lost_audit_key=replace_lost_audit_key)
     notifier = systemd_notify.Notifier(os.environ)
     await daemon.start()
     # What start-up built (modules, settings, routes, SDKs) lives as long as the daemon:

@@ -36,6 +36,9 @@ def _parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="start the daemon")
     common(run)
     run.add_argument("--listen", metavar="HOST:PORT")
+    run.add_argument("--replace-lost-audit-key", action="store_true",
+                     help="start although the audit chain's key is missing: a new key, and"
+                          " the entries the lost one made checked for their links only")
 
     chk = sub.add_parser("check-config", help="check a configuration file and exit")
     chk.add_argument("file")
@@ -136,7 +139,7 @@ def _dispatch(args: argparse.Namespace) -> int:
         # cloud lane's polls would fill the journal; edged logs what the calls mean instead
         for chatty in ("httpx", "stripe"):
             logging.getLogger(chatty).setLevel(max(logging.WARNING, logging.root.level))
-        return event_loop.run(_serve(cfg), os.environ)
+        return event_loop.run(_serve(cfg, args.replace_lost_audit_key), os.environ)
     if args.command == "check-config":
         cfg = check_terminals(load(args.file))
         print(f"{args.file}: OK — store {cfg.store.id}, {len(cfg.terminals)} terminal(s),"
@@ -208,7 +211,10 @@ def _audit_verify(args: argparse.Namespace) -> int:
         ", not keyed"
     if result.ok:
         held = f", holds {args.expect_head}" if args.expect_head else ""
-        print(f"audit chain OK: {result.entries} entries{keyed}{held}; head {result.head}")
+        links = f" ({result.unchecked} made with a lost key: links only)" \
+            if result.unchecked else ""
+        print(f"audit chain OK: {result.entries} entries{links}{keyed}{held};"
+              f" head {result.head}")
         return 0
     where = f" at entry {result.broken_at}" if result.broken_at is not None else ""
     print(f"audit chain BROKEN{where}: {result.reason} ({result.entries} good entries{keyed};"
@@ -246,12 +252,12 @@ def _report(args: argparse.Namespace) -> int:
     return 0
 
 
-async def _serve(cfg: Config) -> int:
+async def _serve(cfg: Config, replace_lost_audit_key: bool = False) -> int:
     from edged.app import serve  # noqa: PLC0415  (keeps `edged token` light)
     from edged.store.audit_key import AuditKeyError  # noqa: PLC0415
 
     try:
-        return await serve(cfg)
+        return await serve(cfg, replace_lost_audit_key=replace_lost_audit_key)
     except (TlsError, AuditKeyError) as exc:
         print(f"edged: {exc}", file=sys.stderr)
         return 1

@@ -23,7 +23,7 @@ import pytest
 
 from edged.store import audit, migrations
 from edged.store.database import open_sync
-from tests.daemon_process import DaemonProcess, run_cli
+from tests.daemon_process import DaemonProcess, free_port, run_cli
 
 HEAD_RE = re.compile(r"audit chain: (\d+) entries, head (\d+:[0-9a-f]{64})")
 
@@ -307,3 +307,52 @@ def test_the_upgrade_frees_the_old_index_without_writing_it_again(
         >= index_pages
     assert upgraded.execute("PRAGMA secure_delete").fetchone()[0] == default
     upgraded.close()
+
+
+def test_a_box_restored_without_its_audit_key_does_not_start_until_it_is_back(
+        tmp_path: Path) -> None:
+    """A daemon started on a keyed chain whose key is missing (a restore that did not
+    bring ``audit.key`` back) refuses to start and makes no key: a new key made silently at
+    the first write would leave every entry before it unverifiable."""
+    data = tmp_path / "data"
+    _history(data)
+    key = data / "audit.key"
+    saved = key.read_bytes()
+    key.unlink()
+    done = run_cli(data, "run", "--listen", f"127.0.0.1:{free_port()}", check=False)
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "audit.key" in done.stderr and "put back" in done.stderr, done.stderr
+    assert not key.exists()
+    key.write_bytes(saved)
+    key.chmod(0o600)
+    with DaemonProcess(data):
+        pass
+    code, out = _verify(data)
+    assert code == 0 and "lost key" not in out, out
+
+
+def test_a_lost_audit_key_is_replaced_only_when_asked_and_the_rest_still_verifies(
+        tmp_path: Path) -> None:
+    """``edged run --replace-lost-audit-key``: a new key, an ``audit.key_replaced`` entry;
+    the entries of the lost key are checked for their links, every later one for its MAC,
+    so an edit after the replacement is still caught."""
+    data = tmp_path / "data"
+    _history(data)
+    (data / "audit.key").unlink()
+    with DaemonProcess(data, extra_args=["--replace-lost-audit-key"]) as daemon:
+        token = daemon.create_token("lane-2")
+        assert daemon.post("/v1/payments", {"amount": 555, "currency": "EUR",
+                                            "method": "cash"},
+                           token=token, key="after-the-key").status == 201
+    assert (data / "audit.key").exists()
+    code, out = _verify(data)
+    assert code == 0 and "made with a lost key: links only" in out, out
+    conn = sqlite3.connect(data / "edged.db")
+    replaced = conn.execute("SELECT seq FROM audit WHERE action = 'audit.key_replaced'"
+                            ).fetchone()[0]
+    conn.execute("UPDATE audit SET data = replace(data, '555', '999') WHERE seq > ?"
+                 " AND action = 'payment.approved'", (replaced,))
+    conn.commit()
+    conn.close()
+    code, out = _verify(data)
+    assert code == 1 and "BROKEN" in out, out

@@ -12,6 +12,7 @@ live), and finds an entry altered in the archive.
 from __future__ import annotations
 
 import asyncio
+import os
 import sqlite3
 import threading
 from datetime import UTC, datetime, timedelta
@@ -136,6 +137,16 @@ def _payment(conn: sqlite3.Connection, pid: str, state: str, when: datetime,
 
 
 def test_archive_moves_closed_days_and_the_chain_still_verifies(tmp_path: Path) -> None:
+    """Also: the archive and a backup's copies are 0600 under the usual umask (022), as the
+    README promises of the database files."""
+    previous = os.umask(0o022)
+    try:
+        _archive_moves_closed_days(tmp_path)
+    finally:
+        os.umask(previous)
+
+
+def _archive_moves_closed_days(tmp_path: Path) -> None:
     data = tmp_path / "data"
     create_tokens(data, ["lane"])
     day = datetime(2027, 1, 10, 12, 0, tzinfo=UTC)
@@ -160,6 +171,10 @@ def test_archive_moves_closed_days_and_the_chain_still_verifies(tmp_path: Path) 
     moved = sorted(r[0] for r in arch.execute("SELECT id FROM payments"))
     arch.close()
     assert moved == ["p-old-1", "p-old-2"]
+    for name in (archive.ARCHIVE_NAME, archive.ARCHIVE_NAME + "-wal",
+                 archive.ARCHIVE_NAME + "-shm"):  # as private as the store, whatever the umask
+        if (data / name).exists():
+            assert (data / name).stat().st_mode & 0o777 == 0o600, name
     verify = run_cli(data, "audit", "verify", check=False)
     assert verify.returncode == 0, verify.stderr
     entries = int(verify.stdout.split(":")[1].split()[0])
@@ -172,6 +187,8 @@ def test_archive_moves_closed_days_and_the_chain_still_verifies(tmp_path: Path) 
     # a backup carries the archive with it, and checks the chain across both
     done = run_cli(data, "backup", "create", str(tmp_path / "b" / "copy.db"))
     assert (tmp_path / "b" / "copy-archive.db").exists(), done.stdout
+    for copy in ("copy.db", "copy-archive.db"):
+        assert (tmp_path / "b" / copy).stat().st_mode & 0o777 == 0o600, copy
 
     # an entry altered in the archive is found
     arch = sqlite3.connect(data / archive.ARCHIVE_NAME)

@@ -31,6 +31,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -295,3 +296,57 @@ async def test_a_replica_that_cannot_be_reached_raises_an_alert_as_its_lag_grows
     assert status.state == "behind"
     alarms = [a for a in upkeep.conditions() if a.key == "replica.lag"]
     assert alarms and str(tmp_path / "nas") in alarms[0].message
+
+
+async def test_the_archive_appearing_starts_litestream_again_without_a_failure(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """``edged archive`` makes ``edged-archive.db`` beside the database while the daemon
+    replicates: Litestream is started again to ship it too (its YAML names one file more).
+    That is no failure: no ERROR in the log, no restart counted, the task goes on."""
+    import asyncio  # noqa: PLC0415
+    import logging  # noqa: PLC0415
+
+    from edged.config.upkeep import ReplicaConfig  # noqa: PLC0415
+    from edged.upkeep.replica import ARCHIVE_NAME, DB_NAME, Replicator  # noqa: PLC0415
+    from sync.core.clock import SystemClock  # noqa: PLC0415
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for name in (DB_NAME,):
+        conn = sqlite3.connect(data / name)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t (x)")
+        conn.close()
+    replica = ReplicaConfig(url=str(tmp_path / "nas"), check_seconds=0.1,
+                            sync_interval_seconds=0.1)
+    rep = Replicator(replica, data, SystemClock(), 64 << 20)
+    caplog.set_level(logging.INFO, logger="edged.upkeep.replica")
+    task = asyncio.create_task(rep.run())
+
+    async def until(probe: Any, what: str) -> None:
+        for _ in range(400):
+            if probe():
+                return
+            assert not task.done(), task.exception() if task.done() else None
+            await asyncio.sleep(0.025)
+        raise AssertionError(f"not within 10 s: {what}")
+
+    try:
+        await until(lambda: rep._proc is not None and rep.status.replicated_at, "replicating")
+        assert rep._proc is not None
+        first = rep._proc.pid
+        conn = sqlite3.connect(data / ARCHIVE_NAME)
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("CREATE TABLE t (x)")
+        conn.close()
+        await until(lambda: rep._proc is not None and rep._proc.pid != first,
+                    "litestream started again with the archive")
+        assert not task.done()
+        assert rep.status.restarts == 0
+        assert not [r for r in caplog.records if r.levelno >= logging.ERROR], caplog.text
+        assert "starts again, now with the archive" in caplog.text
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        await rep.stop()

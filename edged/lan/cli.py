@@ -122,6 +122,10 @@ def _pair(args: argparse.Namespace, cfg: Config) -> int:
         print("bound to this certificate; the register must show the same fingerprint:")
     else:
         print("no TLS: the code works on this box only (plain HTTP on loopback)")
+        if (cfg.data_dir / "tls.crt").exists():
+            print("edged: this data dir holds a TLS certificate but this configuration has no"
+                  " TLS: if the daemon serves HTTPS, make the code with its own --config"
+                  " (a register cannot redeem this one over HTTPS)", file=sys.stderr)
     print(f"fingerprint {pairing.short_fingerprint(fingerprint)}   code {code}")
     print(code)
     return 0

@@ -92,8 +92,9 @@ class RefundService:
             taken = records.refunded_total(conn, payment_id)
             left = (row["captured"] or row["amount"]) - taken
             if amount > left:
-                raise ApiError("ERR-2007", f"refund of {amount} asked, {left} {row['currency']}"
-                               f" left to refund on payment {payment_id}")
+                raise ApiError("ERR-2007", f"refund of {amount} asked, {left} left to refund"
+                               f" on payment {payment_id} (minor units of"
+                               f" {row['currency']})")
             state = RefundState.PENDING if on_terminal else \
                 RefundState.QUEUED if via_processor else RefundState.SUCCEEDED
             check_refund_start(refund_id, state)

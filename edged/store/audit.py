@@ -114,12 +114,36 @@ def append(conn: sqlite3.Connection, actor: str, action: str, subject: str,
     )
 
 
-def ensure_keyed(conn: sqlite3.Connection) -> bool:
+REPLACED_MARKER: Final = "audit.key_replaced"
+
+
+def ensure_keyed(conn: sqlite3.Connection, *, replace_lost_key: bool = False) -> bool:
     """Start the keyed part of a chain that has none yet (empty, or all plain): one
-    ``audit.keyed`` entry. True when it was appended."""
-    row = conn.execute("SELECT version FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
-    if row is not None and row[0] in KEYED_VERSIONS:
-        return False
+    ``audit.keyed`` entry. True when it was appended.
+
+    A chain that has keyed entries needs the key they were made with: a box restored
+    without its ``audit.key`` would otherwise make a new key at its first write, and every
+    keyed entry before it could never be verified again, unseen. So it refuses
+    (:class:`AuditKeyError`, the daemon does not start) until the key is put back, unless
+    ``replace_lost_key`` (``edged run --replace-lost-audit-key``): a new key, and an
+    ``audit.key_replaced`` entry that says from where on the chain is keyed by it.
+    """
+    row = conn.execute("SELECT seq, version FROM audit ORDER BY seq DESC LIMIT 1").fetchone()
+    if row is not None and row[1] in KEYED_VERSIONS:
+        if not isinstance(conn, StoreConnection) or conn.audit_key(False) is not None:
+            return False
+        where = conn.data_dir / "audit.key"
+        if not replace_lost_key:
+            raise AuditKeyError(
+                f"the audit chain holds keyed entries (the last is {row[0]}) and its key is"
+                f" not there: put back {where} (mode 0600) from where it was backed up, or"
+                " the replica's copy (`[replica] include_secrets_key`), then start again."
+                " A lost key cannot be made again: `edged run --replace-lost-audit-key`"
+                " starts a new one; `edged audit verify` then checks the entries made"
+                " before it for their links only")
+        append(conn, "daemon", REPLACED_MARKER, "audit",
+               {"last_entry_of_the_lost_key": row[0], "key": str(key_of(conn).source)})
+        return True
     plain = conn.execute("SELECT count(*) FROM audit").fetchone()[0]
     append(conn, "daemon", KEYED_MARKER, "audit",
            {"plain_entries": plain, "key": str(key_of(conn).source)})
@@ -209,7 +233,8 @@ _UNLINKED = "it does not follow the entry before it (one was removed, inserted o
 
 
 def verify(chain: Iterable[Entry], key: bytes | None,
-           expect_head: str | None = None, *, links_without_key: bool = False) -> VerifyResult:
+           expect_head: str | None = None, *, links_without_key: bool = False,
+           lost_key_before: int | None = None) -> VerifyResult:
     """Walk ``chain`` (oldest first): every link, every hash or MAC, no plain entry after
     the keyed part began, keyed entries only with the key; with ``expect_head`` (a head the
     journal or a report named), that entry must still be in the chain.
@@ -222,6 +247,11 @@ def verify(chain: Iterable[Entry], key: bytes | None,
     ``links_without_key`` (a box restored without its key): with no key, keyed entries are
     checked for their links only (version 3: the next ``seq``) and counted in
     ``unchecked``; whoever holds the key checks their MACs later with ``edged audit verify``.
+
+    ``lost_key_before`` (the last ``audit.key_replaced`` entry, :func:`lost_key_at`): the
+    keyed entries before it were made with a key that was lost; they are checked for their
+    links only and counted in ``unchecked``. The replacing entry's own MAC, under the key
+    at hand, covers the hash of the last of them, so none of them can change unseen after.
 
     With a key at hand, a chain that holds entries but no keyed one fails: the daemon
     starts the keyed part at its first start with the key, so such a chain was rewritten
@@ -245,7 +275,9 @@ def verify(chain: Iterable[Entry], key: bytes | None,
                 return broken(entry, "a plain entry after the keyed part began")
             digest = _plain(entry.prev_hash, entry.at, entry.actor, entry.action,
                             entry.subject, entry.data)
-        elif entry.version in KEYED_VERSIONS and key is None and links_without_key:
+        elif entry.version in KEYED_VERSIONS and (
+                (key is None and links_without_key)
+                or (lost_key_before is not None and entry.seq < lost_key_before)):
             keyed_from = entry.seq if keyed_from is None else keyed_from
             unchecked += 1
             digest = entry.hash
@@ -290,11 +322,19 @@ def chained(conn: sqlite3.Connection,
     yield from entries(conn, last)
 
 
+def lost_key_at(conn: sqlite3.Connection) -> int | None:
+    """The ``seq`` of the last ``audit.key_replaced`` entry, if a lost key was replaced."""
+    row = conn.execute("SELECT max(seq) FROM audit WHERE action = ?",
+                       (REPLACED_MARKER,)).fetchone()
+    return int(row[0]) if row and row[0] is not None else None
+
+
 def check_file(conn: sqlite3.Connection, archive: sqlite3.Connection | None,
                key: bytes | None) -> VerifyResult:
     """The chain of a copy of the store (a backup, a restored file) with the key given; with
     none, its keyed entries are checked for their links only (``unchecked``)."""
-    return verify(chained(conn, archive), key, links_without_key=key is None)
+    return verify(chained(conn, archive), key, links_without_key=key is None,
+                  lost_key_before=lost_key_at(conn))
 
 
 def check(conn: sqlite3.Connection, expect_head: str | None = None,
@@ -307,4 +347,5 @@ def check(conn: sqlite3.Connection, expect_head: str | None = None,
         key = conn.audit_key(create=False)
     except AuditKeyError as exc:
         return VerifyResult(0, None, str(exc))
-    return verify(chained(conn, archive), key.secret if key is not None else None, expect_head)
+    return verify(chained(conn, archive), key.secret if key is not None else None, expect_head,
+                  lost_key_before=lost_key_at(conn))

@@ -45,6 +45,12 @@ def secure(db_path: Path) -> None:
     folder = db_path.parent
     folder.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
     _tighten(folder, DIR_MODE)
+    private_db(db_path)
+
+
+def private_db(db_path: Path) -> None:
+    """Make or tighten an SQLite file and its side files (0600), before SQLite opens it:
+    SQLite gives its -wal and -shm the mode of the database file (the archive, a backup)."""
     try:
         fd = os.open(db_path, os.O_RDWR | os.O_CREAT | os.O_EXCL | getattr(os, "O_NOFOLLOW", 0),
                      FILE_MODE)

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from edged.errors import EdgedError
 from edged.ops import reports
+from edged.store import files
 from sync.core.clock import utc_iso
 
 log = logging.getLogger(__name__)
@@ -55,7 +56,9 @@ def archive_path(data_dir: Path) -> Path:
 
 
 def open_archive(path: Path, live: sqlite3.Connection) -> sqlite3.Connection:
-    """The archive file, its tables made like the live ones (no foreign keys enforced)."""
+    """The archive file (0600, as the database), its tables made like the live ones (no
+    foreign keys enforced)."""
+    files.private_db(path)
     conn = sqlite3.connect(path, isolation_level=None, timeout=30)
     conn.execute("PRAGMA journal_mode=WAL")
     conn.execute("PRAGMA synchronous=FULL")

@@ -25,7 +25,7 @@ from pathlib import Path
 from zoneinfo import ZoneInfo
 
 from edged.errors import EdgedError
-from edged.store import audit, audit_key, durable_file
+from edged.store import audit, audit_key, durable_file, files
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +52,7 @@ class BackupResult:
 def _copy(source: Path, target: Path) -> None:
     src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=30)
     try:
+        files.private_db(target)  # a copy of the store is as private as the store
         dst = sqlite3.connect(target)
         try:
             src.backup(dst)  # one step: one read snapshot, never restarted by a write

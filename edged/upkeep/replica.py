@@ -229,8 +229,15 @@ class Replicator:
         return text
 
     async def run(self) -> None:
-        """Run Litestream and watch it until cancelled; raises when it exits (the
-        supervisor starts it again)."""
+        """Run Litestream and watch it until cancelled; raises when it exits by itself (the
+        supervisor starts it again). Started again at once, and no failure, when the
+        archive appears (its YAML names one file more)."""
+        while await self._run_once():
+            log.info("litestream starts again, now with the archive")
+
+    async def _run_once(self) -> bool:
+        """One Litestream process; True when it was stopped to start again (the archive
+        appeared), else raises."""
         self._copy_key()
         self._config_text = self._write_config()
         self.socket_path.unlink(missing_ok=True)
@@ -250,6 +257,9 @@ class Replicator:
             watch.cancel()
             await self._terminate()
             await asyncio.gather(watch, stderr, return_exceptions=True)
+        if watch.done() and not watch.cancelled() and watch.exception() is None \
+                and watch.result():
+            return True
         self.status.state = "stopped"
         self.status.restarts += 1
         raise ReplicaError(f"litestream exited with status {code}")
@@ -295,14 +305,16 @@ class Replicator:
 
     # -- the lag ----------------------------------------------------------------------------
 
-    async def _watch(self) -> None:
+    async def _watch(self) -> bool:
+        """Check the lag every ``check_seconds``; True once the archive appeared (Litestream
+        stopped, to be started again with it)."""
         while True:
             await self.check()
             if render_config(self.cfg, self.data_dir, self.socket_path,
                              self.wal_max_bytes) != self._config_text:
                 log.info("the archive appeared: litestream starts again to replicate it")
                 await self._terminate()
-                return
+                return True
             await self.clock.sleep(self.cfg.check_seconds)
 
     async def check(self) -> None:
