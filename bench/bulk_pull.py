@@ -19,9 +19,9 @@ pull of the unchanged catalogue (what a nightly pull costs when little changed).
 The fake runs in the bench's process; what it built (Shopify's Admin schema, the seeded
 catalogue) is frozen out of the garbage collector's way before the pulls, as the daemon
 freezes what its start-up built, so that the collector's passes over the fake's objects do
-not count as the daemon's apply. The points are the fake's own: today it prices a query as 1 + the ``first`` of its
-connections; once it counts Shopify's published rules (issue 16) this bench prints those,
-with nothing to change here.
+not count as the daemon's apply. The points are the fake's, which prices each query by
+Shopify's published cost rules (``tests/fakes/shopify_cost.py``: a page of 199 variants
+requests 998 points).
 
     .venv/bin/python bench/bulk_pull.py [--variants 50000] [--per-product 5] [--dir DIR]
 """

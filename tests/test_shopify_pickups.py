@@ -11,6 +11,7 @@ from ``available`` to ``committed`` at each assigned location; fulfilling takes 
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from datetime import UTC, datetime, timedelta
@@ -144,6 +145,28 @@ async def test_webhooks_off_a_pickup_shows_within_one_polling_interval(
         assert {r["via"] for r in rows if r["topic"].startswith("poll:fulfillment")} == \
             {"poll"}
         assert not [r for r in rows if r["via"] == "webhook"]
+
+
+async def test_a_quiet_catalogue_is_not_read_again_at_every_poll(
+        tmp_path: Path, admin_schema: GraphQLSchema) -> None:
+    """The poll asks Shopify's product search for ``updated_at:>'…'``: once a poll has seen
+    nothing new, the next asks only from shortly before the one before it (the overlap), so
+    products nobody touched since the pull are not read again at every poll (a whole
+    catalogue a poll, as a new user saw: 150 queries for 600 products)."""
+    clock = ManualClock(_ahead())
+    async with store(tmp_path, admin_schema, webhooks=False, clock=clock,
+                     poll=60.0) as (shop, api, _, _):
+        seeded = datetime.now(UTC)  # every product was seeded before this
+        polls = await _polls(api)
+        for n in range(1, 4):
+            clock.advance(60.0)
+            await until(lambda n=n: _polls_reach(api, polls + n), "the next poll")
+        asked = [json.loads(r.body)["variables"]["q"] for r in shop.requests
+                 if b"EdgedPollProducts" in r.body]
+        assert asked, "no product poll was sent"
+        since = datetime.strptime(asked[-1], "updated_at:>'%Y-%m-%dT%H:%M:%SZ'") \
+            .replace(tzinfo=UTC)
+        assert since > seeded, (asked, seeded)
 
 
 async def test_webhooks_on_a_pickup_shows_with_no_timer_running(

@@ -275,6 +275,24 @@ async def test_headers_missing_no_secret_and_a_foreign_host(
         assert rows(api) == before + 1
 
 
+async def test_a_secret_set_while_the_daemon_runs_counts_within_a_second(
+        tmp_path: Path, admin_schema: GraphQLSchema) -> None:
+    """The README's order of steps: the daemon runs with webhooks registered, then a manager
+    runs `edged secret set shopify.webhook_secret`. Deliveries refused with ERR-1031 before
+    it are accepted within a second after it, without a restart (Shopify retries a 503)."""
+    clock = OffsetClock()
+    async with daemon(tmp_path, admin_schema, webhook_secret=None, clock=clock) as \
+            (shop, api, _):
+        body = json.dumps({"id": 1}).encode()
+        status, answer = await post(api, body, shop.webhooks.headers("products/delete", body))
+        assert (status, answer["error"]["code"]) == (503, "ERR-1031")
+        secrets.cli_set(api.daemon.cfg.data_dir, "shopify.webhook_secret",
+                        io.StringIO(shop.webhooks.secret + "\n"), env={})
+        clock.advance(1.5)  # the daemon reads the secrets again at most once a second
+        status, answer = await post(api, body, shop.webhooks.headers("products/delete", body))
+        assert status == 200 and answer["received"] is True, answer
+
+
 async def test_the_answer_does_not_wait_for_the_processing(
         tmp_path: Path, admin_schema: GraphQLSchema) -> None:
     """Shopify hangs while the daemon reads the product back: the delivery is stored and

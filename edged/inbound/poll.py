@@ -14,8 +14,9 @@ Each state read goes into the inbox as a ``poll`` row unless that very state was
 already (a webhook told it first: the row that applied it counts it in ``seen_again``); the
 worker processes poll rows like webhook rows, so a store that no webhook reaches ends in the
 same state. A stream's cursor is Shopify's latest ``updatedAt`` seen, stored in the
-database with the rows of the stream's last page; each poll reaches back
-:data:`sync.shopify_admin.reads.POLL_OVERLAP` before it, and what it sees twice is dropped. The
+database with the rows of the stream's last page, and no earlier than the poll's own start
+less :data:`sync.shopify_admin.reads.POLL_OVERLAP` (a quiet stream's cursor still moves);
+each poll reaches back ``POLL_OVERLAP`` before the cursor, and what it sees twice is dropped. The
 catalogue streams start where the last full pull started (until there is one, from the
 first poll's time).
 """
@@ -27,6 +28,7 @@ import logging
 import sqlite3
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from typing import Any
 
 from edged.inbound import inbox
@@ -34,7 +36,7 @@ from edged.store import Database
 from sync.core.clock import Clock, utc_iso
 from sync.core.errors import BreakerOpen, CredentialsRequired, SyncError
 from sync.core.quiet_log import RepeatFilter
-from sync.shopify_admin.reads import ShopifyReads
+from sync.shopify_admin.reads import POLL_OVERLAP, ShopifyReads
 from sync.shopify_admin.states import (
     Deletion,
     FulfillmentOrderState,
@@ -57,6 +59,17 @@ class PollStatus:
     last_poll_at: str | None = None
     last_error: str | None = None
     last_new: dict[str, int] = field(default_factory=dict)
+
+
+def _later(moment: str | None, floor: str) -> str:
+    """The later of two UTC times in ISO form (Shopify's and ours differ in their digits)."""
+    if moment is None:
+        return floor
+    return moment if _parse(moment) >= _parse(floor) else floor
+
+
+def _parse(moment: str) -> datetime:
+    return datetime.fromisoformat(moment.replace("Z", "+00:00"))
 
 
 class CatchUpPoller:
@@ -150,6 +163,10 @@ class CatchUpPoller:
             await self._db.write(lambda c: inbox.set_cursor(c, key, now, now))
             return 0
         total, after, newest = 0, None, start
+        # Nothing newer than the cursor seen: it still moves up to this poll's start, less
+        # the overlap, on the box's clock (so a clock up to POLL_OVERLAP ahead of Shopify's
+        # loses nothing); else a quiet catalogue would be read whole at every poll.
+        floor = utc_iso(self._clock.now() - POLL_OVERLAP)
         # a stream is read to its end: its cursor moves only then (the pages of a search
         # are not in the order of updatedAt), and each page's rows are committed as it comes
         while not self._stop.is_set():
@@ -157,7 +174,7 @@ class CatchUpPoller:
             if page.newest is not None and (newest is None or page.newest > newest):
                 newest = page.newest
             last = not page.has_next
-            moved = newest if newest is not None else self._now()
+            moved = _later(newest, floor)
 
             def write(conn: sqlite3.Connection, items: Sequence[Any] = page.items,
                       last: bool = last, moved: str = moved) -> int:

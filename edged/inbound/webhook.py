@@ -88,10 +88,12 @@ class WebhookSecrets:
             previous[0], datetime.fromisoformat(previous[1].replace("Z", "+00:00")))
 
     async def accepted(self, *, again: bool = False) -> list[str]:
-        """The secrets a signature may match now; ``again``: read them from the database
-        first (a signature did not match), at most once a second."""
+        """The secrets a signature may match now; read from the database again (at most
+        once a second) when ``again`` (a signature did not match) or while none is set (a
+        secret set with ``edged secret set`` while the daemon runs counts at once)."""
         now = self._clock.monotonic()
-        if self._read_at is None or (again and now - self._read_at >= REFRESH_AT_MOST):
+        if self._read_at is None or ((again or not self._current)
+                                     and now - self._read_at >= REFRESH_AT_MOST):
             await self.refresh()
         found = [self._current] if self._current else []
         if self._previous is not None and \
