@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import subprocess
+import sys
 import tempfile
 import threading
 import time
@@ -38,7 +40,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from edged.store import secrets
-from tests.daemon_process import UNLIMITED_API, DaemonProcess
+from tests.daemon_process import UNLIMITED_API, DaemonProcess, free_port
 from tests.fakes.base import FakeServer
 from tests.fakes.square import FakeSquare
 from tests.fakes.stripe import FakeStripe
@@ -126,6 +128,21 @@ def sale(register: Any, fake: FakeServer, n: int) -> CloudRun:
     t1 = time.monotonic()
     if done.get("state") != "approved":
         raise SystemExit(f"sale {n}: ended {done.get('state')}: {done.get('failure')}")
+    return _measured(fake, seen, t0, t1, n)
+
+
+def floor_sale(register: Any, fake: FakeServer, n: int) -> CloudRun:
+    """One payment through ``bench/cloud_floor.py``: one POST answered with the end."""
+    seen = len(fake.requests)
+    t0 = time.monotonic()
+    status, done = register.call("POST", "/pay", {"amount": 1000 + n, "currency": "EUR"})
+    t1 = time.monotonic()
+    if status != 200 or done.get("state") not in ("succeeded", "COMPLETED"):
+        raise SystemExit(f"floor sale {n}: {status} {done}")
+    return _measured(fake, seen, t0, t1, n)
+
+
+def _measured(fake: FakeServer, seen: int, t0: float, t1: float, n: int) -> CloudRun:
     mine = [r for r in fake.requests[seen:] if t0 <= r.received_at <= t1]
     if any(r.answered_at is None for r in mine):
         raise SystemExit(f"sale {n}: a request to the fake was not answered")
@@ -134,9 +151,45 @@ def sale(register: Any, fake: FakeServer, n: int) -> CloudRun:
                     calls=len(mine))
 
 
+def _paced(runs: int, warmup: int, gap: float,
+           one: Callable[[int], CloudRun]) -> list[CloudRun]:
+    results = []
+    for n in range(warmup + runs):
+        started = time.monotonic()
+        result = one(n)
+        if n >= warmup:
+            results.append(result)
+        time.sleep(max(0.0, gap - (time.monotonic() - started)))
+    return results
+
+
+def run_floor(lane: str, runs: int, warmup: int, gap: float, fake: FakeServer, base: Path,
+              register_factory: Callable[[str, int, str], Any]) -> list[CloudRun]:
+    """The same sales through the floor (``bench/cloud_floor.py``), against the same fake."""
+    port = free_port()
+    device = READER if lane == "stripe_reader" else DEVICE
+    proc = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", "bench.cloud_floor", "--lane", lane, "--port", str(port),
+         "--fake", fake.base_url, "--device", device, "--db", str(base / "floor.db")],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert proc.stdout is not None
+        if "ready" not in proc.stdout.readline():
+            raise SystemExit("the floor did not start")
+        register = register_factory("127.0.0.1", port, "floor")
+        try:
+            return _paced(runs, warmup, gap, lambda n: floor_sale(register, fake, n + 10_000))
+        finally:
+            register.close()
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
 def run_cloud(lane: str, runs: int, warmup: int, latency: float, pace: float | None,
               register_factory: Callable[[str, int, str], Any],
-              wait_online: Callable[[Any], None]) -> list[CloudRun]:
+              wait_online: Callable[[Any], None]) -> tuple[list[CloudRun], list[CloudRun]]:
+    """The daemon's sales, then the floor's (``bench/cloud_floor.py``), on one fake."""
     loops = LoopThread()
     fake: FakeServer
     if lane == "stripe_reader":
@@ -167,16 +220,11 @@ def run_cloud(lane: str, runs: int, warmup: int, latency: float, pace: float | N
                 gap = pace if pace is not None else (0.2 if lane == "stripe_reader" else 0.5)
                 try:
                     wait_online(register)
-                    results = []
-                    for n in range(warmup + runs):
-                        started = time.monotonic()
-                        result = sale(register, fake, n)
-                        if n >= warmup:
-                            results.append(result)
-                        time.sleep(max(0.0, gap - (time.monotonic() - started)))
-                    return results
+                    results = _paced(runs, warmup, gap, lambda n: sale(register, fake, n))
                 finally:
                     register.close()
+            floor = run_floor(lane, runs, warmup, gap, fake, base, register_factory)
+            return results, floor
     finally:
         loops.run(fake.stop)
         loops.stop()

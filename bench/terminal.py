@@ -391,8 +391,8 @@ def lane_runs(args: argparse.Namespace, base: Path, kind: str,
 def cloud(args: argparse.Namespace) -> int:
     from bench.cloud_lane import run_cloud  # noqa: PLC0415
 
-    runs = run_cloud(args.lane, args.runs, args.warmup, args.latency, args.pace, Register,
-                     wait_online)
+    runs, floor = run_cloud(args.lane, args.runs, args.warmup, args.latency, args.pace,
+                            Register, wait_online)
 
     def line(label: str, values: list[float]) -> str:
         return (f"{label:<54} p50 {percentile(values, 50) * 1e3:7.2f} ms"
@@ -407,6 +407,12 @@ def cloud(args: argparse.Namespace) -> int:
                [r.total for r in runs]))
     print(line("fake processor's own time", [r.fake for r in runs]))
     print(line("daemon overhead beyond the fake", [r.overhead for r in runs]))
+    floor_p99 = percentile([r.overhead for r in floor], 99) * 1e3
+    print(line("floor overhead beyond the fake (bench/cloud_floor.py)",
+               [r.overhead for r in floor]))
+    print(f"{'daemon / floor, overhead p50 and p99':<54} "
+          f"{percentile([r.overhead for r in runs], 50) / percentile([r.overhead for r in floor], 50):7.2f}x"
+          f"          {overhead_p99 / floor_p99:7.2f}x")
     print(f"{'processor calls per payment':<54} min {calls[0]}   median"
           f" {calls[len(calls) // 2]}   max {calls[-1]}")
     verdict = "met" if overhead_p99 < CLOUD_TARGET_P99_MS else "MISSED"

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     import httpx
     from square import AsyncSquare
 
+    from sync.square_api.transport import AiohttpTransport
+
 
 def warm() -> None:
     import httpx  # noqa: PLC0415
@@ -46,6 +48,7 @@ class SquareSdk:
         """The access token sent with every request; the caller sets it before a call."""
         self._http: httpx.AsyncClient | None = None
         self._client: AsyncSquare | None = None
+        self._transport: AiohttpTransport | None = None
 
     def client(self) -> AsyncSquare:
         if self._client is None:
@@ -54,11 +57,18 @@ class SquareSdk:
 
             from sync.square_api.transport import AiohttpTransport  # noqa: PLC0415
 
+            self._transport = AiohttpTransport()
             self._http = httpx.AsyncClient(timeout=httpx.Timeout(
-                self.timeout, connect=min(self.timeout, 10.0)), transport=AiohttpTransport())
+                self.timeout, connect=min(self.timeout, 10.0)), transport=self._transport)
             self._client = AsyncSquare(token=self._current_token, base_url=self.base_url,
                                        httpx_client=self._http, timeout=self.timeout)
         return self._client
+
+    def transport(self) -> AiohttpTransport:
+        """The aiohttp session's transport the client's requests go out on."""
+        self.client()
+        assert self._transport is not None
+        return self._transport
 
     def _current_token(self) -> str:
         return self.token
@@ -68,3 +78,4 @@ class SquareSdk:
             await self._http.aclose()
             self._http = None
             self._client = None
+            self._transport = None

@@ -2,7 +2,7 @@
 
 The lane's driver (``drivers/square_terminal``) calls this client, which goes through the
 ``square`` destination's circuit breaker and token bucket (the ones the outbox worker uses),
-with ``request_options={"max_retries": 0}`` (the SDK would otherwise retry by itself).
+never retried by the SDK (the daemon's policy decides).
 
 - ``ping`` / ``action``: a ``PING`` terminal action (``POST /v2/terminals/actions``, ``type:
   PING``, to the Terminal API's ``device_id``) and its status, read back by its id: Square's
@@ -33,7 +33,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import Any
 from urllib.parse import quote
 
 from sync.core.breaker import CircuitBreaker
@@ -45,10 +45,6 @@ from sync.square_api.calls import square_call
 from sync.square_api.sdk import SquareSdk
 from sync.square_api.wire import field, request
 
-if TYPE_CHECKING:
-    from square.core.request_options import RequestOptions
-
-NO_RETRY: RequestOptions = {"max_retries": 0}
 #: How long a PING may wait for the Terminal before Square cancels it (``TIMED_OUT``).
 PING_DEADLINE_SECONDS = 30
 #: How far back a restart searches for a checkout made before the stop.
@@ -140,12 +136,13 @@ def _object(answer: Mapping[str, Any], name: str, what: str) -> Mapping[str, Any
 class SquareTerminalClient:
     """Square's Terminal API through the ``square`` destination's breaker and bucket.
 
-    Each call goes through the SDK's own HTTP client (:func:`sync.square_api.wire.request`:
-    its token, ``Square-Version``, base URL and timeout) and reads the answer's JSON as it
-    is: the typed calls build a pydantic model of every answer, which was most of a Square
-    Terminal lane's own CPU per payment (bench/README.md, issue 22). The request bodies are
-    Square's own field names, checked by the tests' fake against Square's OpenAPI
-    description.
+    Each call is the SDK's request (:func:`sync.square_api.wire.request`: its token,
+    ``Square-Version``, base URL and timeout) sent on the aiohttp session its requests go
+    out on, its answer's JSON read as it is: the typed calls' request building and the
+    pydantic model of every answer were most of a Square Terminal lane's own CPU per
+    payment (bench/README.md, issue 22). Never retried by itself (the daemon's policy).
+    The request bodies are Square's own field names, checked by the tests' fake against
+    Square's OpenAPI description.
     """
 
     def __init__(self, settings: SquareTerminalSettings,
@@ -245,14 +242,14 @@ class SquareTerminalClient:
             raise CredentialsRequired("ERR-6006: no Square access token is set; set it with "
                                       "`edged secret set square.token`")
         self._sdk.token = token
-        client = self._sdk.client()
+        client, transport = self._sdk.client(), self._sdk.transport()
 
         async def limited() -> dict[str, Any]:
             await self.bucket.acquire()
             self.calls += 1
             return await square_call(
-                what, partial(request, client, path, method, body=body,
-                              request_options=NO_RETRY), self.bucket, self._clock,
+                what, partial(request, client, transport, path, method, body=body),
+                self.bucket, self._clock,
                 lambda refusal: CheckoutRefused(f"Square refused the call to {what}: "
                                                 f"{refusal.message}", refusal.codes))
 

@@ -29,6 +29,8 @@ import httpx
 if TYPE_CHECKING:
     from collections.abc import Mapping
 
+RawHeaders = tuple[tuple[bytes, bytes], ...]
+
 
 class AiohttpTransport(httpx.AsyncBaseTransport):
     """An httpx transport over one aiohttp session (made on the first request)."""
@@ -46,15 +48,28 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         return self._session
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
-        body = await request.aread()
+        status, reason, headers, content = await self.exchange(
+            request.method, str(request.url),
+            [(k.decode("latin-1"), v.decode("latin-1")) for k, v in request.headers.raw],
+            await request.aread() or None, _timeout(request.extensions.get("timeout", {})),
+            request)
+        extensions = {"http_version": b"HTTP/1.1"}
+        if reason:
+            extensions["reason_phrase"] = reason.encode("latin-1", "replace")
+        return httpx.Response(status, headers=headers, content=content, request=request,
+                              extensions=extensions)
+
+    async def exchange(self, method: str, url: str, headers: list[tuple[str, str]],
+                       body: bytes | None, timeout: aiohttp.ClientTimeout,
+                       request: httpx.Request | None = None
+                       ) -> tuple[int, str | None, RawHeaders, bytes]:
+        """One request on the session: (status, reason, raw headers, the body as sent, not
+        decoded); a failure as the httpx error that says whether anything was sent."""
         try:
             async with self._client().request(
-                    request.method, str(request.url),
-                    headers=[(k.decode("latin-1"), v.decode("latin-1"))
-                             for k, v in request.headers.raw],
-                    data=body or None, allow_redirects=False, compress=None,
-                    timeout=_timeout(request.extensions.get("timeout", {}))) as answer:
-                content = await answer.read()
+                    method, url, headers=headers, data=body, allow_redirects=False,
+                    compress=None, timeout=timeout) as answer:
+                return answer.status, answer.reason, answer.raw_headers, await answer.read()
         except aiohttp.ConnectionTimeoutError as exc:
             raise httpx.ConnectTimeout(str(exc), request=request) from exc
         except aiohttp.ClientConnectorError as exc:  # no connection was made: nothing sent
@@ -63,16 +78,18 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
             raise httpx.ReadTimeout(str(exc) or "timed out", request=request) from exc
         except aiohttp.ClientError as exc:  # lost after sending: the outcome is unknown
             raise httpx.ReadError(f"{type(exc).__name__}: {exc}", request=request) from exc
-        extensions = {"http_version": b"HTTP/1.1"}
-        if answer.reason:
-            extensions["reason_phrase"] = answer.reason.encode("latin-1", "replace")
-        return httpx.Response(answer.status, headers=answer.raw_headers, content=content,
-                              request=request, extensions=extensions)
 
     async def aclose(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+
+def timeout_of(seconds: float | None) -> aiohttp.ClientTimeout:
+    """A whole call's timeout as httpx gives it to each phase (connect at most 10 s)."""
+    connect = None if seconds is None else min(seconds, 10.0)
+    return aiohttp.ClientTimeout(total=None, connect=connect, sock_connect=connect,
+                                 sock_read=seconds)
 
 
 def _timeout(parts: Mapping[str, float | None]) -> aiohttp.ClientTimeout:
