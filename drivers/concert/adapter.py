@@ -64,6 +64,7 @@ from drivers.concert.session import (
     SerialPort,
     describe,
 )
+from drivers.hold import HANDOFF_SECONDS, Hold
 from sync.core.clock import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
@@ -75,41 +76,6 @@ _OUTCOMES = {
     AnswerStatus.DECLINED: Outcome.DECLINED,
     AnswerStatus.NOT_VERIFIED: Outcome.UNKNOWN,
 }
-
-
-class Hold:
-    """The request frame of a sale, held back until its payment is committed.
-
-    Decided once, on the event loop: :meth:`release` (the payment is durable: send it) or
-    :meth:`drop` (it was not written, or the driver stops: send nothing). The worker
-    thread waits in :meth:`wait`.
-    """
-
-    def __init__(self) -> None:
-        self._decided = threading.Event()
-        self.send = False
-        self.gone = threading.Event()
-        """Set by the worker once the frame is on the line, or once it will not be."""
-
-    def release(self) -> None:
-        self._decide(True)
-
-    def drop(self) -> None:
-        self._decide(False)
-
-    def _decide(self, send: bool) -> None:
-        if not self._decided.is_set():
-            self.send = send
-            self._decided.set()
-
-    def wait(self, timeout: float) -> bool:
-        """True once decided (then read :attr:`send`)."""
-        return self._decided.wait(timeout)
-
-
-HANDOFF_SECONDS = 0.002
-"""How long :meth:`ConcertTerminal.start` may hold the event loop for the worker to put the
-released frame on the line (typically well under 0.1 ms)."""
 
 
 class _Abandoned(NothingSent):

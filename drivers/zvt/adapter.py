@@ -32,6 +32,7 @@ from drivers.base import (
     TransactionRequest,
     TransactionResult,
 )
+from drivers.hold import HANDOFF_SECONDS, Hold
 from drivers.zvt import messages as m
 from drivers.zvt.session import (
     Aborted,
@@ -86,41 +87,6 @@ class _Running:
     answer: concurrent.futures.Future[bool] = field(default_factory=concurrent.futures.Future)
     """True: the PT accepted the Abort command; False: it refused it, or the transaction
     ended first."""
-
-
-class Hold:
-    """A sale's Authorisation, held back until its payment is committed.
-
-    Decided once, on the event loop: :meth:`release` (the payment is durable: send it) or
-    :meth:`drop` (it was not written, or the driver stops: send nothing). Meanwhile the
-    worker has the line ready (open, registered, stale input read), so the command goes
-    out the moment it is released.
-    """
-
-    def __init__(self) -> None:
-        self._decided = threading.Event()
-        self.send = False
-        self.gone = threading.Event()
-        """Set by the worker once the command is on the line, or once it will not be."""
-
-    def release(self) -> None:
-        self._decide(True)
-
-    def drop(self) -> None:
-        self._decide(False)
-
-    def _decide(self, send: bool) -> None:
-        if not self._decided.is_set():
-            self.send = send
-            self._decided.set()
-
-    def wait(self, timeout: float) -> bool:
-        return self._decided.wait(timeout)
-
-
-HANDOFF_SECONDS = 0.002
-"""How long :meth:`ZvtTerminal.start` may hold the event loop for the worker to put the
-released command on the line (typically well under 0.1 ms)."""
 
 
 class _Abandoned(NothingSent):

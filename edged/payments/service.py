@@ -178,11 +178,11 @@ class PaymentService:
         self._terminals.run(terminal_id, payment_id, collect, self._finish_payment,
                             settle=lambda: self.settle_unknown(payment_id))
         if made is not None:  # stored before the answer, while the lane already follows it
-            await self._store_reference(payment_id, made)
+            await self._remember_reference(payment_id, made)
         self._bus.publish("payment", answer.body)
         return answer
 
-    async def _store_reference(self, payment_id: str, reference: str) -> None:
+    async def _remember_reference(self, payment_id: str, reference: str) -> None:
         """The processor's id of what a terminal's start made (a checkout): a restart reads
         it back by id. Queued before the lane's first read can end the payment, so the
         result's write comes after it; should it fail, a restart finds it by search."""

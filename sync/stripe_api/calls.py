@@ -110,3 +110,10 @@ async def stripe_call(what: str, call: Callable[[], Awaitable[T]], bucket: Token
         raise OutcomeUnknown(f"stripe: no answer in time to the call to {what}") from None
     bucket.on_success()
     return answer
+
+
+def payment_search(payment_id: str) -> str:
+    """The Search API query for the PaymentIntents of one edged payment (its metadata), the
+    id quoted as Stripe's search syntax says (a backslash escapes ``'`` and itself)."""
+    literal = payment_id.replace("\\", "\\\\").replace("'", "\\'")
+    return f"metadata['edged_payment_id']:'{literal}'"

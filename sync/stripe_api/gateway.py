@@ -77,7 +77,12 @@ from sync.core.contract import (
 from sync.core.errors import CredentialsRequired, PermanentError, RefusedInDoubt
 from sync.core.gateway import OutboxRow, RowFailure, Work, WorkResult
 from sync.core.limiter import TokenBucket, TokenBucketSettings
-from sync.stripe_api.calls import StripeRefusal, StripeRefusalKind, stripe_call
+from sync.stripe_api.calls import (
+    StripeRefusal,
+    StripeRefusalKind,
+    payment_search,
+    stripe_call,
+)
 from sync.stripe_api.sdk import StripeSdk
 
 if TYPE_CHECKING:
@@ -114,10 +119,6 @@ class _Refused(Exception):
         super().__init__(message)
         self.message = message
         self.decline = decline
-
-
-def _search_literal(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 def _card(pi: Mapping[str, Any]) -> dict[str, str]:
@@ -297,7 +298,7 @@ class StripeGateway:
     async def _find_payment(self, client: stripe.StripeClient,
                             payment_id: str) -> stripe.PaymentIntent | None:
         """The PaymentIntent made for ``payment_id``, preferring one that took the money."""
-        query = f"metadata['edged_payment_id']:{_search_literal(payment_id)}"
+        query = payment_search(payment_id)
         try:
             found = await self._call(
                 "search PaymentIntents", None,

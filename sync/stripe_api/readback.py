@@ -23,7 +23,7 @@ from sync.core.clock import Clock
 from sync.core.errors import CredentialsRequired, PermanentError
 from sync.core.limiter import TokenBucket
 from sync.core.readback import Guarded, PaymentQuery, PaymentSeen, RefundQuery, RefundSeen, Seen
-from sync.stripe_api.calls import StripeRefusal, stripe_call
+from sync.stripe_api.calls import StripeRefusal, payment_search, stripe_call
 from sync.stripe_api.sdk import StripeSdk
 from sync.stripe_api.terminal import intent_view
 
@@ -31,10 +31,6 @@ if TYPE_CHECKING:
     import stripe
 
 T = TypeVar("T")
-
-
-def _literal(value: str) -> str:
-    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 class StripeReadBack(Guarded):
@@ -60,7 +56,7 @@ class StripeReadBack(Guarded):
             return _payment_seen(pi.to_dict(), query.method)
         found = await self._call("search PaymentIntents", lambda: (
             client.v1.payment_intents.search_async(
-                {"query": f"metadata['edged_payment_id']:{_literal(query.payment_id)}",
+                {"query": payment_search(query.payment_id),
                  "limit": 10, "expand": ["data.latest_charge"]})))
         seen = [_payment_seen(pi.to_dict(), query.method) for pi in found.data]
         for wanted in (Seen.APPROVED, Seen.AUTHORIZED, Seen.OPEN, Seen.DECLINED,

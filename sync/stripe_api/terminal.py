@@ -45,7 +45,12 @@ from sync.core.clock import Clock
 from sync.core.errors import CredentialsRequired, OutcomeUnknown, PermanentError
 from sync.core.guarded import through
 from sync.core.limiter import TokenBucket
-from sync.stripe_api.calls import StripeRefusal, StripeRefusalKind, stripe_call
+from sync.stripe_api.calls import (
+    StripeRefusal,
+    StripeRefusalKind,
+    payment_search,
+    stripe_call,
+)
 from sync.stripe_api.sdk import StripeSdk
 
 if TYPE_CHECKING:
@@ -243,9 +248,8 @@ class StripeTerminalClient:
 
     async def find_intent(self, payment_id: str) -> IntentView | None:
         client = self._stripe()
-        literal = "'" + payment_id.replace("\\", "\\\\").replace("'", "\\'") + "'"
         params: PaymentIntentSearchParams = {
-            "query": f"metadata['edged_payment_id']:{literal}", "limit": 10,
+            "query": payment_search(payment_id), "limit": 10,
             "expand": ["data.latest_charge"]}
         found = await self._call("search PaymentIntents", partial(
             _raw, client, "get", "/v1/payment_intents/search", params))
