@@ -235,7 +235,7 @@ async def test_free_pages_go_back_to_the_file_system(tmp_path: Path) -> None:
 
 
 async def test_the_wal_is_cut_back_once_a_reader_lets_go(tmp_path: Path) -> None:
-    """A reader holding an old snapshot keeps SQLite's own checkpoint from starting the WAL
+    """A reader holding an old snapshot keeps the checkpointer from starting the WAL
     over; once it lets go, the writer truncates the WAL past half its bound."""
     path = tmp_path / "edged.db"
     db = Database(path, wal_max_bytes=4 << 20)

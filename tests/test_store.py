@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from edged.store import Database, audit
+from edged.store.checkpoint import CHECKPOINT_CHANGES
 from edged.store.database import open_sync
 from edged.store.migrations import MIGRATIONS
 
@@ -406,3 +407,67 @@ async def test_an_inline_write_on_a_locked_file_waits_on_the_writer_thread(
         other.close()
         await db.close()
     assert threads == ["edged-writer", threading.current_thread().name]
+
+
+def _in_database_file(path: Path) -> int:
+    """Rows of ``t`` in the database file itself, the WAL not read (``immutable``): what
+    checkpoints have copied there."""
+    conn = sqlite3.connect(f"file:{path}?immutable=1", uri=True)
+    try:
+        return int(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+    except sqlite3.OperationalError:  # the table itself is still only in the WAL
+        return 0
+    finally:
+        conn.close()
+
+
+async def test_commits_never_checkpoint_the_checkpointer_thread_does(tmp_path: Path) -> None:
+    """SQLite checkpoints inside the COMMIT that takes the WAL past 1,000 pages (its
+    ``wal_autocheckpoint`` default): that commit, a register's payment, then waits while the
+    whole WAL is copied and flushed. The writer has it off; past ``CHECKPOINT_CHANGES`` rows
+    the checkpointer copies the WAL on its own thread and connection, and the writer's next
+    transaction starts the WAL over."""
+    path = tmp_path / "edged.db"
+    db = Database(path)
+    await db.open()
+    page = "x" * 12_000  # four pages a row: 300 rows pass SQLite's 1,000 pages
+    try:
+        assert db.checkpointer is not None
+        assert await db._on_writer(lambda: db._writer_conn.execute(  # type: ignore[union-attr]
+            "PRAGMA wal_autocheckpoint").fetchone()[0]) == 0
+        await db.write(lambda c: c.execute("CREATE TABLE t (x)"))
+        for _ in range(30):
+            await db.write(lambda c: c.executemany("INSERT INTO t VALUES (?)", [(page,)] * 10))
+        assert CHECKPOINT_CHANGES > 300
+        assert _in_database_file(path) == 0  # 1,200 pages committed, none checkpointed
+        assert db.checkpointer.runs == 0
+        for _ in range(10):
+            await db.write(lambda c: c.executemany("INSERT INTO t VALUES (?)", [(page,)] * 10))
+        for _ in range(500):  # the checkpointer's thread copies while the loop goes on
+            if db.checkpointer.runs:
+                break
+            await asyncio.sleep(0.01)
+        assert db.checkpointer.runs == 1
+        assert _in_database_file(path) == 400  # what was committed when it was asked
+        assert "edged-checkpoint" in {t.name for t in threading.enumerate()}
+        await db.write(lambda c: c.execute("INSERT INTO t VALUES ('after')"))
+        outside = sqlite3.connect(path)
+        _, frames, _ = outside.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        outside.close()
+        assert frames < 10  # the WAL started over: only the last write's pages are in it
+    finally:
+        await db.close()
+    assert "edged-checkpoint" not in {t.name for t in threading.enumerate()}
+
+
+async def test_a_replicated_store_never_checkpoints(tmp_path: Path) -> None:
+    """Litestream checkpoints a file it replicates: the daemon neither starts a
+    checkpointer nor lets a commit checkpoint."""
+    db = Database(tmp_path / "edged.db", replicated=True)
+    await db.open()
+    try:
+        assert db.checkpointer is None
+        assert await db._on_writer(lambda: db._writer_conn.execute(  # type: ignore[union-attr]
+            "PRAGMA wal_autocheckpoint").fetchone()[0]) == 0
+    finally:
+        await db.close()

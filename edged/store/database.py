@@ -40,6 +40,7 @@ from typing import Any, Generic, TypeVar, overload
 from edged.errors import StoreError
 from edged.store import audit_key, files, storage
 from edged.store.audit_key import AuditKey
+from edged.store.checkpoint import CHECKPOINT_CHANGES, Checkpointer
 from edged.store.migrations import migrate
 
 log = logging.getLogger(__name__)
@@ -168,6 +169,9 @@ class Database:
         self._inline_conn: sqlite3.Connection | None = None
         self._closed = False
         self.migrations_applied: list[int] = []
+        self.checkpointer: Checkpointer | None = None
+        """Checkpoints the WAL off the commit path (none while Litestream replicates)."""
+        self._changes_at_checkpoint = 0
 
     async def open(self) -> None:
         files.secure(self.path)
@@ -182,13 +186,18 @@ class Database:
         self._writer_conn = conn
         # after a checkpoint resets it, the WAL file is cut back to a quarter of its bound
         conn.execute(f"PRAGMA journal_size_limit={self.wal_max_bytes // 4}")
-        if self.replicated:
-            conn.execute("PRAGMA wal_autocheckpoint=0")
+        # no checkpoint inside a commit (edged.store.checkpoint): the checkpointer's thread,
+        # or Litestream when it replicates the file
+        conn.execute("PRAGMA wal_autocheckpoint=0")
+        if not self.replicated:
+            self.checkpointer = Checkpointer(partial(connect, self.path), "edged-checkpoint")
+            self.checkpointer.start()
         storage.convert_to_incremental(conn, self.path)
         applied = migrate(conn)
         # BEGIN never waits on the loop's thread: a file locked by another process sends
         # the group to the writer thread, which waits there (_begin)
         conn.execute("PRAGMA busy_timeout=0")
+        self._changes_at_checkpoint = conn.total_changes
         return applied
 
     def _writer_main(self) -> None:
@@ -431,9 +440,16 @@ class Database:
         self.stats.failed_writes += sum(1 for o in outcomes if not o.ok)
 
     def _bound_wal(self) -> None:
-        """Between two groups: should the WAL pass half its bound (SQLite's own checkpoint
-        could not start it over: a reader held an old snapshot), checkpoint it in full and
-        truncate it, waiting at most a moment for readers, at most once every few seconds."""
+        """Between two groups: ask the checkpointer after every ``CHECKPOINT_CHANGES`` rows.
+        Should the WAL pass half its bound (it could not start over: a reader held an old
+        snapshot, or writes never paused), checkpoint it in full and truncate it here,
+        waiting at most a moment for readers, at most once every few seconds."""
+        conn = self._writer_conn
+        assert conn is not None
+        if self.checkpointer is not None and \
+                conn.total_changes - self._changes_at_checkpoint >= CHECKPOINT_CHANGES:
+            self._changes_at_checkpoint = conn.total_changes
+            self.checkpointer.request()
         now = time.monotonic()
         if now - self._wal_checked_at < WAL_CHECK_PAUSE:  # a stat per group cost 1/6 of
             return                                       # the writer's time in a drain
@@ -445,11 +461,10 @@ class Database:
         if now - self._wal_forced_at < WAL_FORCE_PAUSE:
             return
         self._wal_forced_at = now
-        conn = self._writer_conn
-        assert conn is not None
         conn.execute(f"PRAGMA busy_timeout={WAL_FORCE_WAIT_MS}")
         try:
-            busy, frames, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
+            with self.checkpointer.running if self.checkpointer else contextlib.nullcontext():
+                busy, frames, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error as exc:
             log.warning("checkpointing a WAL of %d MB failed: %s", wal >> 20, exc)
         else:
@@ -546,6 +561,8 @@ class Database:
         self._reader_exec.shutdown(wait=True)
 
     def _close_writer(self) -> None:
+        if self.checkpointer is not None:
+            self.checkpointer.stop()
         if self._writer_conn is not None:
             try:
                 self._writer_conn.execute("PRAGMA busy_timeout=10000")
