@@ -17,6 +17,8 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import stripe
 
+    from sync.stripe_api.wire import StripeWire
+
 
 def warm() -> None:
     import stripe  # noqa: PLC0415
@@ -35,6 +37,7 @@ class StripeSdk:
         self._http: stripe.AIOHTTPClient | None = None
         self._client: stripe.StripeClient | None = None
         self._key: str | None = None
+        self._wire: StripeWire | None = None
 
     def client(self, key: str) -> stripe.StripeClient:
         import aiohttp  # noqa: PLC0415
@@ -48,10 +51,21 @@ class StripeSdk:
                 key, base_addresses={"api": self.base_url} if self.base_url else {},
                 http_client=self._http, max_network_retries=0)
             self._key = key
+            self._wire = None
         return self._client
+
+    def wire(self, key: str) -> StripeWire:
+        """The client's calls made on its settings (:mod:`sync.stripe_api.wire`)."""
+        from sync.stripe_api.wire import StripeWire  # noqa: PLC0415  (with the SDK)
+
+        client = self.client(key)
+        if self._wire is None or self._wire.client is not client:
+            self._wire = StripeWire(client)
+        return self._wire
 
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close_async()  # type: ignore[no-untyped-call]
             self._http = None
             self._client = None
+            self._wire = None

@@ -52,9 +52,9 @@ from sync.stripe_api.calls import (
     stripe_call,
 )
 from sync.stripe_api.sdk import StripeSdk
+from sync.stripe_api.wire import StripeWire
 
 if TYPE_CHECKING:
-    import stripe
     from stripe.params import (
         PaymentIntentCancelParams,
         PaymentIntentCreateParams,
@@ -200,18 +200,18 @@ class StripeTerminalClient:
         await self._sdk.close()
 
     # -- calls ----------------------------------------------------------------------------
-    # Each call is the SDK's ``raw_request_async`` with the SDK's typed parameters (its
-    # TypedDicts, checked by mypy: the contract where Stripe publishes no description here):
-    # the SDK's own request (key, version, idempotency key, encoding, errors raised as its
-    # error classes), its answer read as the JSON it is. The typed services build a
-    # StripeObject for every nested object of an answer and the views read them back as
-    # dicts: for a reader expanded down to its charge that was most of the lane's own time
-    # per poll (bench/README.md, issue 22).
+    # Each call is the SDK's request for it with the SDK's typed parameters (its TypedDicts,
+    # checked by mypy: the contract where Stripe publishes no description here), sent by
+    # :mod:`sync.stripe_api.wire` on the SDK's settings and HTTP client, its answer read by
+    # the SDK (errors raised as its error classes) as the JSON it is. The typed services
+    # build a StripeObject for every nested object of an answer, and the SDK's request
+    # assembly formats its log lines whatever the level: for a reader expanded down to its
+    # charge that was most of the lane's own time per poll (bench/README.md, issue 22).
 
     async def create_intent(self, payment_id: str, amount: int, currency: str, *,
                             manual_capture: bool = False,
                             description: str | None = None) -> IntentView:
-        client = self._stripe()
+        wire = self._stripe()
         params: PaymentIntentCreateParams = {  # the SDK's typed parameters: the contract
             "amount": amount, "currency": currency.lower(),
             "allowed_payment_method_types": ["card_present"],
@@ -221,38 +221,38 @@ class StripeTerminalClient:
         if description:
             params["description"] = description[:1000]
         pi = await self._call("create the PaymentIntent", partial(
-            _raw, client, "post", "/v1/payment_intents", params, intent_key(payment_id)))
+            _raw, wire, "post", "/v1/payment_intents", params, intent_key(payment_id)))
         return intent_view(pi)
 
     async def process(self, reader_id: str, payment_id: str, intent_id: str) -> ReaderView:
-        client = self._stripe()
+        wire = self._stripe()
         params: ReaderProcessPaymentIntentParams = {"payment_intent": intent_id}
         reader = await self._call("hand the PaymentIntent to the reader", partial(
-            _raw, client, "post", f"/v1/terminal/readers/{_id(reader_id)}"
+            _raw, wire, "post", f"/v1/terminal/readers/{_id(reader_id)}"
             "/process_payment_intent", params, process_key(payment_id)))
         return _reader_view(reader)
 
     async def reader(self, reader_id: str) -> ReaderView:
-        client = self._stripe()
+        wire = self._stripe()
         params: ReaderRetrieveParams = {"expand": [READER_EXPAND]}
         reader = await self._call("read the reader", partial(
-            _raw, client, "get", f"/v1/terminal/readers/{_id(reader_id)}", params))
+            _raw, wire, "get", f"/v1/terminal/readers/{_id(reader_id)}", params))
         return _reader_view(reader)
 
     async def intent(self, intent_id: str) -> IntentView:
-        client = self._stripe()
+        wire = self._stripe()
         params: PaymentIntentRetrieveParams = {"expand": ["latest_charge"]}
         pi = await self._call("read the PaymentIntent", partial(
-            _raw, client, "get", f"/v1/payment_intents/{_id(intent_id)}", params))
+            _raw, wire, "get", f"/v1/payment_intents/{_id(intent_id)}", params))
         return intent_view(pi)
 
     async def find_intent(self, payment_id: str) -> IntentView | None:
-        client = self._stripe()
+        wire = self._stripe()
         params: PaymentIntentSearchParams = {
             "query": payment_search(payment_id), "limit": 10,
             "expand": ["data.latest_charge"]}
         found = await self._call("search PaymentIntents", partial(
-            _raw, client, "get", "/v1/payment_intents/search", params))
+            _raw, wire, "get", "/v1/payment_intents/search", params))
         data = found.get("data")
         intents = [intent_view(pi) for pi in data if isinstance(pi, Mapping)] \
             if isinstance(data, list) else []
@@ -262,28 +262,28 @@ class StripeTerminalClient:
         return chosen[0] if chosen else None
 
     async def cancel_action(self, reader_id: str, key: str) -> ReaderView:
-        client = self._stripe()
+        wire = self._stripe()
         params: ReaderCancelActionParams = {}
         reader = await self._call("cancel the reader's action", partial(
-            _raw, client, "post", f"/v1/terminal/readers/{_id(reader_id)}/cancel_action",
+            _raw, wire, "post", f"/v1/terminal/readers/{_id(reader_id)}/cancel_action",
             params, key))
         return _reader_view(reader)
 
     async def cancel_intent(self, intent_id: str, key: str) -> IntentView:
-        client = self._stripe()
+        wire = self._stripe()
         params: PaymentIntentCancelParams = {}
         pi = await self._call("cancel the PaymentIntent", partial(
-            _raw, client, "post", f"/v1/payment_intents/{_id(intent_id)}/cancel", params, key))
+            _raw, wire, "post", f"/v1/payment_intents/{_id(intent_id)}/cancel", params, key))
         return intent_view(pi)
 
     # -- plumbing -------------------------------------------------------------------------
 
-    def _stripe(self) -> stripe.StripeClient:
+    def _stripe(self) -> StripeWire:
         key = self._key_provider()
         if not key:
             raise CredentialsRequired("ERR-6006: no Stripe secret key is set; set it with "
                                       "`edged secret set stripe.key`")
-        return self._sdk.client(key)
+        return self._sdk.wire(key)
 
     async def _call(self, what: str, call: Callable[[], Awaitable[T]]) -> T:
         async def limited() -> T:
@@ -298,12 +298,10 @@ class StripeTerminalClient:
                                  partial(_lane_refusal, what))
 
 
-async def _raw(client: stripe.StripeClient, method: str, url: str, params: Mapping[str, object],
+async def _raw(wire: StripeWire, method: str, url: str, params: Mapping[str, object],
                idempotency_key: str | None = None) -> Mapping[str, Any]:
-    """One call through the SDK's ``raw_request_async``; its answer's JSON object."""
-    options = {"idempotency_key": idempotency_key} if idempotency_key else {}
-    answer = await client.raw_request_async(method, url, **params, **options)
-    data = answer.data
+    """One call (:mod:`sync.stripe_api.wire`); its answer's JSON object."""
+    data = await wire.request(method, url, params, idempotency_key)
     if not isinstance(data, Mapping):
         raise OutcomeUnknown(f"stripe answered {url} with something that is not an object")
     return data
