@@ -3,20 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import sqlite3
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 import aiohttp
+from aiohttp import web
 
 from edged import config
 from edged.app import Daemon
 from edged.config import ApiConfig, Config, ShopifyConfig, StoreConfig, TerminalConfig
-from edged.lanes.factory import check_terminals
 from edged.lan import tokens
+from edged.lanes.factory import check_terminals
 from sync.core.clock import Clock, SystemClock
 
 
@@ -137,3 +139,19 @@ def seed_catalogue(db_path: Path, csv_text: str = CATALOGUE_CSV) -> None:
     catalog_import.apply(conn, catalog_import.parse(src), str(src))
     conn.execute("COMMIT")
     conn.close()
+
+
+@contextlib.asynccontextmanager
+async def serve_any(handler: Callable[[web.Request], Awaitable[web.StreamResponse]],
+                    ) -> AsyncIterator[str]:
+    """An HTTP server on 127.0.0.1 answering every method and path with ``handler``;
+    yields its base URL."""
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", handler)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", 0).start()
+    try:
+        yield f"http://127.0.0.1:{runner.addresses[0][1]}"
+    finally:
+        await runner.cleanup()

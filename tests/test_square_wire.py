@@ -24,6 +24,7 @@ from sync.core.limiter import TokenBucket, TokenBucketSettings
 from sync.square_api.calls import SquareRefusal, square_call
 from sync.square_api.sdk import SquareSdk
 from sync.square_api.wire import request
+from tests.helpers import serve_any
 
 CHECKOUT = {"id": "chk_1", "status": "PENDING", "note": "edged pay_1",
             "amount_money": {"amount": 1234, "currency": "EUR"},
@@ -50,15 +51,8 @@ class Recorder:
 @pytest.fixture
 async def recorder() -> AsyncIterator[tuple[Recorder, str]]:
     rec = Recorder()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", rec.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = runner.addresses[0][1]
-    yield rec, f"http://127.0.0.1:{port}"
-    await runner.cleanup()
+    async with serve_any(rec.handle) as base:
+        yield rec, base
 
 
 def _sdk(base: str, timeout: float = 5.0) -> SquareSdk:
@@ -213,16 +207,10 @@ async def test_a_refusal_reads_squares_error_codes() -> None:
     async def refuse(req: web.Request) -> web.Response:
         return web.json_response(answers, status=404)
 
-    app = web.Application()
-    app.router.add_get("/{tail:.*}", refuse)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    sdk = _sdk(f"http://127.0.0.1:{runner.addresses[0][1]}")
-    try:
-        with pytest.raises(RuntimeError, match=r"no such checkout \(NOT_FOUND\)"):
-            await _sorted(sdk, "v2/terminals/checkouts/x", "GET")
-    finally:
-        await sdk.close()
-        await runner.cleanup()
+    async with serve_any(refuse) as base:
+        sdk = _sdk(base)
+        try:
+            with pytest.raises(RuntimeError, match=r"no such checkout \(NOT_FOUND\)"):
+                await _sorted(sdk, "v2/terminals/checkouts/x", "GET")
+        finally:
+            await sdk.close()

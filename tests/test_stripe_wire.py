@@ -12,11 +12,13 @@ import asyncio
 import json
 from collections.abc import AsyncIterator
 from typing import Any
+from urllib.parse import urlencode
 
 import pytest
 import stripe
 from aiohttp import web
 from multidict import CIMultiDict
+from stripe._encode import _api_encode
 
 from sync.core.clock import SystemClock
 from sync.core.errors import OutcomeUnknown, TransientError
@@ -25,6 +27,7 @@ from sync.stripe_api.calls import StripeRefusal, StripeRefusalKind, stripe_call
 from sync.stripe_api.sdk import StripeSdk
 from sync.stripe_api.terminal import READER_EXPAND
 from sync.stripe_api.wire import encode
+from tests.helpers import serve_any
 
 KEY = "sk_test_wire"  # a test key
 
@@ -47,14 +50,8 @@ class Recorder:
 @pytest.fixture
 async def recorder() -> AsyncIterator[tuple[Recorder, str]]:
     rec = Recorder()
-    app = web.Application()
-    app.router.add_route("*", "/{tail:.*}", rec.handle)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    yield rec, f"http://127.0.0.1:{runner.addresses[0][1]}"
-    await runner.cleanup()
+    async with serve_any(rec.handle) as base:
+        yield rec, base
 
 
 # the lane's calls: (method, path, params, idempotency key), as sync/stripe_api/terminal.py
@@ -62,7 +59,7 @@ CALLS: list[tuple[str, str, dict[str, Any], str | None]] = [
     ("post", "/v1/payment_intents",
      {"amount": 1234, "currency": "eur", "allowed_payment_method_types": ["card_present"],
       "capture_method": "automatic", "metadata": {"edged_payment_id": "pay_1 & co"},
-      "description": "Lane 1: 2 × coffee"}, "edged-pay_1-pi"),
+      "description": "Lane 1: 2 × coffee"}, "edged-pay_1-pi"),  # noqa: RUF001 (not ASCII)
     ("post", "/v1/terminal/readers/tmr_1/process_payment_intent",
      {"payment_intent": "pi_1"}, "edged-pay_1-process"),
     ("get", "/v1/terminal/readers/tmr_1", {"expand": [READER_EXPAND]}, None),
@@ -110,10 +107,6 @@ async def test_each_lane_call_goes_out_as_the_sdk_sends_it(
 def test_the_form_encoding_is_the_sdks() -> None:
     """The SDK's encoder (``stripe._encode._api_encode``, then ``urlencode`` with the
     brackets left readable) and the wire's agree on every shape a lane's call has."""
-    from urllib.parse import urlencode
-
-    from stripe._encode import _api_encode
-
     for _, _, params, _ in CALLS + [("post", "", {"flag": True, "off": False, "none": None,
                                                   "deep": {"a": {"b": [1, {"c": "d"}]}}},
                                      None)]:
