@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edged.store import Database, audit
-from edged.store.checkpoint import CHECKPOINT_CHANGES
+from edged.store.checkpoint import CHECKPOINT_CHANGES, Checkpointer
 from edged.store.database import open_sync
 from edged.store.migrations import MIGRATIONS
 
@@ -471,3 +471,36 @@ async def test_a_replicated_store_never_checkpoints(tmp_path: Path) -> None:
             "PRAGMA wal_autocheckpoint").fetchone()[0]) == 0
     finally:
         await db.close()
+
+
+def test_a_checkpointer_that_cannot_open_the_file_asks_again_at_the_next_request(
+        tmp_path: Path) -> None:
+    """A failure to open its connection (a file system hiccup) is logged and the thread
+    goes on: the next request opens it and checkpoints."""
+    path = tmp_path / "edged.db"
+    conn = open_sync(path)
+    conn.close()
+    opened: list[int] = []
+
+    def connect() -> sqlite3.Connection:
+        opened.append(1)
+        if len(opened) == 1:
+            raise sqlite3.OperationalError("unable to open database file")
+        return sqlite3.connect(path)
+
+    checkpointer = Checkpointer(connect, "test-checkpoint")
+    checkpointer.start()
+    try:
+        checkpointer.request()
+        for _ in range(500):
+            if opened:
+                break
+            threading.Event().wait(0.01)
+        for _ in range(500):
+            checkpointer.request()
+            if checkpointer.runs:
+                break
+            threading.Event().wait(0.01)
+        assert checkpointer.runs >= 1 and len(opened) == 2
+    finally:
+        checkpointer.stop()

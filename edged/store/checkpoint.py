@@ -38,9 +38,7 @@ class Checkpointer:
         self._stopping = False
         self._thread = threading.Thread(target=self._main, daemon=True, name=name)
         self.runs = 0
-        """Checkpoints run (tests, metrics)."""
-        self.frames = 0
-        """The WAL's frames at the last checkpoint."""
+        """Checkpoints run."""
 
     def start(self) -> None:
         self._thread.start()
@@ -64,21 +62,23 @@ class Checkpointer:
                 self._wanted.clear()
                 if self._stopping:
                     return
-                if conn is None:
-                    conn = self._connect()
                 with self.running:
-                    self._checkpoint(conn)
+                    conn = self._checkpoint(conn)
         finally:
             if conn is not None:
                 conn.close()
 
-    def _checkpoint(self, conn: sqlite3.Connection) -> None:
+    def _checkpoint(self, conn: sqlite3.Connection | None) -> sqlite3.Connection | None:
+        """One checkpoint; the connection to keep for the next (None after a failure to
+        open it)."""
         try:
+            if conn is None:
+                conn = self._connect()
             busy, frames, done = conn.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
         except sqlite3.Error as exc:  # the next request tries again; the bound still holds
             log.warning("a background WAL checkpoint failed: %s", exc)
-            return
+            return conn
         self.runs += 1
-        self.frames = frames
         log.debug("WAL checkpoint: %d of %d frames in the database file%s", done, frames,
                   " (another checkpoint was running)" if busy else "")
+        return conn

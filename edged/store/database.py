@@ -456,14 +456,15 @@ class Database:
         self._wal_checked_at = now
         wal = storage.file_size(storage.wal_path(self.path))
         self.wal_peak_bytes = max(self.wal_peak_bytes, wal)
-        if wal <= self.wal_max_bytes // 2 or self.replicated:  # Litestream checkpoints then
+        checkpointer = self.checkpointer
+        if wal <= self.wal_max_bytes // 2 or checkpointer is None:  # None: Litestream does
             return
         if now - self._wal_forced_at < WAL_FORCE_PAUSE:
             return
         self._wal_forced_at = now
         conn.execute(f"PRAGMA busy_timeout={WAL_FORCE_WAIT_MS}")
         try:
-            with self.checkpointer.running if self.checkpointer else contextlib.nullcontext():
+            with checkpointer.running:
                 busy, frames, done = conn.execute("PRAGMA wal_checkpoint(TRUNCATE)").fetchone()
         except sqlite3.Error as exc:
             log.warning("checkpointing a WAL of %d MB failed: %s", wal >> 20, exc)

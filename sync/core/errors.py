@@ -14,6 +14,16 @@ the breaker, the retry policy and the outbox worker decide on:
   dropped connection after sending). Read the object back before any new attempt; it is
   deliberately *not* a :class:`TransientError`, so a generic retry never resends it blindly.
 
+A processor's failures (Stripe, Square: ``sync/*/calls.py``) are sorted the same way:
+
+- 429 → the bucket backs off (``Retry-After``) and :class:`Throttled`;
+- a refused key or token (401/403) → :class:`CredentialsRequired` ``ERR-6072``;
+- no connection (refused, connect timeout): nothing left the box → :class:`TransientError`;
+- the connection failed after sending, a timeout, a 5xx, 408 or 409 (the key is in use by a
+  request still running), an answer that cannot be read → :class:`OutcomeUnknown`;
+- anything else is the processor refusing the call, which its caller names;
+- an answer, also a refusal, tells the bucket the processor is answering again.
+
 Each keeps its constructor arguments in ``args`` so that it pickles and copies normally.
 """
 

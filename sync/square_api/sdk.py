@@ -3,11 +3,8 @@ and the read-back: one ``AsyncSquare`` on an ``httpx.AsyncClient`` whose request
 carries (:mod:`sync.square_api.transport`); the access token is read on every request from
 :attr:`SquareSdk.token`, which the caller sets.
 
-Importing the SDK costs about 0.3 s of CPU, more than the whole daemon's way to ready, so
-nothing imports it when a gateway or a Terminal client is constructed: the client is built
-by the first call that needs it, and :func:`warm` (run on a worker thread once the daemon is
-ready, :func:`sync.core.preload.preload`) imports what the first call would, so that the
-first payment normally finds it loaded.
+The SDK is imported by the first call that needs it, or before by :func:`warm`
+(:mod:`sync.core.preload` says why).
 """
 
 from __future__ import annotations

@@ -1,21 +1,10 @@
 """Stripe's errors, sorted once for every caller: one refusal value.
 
 Every call of this processor's gateway, Terminal client and read-back goes through
-:func:`stripe_call`, so that a failure means the same thing whichever part of the daemon asked:
-
-- 429 → the bucket backs off (``Retry-After``) and :class:`~sync.core.errors.Throttled`;
-- a refused secret key (401/403) → :class:`~sync.core.errors.CredentialsRequired` ``ERR-6072``;
-- no connection (refused, connect timeout): nothing left the box →
-  :class:`~sync.core.errors.TransientError`;
-- the connection failed after sending, a timeout, a 5xx, 408 or 409 (the key is in use by a
-  request still running), an answer that cannot be read →
-  :class:`~sync.core.errors.OutcomeUnknown`;
-- anything else is Stripe refusing the call (a decline, a bad request, a key seen with
-  another body): one :class:`StripeRefusal` value, which the caller's ``refused`` turns into its
-  own exception, since what a refusal means is the caller's (a row's permanent failure, a
-  declined sale).
-
-An answer, also a refusal, tells the bucket the processor is answering again.
+:func:`stripe_call`, so that a failure means the same thing whichever part of the daemon
+asked, sorted as every processor's call is (:mod:`sync.core.errors`). A refusal (a decline,
+a bad request, a key seen with another body) is one :class:`StripeRefusal` value, which the
+caller's ``refused`` turns into its own exception: what a refusal means is the caller's.
 """
 
 from __future__ import annotations

@@ -3,11 +3,8 @@ and the read-back: a ``stripe.StripeClient`` on the SDK's aiohttp transport, reb
 the secret key changes (a rotated key takes effect on the next call), never retried by the
 SDK (the daemon's own policy decides).
 
-Importing the SDK costs about 0.3 s of CPU, more than the whole daemon's way to ready, so
-nothing imports it when a gateway or a Terminal client is constructed: the client is built
-by the first call that needs it, and :func:`warm` (run on a worker thread once the daemon is
-ready, :func:`sync.core.preload.preload`) imports what the first call would, so that the
-first payment normally finds it loaded.
+The SDK is imported by the first call that needs it, or before by :func:`warm`
+(:mod:`sync.core.preload` says why).
 """
 
 from __future__ import annotations
@@ -58,9 +55,10 @@ class StripeSdk:
         """The client's calls made on its settings (:mod:`sync.stripe_api.wire`)."""
         from sync.stripe_api.wire import StripeWire  # noqa: PLC0415  (with the SDK)
 
-        client = self.client(key)
-        if self._wire is None or self._wire.client is not client:
-            self._wire = StripeWire(client)
+        client = self.client(key)  # forgets the wire of a client it replaces
+        if self._wire is None:
+            assert self._http is not None
+            self._wire = StripeWire(client, self._http)
         return self._wire
 
     async def close(self) -> None:

@@ -64,31 +64,28 @@ def _item(name: str, item: object) -> Iterator[tuple[str, object]]:
 class StripeWire:
     """The headers that stay the same from call to call, made once per SDK client."""
 
-    def __init__(self, client: stripe.StripeClient) -> None:
+    def __init__(self, client: stripe.StripeClient, http: stripe.AIOHTTPClient) -> None:
+        """``http``: the HTTP client ``client`` was made with."""
         import stripe  # noqa: PLC0415  (loaded with the client)
 
         self.client = client
+        self.http = http
         options = client._requestor._options  # where the SDK's own calls read them
         self.base = str(options.base_addresses.get("api") or "https://api.stripe.com")
-        http = client._requestor._get_http_client()
-        self.http = http
-        headers = {
+        self._headers = {
             "X-Stripe-Client-User-Agent": json.dumps({
                 "bindings_version": stripe.VERSION, "lang": "python", "httplib": http.name,
                 "lang_version": platform.python_version()}),
             "User-Agent": f"Stripe/v1 PythonBindings/{stripe.VERSION}",
             "Authorization": f"Bearer {options.api_key}",
+            "Stripe-Version": str(options.stripe_version),  # the client pins one always
         }
-        if options.stripe_account:
-            headers["Stripe-Account"] = options.stripe_account
-        if options.stripe_version:
-            headers["Stripe-Version"] = options.stripe_version
-        self._headers = headers
 
     async def request(self, method: str, path: str, params: Mapping[str, object],
                       idempotency_key: str | None = None) -> Any:
         """``method`` (``get`` or ``post``) ``path`` (``/v1/…``) with ``params``; the
-        answer's JSON. Raises what the SDK raises for the same call."""
+        answer's JSON. A POST goes with ``idempotency_key`` (a new one if None, as the SDK
+        does). Raises what the SDK raises for the same call."""
         headers = dict(self._headers)
         encoded = encode(params)
         url = f"{self.base}{path}"
@@ -98,8 +95,6 @@ class StripeWire:
             headers["Content-Type"] = "application/x-www-form-urlencoded"
             body = encoded
         elif method == "get":
-            if idempotency_key:
-                headers["Idempotency-Key"] = idempotency_key
             if encoded:
                 url = f"{url}?{encoded}"
         else:
