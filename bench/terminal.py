@@ -404,6 +404,9 @@ def main(argv: list[str] | None = None) -> int:
         if floor is not None and kind == "zvt" and transport == "tcp":
             print(line("floor overhead beyond the simulator (terminal_floor.py)",
                        [r.overhead for r in floor]))
+            print(line("  floor: API call -> first request byte",
+                       [r.first_byte for r in floor]))
+            print(line("  floor: after the terminal's last byte", [r.after for r in floor]))
             print(f"{'daemon / floor, overhead p50 and p99':<54} "
                   f"{ratio(runs, floor, 50):7.2f}x          {ratio(runs, floor, 99):7.2f}x")
         print()
