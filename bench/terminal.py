@@ -39,7 +39,10 @@ of its own too). For ZVT, "first byte" is the first byte of the Authorisation (i
 once the payment's commit is durable; Concert's ENQ goes out during that commit) and
 "answer done" is the register's ``80 00 00`` to the PT's Completion reaching the simulator;
 the PT's intermediate status, result and receipt lines between them, each acknowledged,
-are the terminal's time. The target line is the ZVT TCP lane's.
+are the terminal's time. The target line is the ZVT TCP lane's. Its floor, the same sales
+through ``bench/terminal_floor.py`` (a bare handler: two commits on its own loop and the
+exchange, answered in one request) on a simulator of its own, is printed beneath it with
+the daemon's ratio to it.
 
 ``--lane stripe_reader`` or ``--lane square_terminal`` measures a cloud lane instead, against
 the loopback fake of the processor answering ``--latency`` late (see ``bench/cloud_lane.py``):
