@@ -1,15 +1,15 @@
 """The floor of a cloud lane: what any Python daemon pays for one card payment on a Stripe
 reader or a Square Terminal, measured beside the daemon by ``bench/terminal.py``.
 
-A bare aiohttp app (uvloop, one keep-alive ``aiohttp.ClientSession`` to the processor),
-run as its own process: ``POST /pay`` commits one row to SQLite (WAL, ``synchronous=FULL``)
-before the processor is asked anything, makes the processor's minimum calls one after the
-other (Stripe: create the PaymentIntent, ``process_payment_intent``, one read of the reader
-expanded down to its charge; Square: create the checkout, read it, read its payment),
-commits the result, and answers with it. No auth, no idempotency, no audit, no state table,
-no events, no long-poll: the two durable commits and the three round trips a payment cannot
-do without. The bench drives it with the same register, fake and pacing as the daemon, so
-``overhead beyond the fake`` means the same thing for both.
+A bare aiohttp app (``bench/floor_app.py``; uvloop, one keep-alive ``aiohttp.ClientSession``
+to the processor), run as its own process: ``POST /pay`` commits one row to SQLite (WAL,
+``synchronous=FULL``) before the processor is asked anything, makes the processor's minimum
+calls one after the other (Stripe: create the PaymentIntent, ``process_payment_intent``, one
+read of the reader expanded down to its charge; Square: create the checkout, read it, read
+its payment), commits the result, and answers with it. No auth, no idempotency, no audit, no
+state table, no events, no long-poll: the two durable commits and the three round trips a
+payment cannot do without. The bench drives it with the same register, fake and pacing as
+the daemon, so ``overhead beyond the fake`` means the same thing for both.
 
     python -m bench.cloud_floor --lane stripe_reader|square_terminal --port P \\
         --fake URL --device ID --db PATH
@@ -18,22 +18,11 @@ do without. The bench drives it with the same register, fake and pacing as the d
 from __future__ import annotations
 
 import argparse
-import asyncio
-import json
-import sqlite3
-import uuid
-from typing import Any
+from collections.abc import Awaitable
 
 import aiohttp
-from aiohttp import web
 
-KEY = web.AppKey("state", dict)
-
-
-def _commit(db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> None:
-    db.execute("BEGIN IMMEDIATE")
-    db.execute(sql, args)
-    db.execute("COMMIT")
+from bench.floor_app import serve
 
 
 async def _stripe(http: aiohttp.ClientSession, base: str, device: str, pid: str,
@@ -72,34 +61,14 @@ async def _square(http: aiohttp.ClientSession, base: str, device: str, pid: str,
     return str(payment["status"])
 
 
-async def pay(request: web.Request) -> web.Response:
-    state = request.app[KEY]
-    body = json.loads(await request.read())
-    pid = uuid.uuid4().hex
-    _commit(state["db"], "INSERT INTO payments (id, amount, currency, state) VALUES"
-            " (?, ?, ?, 'in_progress')", (pid, body["amount"], body["currency"]))
-    ended = await state["call"](state["http"], state["fake"], state["device"], pid,
-                                body["amount"], body["currency"])
-    _commit(state["db"], "UPDATE payments SET state = ? WHERE id = ?", (ended, pid))
-    return web.json_response({"id": pid, "state": ended})
-
-
 async def main(args: argparse.Namespace) -> None:
-    db = sqlite3.connect(args.db, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("CREATE TABLE IF NOT EXISTS payments (id TEXT PRIMARY KEY, amount INTEGER,"
-               " currency TEXT, state TEXT)")
-    app = web.Application()
     http = aiohttp.ClientSession()
-    app[KEY] = {"db": db, "http": http, "fake": args.fake, "device": args.device,
-                "call": _stripe if args.lane == "stripe_reader" else _square}
-    app.router.add_post("/pay", pay)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", args.port).start()
-    print(f"floor ready on 127.0.0.1:{args.port}", flush=True)
-    await asyncio.Event().wait()
+    call = _stripe if args.lane == "stripe_reader" else _square
+
+    def exchange(pid: str, amount: int, currency: str) -> Awaitable[str]:
+        return call(http, args.fake, args.device, pid, amount, currency)
+
+    await serve(args.port, args.db, exchange)
 
 
 if __name__ == "__main__":

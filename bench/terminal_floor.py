@@ -1,16 +1,16 @@
 """The floor of a ZVT lane over TCP: what any Python daemon pays for one card payment on a
 ZVT terminal, measured beside the daemon by ``bench/terminal.py --lane zvt``.
 
-A bare aiohttp app (uvloop) holding one TCP connection to the terminal, registered once at
-start with the daemon's config byte (so the PT sends the same intermediate status and
-receipt lines to acknowledge). ``POST /pay`` commits one row to SQLite (WAL,
-``synchronous=FULL``) before the Authorisation goes out, follows the exchange to Completion
-or Abort (acknowledging every message of the PT), commits the result and answers with it in
-the same request. No auth, idempotency, audit, state table, events, long-poll or worker
-thread, and its commits run on the event loop's own thread: a daemon must not block its loop
-on the disk, so this is below what a daemon can reach, by the two thread hand-offs of each
-commit. The bench drives it with the same register and simulator as the daemon, so
-``overhead beyond the simulator`` means the same thing for both.
+A bare aiohttp app (``bench/floor_app.py``, uvloop) holding one TCP connection to the
+terminal, registered once at start with the daemon's config byte (so the PT sends the same
+intermediate status and receipt lines to acknowledge). ``POST /pay`` commits one row to
+SQLite (WAL, ``synchronous=FULL``) before the Authorisation goes out, follows the exchange
+to Completion or Abort (acknowledging every message of the PT), commits the result and
+answers with it in the same request. No auth, idempotency, audit, state table, events,
+long-poll or worker thread, and its commits run on the event loop's own thread: a daemon
+must not block its loop on the disk, so this is below what a daemon can reach, by the two
+thread hand-offs of each commit. The bench drives it with the same register and simulator as
+the daemon, so ``overhead beyond the simulator`` means the same thing for both.
 
     python -m bench.terminal_floor --port P --terminal tcp://127.0.0.1:PORT --db PATH
 """
@@ -19,26 +19,15 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
-import sqlite3
-import uuid
-from typing import Any
+from collections.abc import Awaitable
 
-from aiohttp import web
-
+from bench.floor_app import serve
 from drivers.zvt import messages as m
 from drivers.zvt.framing import Apdu, ApduReader
 
-KEY = web.AppKey("state", dict)
 COMPLETION = (0x06, 0x0F)
 ABORT = (0x06, 0x1E)
 STATUS_INFORMATION = (0x04, 0x0F)
-
-
-def _commit(db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> None:
-    db.execute("BEGIN IMMEDIATE")
-    db.execute(sql, args)
-    db.execute("COMMIT")
 
 
 class Line:
@@ -78,35 +67,16 @@ class Line:
                 return "declined"
 
 
-async def pay(request: web.Request) -> web.Response:
-    state = request.app[KEY]
-    body = json.loads(await request.read())
-    pid = uuid.uuid4().hex
-    _commit(state["db"], "INSERT INTO payments (id, amount, currency, state) VALUES"
-            " (?, ?, ?, 'in_progress')", (pid, body["amount"], body["currency"]))
-    ended = await state["line"].command(m.authorisation(body["amount"], body["currency"]))
-    _commit(state["db"], "UPDATE payments SET state = ? WHERE id = ?", (ended, pid))
-    return web.json_response({"id": pid, "state": ended})
-
-
 async def main(args: argparse.Namespace) -> None:
-    db = sqlite3.connect(args.db, isolation_level=None)
-    db.execute("PRAGMA journal_mode=WAL")
-    db.execute("PRAGMA synchronous=FULL")
-    db.execute("CREATE TABLE IF NOT EXISTS payments (id TEXT PRIMARY KEY, amount INTEGER,"
-               " currency TEXT, state TEXT)")
     host, _, port = args.terminal.removeprefix("tcp://").rpartition(":")
     line = Line(*await asyncio.open_connection(host, int(port)))
     if await line.command(m.registration(args.password, "EUR")) != "approved":
         raise SystemExit("the terminal refused the Registration")
-    app = web.Application()
-    app[KEY] = {"db": db, "line": line}
-    app.router.add_post("/pay", pay)
-    runner = web.AppRunner(app, access_log=None)
-    await runner.setup()
-    await web.TCPSite(runner, "127.0.0.1", args.port).start()
-    print(f"floor ready on 127.0.0.1:{args.port}", flush=True)
-    await asyncio.Event().wait()
+
+    def exchange(pid: str, amount: int, currency: str) -> Awaitable[str]:
+        return line.command(m.authorisation(amount, currency))
+
+    await serve(args.port, args.db, exchange)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+"""What the floors of ``bench/`` share: a bare aiohttp app (uvloop) whose ``POST /pay``
+commits one row to SQLite (WAL, ``synchronous=FULL``) on its own event loop, runs the lane's
+exchange, commits how it ended and answers with it in the same request. No auth,
+idempotency, audit, state table, events or long-poll: what a card payment cannot do without.
+``bench/cloud_floor.py`` (Stripe reader, Square Terminal) and ``bench/terminal_floor.py``
+(ZVT over TCP) give it their exchange.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sqlite3
+import uuid
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+Exchange = Callable[[str, int, str], Awaitable[str]]
+"""(payment id, amount, currency) -> how the payment ended, as a state name."""
+
+_DB = web.AppKey("db", sqlite3.Connection)
+_EXCHANGE = web.AppKey("exchange", object)
+
+
+def open_db(path: str | Path) -> sqlite3.Connection:
+    db = sqlite3.connect(path, isolation_level=None)
+    db.execute("PRAGMA journal_mode=WAL")
+    db.execute("PRAGMA synchronous=FULL")
+    db.execute("CREATE TABLE IF NOT EXISTS payments (id TEXT PRIMARY KEY, amount INTEGER,"
+               " currency TEXT, state TEXT)")
+    return db
+
+
+def _commit(db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> None:
+    db.execute("BEGIN IMMEDIATE")
+    db.execute(sql, args)
+    db.execute("COMMIT")
+
+
+async def _pay(request: web.Request) -> web.Response:
+    db = request.app[_DB]
+    exchange: Exchange = request.app[_EXCHANGE]  # type: ignore[assignment]
+    body = json.loads(await request.read())
+    pid = uuid.uuid4().hex
+    _commit(db, "INSERT INTO payments (id, amount, currency, state) VALUES"
+            " (?, ?, ?, 'in_progress')", (pid, body["amount"], body["currency"]))
+    ended = await exchange(pid, body["amount"], body["currency"])
+    _commit(db, "UPDATE payments SET state = ? WHERE id = ?", (ended, pid))
+    return web.json_response({"id": pid, "state": ended})
+
+
+async def serve(port: int, db_path: str | Path, exchange: Exchange) -> None:
+    """Answer ``POST /pay`` on 127.0.0.1:``port`` until killed; says ``floor ready`` on
+    stdout once it listens."""
+    app = web.Application()
+    app[_DB] = open_db(db_path)
+    app[_EXCHANGE] = exchange
+    app.router.add_post("/pay", _pay)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, "127.0.0.1", port).start()
+    print(f"floor ready on 127.0.0.1:{port}", flush=True)
+    await asyncio.Event().wait()
