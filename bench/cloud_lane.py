@@ -9,7 +9,7 @@ is the daemon's. The fake answers each request ``--latency`` seconds late (a pro
 round trip). All timestamps are one ``time.monotonic()``:
 
     t0                      the register sends POST /v1/payments
-    fake time               Σ over the payment's requests (answer ready − request read)
+    fake time               Σ over the payment's requests (answer ready - request read)
     t1                      the register holds the final state (the long-poll answered)
 
 Sales are paced (``--pace``, default 0.2 s apart for Stripe, 0.5 s for Square) so that the
@@ -18,16 +18,15 @@ holds a call back: unpaced, back-to-back sales exceed it and the limiter's waits
 daemon obeying the processor's limits, as designed) would be counted as overhead.
 
 Printed, p50/p99 over ``--runs`` sequential sales: the daemon's overhead
-``(t1 - t0) - fake time`` (target p99 < 10 ms, issue 22), the end-to-end time, and the processor calls
-per payment (the idle heartbeat is set to an hour so that it never counts).
+``(t1 - t0) - fake time`` (target p99 < 10 ms, issue 22), the end-to-end time, the same
+overhead through the floor (``bench/cloud_floor.py``) and the daemon's ratio to it, and the
+processor calls per payment (the idle heartbeat is set to an hour so that it never counts).
 """
 
 from __future__ import annotations
 
 import asyncio
 import io
-import subprocess
-import sys
 import tempfile
 import threading
 import time
@@ -39,8 +38,9 @@ from typing import Any, TypeVar
 
 from aiohttp import web
 
+from bench.floor_app import running
 from edged.store import secrets
-from tests.daemon_process import UNLIMITED_API, DaemonProcess, free_port
+from tests.daemon_process import UNLIMITED_API, DaemonProcess
 from tests.fakes.base import FakeServer
 from tests.fakes.square import FakeSquare
 from tests.fakes.stripe import FakeStripe
@@ -166,24 +166,14 @@ def _paced(runs: int, warmup: int, gap: float,
 def run_floor(lane: str, runs: int, warmup: int, gap: float, fake: FakeServer, base: Path,
               register_factory: Callable[[str, int, str], Any]) -> list[CloudRun]:
     """The same sales through the floor (``bench/cloud_floor.py``), against the same fake."""
-    port = free_port()
     device = READER if lane == "stripe_reader" else DEVICE
-    proc = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "bench.cloud_floor", "--lane", lane, "--port", str(port),
-         "--fake", fake.base_url, "--device", device, "--db", str(base / "floor.db")],
-        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
-    try:
-        assert proc.stdout is not None
-        if "ready" not in proc.stdout.readline():
-            raise SystemExit("the floor did not start")
+    with running("bench.cloud_floor", "--lane", lane, "--fake", fake.base_url,
+                 "--device", device, "--db", str(base / "floor.db")) as port:
         register = register_factory("127.0.0.1", port, "floor")
         try:
             return _paced(runs, warmup, gap, lambda n: floor_sale(register, fake, n + 10_000))
         finally:
             register.close()
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def run_cloud(lane: str, runs: int, warmup: int, latency: float, pace: float | None,

@@ -9,10 +9,13 @@ idempotency, audit, state table, events or long-poll: what a card payment cannot
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import sqlite3
+import subprocess
+import sys
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -64,3 +67,23 @@ async def serve(port: int, db_path: str | Path, exchange: Exchange) -> None:
     await web.TCPSite(runner, "127.0.0.1", port).start()
     print(f"floor ready on 127.0.0.1:{port}", flush=True)
     await asyncio.Event().wait()
+
+
+@contextlib.contextmanager
+def running(module: str, *args: str) -> Iterator[int]:
+    """The bench's side: ``python -m <module> --port P <args>`` started from the repository;
+    yields P once the floor says it is ready, stops it afterwards."""
+    from tests.daemon_process import free_port  # noqa: PLC0415 (the bench's side only)
+
+    port = free_port()
+    proc = subprocess.Popen(  # noqa: S603
+        [sys.executable, "-m", module, "--port", str(port), *args],
+        stdout=subprocess.PIPE, text=True, cwd=Path(__file__).resolve().parent.parent)
+    try:
+        assert proc.stdout is not None
+        if "ready" not in proc.stdout.readline():
+            raise SystemExit(f"{module} did not start")
+        yield port
+    finally:
+        proc.terminate()
+        proc.wait(10)

@@ -62,7 +62,6 @@ import math
 import multiprocessing
 import socket
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import threading
@@ -76,9 +75,10 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from bench.floor_app import running  # noqa: E402
 from drivers.concert.messages import ConcertRequest  # noqa: E402
 from drivers.simulators.concert import Behaviour, ConcertSimulator  # noqa: E402
-from tests.daemon_process import UNLIMITED_API, DaemonProcess, free_port  # noqa: E402
+from tests.daemon_process import UNLIMITED_API, DaemonProcess  # noqa: E402
 
 LANE = "lane-1"
 TARGET_P99_MS = 5.0
@@ -324,26 +324,18 @@ def floor_runs(args: argparse.Namespace, base: Path) -> list[Run]:
     its own over TCP, after the daemon's."""
     base.mkdir(parents=True)
     sim = SimulatorProcess("tcp", args.delay, "zvt")
-    port = free_port()
-    proc = subprocess.Popen(  # noqa: S603
-        [sys.executable, "-m", "bench.terminal_floor", "--port", str(port),
-         "--terminal", sim.path, "--db", str(base / "floor.db")],
-        stdout=subprocess.PIPE, text=True, cwd=ROOT)
     try:
-        assert proc.stdout is not None
-        if "ready" not in proc.stdout.readline():
-            raise SystemExit("the ZVT floor did not start")
-        register = Register("127.0.0.1", port, "floor")
-        try:
-            for n in range(args.warmup):
-                floor_sale(register, sim, n, args.delay)
-            return [floor_sale(register, sim, args.warmup + n, args.delay)
-                    for n in range(args.runs)]
-        finally:
-            register.close()
+        with running("bench.terminal_floor", "--terminal", sim.path,
+                     "--db", str(base / "floor.db")) as port:
+            register = Register("127.0.0.1", port, "floor")
+            try:
+                for n in range(args.warmup):
+                    floor_sale(register, sim, n, args.delay)
+                return [floor_sale(register, sim, args.warmup + n, args.delay)
+                        for n in range(args.runs)]
+            finally:
+                register.close()
     finally:
-        proc.terminate()
-        proc.wait(10)
         sim.stop()
 
 
