@@ -16,6 +16,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,8 +25,13 @@ from aiohttp import web
 Exchange = Callable[[str, int, str], Awaitable[str]]
 """(payment id, amount, currency) -> how the payment ended, as a state name."""
 
-_DB = web.AppKey("db", sqlite3.Connection)
-_EXCHANGE = web.AppKey("exchange", object)
+@dataclass(frozen=True, slots=True)
+class _Floor:
+    db: sqlite3.Connection
+    exchange: Exchange
+
+
+_FLOOR = web.AppKey("floor", _Floor)
 
 
 def open_db(path: str | Path) -> sqlite3.Connection:
@@ -44,14 +50,13 @@ def _commit(db: sqlite3.Connection, sql: str, args: tuple[Any, ...]) -> None:
 
 
 async def _pay(request: web.Request) -> web.Response:
-    db = request.app[_DB]
-    exchange: Exchange = request.app[_EXCHANGE]  # type: ignore[assignment]
+    floor = request.app[_FLOOR]
     body = json.loads(await request.read())
     pid = uuid.uuid4().hex
-    _commit(db, "INSERT INTO payments (id, amount, currency, state) VALUES"
+    _commit(floor.db, "INSERT INTO payments (id, amount, currency, state) VALUES"
             " (?, ?, ?, 'in_progress')", (pid, body["amount"], body["currency"]))
-    ended = await exchange(pid, body["amount"], body["currency"])
-    _commit(db, "UPDATE payments SET state = ? WHERE id = ?", (ended, pid))
+    ended = await floor.exchange(pid, body["amount"], body["currency"])
+    _commit(floor.db, "UPDATE payments SET state = ? WHERE id = ?", (ended, pid))
     return web.json_response({"id": pid, "state": ended})
 
 
@@ -59,8 +64,7 @@ async def serve(port: int, db_path: str | Path, exchange: Exchange) -> None:
     """Answer ``POST /pay`` on 127.0.0.1:``port`` until killed; says ``floor ready`` on
     stdout once it listens."""
     app = web.Application()
-    app[_DB] = open_db(db_path)
-    app[_EXCHANGE] = exchange
+    app[_FLOOR] = _Floor(open_db(db_path), exchange)
     app.router.add_post("/pay", _pay)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()

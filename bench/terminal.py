@@ -289,7 +289,14 @@ def sale(register: Register, sim: SimulatorProcess, n: int, delay: float) -> Run
     t1 = time.monotonic()
     if done.get("state") != "approved":
         raise SystemExit(f"sale {n}: ended {done.get('state')}: {done.get('failure')}")
-    record = sim.record(n)  # the n-th sale is the simulator's n-th request
+    return timed(sim, n, amount, t0, t1, delay)
+
+
+def timed(sim: SimulatorProcess, n: int, amount: int, t0: float, t1: float,
+          delay: float) -> Run:
+    """The n-th sale's figures, from the register's two marks and the simulator's record
+    of its n-th request."""
+    record = sim.record(n)
     if record is None:
         raise SystemExit(f"sale {n}: the simulator has no record of it")
     seen_amount, first_byte_at, answer_done = record
@@ -309,14 +316,7 @@ def floor_sale(register: Register, sim: SimulatorProcess, n: int, delay: float) 
     t1 = time.monotonic()
     if status != 200 or done.get("state") != "approved":
         raise SystemExit(f"floor sale {n}: {status} {done}")
-    record = sim.record(n)
-    if record is None or record[0] != amount:
-        raise SystemExit(f"floor sale {n}: the simulator has no record of it ({record})")
-    _, first_byte_at, answer_done = record
-    return Run(first_byte=first_byte_at - t0,
-               overhead=(t1 - t0) - (answer_done - first_byte_at),
-               beyond_delay=(t1 - t0) - delay, before=first_byte_at - t0,
-               after=t1 - answer_done)
+    return timed(sim, n, amount, t0, t1, delay)
 
 
 def floor_runs(args: argparse.Namespace, base: Path) -> list[Run]:

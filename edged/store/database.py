@@ -189,14 +189,14 @@ class Database:
         # no checkpoint inside a commit (edged.store.checkpoint): the checkpointer's thread,
         # or Litestream when it replicates the file
         conn.execute("PRAGMA wal_autocheckpoint=0")
-        if not self.replicated:
-            self.checkpointer = Checkpointer(partial(connect, self.path), "edged-checkpoint")
-            self.checkpointer.start()
         storage.convert_to_incremental(conn, self.path)
         applied = migrate(conn)
         # BEGIN never waits on the loop's thread: a file locked by another process sends
         # the group to the writer thread, which waits there (_begin)
         conn.execute("PRAGMA busy_timeout=0")
+        if not self.replicated:  # started once the file is ready: a failed open leaves none
+            self.checkpointer = Checkpointer(partial(connect, self.path), "edged-checkpoint")
+            self.checkpointer.start()
         self._changes_at_checkpoint = conn.total_changes
         return applied
 
