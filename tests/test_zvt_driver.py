@@ -196,6 +196,40 @@ async def _unbooked_lost_sale(lane: ZvtTerminal, sim: ZvtSimulator) -> None:
     assert unknown is None
 
 
+async def test_a_prepared_sale_goes_out_at_start_and_an_abandoned_one_never(
+        lane: ZvtTerminal, sim: ZvtSimulator) -> None:
+    """The service prepares a sale while its payment is written, and starts it once the
+    write is durable, or abandons it when the write failed: the PT must then get nothing
+    (the facts' money rule: nothing may be charged for a payment the daemon did not keep).
+    """
+    dropped = sale(1210, "pay-dropped")
+    await lane.prepare(dropped)
+    lane.abandon(dropped)
+    kept = sale(1220, "pay-kept")
+    await lane.prepare(kept)
+    await lane.start(kept)
+    result = await lane.collect(kept)
+    assert (result.outcome, result.amount) == (Outcome.APPROVED, 1220)
+    assert [t.command.amount for t in sim.transactions()] == [1220]
+    assert [b.amount for b in sim.journal] == [1220]
+
+
+async def test_closing_the_lane_mid_sale_ends_it_unknown(lane: ZvtTerminal,
+                                                         sim: ZvtSimulator) -> None:
+    """A stop while the customer is at the terminal: the ECR cannot know how it ends, so
+    the sale is ``unknown`` (never declined; the next start asks the PT), and the close
+    returns with the line shut."""
+    sim.push(Behaviour.SLOW)
+    running = asyncio.create_task(lane.collect(sale(2300)))
+    while not sim.transactions():
+        await asyncio.sleep(0.01)
+    await lane.close()
+    result = await running
+    assert result.outcome is Outcome.UNKNOWN
+    assert "driver closed" in (result.detail or "")
+    assert (await lane.status()).state is TerminalState.OFFLINE
+
+
 async def test_repeated_frames_change_nothing(lane: ZvtTerminal, sim: ZvtSimulator) -> None:
     sim.push(Behaviour.REPEAT)
     result = await lane.collect(sale(1700))

@@ -38,7 +38,11 @@ Receipt lines are kept with the payment; any PAN-like digit run in them is cut t
 last four digits before anything else sees it (:mod:`drivers.zvt.receipt`), and the card
 number of a Status-Information is cut to its last four digits in the decoder.
 
-Threading: one worker thread per terminal owns the line (blocking reads in slices of
-``poll_interval``); the event loop only awaits. The terminal side is
-:mod:`drivers.simulators.zvt`.
+Threading: one worker thread per terminal connects, registers, probes and runs the
+commands on a serial line (blocking reads in slices of ``poll_interval``). On an open TCP
+line the event loop runs the transactions themselves (sale, refund, reversal) while the
+worker is idle: one exchange, :meth:`ZvtTerminal._exchange`, says what each message means,
+and the worker and the loop only carry its steps, so that the Authorisation leaves the
+moment the payment is durable and the ending needs no thread hand-off. The terminal side
+is :mod:`drivers.simulators.zvt`.
 """

@@ -10,10 +10,10 @@ import concurrent.futures
 import contextlib
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TypeVar
+from typing import TypeAlias, TypeVar
 
 from drivers.base import (
     CancelTooLate,
@@ -34,6 +34,7 @@ from drivers.base import (
 )
 from drivers.hold import HANDOFF_SECONDS, Hold
 from drivers.zvt import messages as m
+from drivers.zvt.framing import Apdu
 from drivers.zvt.session import (
     Aborted,
     LineLost,
@@ -52,6 +53,9 @@ _T = TypeVar("_T")
 
 BUSY_CODE = 0x9C
 """``84 9C``: the PT is busy, "repeat later"."""
+
+_WHAT = {TransactionKind.SALE: "authorisation", TransactionKind.REFUND: "refund",
+         TransactionKind.REVERSAL: "reversal"}
 
 
 class CommandRefused(NothingSent):
@@ -79,6 +83,70 @@ class _Exchange:
         return "\n".join(self.lines) if self.lines else None
 
 
+@dataclass(frozen=True, slots=True)
+class _Send:
+    """A step of an exchange: put this APDU on the line."""
+
+    apdu: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class _Receive:
+    """A step of an exchange: the PT's next APDU, or None once ``until`` has passed."""
+
+    until: float
+
+
+_Step: TypeAlias = _Send | _Receive
+_Steps: TypeAlias = Generator[_Step, Apdu | None, _Exchange]
+
+
+class _LoopCommand:
+    """A command's exchange (:meth:`ZvtTerminal._exchange`) followed on the event loop, on
+    a TCP line: :meth:`send` puts the command on the line, :meth:`finish` follows the rest
+    to its end. No thread hands anything over: the command leaves the moment the payment is
+    durable, and the ending is the loop's as soon as the PT's Completion is read."""
+
+    def __init__(self, link: TcpLink, steps: _Steps) -> None:
+        self._link = link
+        self._steps = steps
+        self._step: _Step | None = None
+        self._exchange: _Exchange | None = None
+
+    async def send(self) -> None:
+        """Follow the exchange up to its first wait for the PT (the command is out)."""
+        await self._follow(to_first_wait=True)
+
+    async def finish(self) -> _Exchange:
+        await self._follow(to_first_wait=False)
+        assert self._exchange is not None
+        return self._exchange
+
+    async def _follow(self, *, to_first_wait: bool) -> None:
+        if self._exchange is not None:
+            return
+        steps, link = self._steps, self._link
+        try:
+            step = next(steps) if self._step is None else self._step
+            while not (to_first_wait and isinstance(step, _Receive)):
+                try:
+                    if isinstance(step, _Send):
+                        await link.send_on_loop(step.apdu)
+                        reply = None
+                    else:
+                        reply = await link.receive_on_loop(step.until)
+                except DriverError as exc:
+                    step = steps.throw(exc)
+                else:
+                    step = steps.send(reply)
+            self._step = step
+        except StopIteration as done:
+            self._exchange = done.value
+        except BaseException:  # raised by the exchange, or the caller cancelled: it is over
+            steps.close()
+            raise
+
+
 @dataclass
 class _Running:
     """The transaction on the worker, as the event loop sees it (for cancel)."""
@@ -95,12 +163,26 @@ class _Abandoned(NothingSent):
 
 @dataclass(slots=True)
 class _Opened:
-    """A sale prepared while its payment was being committed."""
+    """A sale prepared on the worker thread while its payment was being committed."""
 
     payment_id: str
     hold: Hold
     running: _Running
     future: asyncio.Future[TransactionResult]
+
+
+@dataclass(slots=True)
+class _OnLoop:
+    """A transaction the event loop drives on an open TCP line (:class:`_LoopCommand`)."""
+
+    request: TransactionRequest
+    link: TcpLink
+    apdu: bytes
+    what: str
+    running: _Running | None
+    command: _LoopCommand | None = None
+    error: Exception | None = None
+    """Why the command could not be sent (raised to whoever collects the transaction)."""
 
 
 class ZvtTerminal(Terminal):
@@ -119,7 +201,12 @@ class ZvtTerminal(Terminal):
         self._busy = False
         self._closed = False
         self._running: _Running | None = None
-        self._opened: _Opened | None = None
+        self._opened: _Opened | _OnLoop | None = None
+        self._worker_jobs = 0
+        """Jobs handed to the worker thread and not yet over (counted on the loop)."""
+        self._loop_idle = asyncio.Event()
+        """Clear while the event loop drives a transaction on the line."""
+        self._loop_idle.set()
         self.phase = "idle"
         """Where the worker is (tests, logs): idle, registering, command, customer…"""
         self.pt_terminal_id: str | None = None
@@ -158,10 +245,14 @@ class ZvtTerminal(Terminal):
             apdu = m.authorisation(request.amount, request.currency)
         except m.RequestError:
             return None  # collect refuses it as before
-        hold = Hold()
         running = _Running()
         self._busy = True
         self._running = running
+        link = self._loop_link()
+        if link is not None:  # sent by start itself, the moment the payment is durable
+            self._opened = self._on_loop(request, link, apdu, "authorisation", running)
+            return None
+        hold = Hold()
         future = self._submit(lambda: self._transact_blocking(request, apdu, running, hold))
         self._opened = _Opened(request.payment_id, hold, running, future)
         return None
@@ -169,6 +260,10 @@ class ZvtTerminal(Terminal):
     async def start(self, request: TransactionRequest) -> None:
         """The payment is durable: the held Authorisation goes out now."""
         opened = self._opened
+        if isinstance(opened, _OnLoop):
+            if opened.request.payment_id == request.payment_id:
+                await self._send_on_loop(opened)
+            return
         if opened is None or opened.payment_id != request.payment_id:
             return
         opened.hold.release()
@@ -178,17 +273,28 @@ class ZvtTerminal(Terminal):
 
     def abandon(self, request: TransactionRequest) -> None:
         opened = self._opened
-        if opened is None or opened.payment_id != request.payment_id:
-            return
+        if isinstance(opened, _OnLoop):
+            if opened.request.payment_id != request.payment_id:
+                return
+            self._loop_idle.set()  # nothing was sent
+        else:
+            if opened is None or opened.payment_id != request.payment_id:
+                return
+            opened.hold.drop()
+            opened.future.add_done_callback(_consume)
         self._opened = None
-        opened.hold.drop()
-        opened.future.add_done_callback(_consume)
         self._busy = False
         self._running = None
 
     async def collect(self, request: TransactionRequest) -> TransactionResult:
         opened, self._opened = self._opened, None
-        if opened is not None:
+        if isinstance(opened, _OnLoop):
+            if opened.request.payment_id == request.payment_id:
+                return await self._finish(request, self._follow_on_loop(opened),
+                                          opened.running, on_loop=True)
+            self._loop_idle.set()  # not expected: a prepared sale was never started
+            self._busy = False
+        elif opened is not None:
             if opened.payment_id == request.payment_id:
                 opened.hold.release()
                 return await self._finish(request, opened.future, opened.running)
@@ -251,8 +357,12 @@ class ZvtTerminal(Terminal):
     async def close(self) -> None:
         self._closed = True
         self._abort.set()
-        if self._opened is not None:
+        if isinstance(self._opened, _Opened):
             self._opened.hold.drop()
+        # a transaction on the loop sees the stop at its next look (``poll_interval``)
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(self.settings.poll_interval * 4 + 1.0):
+                await self._loop_idle.wait()
         executor = self._executor
         if executor is None:
             return
@@ -269,7 +379,51 @@ class ZvtTerminal(Terminal):
         if self._executor is None:
             self._executor = ThreadPoolExecutor(max_workers=1,
                                                 thread_name_prefix=f"zvt-{self.terminal_id}")
-        return asyncio.get_running_loop().run_in_executor(self._executor, func)
+        future = asyncio.get_running_loop().run_in_executor(self._executor, func)
+        self._worker_jobs += 1
+        future.add_done_callback(self._worker_done)
+        return future
+
+    def _worker_done(self, _: object) -> None:
+        self._worker_jobs -= 1
+
+    def _loop_link(self) -> TcpLink | None:
+        """The TCP line, if the event loop may drive a transaction on it now: open (and so
+        registered), with no stop asked and the worker idle. The worker thread keeps
+        connecting, registering, the heartbeat and the other commands, and serial lines."""
+        link = self._link
+        if not isinstance(link, TcpLink) or self._worker_jobs or link.abort.is_set():
+            return None
+        try:
+            link.discard_input()  # also finds a connection the PT closed while idle
+        except LineLost as exc:
+            self._drop_link(str(exc))  # the worker connects and registers again
+            return None
+        return link
+
+    def _on_loop(self, request: TransactionRequest, link: TcpLink, apdu: bytes, what: str,
+                 running: _Running | None) -> _OnLoop:
+        self._loop_idle.clear()
+        return _OnLoop(request, link, apdu, what, running)
+
+    async def _send_on_loop(self, opened: _OnLoop) -> None:
+        """Put the command on the line; a failure is kept for :meth:`_follow_on_loop`."""
+        deadline = self._clock.monotonic() + self.settings.customer_timeout
+        opened.command = _LoopCommand(opened.link, self._exchange(
+            opened.apdu, opened.what, deadline, opened.running, None))
+        try:
+            await opened.command.send()
+        except Exception as exc:  # TerminalUnavailable: nothing sent
+            opened.error = exc
+
+    async def _follow_on_loop(self, opened: _OnLoop) -> TransactionResult:
+        if opened.command is None:
+            await self._send_on_loop(opened)
+        if opened.error is not None:
+            raise opened.error
+        assert opened.command is not None
+        exchange = await opened.command.finish()
+        return self._ended(opened.request, exchange, opened.running)
 
     async def _run(self, func: Callable[[], _T]) -> _T:
         return await self._submit(func)
@@ -283,20 +437,28 @@ class ZvtTerminal(Terminal):
         self._busy = True
         running = _Running() if cancellable else None
         self._running = running
+        link = self._loop_link()
+        if link is not None:
+            opened = self._on_loop(request, link, apdu, _WHAT[request.kind], running)
+            return await self._finish(request, self._follow_on_loop(opened), running,
+                                      on_loop=True)
         future = self._submit(lambda: self._transact_blocking(request, apdu, running))
         return await self._finish(request, future, running)
 
     async def _finish(self, request: TransactionRequest,
-                      future: asyncio.Future[TransactionResult],
-                      running: _Running | None) -> TransactionResult:
+                      ending: Awaitable[TransactionResult],
+                      running: _Running | None, *, on_loop: bool = False) -> TransactionResult:
         try:
-            result = await future
+            result = await ending
         except asyncio.CancelledError:
-            self._abort.set()  # the worker stops at its next read; the outcome is unknown
+            if not on_loop:  # the worker stops at its next read; the outcome is unknown
+                self._abort.set()
             raise
         finally:
             self._busy = False
             self._running = None
+            if on_loop:
+                self._loop_idle.set()
             if running is not None and not running.answer.done():
                 running.answer.set_result(False)  # ended before the PT took the cancel
         (logger.debug if result.outcome is Outcome.APPROVED and not result.detail
@@ -366,24 +528,46 @@ class ZvtTerminal(Terminal):
         if link is not None:
             link.close()
 
-    def _ack(self, link: Link) -> None:
-        link.send(m.ACK_APDU)
-
     def _command(self, link: Link, apdu: bytes, what: str, deadline: float,
                  running: _Running | None = None,
                  sent: threading.Event | None = None) -> _Exchange:
-        """Send a command and follow it to Completion or Abort.
+        """Send a command and follow it to Completion or Abort, on the worker thread
+        (:meth:`_exchange` says what each message means)."""
+        if isinstance(link, SerialLink):
+            link.forget_last()
+        steps = self._exchange(apdu, what, deadline, running, sent)
+        try:
+            step = next(steps)
+            while True:
+                try:
+                    if isinstance(step, _Send):
+                        link.send(step.apdu)
+                        reply = None
+                    else:
+                        reply = link.receive(step.until)
+                except DriverError as exc:
+                    step = steps.throw(exc)
+                else:
+                    step = steps.send(reply)
+        except StopIteration as done:
+            exchange: _Exchange = done.value
+            return exchange
+
+    def _exchange(self, apdu: bytes, what: str, deadline: float, running: _Running | None,
+                  sent: threading.Event | None) -> Generator[_Step, Apdu | None, _Exchange]:
+        """A command and its exchange to Completion or Abort, as the steps on the line it
+        takes (:class:`_Send`, :class:`_Receive`, each answered with what the line said or
+        with the line's error thrown in), so that the worker thread and the event loop
+        follow it alike (:meth:`_command`, :class:`_LoopCommand`).
 
         Raises :class:`CommandRefused` / :class:`TerminalBusy` (``84 xx``) and
         :class:`TerminalUnavailable` (the line failed before the PT can have taken it); an
         exchange whose end was lost comes back with :attr:`_Exchange.lost` set.
         """
         settings = self.settings
-        if isinstance(link, SerialLink):
-            link.forget_last()
         self.phase = "command"
         try:
-            link.send(apdu)
+            yield _Send(apdu)
         except NotDelivered as exc:
             raise TerminalUnavailable(f"zvt terminal {self.terminal_id}: {exc}") from exc
         except Unconfirmed as exc:
@@ -408,7 +592,7 @@ class ZvtTerminal(Terminal):
                     cancel_sent = True
                     logger.info("zvt %s: abort command (06 B0) sent", self.terminal_id)
                     try:
-                        link.send(m.abort_command())
+                        yield _Send(m.abort_command())
                     except (NotDelivered, Unconfirmed):
                         _answer(running, False)
                 real_deadline = deadline if accepted else min(deadline, reply_by)
@@ -416,7 +600,7 @@ class ZvtTerminal(Terminal):
                 if running is not None and not cancel_sent:  # look at the cancel flag often
                     wait_until = min(real_deadline,
                                      self._clock.monotonic() + settings.poll_interval * 2)
-                raw = link.receive(wait_until)
+                raw = yield _Receive(wait_until)
                 if raw is None:
                     if self._clock.monotonic() < real_deadline:
                         continue
@@ -435,7 +619,7 @@ class ZvtTerminal(Terminal):
                 except DriverError as exc:  # intact but unreadable: acknowledge, note it
                     logger.warning("zvt %s: message %r not understood: %s", self.terminal_id,
                                    raw, exc)
-                    self._ack(link)
+                    yield _Send(m.ACK_APDU)
                     continue
                 if isinstance(msg, m.Refused):
                     if cancel_sent and accepted and running is not None:
@@ -450,7 +634,7 @@ class ZvtTerminal(Terminal):
                     accepted = True
                     continue
                 accepted = True  # a PT that skips 80 00 00 and goes on has accepted
-                self._ack(link)
+                yield _Send(m.ACK_APDU)
                 if isinstance(msg, m.IntermediateStatus):
                     self.phase = f"customer: {msg.text}"
                 elif isinstance(msg, m.StatusInformation):
@@ -499,20 +683,22 @@ class ZvtTerminal(Terminal):
                 if not hold.send:
                     raise _Abandoned(f"zvt terminal {self.terminal_id}: the payment was not"
                                      " recorded; its Authorisation was never sent")
-            what = {TransactionKind.SALE: "authorisation", TransactionKind.REFUND: "refund",
-                    TransactionKind.REVERSAL: "reversal"}[request.kind]
             deadline = self._clock.monotonic() + self.settings.customer_timeout
-            exchange = self._command(link, apdu, what, deadline, running,
+            exchange = self._command(link, apdu, _WHAT[request.kind], deadline, running,
                                      sent=hold.gone if hold is not None else None)
-            result = self._result(request, exchange)
-            if running is not None and running.answer.done() and running.answer.result() \
-                    and result.outcome is Outcome.CANCELED:
-                result = replace(result, detail=f"canceled from the register (Abort command"
-                                 f" 06 B0); {result.detail}")
-            return result
+            return self._ended(request, exchange, running)
         finally:
             if hold is not None:
                 hold.gone.set()
+
+    def _ended(self, request: TransactionRequest, exchange: _Exchange,
+               running: _Running | None) -> TransactionResult:
+        result = self._result(request, exchange)
+        if running is not None and running.answer.done() and running.answer.result() \
+                and result.outcome is Outcome.CANCELED:
+            result = replace(result, detail=f"canceled from the register (Abort command"
+                             f" 06 B0); {result.detail}")
+        return result
 
     def _result(self, request: TransactionRequest, exchange: _Exchange) -> TransactionResult:
         status = exchange.status

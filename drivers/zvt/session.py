@@ -7,13 +7,16 @@
   frame with a bad CRC is NAKed (the PT repeats it); a frame the PT repeats because it
   missed our ACK is ACKed again and not handed on twice.
 
-Both are blocking and are used on the driver's one worker thread only (see
-:mod:`drivers.zvt.adapter`); every wait is bounded by a deadline on the injectable clock,
-read in slices of ``poll_interval`` so that a stop request is seen quickly.
+Both are blocking and are used on the driver's one worker thread (see
+:mod:`drivers.zvt.adapter`); a :class:`TcpLink` also has the same two calls for the event
+loop (:meth:`TcpLink.send_on_loop`, :meth:`TcpLink.receive_on_loop`), used while the worker
+is idle. Every wait is bounded by a deadline on the injectable clock, read in slices of
+``poll_interval`` so that a stop request is seen quickly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 import select
@@ -71,7 +74,8 @@ class ZvtSettings:
     max_sends: int = 3
     """Serial: copies of a frame sent in all (NAK or no answer: sent again)."""
     poll_interval: float = 0.05
-    """Longest single blocking read on the worker thread (bounds stop and cancel latency)."""
+    """Longest single wait for the line, on the worker thread or the event loop (bounds stop
+    and cancel latency)."""
     baudrate: int = 9600
 
     def __post_init__(self) -> None:
@@ -215,6 +219,41 @@ class TcpLink(_Base):
                 raise LineLost("the terminal closed the connection")
             self._reader.feed(chunk)
 
+    async def send_on_loop(self, apdu: bytes) -> None:
+        """:meth:`send`, on the event loop (an APDU this small leaves at once)."""
+        view = memoryview(apdu)
+        try:
+            while view:
+                try:
+                    view = view[self._sock.send(view):]
+                except (BlockingIOError, InterruptedError):
+                    await _ready(self._sock, self._poll, write=True)
+                    self._check()
+        except OSError as exc:
+            raise LineLost(f"write failed: {exc}") from exc
+
+    async def receive_on_loop(self, deadline: float) -> Apdu | None:
+        """:meth:`receive`, on the event loop: it reads only once the socket is readable,
+        so that a wait that times out never loses what arrived meanwhile."""
+        while True:
+            apdu = self._reader.next_apdu()
+            if apdu is not None:
+                return apdu
+            self._check()
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
+                return None
+            try:
+                chunk = self._sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                await _ready(self._sock, min(remaining, self._poll))
+                continue
+            except OSError as exc:
+                raise LineLost(f"read failed: {exc}") from exc
+            if not chunk:
+                raise LineLost("the terminal closed the connection")
+            self._reader.feed(chunk)
+
     def discard_input(self) -> None:
         stale = self._reader.pending
         self._reader.clear()
@@ -235,6 +274,33 @@ class TcpLink(_Base):
     def close(self) -> None:
         with contextlib.suppress(OSError):
             self._sock.close()
+
+
+async def _ready(sock: socket.socket, timeout: float, *, write: bool = False) -> None:
+    """Wait until ``sock`` is readable (writable) or ``timeout`` s have passed; read nothing."""
+    loop = asyncio.get_running_loop()
+    waiter: asyncio.Future[None] = loop.create_future()
+
+    def wake() -> None:
+        if not waiter.done():
+            waiter.set_result(None)
+
+    fd = sock.fileno()
+    if fd < 0:
+        raise LineLost("the connection is closed")
+    if write:
+        loop.add_writer(fd, wake)
+    else:
+        loop.add_reader(fd, wake)
+    timer = loop.call_later(timeout, wake)
+    try:
+        await waiter
+    finally:
+        timer.cancel()
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
 
 
 class SerialPort(Protocol):
