@@ -214,6 +214,20 @@ async def test_a_prepared_sale_goes_out_at_start_and_an_abandoned_one_never(
     assert [b.amount for b in sim.journal] == [1220]
 
 
+async def test_a_sale_prepared_as_the_lane_stops_is_never_sent(
+        lane: ZvtTerminal, sim: ZvtSimulator) -> None:
+    """The daemon stops while a payment is being written: the lane closes before the write
+    is durable, and the sale's command must not go out after it (nothing to charge; the
+    payment is failed, not unknown)."""
+    late = sale(1230, "pay-late")
+    await lane.prepare(late)
+    await lane.close()
+    await lane.start(late)
+    with pytest.raises(NothingSent):
+        await lane.collect(late)
+    assert sim.transactions() == []
+
+
 async def test_closing_the_lane_mid_sale_ends_it_unknown(lane: ZvtTerminal,
                                                          sim: ZvtSimulator) -> None:
     """A stop while the customer is at the terminal: the ECR cannot know how it ends, so

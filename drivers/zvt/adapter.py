@@ -205,7 +205,8 @@ class ZvtTerminal(Terminal):
         self._worker_jobs = 0
         """Jobs handed to the worker thread and not yet over (counted on the loop)."""
         self._loop_idle = asyncio.Event()
-        """Clear while the event loop drives a transaction on the line."""
+        """Clear from the moment a transaction's command goes out on the loop until it is over
+        (:meth:`close` waits for that)."""
         self._loop_idle.set()
         self.phase = "idle"
         """Where the worker is (tests, logs): idle, registering, command, customer…"""
@@ -250,7 +251,7 @@ class ZvtTerminal(Terminal):
         self._running = running
         link = self._loop_link()
         if link is not None:  # sent by start itself, the moment the payment is durable
-            self._opened = self._on_loop(request, link, apdu, "authorisation", running)
+            self._opened = _OnLoop(request, link, apdu, "authorisation", running)
             return None
         hold = Hold()
         future = self._submit(lambda: self._transact_blocking(request, apdu, running, hold))
@@ -276,7 +277,6 @@ class ZvtTerminal(Terminal):
         if isinstance(opened, _OnLoop):
             if opened.request.payment_id != request.payment_id:
                 return
-            self._loop_idle.set()  # nothing was sent
         else:
             if opened is None or opened.payment_id != request.payment_id:
                 return
@@ -292,8 +292,8 @@ class ZvtTerminal(Terminal):
             if opened.request.payment_id == request.payment_id:
                 return await self._finish(request, self._follow_on_loop(opened),
                                           opened.running, on_loop=True)
-            self._loop_idle.set()  # not expected: a prepared sale was never started
-            self._busy = False
+            self._busy = False  # not expected: a prepared sale was never collected
+            self._loop_idle.set()
         elif opened is not None:
             if opened.payment_id == request.payment_id:
                 opened.hold.release()
@@ -401,13 +401,12 @@ class ZvtTerminal(Terminal):
             return None
         return link
 
-    def _on_loop(self, request: TransactionRequest, link: TcpLink, apdu: bytes, what: str,
-                 running: _Running | None) -> _OnLoop:
-        self._loop_idle.clear()
-        return _OnLoop(request, link, apdu, what, running)
-
     async def _send_on_loop(self, opened: _OnLoop) -> None:
         """Put the command on the line; a failure is kept for :meth:`_follow_on_loop`."""
+        if self._closed or opened.link.abort.is_set():  # stopping: send nothing
+            opened.error = TerminalUnavailable(f"zvt terminal {self.terminal_id}: stopped")
+            return
+        self._loop_idle.clear()  # set again once the transaction is over (_finish)
         deadline = self._clock.monotonic() + self.settings.customer_timeout
         opened.command = _LoopCommand(opened.link, self._exchange(
             opened.apdu, opened.what, deadline, opened.running, None))
@@ -439,7 +438,7 @@ class ZvtTerminal(Terminal):
         self._running = running
         link = self._loop_link()
         if link is not None:
-            opened = self._on_loop(request, link, apdu, _WHAT[request.kind], running)
+            opened = _OnLoop(request, link, apdu, _WHAT[request.kind], running)
             return await self._finish(request, self._follow_on_loop(opened), running,
                                       on_loop=True)
         future = self._submit(lambda: self._transact_blocking(request, apdu, running))
