@@ -244,6 +244,20 @@ async def test_closing_the_lane_mid_sale_ends_it_unknown(lane: ZvtTerminal,
     assert (await lane.status()).state is TerminalState.OFFLINE
 
 
+async def test_a_terminal_that_falls_silent_after_accepting_is_unknown(
+        sim: ZvtSimulator) -> None:
+    """The PT accepted the Authorisation (``80 00 00``) and then says nothing: the ECR cannot
+    know whether the card was charged, so the sale is ``unknown`` once the customer's time
+    is up (facts: anything lost after the command was accepted), never declined."""
+    async with opened(sim, **LOST_LINE) as lane:
+        sim.push(Behaviour.SILENT)
+        result = await lane.collect(sale(1240))
+        assert result.outcome is Outcome.UNKNOWN
+        assert "no end of the authorisation" in (result.detail or "")
+        after = await lane.collect(sale(1250, "pay-2"))  # the line still serves the next
+        assert after.outcome is Outcome.APPROVED
+
+
 async def test_repeated_frames_change_nothing(lane: ZvtTerminal, sim: ZvtSimulator) -> None:
     sim.push(Behaviour.REPEAT)
     result = await lane.collect(sale(1700))
