@@ -42,7 +42,7 @@ Threading: one worker thread per terminal connects, registers, probes and runs t
 commands on a serial line (blocking reads in slices of ``poll_interval``). On an open TCP
 line the event loop runs the transactions themselves (sale, refund, reversal) while the
 worker is idle: one exchange, :meth:`ZvtTerminal._exchange`, says what each message means,
-and the worker and the loop only carry its steps, so that the Authorisation leaves the
-moment the payment is durable and the ending needs no thread hand-off. The terminal side
-is :mod:`drivers.simulators.zvt`.
+and the worker and the loop only carry its steps (:mod:`drivers.zvt.steps`), so that the
+Authorisation leaves the moment the payment is durable and the ending needs no thread
+hand-off. The terminal side is :mod:`drivers.simulators.zvt`.
 """

@@ -13,7 +13,7 @@ import threading
 from collections.abc import Awaitable, Callable, Generator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import TypeAlias, TypeVar
+from typing import TypeVar
 
 from drivers.base import (
     CancelTooLate,
@@ -45,6 +45,7 @@ from drivers.zvt.session import (
     Unconfirmed,
     ZvtSettings,
 )
+from drivers.zvt.steps import LoopCommand, Receive, Send, Step
 from sync.core.clock import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
@@ -83,70 +84,6 @@ class _Exchange:
         return "\n".join(self.lines) if self.lines else None
 
 
-@dataclass(frozen=True, slots=True)
-class _Send:
-    """A step of an exchange: put this APDU on the line."""
-
-    apdu: bytes
-
-
-@dataclass(frozen=True, slots=True)
-class _Receive:
-    """A step of an exchange: the PT's next APDU, or None once ``until`` has passed."""
-
-    until: float
-
-
-_Step: TypeAlias = _Send | _Receive
-_Steps: TypeAlias = Generator[_Step, Apdu | None, _Exchange]
-
-
-class _LoopCommand:
-    """A command's exchange (:meth:`ZvtTerminal._exchange`) followed on the event loop, on
-    a TCP line: :meth:`send` puts the command on the line, :meth:`finish` follows the rest
-    to its end. No thread hands anything over: the command leaves the moment the payment is
-    durable, and the ending is the loop's as soon as the PT's Completion is read."""
-
-    def __init__(self, link: TcpLink, steps: _Steps) -> None:
-        self._link = link
-        self._steps = steps
-        self._step: _Step | None = None
-        self._exchange: _Exchange | None = None
-
-    async def send(self) -> None:
-        """Follow the exchange up to its first wait for the PT (the command is out)."""
-        await self._follow(to_first_wait=True)
-
-    async def finish(self) -> _Exchange:
-        await self._follow(to_first_wait=False)
-        assert self._exchange is not None
-        return self._exchange
-
-    async def _follow(self, *, to_first_wait: bool) -> None:
-        if self._exchange is not None:
-            return
-        steps, link = self._steps, self._link
-        try:
-            step = next(steps) if self._step is None else self._step
-            while not (to_first_wait and isinstance(step, _Receive)):
-                try:
-                    if isinstance(step, _Send):
-                        await link.send_on_loop(step.apdu)
-                        reply = None
-                    else:
-                        reply = await link.receive_on_loop(step.until)
-                except DriverError as exc:
-                    step = steps.throw(exc)
-                else:
-                    step = steps.send(reply)
-            self._step = step
-        except StopIteration as done:
-            self._exchange = done.value
-        except BaseException:  # raised by the exchange, or the caller cancelled: it is over
-            steps.close()
-            raise
-
-
 @dataclass
 class _Running:
     """The transaction on the worker, as the event loop sees it (for cancel)."""
@@ -173,14 +110,14 @@ class _Opened:
 
 @dataclass(slots=True)
 class _OnLoop:
-    """A transaction the event loop drives on an open TCP line (:class:`_LoopCommand`)."""
+    """A transaction the event loop drives on an open TCP line (:class:`LoopCommand`)."""
 
     request: TransactionRequest
     link: TcpLink
     apdu: bytes
     what: str
     running: _Running | None
-    command: _LoopCommand | None = None
+    command: LoopCommand[_Exchange] | None = None
     error: Exception | None = None
     """Why the command could not be sent (raised to whoever collects the transaction)."""
 
@@ -408,7 +345,7 @@ class ZvtTerminal(Terminal):
             return
         self._loop_idle.clear()  # set again once the transaction is over (_finish)
         deadline = self._clock.monotonic() + self.settings.customer_timeout
-        opened.command = _LoopCommand(opened.link, self._exchange(
+        opened.command = LoopCommand(opened.link, self._exchange(
             opened.apdu, opened.what, deadline, opened.running, None))
         try:
             await opened.command.send()
@@ -539,7 +476,7 @@ class ZvtTerminal(Terminal):
             step = next(steps)
             while True:
                 try:
-                    if isinstance(step, _Send):
+                    if isinstance(step, Send):
                         link.send(step.apdu)
                         reply = None
                     else:
@@ -553,11 +490,10 @@ class ZvtTerminal(Terminal):
             return exchange
 
     def _exchange(self, apdu: bytes, what: str, deadline: float, running: _Running | None,
-                  sent: threading.Event | None) -> Generator[_Step, Apdu | None, _Exchange]:
-        """A command and its exchange to Completion or Abort, as the steps on the line it
-        takes (:class:`_Send`, :class:`_Receive`, each answered with what the line said or
-        with the line's error thrown in), so that the worker thread and the event loop
-        follow it alike (:meth:`_command`, :class:`_LoopCommand`).
+                  sent: threading.Event | None) -> Generator[Step, Apdu | None, _Exchange]:
+        """A command and its exchange to Completion or Abort, as the steps it takes on the
+        line (:mod:`drivers.zvt.steps`), so that the worker thread and the event loop follow
+        it alike (:meth:`_command`, :class:`~drivers.zvt.steps.LoopCommand`).
 
         Raises :class:`CommandRefused` / :class:`TerminalBusy` (``84 xx``) and
         :class:`TerminalUnavailable` (the line failed before the PT can have taken it); an
@@ -566,7 +502,7 @@ class ZvtTerminal(Terminal):
         settings = self.settings
         self.phase = "command"
         try:
-            yield _Send(apdu)
+            yield Send(apdu)
         except NotDelivered as exc:
             raise TerminalUnavailable(f"zvt terminal {self.terminal_id}: {exc}") from exc
         except Unconfirmed as exc:
@@ -591,7 +527,7 @@ class ZvtTerminal(Terminal):
                     cancel_sent = True
                     logger.info("zvt %s: abort command (06 B0) sent", self.terminal_id)
                     try:
-                        yield _Send(m.abort_command())
+                        yield Send(m.abort_command())
                     except (NotDelivered, Unconfirmed):
                         _answer(running, False)
                 real_deadline = deadline if accepted else min(deadline, reply_by)
@@ -599,7 +535,7 @@ class ZvtTerminal(Terminal):
                 if running is not None and not cancel_sent:  # look at the cancel flag often
                     wait_until = min(real_deadline,
                                      self._clock.monotonic() + settings.poll_interval * 2)
-                raw = yield _Receive(wait_until)
+                raw = yield Receive(wait_until)
                 if raw is None:
                     if self._clock.monotonic() < real_deadline:
                         continue
@@ -618,7 +554,7 @@ class ZvtTerminal(Terminal):
                 except DriverError as exc:  # intact but unreadable: acknowledge, note it
                     logger.warning("zvt %s: message %r not understood: %s", self.terminal_id,
                                    raw, exc)
-                    yield _Send(m.ACK_APDU)
+                    yield Send(m.ACK_APDU)
                     continue
                 if isinstance(msg, m.Refused):
                     if cancel_sent and accepted and running is not None:
@@ -633,7 +569,7 @@ class ZvtTerminal(Terminal):
                     accepted = True
                     continue
                 accepted = True  # a PT that skips 80 00 00 and goes on has accepted
-                yield _Send(m.ACK_APDU)
+                yield Send(m.ACK_APDU)
                 if isinstance(msg, m.IntermediateStatus):
                     self.phase = f"customer: {msg.text}"
                 elif isinstance(msg, m.StatusInformation):
