@@ -23,6 +23,7 @@ from drivers.base import (
     TerminalUnavailable,
     TransactionKind,
     TransactionRequest,
+    TransactionResult,
 )
 from drivers.simulators.zvt import TEST_CARD, Behaviour, ZvtSimulator
 from drivers.zvt import messages as m
@@ -72,6 +73,16 @@ LOST_LINE = {"customer_timeout": 1.0}
 
 def sale(amount: int, pid: str = "pay-1") -> TransactionRequest:
     return TransactionRequest(pid, amount, "EUR")
+
+
+async def _slow_sale_under_way(lane: ZvtTerminal, sim: ZvtSimulator,
+                               amount: int) -> asyncio.Task[TransactionResult]:
+    """A sale whose customer takes their time, once the PT has its command."""
+    sim.push(Behaviour.SLOW)
+    running = asyncio.create_task(lane.collect(sale(amount)))
+    while not sim.transactions():
+        await asyncio.sleep(0.01)
+    return running
 
 
 async def test_registration_then_status_enquiry(lane: ZvtTerminal, sim: ZvtSimulator) -> None:
@@ -133,10 +144,7 @@ async def test_a_refused_command_is_nothing_sent(lane: ZvtTerminal, sim: ZvtSimu
 
 async def test_cancel_before_the_customer_commits(lane: ZvtTerminal,
                                                   sim: ZvtSimulator) -> None:
-    sim.push(Behaviour.SLOW)
-    running = asyncio.create_task(lane.collect(sale(2000)))
-    while not sim.transactions():
-        await asyncio.sleep(0.01)
+    running = await _slow_sale_under_way(lane, sim, 2000)
     await lane.cancel()
     result = await running
     assert (result.outcome, result.raw_status) == (Outcome.CANCELED, "6C")
@@ -233,10 +241,7 @@ async def test_closing_the_lane_mid_sale_ends_it_unknown(lane: ZvtTerminal,
     """A stop while the customer is at the terminal: the ECR cannot know how it ends, so
     the sale is ``unknown`` (never declined; the next start asks the PT), and the close
     returns with the line shut."""
-    sim.push(Behaviour.SLOW)
-    running = asyncio.create_task(lane.collect(sale(2300)))
-    while not sim.transactions():
-        await asyncio.sleep(0.01)
+    running = await _slow_sale_under_way(lane, sim, 2300)
     await lane.close()
     result = await running
     assert result.outcome is Outcome.UNKNOWN

@@ -199,25 +199,39 @@ class TcpLink(_Base):
 
     def receive(self, deadline: float) -> Apdu | None:
         while True:
-            apdu = self._reader.next_apdu()
-            if apdu is not None:
-                return apdu
-            self._check()
-            remaining = deadline - self._clock.monotonic()
-            if remaining <= 0:
+            pending = self._next(deadline)
+            if isinstance(pending, Apdu):
+                return pending
+            if pending <= 0:
                 return None
-            try:
-                ready, _, _ = select.select([self._sock], [], [], min(remaining, self._poll))
-                if not ready:
+            if not self._read_some():
+                try:
+                    select.select([self._sock], [], [], min(pending, self._poll))
+                except InterruptedError:
                     continue
-                chunk = self._sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                continue
-            except OSError as exc:
-                raise LineLost(f"read failed: {exc}") from exc
-            if not chunk:
-                raise LineLost("the terminal closed the connection")
-            self._reader.feed(chunk)
+                except (OSError, ValueError) as exc:
+                    raise LineLost(f"read failed: {exc}") from exc
+
+    def _next(self, deadline: float) -> Apdu | float:
+        """An APDU already read, else the seconds left until ``deadline`` (none: <= 0)."""
+        apdu = self._reader.next_apdu()
+        if apdu is not None:
+            return apdu
+        self._check()
+        return deadline - self._clock.monotonic()
+
+    def _read_some(self) -> bool:
+        """Hand what the socket holds to the reader; False when it holds nothing yet."""
+        try:
+            chunk = self._sock.recv(65536)
+        except (BlockingIOError, InterruptedError):
+            return False
+        except OSError as exc:
+            raise LineLost(f"read failed: {exc}") from exc
+        if not chunk:
+            raise LineLost("the terminal closed the connection")
+        self._reader.feed(chunk)
+        return True
 
     async def send_on_loop(self, apdu: bytes) -> None:
         """:meth:`send`, on the event loop (an APDU this small leaves at once)."""
@@ -236,23 +250,13 @@ class TcpLink(_Base):
         """:meth:`receive`, on the event loop: it reads only once the socket is readable,
         so that a wait that times out never loses what arrived meanwhile."""
         while True:
-            apdu = self._reader.next_apdu()
-            if apdu is not None:
-                return apdu
-            self._check()
-            remaining = deadline - self._clock.monotonic()
-            if remaining <= 0:
+            pending = self._next(deadline)
+            if isinstance(pending, Apdu):
+                return pending
+            if pending <= 0:
                 return None
-            try:
-                chunk = self._sock.recv(65536)
-            except (BlockingIOError, InterruptedError):
-                await _ready(self._sock, min(remaining, self._poll))
-                continue
-            except OSError as exc:
-                raise LineLost(f"read failed: {exc}") from exc
-            if not chunk:
-                raise LineLost("the terminal closed the connection")
-            self._reader.feed(chunk)
+            if not self._read_some():
+                await _ready(self._sock, min(pending, self._poll))
 
     def discard_input(self) -> None:
         stale = self._reader.pending
