@@ -214,3 +214,41 @@ async def test_a_refusal_reads_squares_error_codes() -> None:
                 await _sorted(sdk, "v2/terminals/checkouts/x", "GET")
         finally:
             await sdk.close()
+
+
+async def test_a_proxy_from_the_environment_is_used_unless_no_proxy_names_the_host(
+        recorder: tuple[Recorder, str], monkeypatch: pytest.MonkeyPatch) -> None:
+    """A store whose box reaches the internet through a proxy sets ``HTTPS_PROXY`` (and
+    ``NO_PROXY`` for what stays local), as httpx, the SDK's own client, honours them: the
+    calls go through it, in HTTP's absolute form (RFC 9112 3.2.2), unless ``NO_PROXY``
+    names the host."""
+    rec, base = recorder
+    seen: list[bytes] = []
+
+    async def proxy(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        seen.append((await _read_request(reader)).split(b"\r\n")[0])
+        body = json.dumps({"checkout": CHECKOUT}).encode()
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: " + str(len(body)).encode() + b"\r\n\r\n" + body)
+        await writer.drain()
+        writer.close()
+
+    server, proxy_url = await _tcp_server(proxy)
+    for name in ("NO_PROXY", "no_proxy", "HTTPS_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("HTTP_PROXY", proxy_url)
+    try:
+        sdk = _sdk(base)
+        answer = await request(sdk.client(), sdk.transport(), "v2/terminals/checkouts/chk_1",
+                               "GET")
+        await sdk.close()
+        assert answer == {"checkout": CHECKOUT}
+        assert seen == [f"GET {base}/v2/terminals/checkouts/chk_1 HTTP/1.1".encode()]
+        assert rec.seen == []
+        monkeypatch.setenv("NO_PROXY", "127.0.0.1")
+        sdk = _sdk(base)
+        await request(sdk.client(), sdk.transport(), "v2/terminals/checkouts/chk_1", "GET")
+        await sdk.close()
+        assert len(seen) == 1 and len(rec.seen) == 1
+    finally:
+        server.close()
