@@ -198,40 +198,35 @@ class TcpLink(_Base):
             raise LineLost(f"write failed: {exc}") from exc
 
     def receive(self, deadline: float) -> Apdu | None:
+        while isinstance(wait := self._take(deadline), float):
+            try:
+                select.select([self._sock], [], [], min(wait, self._poll))
+            except InterruptedError:
+                continue
+            except (OSError, ValueError) as exc:
+                raise LineLost(f"read failed: {exc}") from exc
+        return wait
+
+    def _take(self, deadline: float) -> Apdu | float | None:
+        """The next APDU, from what was read or what the socket holds; None once
+        ``deadline`` has passed; else the seconds left to wait for the socket."""
         while True:
-            pending = self._next(deadline)
-            if isinstance(pending, Apdu):
-                return pending
-            if pending <= 0:
+            apdu = self._reader.next_apdu()
+            if apdu is not None:
+                return apdu
+            self._check()
+            remaining = deadline - self._clock.monotonic()
+            if remaining <= 0:
                 return None
-            if not self._read_some():
-                try:
-                    select.select([self._sock], [], [], min(pending, self._poll))
-                except InterruptedError:
-                    continue
-                except (OSError, ValueError) as exc:
-                    raise LineLost(f"read failed: {exc}") from exc
-
-    def _next(self, deadline: float) -> Apdu | float:
-        """An APDU already read, else the seconds left until ``deadline`` (none: <= 0)."""
-        apdu = self._reader.next_apdu()
-        if apdu is not None:
-            return apdu
-        self._check()
-        return deadline - self._clock.monotonic()
-
-    def _read_some(self) -> bool:
-        """Hand what the socket holds to the reader; False when it holds nothing yet."""
-        try:
-            chunk = self._sock.recv(65536)
-        except (BlockingIOError, InterruptedError):
-            return False
-        except OSError as exc:
-            raise LineLost(f"read failed: {exc}") from exc
-        if not chunk:
-            raise LineLost("the terminal closed the connection")
-        self._reader.feed(chunk)
-        return True
+            try:
+                chunk = self._sock.recv(65536)
+            except (BlockingIOError, InterruptedError):
+                return remaining
+            except OSError as exc:
+                raise LineLost(f"read failed: {exc}") from exc
+            if not chunk:
+                raise LineLost("the terminal closed the connection")
+            self._reader.feed(chunk)
 
     async def send_on_loop(self, apdu: bytes) -> None:
         """:meth:`send`, on the event loop (an APDU this small leaves at once)."""
@@ -249,14 +244,9 @@ class TcpLink(_Base):
     async def receive_on_loop(self, deadline: float) -> Apdu | None:
         """:meth:`receive`, on the event loop: it reads only once the socket is readable,
         so that a wait that times out never loses what arrived meanwhile."""
-        while True:
-            pending = self._next(deadline)
-            if isinstance(pending, Apdu):
-                return pending
-            if pending <= 0:
-                return None
-            if not self._read_some():
-                await _ready(self._sock, min(pending, self._poll))
+        while isinstance(wait := self._take(deadline), float):
+            await _ready(self._sock, min(wait, self._poll))
+        return wait
 
     def discard_input(self) -> None:
         stale = self._reader.pending
