@@ -45,7 +45,7 @@ from drivers.zvt.session import (
     Unconfirmed,
     ZvtSettings,
 )
-from drivers.zvt.steps import LoopCommand, Receive, Send, Step
+from drivers.zvt.steps import LoopCommand, Receive, Send, Step, follow_blocking
 from sync.core.clock import Clock, SystemClock
 
 logger = logging.getLogger(__name__)
@@ -115,7 +115,6 @@ class _OnLoop:
     request: TransactionRequest
     link: TcpLink
     apdu: bytes
-    what: str
     running: _Running | None
     command: LoopCommand[_Exchange] | None = None
     error: Exception | None = None
@@ -188,7 +187,7 @@ class ZvtTerminal(Terminal):
         self._running = running
         link = self._loop_link()
         if link is not None:  # sent by start itself, the moment the payment is durable
-            self._opened = _OnLoop(request, link, apdu, "authorisation", running)
+            self._opened = _OnLoop(request, link, apdu, running)
             return None
         hold = Hold()
         future = self._submit(lambda: self._transact_blocking(request, apdu, running, hold))
@@ -346,7 +345,7 @@ class ZvtTerminal(Terminal):
         self._loop_idle.clear()  # set again once the transaction is over (_finish)
         deadline = self._clock.monotonic() + self.settings.customer_timeout
         opened.command = LoopCommand(opened.link, self._exchange(
-            opened.apdu, opened.what, deadline, opened.running, None))
+            opened.apdu, _WHAT[opened.request.kind], deadline, opened.running, None))
         try:
             await opened.command.send()
         except Exception as exc:  # TerminalUnavailable: nothing sent
@@ -375,7 +374,7 @@ class ZvtTerminal(Terminal):
         self._running = running
         link = self._loop_link()
         if link is not None:
-            opened = _OnLoop(request, link, apdu, _WHAT[request.kind], running)
+            opened = _OnLoop(request, link, apdu, running)
             return await self._finish(request, self._follow_on_loop(opened), running,
                                       on_loop=True)
         future = self._submit(lambda: self._transact_blocking(request, apdu, running))
@@ -471,23 +470,7 @@ class ZvtTerminal(Terminal):
         (:meth:`_exchange` says what each message means)."""
         if isinstance(link, SerialLink):
             link.forget_last()
-        steps = self._exchange(apdu, what, deadline, running, sent)
-        try:
-            step = next(steps)
-            while True:
-                try:
-                    if isinstance(step, Send):
-                        link.send(step.apdu)
-                        reply = None
-                    else:
-                        reply = link.receive(step.until)
-                except DriverError as exc:
-                    step = steps.throw(exc)
-                else:
-                    step = steps.send(reply)
-        except StopIteration as done:
-            exchange: _Exchange = done.value
-            return exchange
+        return follow_blocking(link, self._exchange(apdu, what, deadline, running, sent))
 
     def _exchange(self, apdu: bytes, what: str, deadline: float, running: _Running | None,
                   sent: threading.Event | None) -> Generator[Step, Apdu | None, _Exchange]:

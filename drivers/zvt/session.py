@@ -199,10 +199,8 @@ class TcpLink(_Base):
 
     def receive(self, deadline: float) -> Apdu | None:
         while isinstance(wait := self._take(deadline), float):
-            try:
+            try:  # an interrupted select is retried by Python itself (PEP 475)
                 select.select([self._sock], [], [], min(wait, self._poll))
-            except InterruptedError:
-                continue
             except (OSError, ValueError) as exc:
                 raise LineLost(f"read failed: {exc}") from exc
         return wait

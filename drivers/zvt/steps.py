@@ -1,11 +1,11 @@
-"""A ZVT exchange as steps on the line, and the event loop's way of carrying them.
+"""A ZVT exchange as steps on the line, and the two ways of carrying them.
 
 The adapter writes each command's exchange once, as a generator that yields what it needs
 from the line (:class:`Send` this APDU; :class:`Receive` the PT's next APDU, or ``None``
 once ``until`` has passed) and is answered with what the line said, or has the line's error
 (:class:`~drivers.base.DriverError`) thrown in at that step. The worker thread carries the
-steps on its blocking links (:meth:`drivers.zvt.adapter.ZvtTerminal._command`);
-:class:`LoopCommand` carries them on the event loop over an open TCP line.
+steps on its blocking links (:func:`follow_blocking`); :class:`LoopCommand` carries them on
+the event loop over an open TCP line.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Generic, TypeAlias, TypeVar
 
 from drivers.base import DriverError
 from drivers.zvt.framing import Apdu
-from drivers.zvt.session import TcpLink
+from drivers.zvt.session import Link, TcpLink
 
 T = TypeVar("T")
 
@@ -36,6 +36,26 @@ class Receive:
 
 
 Step: TypeAlias = Send | Receive
+
+
+def follow_blocking(link: Link, steps: Generator[Step, Apdu | None, T]) -> T:
+    """Carry the exchange to its end on a blocking link (the worker thread)."""
+    try:
+        step = next(steps)
+        while True:
+            try:
+                if isinstance(step, Send):
+                    link.send(step.apdu)
+                    reply = None
+                else:
+                    reply = link.receive(step.until)
+            except DriverError as exc:
+                step = steps.throw(exc)
+            else:
+                step = steps.send(reply)
+    except StopIteration as done:
+        value: T = done.value
+        return value
 
 
 class LoopCommand(Generic[T]):
