@@ -9,6 +9,7 @@ import asyncio
 import json
 import sqlite3
 from collections.abc import AsyncIterator, Callable, Mapping
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -336,3 +337,30 @@ async def test_a_held_sale_lets_deltas_pass_and_holds_later_counts(db: Database)
     await engine.stop()
     assert [w.kind for w in gateway.calls] == ["order.create", "inventory.adjust",
                                                "order.create", "inventory.set"]
+
+
+async def test_a_claim_with_nothing_due_takes_no_turn_of_the_writer(db: Database) -> None:
+    """Every payment, refund, order and stock event wakes the workers, and most queue
+    nothing for them: such a wake-up reads, and writes nothing. A row due later is left
+    to its time; once due, the claim leases it."""
+    clock = ManualClock()
+    store = OutboxStore(db, clock, StoreHooks(clock))
+    gateway = ScriptedGateway()
+    before = db.stats.commits
+    for _ in range(5):
+        assert await store.claim(gateway) is None
+    assert db.stats.commits == before  # the empty outbox was only read
+
+    _enqueue(db.path, 1)
+    conn = sqlite3.connect(db.path)
+    conn.execute("UPDATE outbox SET next_attempt_at = ?",
+                 (utc_iso(clock.now() + timedelta(seconds=60)),))
+    conn.commit()
+    conn.close()
+    assert await store.claim(gateway) is None  # pending, not yet due
+    assert db.stats.commits == before
+    clock.advance(61)
+    work = await store.claim(gateway)
+    assert work is not None and len(work.rows) == 1
+    assert db.stats.commits == before + 1
+    assert _states(db.path) == {"inflight": 1}

@@ -54,6 +54,9 @@ _DUE_BATCH = ("SELECT batch_id FROM outbox INDEXED BY outbox_pending_batched"  #
               " ORDER BY id LIMIT 1")
 _DUE_ROW = ("SELECT * FROM outbox WHERE destination = ? AND state = 'pending'"  # noqa: S608
             " AND next_attempt_at <= ?" + _FREE + " ORDER BY id LIMIT 1")
+#: Anything pending and due (free or not): when nothing is, a claim writes nothing.
+_ANY_DUE = ("SELECT 1 FROM outbox WHERE destination = ? AND state = 'pending'"
+            " AND next_attempt_at <= ? LIMIT 1")
 _DUE_MEMBERS = ("SELECT * FROM outbox WHERE destination = ? AND kind = ?"  # noqa: S608
                 " AND state = 'pending' AND batch_id IS NULL AND solo = 0"
                 " AND next_attempt_at <= ?" + _FREE + " ORDER BY id LIMIT ?")
@@ -235,9 +238,17 @@ class OutboxStore:
     # -- claim ----------------------------------------------------------------------------
 
     async def claim(self, gateway: Gateway) -> Work | None:
-        """The next due work of ``gateway``'s destination, leased; None when nothing is due."""
+        """The next due work of ``gateway``'s destination, leased; None when nothing is due.
+
+        A worker is woken by every payment, refund, order and stock event, most of which
+        queue nothing for it: whether anything is due is read first, on a reader, so that
+        such a wake-up takes no turn of the writer (a card sale's events made two empty
+        write transactions a worker, beside the sale's own commits)."""
         destination = gateway.destination
         now = self._now()
+        if not await self._runner.read(lambda conn: conn.execute(
+                _ANY_DUE, (destination, now)).fetchone() is not None):
+            return None
         lease = self._later(self.settings.lease_seconds)
 
         def write(conn: sqlite3.Connection) -> Work | None:
