@@ -59,3 +59,23 @@ async def test_the_terminal_closing_the_line_and_a_stop_are_told_apart(
     pt.close()
     with pytest.raises(LineLost):
         await link.receive_on_loop(SystemClock().monotonic() + 1.0)
+
+
+async def test_bytes_left_on_an_idle_line_are_dropped_before_the_next_exchange(
+        pair: tuple[TcpLink, socket.socket], caplog: pytest.LogCaptureFixture) -> None:
+    """A PT may repeat its Completion or send a status late, after the register's last
+    answer: such bytes, whole or cut short, must not be read as the answer to the next
+    command (each exchange begins with :meth:`TcpLink.discard_input`)."""
+    link, pt = pair
+    late = encode_apdu(0x06, 0x0F, b"\x27\x00")  # a repeated Completion
+    pt.sendall(late[:2])
+    assert await link.receive_on_loop(SystemClock().monotonic() + 0.05) is None  # half read
+    pt.sendall(late[2:] + encode_apdu(0x04, 0xFF, b"\x0e")[:2])  # and a status, cut short
+    link.discard_input()  # (a socket pair: what was sent is there to read)
+    assert "discarding 7 stale bytes" in caplog.text  # 5 whole, 2 of the cut one
+    pt.sendall(m.ACK_APDU)  # the next command's acknowledgement
+    assert await link.receive_on_loop(SystemClock().monotonic() + 1.0) == \
+        parse_apdu(m.ACK_APDU)
+    pt.close()
+    with pytest.raises(LineLost):  # a line the PT closed while idle is found out then too
+        link.discard_input()
