@@ -179,6 +179,8 @@ class PaymentService:
                             settle=lambda: self.settle_unknown(payment_id))
         if made is not None:  # stored before the answer, while the lane already follows it
             await self._remember_reference(payment_id, made)
+        else:  # the lane's first read (a cloud lane's) goes out before the answer is written
+            await asyncio.sleep(0)
         self._bus.publish("payment", answer.body)
         return answer
 
