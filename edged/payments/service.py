@@ -179,7 +179,9 @@ class PaymentService:
                             settle=lambda: self.settle_unknown(payment_id))
         if made is not None:  # stored before the answer, while the lane already follows it
             await self._remember_reference(payment_id, made)
-        else:  # the lane's first read (a cloud lane's) goes out before the answer is written
+        elif driver.processor is not None:
+            # a cloud lane's first read of the processor goes out before the answer is
+            # written (a local lane's start has already sent what the terminal needs)
             await asyncio.sleep(0)
         self._bus.publish("payment", answer.body)
         return answer
