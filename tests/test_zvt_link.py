@@ -34,7 +34,7 @@ def pair() -> Iterator[tuple[TcpLink, socket.socket]]:
 async def test_an_apdu_in_pieces_arrives_whole_and_a_timed_out_wait_loses_nothing(
         pair: tuple[TcpLink, socket.socket]) -> None:
     link, pt = pair
-    receipt = encode_apdu(0x06, 0xD1, b"\xff" + "Beleg-Nr. 0042".encode().ljust(300, b" "))
+    receipt = encode_apdu(0x06, 0xD1, b"\xff" + b"Beleg-Nr. 0042".ljust(300, b" "))
     clock = SystemClock()
     pt.sendall(receipt[:3])  # inside the length field
     assert await link.receive_on_loop(clock.monotonic() + 0.05) is None
