@@ -350,7 +350,13 @@ class DaemonProcess:
         return self.proc
 
     def restarted(self, **changes: Any) -> DaemonProcess:
-        """A new, not yet started DaemonProcess on the same data dir, config and port."""
+        """A new, not yet started DaemonProcess on the same data dir, config and port.
+
+        When this one has already exited (killed or stopped), its resources go now (its
+        stderr file in the temporary folder), as :meth:`close` would.
+        """
+        if self.proc is not None and not self.running():
+            self.close()
         params: dict[str, Any] = {
             "data_dir": self.data_dir, "config": self.config, "port": self.port,
             "host": self.host, "ready_timeout": self.ready_timeout, "env": self.env,
