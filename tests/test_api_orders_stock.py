@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from edged.api.routes import ROUTES
-from tests.helpers import Api, make_config, running, seed_catalogue
+from tests.helpers import CATALOGUE_CSV, Api, make_config, running, seed_catalogue
 
 
 @pytest.fixture
@@ -251,3 +251,30 @@ async def test_bad_counts_change_nothing(shop: Api, body: dict[str, object], cod
     assert (status, answer["error"]["code"]) == (422, code)
     assert shop.count("stock_deltas") == 0
     assert shop.count("outbox") == 0
+
+
+LUHN_EAN = "4005499095144"
+"""A valid EAN-13 (GS1 check digit 4) whose digits also pass Luhn, as about one in ten do."""
+
+
+async def test_a_barcode_that_also_passes_luhn_is_scanned_as_a_barcode(tmp_path: Path) -> None:
+    """GS1 General Specifications, check digit (weights 3 and 1 from the right): about one
+    EAN-13 in ten also passes the Luhn check, and was refused as a card number (ERR-1010)
+    when scanned into a stock change. In a ``barcode`` field it is a barcode; the same
+    digits in free text are still refused, and nothing is stored."""
+    cfg = make_config(tmp_path, shopify=True)
+    seed_catalogue(cfg.data_dir / "edged.db",
+                   CATALOGUE_CSV + f"SOAP-1,{LUHN_EAN},Soap,300,1003,2003,5\n")
+    async with running(cfg) as api:
+        status, adj = await api.post("/v1/inventory/adjustments", {
+            "reason": "received", "changes": [{"barcode": LUHN_EAN, "delta": 2}]})
+        assert status == 201, adj
+        assert adj["changes"][0]["quantity"] == 7
+        status, item = await api.get(f"/v1/items?barcode={LUHN_EAN}")
+        assert (status, item["sku"], item["stock"]["quantity"]) == (200, "SOAP-1", 7)
+        before = api.count("adjustments")
+        status, body = await api.post("/v1/inventory/adjustments", {
+            "reason": "received", "reference": f"note {LUHN_EAN}",
+            "changes": [{"barcode": LUHN_EAN, "delta": 1}]})
+        assert (status, body["error"]["code"]) == (422, "ERR-1010")
+        assert api.count("adjustments") == before
