@@ -12,6 +12,8 @@ from __future__ import annotations
 import random
 import uuid
 
+import pytest
+
 from edged.payments.cardnumbers import contains_pan, inspect, is_gtin, luhn_ok, text_has_pan
 
 PAN_LIKE = "4111111111111111"
@@ -86,10 +88,45 @@ def test_a_barcode_is_read_as_one_only_where_a_product_is_named() -> None:
     for code in both:
         assert inspect({"changes": [{"barcode": code, "delta": 1}]}) is None
         assert inspect({"lines": [{"sku": code, "quantity": 1, "price": 100}]}) is None
-        assert contains_pan({"reference": code})  # free text: still a card number
+        # free text: shaped like a card number (Visa's 13 digits), so still one
+        assert contains_pan({"reference": code}) is code.startswith("4")
     # a card number in a barcode field is no GS1 number: still caught
     assert not is_gtin("4222222222222")  # Visa's 13-digit test number
     assert contains_pan({"barcode": "4222222222222"})
     assert contains_pan({"barcode": PAN_LIKE})
     assert contains_pan({"barcode": "4111 1111 1111 1111"})
     assert contains_pan({"sku": "411111111111111100"})
+
+
+# The card brands' published test numbers: each starts like its brand's numbers, has its
+# length and passes Luhn.
+BRAND_TEST_NUMBERS = (
+    "4111111111111111", "4012888888881881", "4222222222222",  # Visa
+    "5555555555554444", "2223003122003222",  # Mastercard
+    "378282246310005", "371449635398431",  # American Express
+    "6011111111111117", "6011000990139424",  # Discover
+    "3530111333300000", "3566002020360505",  # JCB
+    "30569309025904", "36227206271667",  # Diners Club
+    "6200000000000005",  # UnionPay
+    "6759649826438453",  # Maestro
+)
+
+
+@pytest.mark.parametrize("number", BRAND_TEST_NUMBERS)
+def test_every_brands_test_number_is_caught(number: str) -> None:
+    assert luhn_ok(number)
+    assert text_has_pan(number)
+    assert text_has_pan(f"ref {number[:4]} {number[4:8]} {number[8:12]} {number[12:]}")
+    assert text_has_pan(f"99{number}77")
+
+
+def test_numbers_that_pass_luhn_but_no_brand_are_not_card_numbers() -> None:
+    """Card-data scanners tell a card number by its brand's prefix and length as well as
+    Luhn: a register's millisecond timestamps and its receipt numbers pass Luhn one time
+    in ten, and were refused (ERR-1010) as Idempotency-Keys and references."""
+    rng = random.Random(12)
+    stamps = [str(rng.randrange(1_700_000_000_000, 1_900_000_000_000)) for _ in range(5000)]
+    receipts = [f"0012026{rng.randrange(10 ** 9):09d}" for _ in range(5000)]
+    lucky = [n for n in stamps + receipts if luhn_ok(n)]
+    assert len(lucky) > 500  # one in ten
+    assert [n for n in lucky if text_has_pan(f"sale-{n}")] == []

@@ -1,13 +1,14 @@
 """Card numbers never reach storage or logs (PCI-DSS), and hostile JSON never reaches code.
 
-A run of 13 to 19 digits that passes the Luhn check is treated as a primary account
-number, but for identifiers that are not: a UUID (with or without its dashes), a hex
-digest, and a GS1 product number (EAN/UPC/GTIN, by its check digit) in a ``barcode`` or
-``sku`` field. Digits may be grouped by single spaces, dashes, dots or slashes
-(``4111.1111.1111.1111``). Inside a longer run of digits, every window that starts like a
-card brand's number, has that brand's length and passes Luhn counts too (so
-``99`` + PAN + ``77`` is caught without flagging every long number); a run of more than
-:data:`MAX_RUN` digits is refused outright.
+A primary account number is a run of digits that starts like a card brand's number
+(its issuer identification prefix), has that brand's length (13 to 19) and passes the
+Luhn check, as card-data scanners tell them; a run of digits that passes Luhn alone is
+not one (about one number in ten does: a millisecond timestamp, a receipt number). Digits
+may be grouped by single spaces, dashes, dots or slashes (``4111.1111.1111.1111``), and
+every window of a longer run counts too (so ``99`` + PAN + ``77`` is caught); a run of
+more than :data:`MAX_RUN` digits is refused outright. Identifiers that cannot be card
+numbers are not read: a UUID (with or without its dashes), a hex digest, and a GS1
+product number (EAN/UPC/GTIN, by its check digit) in a ``barcode`` or ``sku`` field.
 
 :func:`inspect` walks a decoded JSON value without recursion and reports the first
 problem: nesting deeper than ``max_depth``, a lone UTF-16 surrogate in a string (not
@@ -69,9 +70,12 @@ MAX_DEPTH = 32
 """Nesting of arrays and objects a body may have (the API's own bodies use 3)."""
 
 # (prefix, lengths) of the card brands' numbers: Visa, Mastercard, Amex, Discover, JCB,
-# Diners, UnionPay, Maestro.
+# Diners, UnionPay, Maestro, Mir, RuPay, Troy.
 _BRANDS: tuple[tuple[tuple[str, ...], frozenset[int]], ...] = (
     (("4",), frozenset({13, 16, 19})),
+    (("2200", "2201", "2202", "2203", "2204"), frozenset(range(16, 20))),
+    (("60", "81", "82"), frozenset({16})),
+    (("9792",), frozenset({16})),
     (("51", "52", "53", "54", "55", *(str(p) for p in range(2221, 2721))), frozenset({16})),
     (("34", "37"), frozenset({15})),
     (("6011", "65", *(str(p) for p in range(644, 650))), frozenset({16, 19})),
@@ -134,9 +138,7 @@ def _run_has_pan(digits: str) -> bool:
     size = len(digits)
     if size > MAX_RUN:
         return True
-    if 13 <= size <= 19 and luhn_ok(digits):
-        return True
-    if size <= 13:
+    if size < 13:
         return False
     for start in range(size - 12):
         for length in _brand_lengths(digits, start):
