@@ -7,9 +7,13 @@ box a commit became 3 ms instead of 0.4 ms about once in 50; on an SD card, tens
 milliseconds). The writer connection has it off (``wal_autocheckpoint=0``) and asks this
 checkpointer instead, after about as much writing: a ``PASSIVE`` checkpoint on another
 connection copies the pages while the writer goes on committing (it takes no lock a writer
-or reader waits for). The writer's next transaction starts the WAL over once every frame is
-in the database file; should writes never pause long enough for that, the writer's bound
-(``Database._bound_wal``) still truncates the WAL, and it then has little left to copy.
+or reader waits for). The WAL starts over at a transaction that begins with every frame in
+the database file, which under continuous writes never happens by itself: the frames
+committed while this thread copied are still to copy. So once it has copied, the writer
+thread copies those few itself between two groups, after the last group's answers are out
+and before the next group begins (``Database._catch_up``); its next transaction starts the
+WAL over. Should readers hold old snapshots all the while, the writer's bound
+(``Database._bound_wal``) still truncates the WAL past half its size.
 """
 
 from __future__ import annotations
@@ -39,6 +43,10 @@ class Checkpointer:
         self._thread = threading.Thread(target=self._main, daemon=True, name=name)
         self.runs = 0
         """Checkpoints run."""
+        self.copied = threading.Event()
+        """Set when a checkpoint has copied the WAL as it stood when it began: the writer,
+        between two groups, then copies what was committed meanwhile (a few pages), so that
+        its next transaction can start the WAL over (:meth:`Database._catch_up`)."""
 
     def start(self) -> None:
         self._thread.start()
@@ -79,6 +87,8 @@ class Checkpointer:
             log.warning("a background WAL checkpoint failed: %s", exc)
             return conn
         self.runs += 1
+        if not busy:
+            self.copied.set()
         log.debug("WAL checkpoint: %d of %d frames in the database file%s", done, frames,
                   " (another checkpoint was running)" if busy else "")
         return conn
