@@ -9,11 +9,13 @@ checkpointer instead, after about as much writing: a ``PASSIVE`` checkpoint on a
 connection copies the pages while the writer goes on committing (it takes no lock a writer
 or reader waits for). The WAL starts over at a transaction that begins with every frame in
 the database file, which under continuous writes never happens by itself: the frames
-committed while this thread copied are still to copy. So once it has copied, the writer
-thread copies those few itself between two groups, after the last group's answers are out
-and before the next group begins (``Database._catch_up``); its next transaction starts the
-WAL over. Should readers hold old snapshots all the while, the writer's bound
-(``Database._bound_wal``) still truncates the WAL past half its size.
+committed while this thread copied are still to copy. So once it has copied a WAL past
+:data:`CATCH_UP_FRAMES`, the writer thread copies those few itself between two groups,
+after the last group's answers are out and before the next group begins
+(``Database._catch_up``: two flushes, which a busy writer pays once every few
+checkpoints); its next transaction starts the WAL over. Should readers hold old snapshots
+all the while, the writer's bound (``Database._bound_wal``) still truncates the WAL past
+half its size.
 """
 
 from __future__ import annotations
@@ -28,6 +30,11 @@ log = logging.getLogger(__name__)
 CHECKPOINT_CHANGES = 400
 """Rows written (``total_changes``) between two checkpoints: with the indexes and the
 audit entry beside each row, about SQLite's own 1,000 pages."""
+
+CATCH_UP_FRAMES = 4_000
+"""Frames in the WAL (about 16 MB) past which the writer copies the last of them itself
+after a checkpoint, so that the WAL starts over (a quarter of the default 64 MB bound).
+Below it, the writer's next pause starts the WAL over, as it does between sales."""
 
 
 class Checkpointer:
@@ -44,9 +51,10 @@ class Checkpointer:
         self.runs = 0
         """Checkpoints run."""
         self.copied = threading.Event()
-        """Set when a checkpoint has copied the WAL as it stood when it began: the writer,
-        between two groups, then copies what was committed meanwhile (a few pages), so that
-        its next transaction can start the WAL over (:meth:`Database._catch_up`)."""
+        """Set when a checkpoint has copied a WAL of more than :data:`CATCH_UP_FRAMES` as
+        it stood when it began: the writer, between two groups, then copies what was
+        committed meanwhile (a few pages), so that its next transaction can start the WAL
+        over (``Database._catch_up``)."""
 
     def start(self) -> None:
         self._thread.start()
@@ -87,7 +95,7 @@ class Checkpointer:
             log.warning("a background WAL checkpoint failed: %s", exc)
             return conn
         self.runs += 1
-        if not busy:
+        if not busy and frames > CATCH_UP_FRAMES:
             self.copied.set()
         log.debug("WAL checkpoint: %d of %d frames in the database file%s", done, frames,
                   " (another checkpoint was running)" if busy else "")
