@@ -192,7 +192,7 @@ class BulkRunner:
             self._session_factory()  # type: ignore[misc]
         size = 0
         try:
-            async with session.get(url) as resp:
+            async with session.get(url, proxy=self.client.proxy(url)) as resp:
                 if resp.status != 200:
                     raise TransientError(f"the bulk result answered HTTP {resp.status}"
                                          " (it may have expired; a new pull will follow)")

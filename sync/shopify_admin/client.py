@@ -39,6 +39,7 @@ from sync.core.errors import (
     TransientError,
 )
 from sync.core.limiter import ShopifyCostBucket, ThrottleStatus, retry_after_seconds
+from sync.core.proxy import ProxyLookup
 
 logger = logging.getLogger(__name__)
 
@@ -222,6 +223,8 @@ class ShopifyClient:
         self._session_factory = session_factory
         self._session: aiohttp.ClientSession | None = None
         self._learned: dict[tuple[str, float], float] = {}
+        self.proxy = ProxyLookup()
+        """The proxy of each Shopify origin (HTTPS_PROXY and friends, NO_PROXY)."""
 
     def _session_now(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -265,7 +268,8 @@ class ShopifyClient:
         logger.debug("shopify %s: sending (estimated cost %g)", operation, estimate)
         try:
             async with session.post(self.settings.graphql_url, data=body_bytes,
-                                    headers=headers, timeout=timeout) as resp:
+                                    headers=headers, timeout=timeout,
+                                    proxy=self.proxy(self.settings.graphql_url)) as resp:
                 status = resp.status
                 retry_after = resp.headers.get("Retry-After")
                 raw = await resp.read()

@@ -21,13 +21,12 @@ the Terminal shows the sale. Hence these few lines of our own.)
 
 from __future__ import annotations
 
-import asyncio
 from typing import TYPE_CHECKING
 
 import aiohttp
 import httpx
-from aiohttp.helpers import get_env_proxy_for_url
-from yarl import URL
+
+from sync.core.proxy import ProxyLookup
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -41,7 +40,7 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
     def __init__(self, *, max_connections: int = 10) -> None:
         self._max_connections = max_connections
         self._session: aiohttp.ClientSession | None = None
-        self._proxies: dict[tuple[str, str, int | None], _Proxy] = {}
+        self._proxy = ProxyLookup()
 
     def _client(self) -> aiohttp.ClientSession:
         if self._session is None or self._session.closed:
@@ -49,19 +48,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                 connector=aiohttp.TCPConnector(limit=self._max_connections),
                 auto_decompress=False)  # httpx decodes by Content-Encoding
         return self._session
-
-    async def _proxy(self, url: str) -> _Proxy:
-        """The proxy for ``url``'s origin from ``HTTPS_PROXY`` and friends (``NO_PROXY``
-        too), as httpx honours them, looked up once per origin. (aiohttp's own
-        ``trust_env`` looks it up, and ``~/.netrc``, on a thread for every request: two
-        thread hops a call, about 0.7 ms on the bench's box; and a ``.netrc`` entry for
-        the host would clash with the SDK's ``Authorization`` header.)"""
-        target = URL(url)
-        origin = (target.scheme, target.host or "", target.port)
-        found = self._proxies.get(origin)
-        if found is None:
-            found = self._proxies[origin] = await asyncio.to_thread(_env_proxy, target)
-        return found
 
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         status, reason, headers, content = await self.exchange(
@@ -81,12 +67,10 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
                        ) -> tuple[int, str | None, RawHeaders, bytes]:
         """One request on the session: (status, reason, raw headers, the body as sent, not
         decoded); a failure as the httpx error that says whether anything was sent."""
-        proxy, proxy_auth = await self._proxy(url)
-        try:
+        try:  # through the proxy of HTTPS_PROXY and friends, as httpx would (NO_PROXY too)
             async with self._client().request(
                     method, url, headers=headers, data=body, allow_redirects=False,
-                    compress=None, timeout=timeout, proxy=proxy,
-                    proxy_auth=proxy_auth) as answer:
+                    compress=None, timeout=timeout, proxy=self._proxy(url)) as answer:
                 return answer.status, answer.reason, answer.raw_headers, await answer.read()
         except aiohttp.ConnectionTimeoutError as exc:
             raise httpx.ConnectTimeout(str(exc), request=request) from exc
@@ -101,16 +85,6 @@ class AiohttpTransport(httpx.AsyncBaseTransport):
         if self._session is not None:
             await self._session.close()
             self._session = None
-
-
-_Proxy = tuple[URL | None, aiohttp.BasicAuth | None]
-
-
-def _env_proxy(target: URL) -> _Proxy:
-    try:
-        return get_env_proxy_for_url(target)
-    except LookupError:  # none set for its scheme, or NO_PROXY names the host
-        return None, None
 
 
 def timeout_of(seconds: float | None) -> aiohttp.ClientTimeout:

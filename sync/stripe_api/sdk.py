@@ -11,6 +11,8 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
+from sync.core.proxy import proxy_for
+
 if TYPE_CHECKING:
     import stripe
 
@@ -40,9 +42,10 @@ class StripeSdk:
         import aiohttp  # noqa: PLC0415
         import stripe  # noqa: PLC0415  (lazily: see the module docstring)
 
-        if self._http is None:
+        if self._http is None:  # through HTTPS_PROXY and friends, unless NO_PROXY says not
             self._http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(
-                total=self.timeout, connect=min(self.timeout, 10.0)))
+                total=self.timeout, connect=min(self.timeout, 10.0)),
+                proxy=proxy_for(self.base_url or "https://api.stripe.com"))
         if self._client is None or key != self._key:
             self._client = stripe.StripeClient(
                 key, base_addresses={"api": self.base_url} if self.base_url else {},
