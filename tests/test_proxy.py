@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
@@ -77,6 +78,7 @@ def clean_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
     return monkeypatch
 
 
+@contextlib.asynccontextmanager
 async def _proxy(answer: Callable[[], bytes]) -> AsyncIterator[Proxy]:
     proxy = Proxy(answer)
     server = await asyncio.start_server(proxy.serve, "127.0.0.1", 0)
@@ -109,7 +111,7 @@ async def test_stripe_calls_go_through_the_proxy_unless_no_proxy_names_the_host(
         return web.json_response(READER, headers={"Request-Id": "req_1"})
 
     async with serve_any(stripe_double) as base:
-        async for proxy in _proxy(lambda: json.dumps(READER).encode()):
+        async with _proxy(lambda: json.dumps(READER).encode()) as proxy:
             clean_env.setenv("HTTP_PROXY", proxy.url)
             sdk = StripeSdk(base, 5.0)
             try:
@@ -151,7 +153,7 @@ async def test_shopify_queries_and_the_bulk_download_go_through_the_proxy(
 
     answers: dict[str, Any] = {}
     async with serve_any(shopify_double) as base:
-        async for proxy in _proxy(lambda: answers["next"]):
+        async with _proxy(lambda: answers["next"]) as proxy:
             clean_env.setenv("HTTP_PROXY", proxy.url)
             client = _shopify(base)
             runner = BulkRunner(ShopifyReads(client, "gid://l"))

@@ -45,7 +45,7 @@ class StripeSdk:
         if self._http is None:  # through HTTPS_PROXY and friends, unless NO_PROXY says not
             self._http = stripe.AIOHTTPClient(timeout=aiohttp.ClientTimeout(
                 total=self.timeout, connect=min(self.timeout, 10.0)),
-                proxy=proxy_for(self.base_url or "https://api.stripe.com"))
+                proxy=proxy_for(self.base_url or stripe.DEFAULT_API_BASE))
         if self._client is None or key != self._key:
             self._client = stripe.StripeClient(
                 key, base_addresses={"api": self.base_url} if self.base_url else {},

@@ -71,7 +71,7 @@ class StripeWire:
         self.client = client
         self.http = http
         options = client._requestor._options  # where the SDK's own calls read them
-        self.base = str(options.base_addresses.get("api") or "https://api.stripe.com")
+        self.base = str(options.base_addresses.get("api") or stripe.DEFAULT_API_BASE)
         self._headers = {
             "X-Stripe-Client-User-Agent": json.dumps({
                 "bindings_version": stripe.VERSION, "lang": "python", "httplib": http.name,
