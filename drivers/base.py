@@ -185,14 +185,22 @@ class Terminal(abc.ABC):
     async def status(self) -> TerminalStatus:
         """A cheap probe used by the idle heartbeat. Never raises for an absent terminal."""
 
+    prepare_beside_write: bool = False
+    """``prepare`` is a round trip to the processor that charges nothing (a Stripe
+    PaymentIntent): the daemon writes the payment meanwhile instead of after it, and stores
+    the reference it returns once :meth:`start` has handed the sale over."""
+
     async def prepare(self, request: TransactionRequest) -> str | None:
-        """Before the payment is written: what cannot charge anyone yet.
+        """Before the payment is written (or while it is, ``prepare_beside_write``): what
+        cannot charge anyone yet.
 
         A cloud terminal checks its device and creates the processor's object here (a
         PaymentIntent cannot be charged until a reader is given it). Returns the processor's
         reference to store with the payment (``None``: none). May raise
         :class:`TerminalUnavailable` / :class:`TerminalBusy`: the register is refused and
-        nothing is stored. The default does nothing.
+        nothing is stored (beside the write: the payment is stored ``failed``, nothing
+        charged, and its key forgotten, as for a refusal at :meth:`start`). The default does
+        nothing.
         """
         return None
 

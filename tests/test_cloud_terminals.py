@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -21,6 +22,7 @@ from typing import Any, TypeVar, cast
 
 import aiohttp
 import pytest
+from aiohttp import web
 
 from edged.app import Daemon
 from edged.config import Config, OfflineConfig, ProcessorConfig, SyncConfig, TerminalConfig
@@ -30,7 +32,7 @@ from edged.store.database import open_sync
 from tests.daemon_process import UNLIMITED_API, DaemonProcess
 from tests.event_tap import EventTap, breaker_opened
 from tests.fakes.square import FakeSquare
-from tests.fakes.stripe import FakeStripe
+from tests.fakes.stripe import FakeStripe, StripeError
 from tests.helpers import Api, make_config, running
 
 pytestmark = pytest.mark.timeout(60)
@@ -323,6 +325,105 @@ async def test_a_reader_refusal_other_than_offline_or_busy_is_read_back(
             action = st.readers[READER]["action"]
             assert action is None or action["status"] != "in_progress"  # the reader is free
         await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the lane free")
+
+
+class HeldCreateStripe(FakeStripe):
+    """Holds every PaymentIntent create until ``release`` is set (or refuses it, as Stripe
+    refuses an amount over its maximum, while ``refuse_create``), and notes, as each
+    ``process_payment_intent`` arrives, which payments the daemon's database file holds."""
+
+    def __init__(self, db: Path) -> None:
+        super().__init__(rate=None)
+        self.db = db
+        self.creating = asyncio.Event()
+        self.release = asyncio.Event()
+        self.refuse_create = False
+        self.stored_at_process: list[list[tuple[str, str]]] = []
+
+    async def _h_pi_create(self, request: web.Request) -> web.Response:
+        self.creating.set()
+        await self.release.wait()
+        if self.refuse_create:
+            return self._error(StripeError(
+                400, "invalid_request_error", "Amount must be no more than 999,999.99",
+                code="amount_too_large", param="amount", executed=False))
+        return await super()._h_pi_create(request)
+
+    async def _h_reader_process(self, request: web.Request) -> web.Response:
+        self.stored_at_process.append(stored_payments(self.db))
+        return await super()._h_reader_process(request)
+
+
+def stored_payments(db: Path) -> list[tuple[str, str]]:
+    """The payments committed to the database file (read-only, as any other process)."""
+    conn = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+    try:
+        return [(r[0], r[1]) for r in conn.execute("SELECT id, state FROM payments")]
+    finally:
+        conn.close()
+
+
+async def test_the_payment_is_written_while_its_paymentintent_is_created(
+        tmp_path: Path) -> None:
+    """Issue 22 item 4. Stripe: a PaymentIntent waits in ``requires_payment_method`` until
+    ``process_payment_intent`` hands it to a reader; nothing can charge it before. So its
+    create goes out while the payment is written (the commit no longer waits for Stripe's
+    round trip), the reader is handed it only once the payment is in the database file, and
+    its id is stored before the register is answered."""
+    st = HeldCreateStripe(tmp_path / "edged.db")
+    async with st, running(cloud_config(tmp_path, st, None)) as api:
+        st.add_reader(READER)
+        await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the reader online")
+        sale = asyncio.ensure_future(pay(api, "reader-1", 2100))
+        await asyncio.wait_for(st.creating.wait(), WAIT)
+        # Stripe holds the create: the payment is written meanwhile, not after
+        written = await until(lambda: _holds(bool(stored_payments(st.db))),
+                              "the payment written during the create", timeout=5.0)
+        assert written
+        [(payment_id, state)] = stored_payments(st.db)
+        assert state == "in_progress"
+        assert not sale.done() and st.stored_at_process == []
+        st.release.set()
+        status, body = await sale
+        assert status == 202, body
+        assert body["id"] == payment_id
+        assert st.stored_at_process == [[(payment_id, "in_progress")]]
+        [intent_id] = st.payment_intents
+        _, now = await api.get(f"/v1/payments/{payment_id}")
+        assert now["processor_ref"] == intent_id
+        st.present_payment_method(READER)
+        done = await final(api, payment_id)
+        assert (done["state"], done["processor_ref"]) == ("approved", intent_id), done
+
+
+async def test_a_paymentintent_refused_while_the_payment_is_written(tmp_path: Path) -> None:
+    """Stripe refuses the create (an amount over its maximum) after the payment was written
+    beside it: the register hears ERR-3003 at once, as before; the payment is stored
+    ``failed`` (nothing was charged, no reader had anything), and its key is forgotten, so
+    the register may send it again."""
+    st = HeldCreateStripe(tmp_path / "edged.db")
+    st.release.set()
+    st.refuse_create = True
+    async with st, running(cloud_config(tmp_path, st, None)) as api:
+        st.add_reader(READER)
+        await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the reader online")
+        status, body = await pay(api, "reader-1", 2200, key="k-refused-create")
+        assert (status, body["error"]["code"]) == (503, "ERR-3003"), body
+        assert "amount_too_large" in body["error"]["message"] or \
+            "999,999.99" in body["error"]["message"]
+        [(payment_id, state)] = stored_payments(st.db)
+        assert (payment_id, state) == (body["error"]["details"]["payment"], "failed")
+        _, failed = await api.get(f"/v1/payments/{payment_id}")
+        assert "nothing was charged" in failed["failure"], failed
+        assert st.payment_intents == {} and st.stored_at_process == []
+        st.refuse_create = False
+        await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the lane back")
+        status, again = await pay(api, "reader-1", 2200, key="k-refused-create")
+        assert status == 202, again
+        assert again["id"] != payment_id
+        await until(reader_intent(st), "the reader to get the PaymentIntent")
+        st.present_payment_method(READER)
+        assert (await final(api, again["id"]))["state"] == "approved"
 
 
 # -- Square Terminal ----------------------------------------------------------------------

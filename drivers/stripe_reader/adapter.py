@@ -1,7 +1,8 @@
 """The ``stripe_reader`` lane: a PaymentIntent for ``card_present`` handed to one reader.
 
-``start`` (before the register is answered): create the PaymentIntent under the payment's
-key, then ``process_payment_intent`` on the reader. Only two refusals mean nothing was
+``prepare`` creates the PaymentIntent under the payment's key while the daemon writes the
+payment (nothing can be charged yet); ``start`` (written, before the register is answered)
+hands it to the reader with ``process_payment_intent``. Only two refusals mean nothing was
 sent: ``terminal_reader_offline`` → :class:`TerminalUnavailable` (ERR-3003) and
 ``terminal_reader_busy`` → :class:`TerminalBusy` (ERR-3002); the PaymentIntent is then
 cancelled. Any other refusal (a reader timeout, say) may leave the payment on the reader:
@@ -47,6 +48,7 @@ BUSY_CODES = ("terminal_reader_busy",)
 class StripeReaderTerminal(CloudLane[Run]):
     kind = "stripe_reader"
     processor = "stripe"
+    prepare_beside_write = True  # a PaymentIntent no reader has cannot be charged
 
     def __init__(self, terminal_id: str, settings: CloudSettings,
                  client: StripeTerminalClient, clock: Clock) -> None:

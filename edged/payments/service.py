@@ -142,13 +142,18 @@ class PaymentService:
         request = TransactionRequest(payment_id, new.amount, new.currency,
                                      TransactionKind.SALE, new.reference,
                                      manual_capture=manual)
-        try:
-            reference = await driver.prepare(request)
-        except (TerminalUnavailable, TerminalBusy) as exc:
-            self._refused(terminal_id, payment_id, exc)
-        except BaseException:
-            self._terminals.release(terminal_id, payment_id)
-            raise
+        reference: str | None = None
+        beside: asyncio.Task[str | None] | None = None
+        if driver.prepare_beside_write:  # its round trip overlaps the commit (it charges
+            beside = asyncio.create_task(driver.prepare(request))  # nothing: base.py)
+        else:
+            try:
+                reference = await driver.prepare(request)
+            except (TerminalUnavailable, TerminalBusy) as exc:
+                self._refused(terminal_id, payment_id, exc)
+            except BaseException:
+                self._terminals.release(terminal_id, payment_id)
+                raise
 
         def write(conn: sqlite3.Connection) -> Answer:
             check_payment_start(payment_id, PaymentState.IN_PROGRESS)
@@ -163,14 +168,29 @@ class PaymentService:
             return stored_answer(conn, idem, 202, body)
 
         try:
+            if beside is not None:  # its request goes out before the write's statements run
+                await asyncio.sleep(0)  # on the loop (else they delay it by as long)
             answer = await self._db.write(write, inline=True)
         except BaseException:
+            if beside is not None:  # the lane is freed only once its prepare is over
+                await asyncio.wait([beside])
+                if not beside.cancelled():
+                    beside.exception()  # consumed: the write's failure is what is said
             driver.abandon(request)  # nothing recorded: the terminal gets nothing to charge
             self._terminals.release(terminal_id, payment_id)
             raise
+        made: str | None = None
+        if beside is not None:
+            try:
+                made = await beside
+            except (TerminalUnavailable, TerminalBusy) as exc:
+                await self._refused_after_write(terminal_id, payment_id, idem, exc)
+            except Exception:
+                log.exception("terminal %s: preparing %s failed; following it anyway",
+                              terminal_id, payment_id)
         # durable: the terminal may have the request now (a Concert lane sends the frame it
         # held since prepare; a cloud terminal is handed the sale)
-        made = await self._start_on_terminal(terminal_id, request, idem)
+        made = await self._start_on_terminal(terminal_id, request, idem) or made
 
         async def collect(driver: Terminal) -> TransactionResult:
             return await driver.collect(request)
@@ -212,40 +232,45 @@ class PaymentService:
         the processor's id of what it made, if the driver says.
 
         A terminal that refused it (offline, busy: keyed on the processor's own error code)
-        answers the register at once with ERR-3003 / ERR-3002: the payment is ``failed``
-        (nothing was charged) and the key is forgotten, so the register may try again. A
-        lost answer is not a refusal: the payment goes on and the driver finds out.
+        answers the register at once (:meth:`_refused_after_write`). A lost answer is not a
+        refusal: the payment goes on and the driver finds out.
         """
         driver = self._terminals.driver(terminal_id)
         assert driver is not None
-        payment_id = request.payment_id
         try:
             return await driver.start(request)
         except (TerminalUnavailable, TerminalBusy) as exc:
-            message = str(exc)
-            now = self._now()
-
-            def fail(conn: sqlite3.Connection) -> dict[str, Any] | None:
-                row = records.payment_row(conn, payment_id)
-                assert row is not None
-                self._apply_result(conn, row,
-                                   NotSent(f"the terminal refused the payment: {message}"),
-                                   now, Actor.TERMINAL)
-                idempotency.forget(conn, idem)
-                return records.get_payment(conn, payment_id)
-
-            try:
-                body = await self._db.write(fail)
-            except BaseException:
-                self._terminals.release(terminal_id, payment_id)
-                raise
-            if body is not None:
-                self._bus.publish("payment", body)
-            self._refused(terminal_id, payment_id, exc)
+            await self._refused_after_write(terminal_id, request.payment_id, idem, exc)
         except Exception:
             log.exception("terminal %s: starting %s failed; following it anyway",
-                          terminal_id, payment_id)
+                          terminal_id, request.payment_id)
         return None
+
+    async def _refused_after_write(self, terminal_id: str, payment_id: str, idem: IdemRecord,
+                                   exc: TerminalUnavailable | TerminalBusy) -> NoReturn:
+        """A terminal refused a sale already written, before anything could be charged:
+        ERR-3003 / ERR-3002 at once, the payment ``failed`` (nothing was charged) and its key
+        forgotten, so the register may try again."""
+        message = str(exc)
+        now = self._now()
+
+        def fail(conn: sqlite3.Connection) -> dict[str, Any] | None:
+            row = records.payment_row(conn, payment_id)
+            assert row is not None
+            self._apply_result(conn, row,
+                               NotSent(f"the terminal refused the payment: {message}"),
+                               now, Actor.TERMINAL)
+            idempotency.forget(conn, idem)
+            return records.get_payment(conn, payment_id)
+
+        try:
+            body = await self._db.write(fail)
+        except BaseException:
+            self._terminals.release(terminal_id, payment_id)
+            raise
+        if body is not None:
+            self._bus.publish("payment", body)
+        self._refused(terminal_id, payment_id, exc)
 
     def _default_terminal(self) -> str:
         ids = self._terminals.ids()
