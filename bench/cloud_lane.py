@@ -1,12 +1,16 @@
 """What the daemon adds to a card payment on a cloud lane (Stripe reader, Square Terminal).
 
 Run through ``bench/terminal.py --lane stripe_reader|square_terminal``. A real ``edged run``
-process drives one cloud lane against the loopback fake of Stripe (or Square), served by an
-event loop on a thread of this process, which also plays the register and the customer:
-the customer pays the moment the reader gets the PaymentIntent (or the Terminal gets the
-checkout), so no polling pause is ever needed and every millisecond beyond the fake's own
-is the daemon's. The fake answers each request ``--latency`` seconds late (a processor's
-round trip). All timestamps are one ``time.monotonic()``:
+process drives one cloud lane against the loopback fake of Stripe (or Square), which plays
+the customer too: the customer pays the moment the reader gets the PaymentIntent (or the
+Terminal gets the checkout), so no polling pause is ever needed and every millisecond
+beyond the fake's own is the daemon's. This process plays the register. The fake runs in a
+process of its own, as the processor and the register run on machines of their own: on a
+thread of this process it shared one interpreter lock with the register, and the
+register's reading of the 202 held back the fake's reading of the daemon's next request,
+a wait counted as the daemon's (0.45 ms at p50, bench/README.md). The fake answers each
+request ``--latency`` seconds late (a processor's round trip). All timestamps are one
+``time.monotonic()``:
 
     t0                      the register sends POST /v1/payments
     fake time               Σ over the payment's requests (answer ready - request read)
@@ -27,12 +31,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import multiprocessing
 import tempfile
 import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -95,6 +101,62 @@ class LoopThread:
         self.thread.join(5)
 
 
+class FakeProcess:
+    """The paying fake of ``lane`` in a process of its own, answering ``latency`` late; asked
+    for its requests' times (one ``time.monotonic()`` clock for every process here)."""
+
+    def __init__(self, lane: str, latency: float) -> None:
+        ctx = multiprocessing.get_context("spawn")
+        self._conn, child = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve_fake, args=(child, lane, latency),
+                                 daemon=True, name=f"{lane}-fake")
+        self._proc.start()
+        self.base_url: str = self._conn.recv()
+
+    def count(self) -> int:
+        """How many requests it has received."""
+        self._conn.send(-1)
+        count: int = self._conn.recv()
+        return count
+
+    def since(self, index: int) -> list[tuple[float, float | None]]:
+        """(received at, answered at) of each request from the index-th on."""
+        self._conn.send(index)
+        times: list[tuple[float, float | None]] = self._conn.recv()
+        return times
+
+    def stop(self) -> None:
+        self._conn.send(None)
+        self._proc.join(10)
+
+
+def _serve_fake(conn: Connection, lane: str, latency: float) -> None:
+    loops = LoopThread()
+    fake: FakeServer
+    if lane == "stripe_reader":
+        stripe = PayingStripe(rate=None)
+        fake = stripe
+    else:
+        square = PayingSquare(rate=None)
+        fake = square
+    loops.run(fake.start)
+    try:
+        if isinstance(fake, PayingStripe):
+            fake.add_reader(READER)
+        elif isinstance(fake, PayingSquare):
+            fake.add_device(DEVICE)
+        fake.faults.slow(latency)
+        conn.send(fake.base_url)
+        while (index := conn.recv()) is not None:
+            if index < 0:
+                conn.send(len(fake.requests))
+            else:
+                conn.send([(r.received_at, r.answered_at) for r in fake.requests[index:]])
+    finally:
+        loops.run(fake.stop)
+        loops.stop()
+
+
 @dataclass(frozen=True, slots=True)
 class CloudRun:
     total: float
@@ -103,7 +165,7 @@ class CloudRun:
     calls: int
 
 
-def write_config(path: Path, lane: str, fake: FakeServer) -> Path:
+def write_config(path: Path, lane: str, fake: FakeProcess) -> Path:
     processor = "stripe" if lane == "stripe_reader" else "square"
     device = f'reader_id = "{READER}"' if lane == "stripe_reader" else f'device_id = "{DEVICE}"'
     lines = ["[api]", *(f"{k} = {v!r}" for k, v in UNLIMITED_API.items()), "",
@@ -115,8 +177,8 @@ def write_config(path: Path, lane: str, fake: FakeServer) -> Path:
     return path
 
 
-def sale(register: Any, fake: FakeServer, n: int) -> CloudRun:
-    seen = len(fake.requests)
+def sale(register: Any, fake: FakeProcess, n: int) -> CloudRun:
+    seen = fake.count()
     t0 = time.monotonic()
     status, started = register.call("POST", "/v1/payments",
                                     {"amount": 1000 + n, "currency": "EUR",
@@ -131,9 +193,9 @@ def sale(register: Any, fake: FakeServer, n: int) -> CloudRun:
     return _measured(fake, seen, t0, t1, n)
 
 
-def floor_sale(register: Any, fake: FakeServer, n: int) -> CloudRun:
+def floor_sale(register: Any, fake: FakeProcess, n: int) -> CloudRun:
     """One payment through ``bench/cloud_floor.py``: one POST answered with the end."""
-    seen = len(fake.requests)
+    seen = fake.count()
     t0 = time.monotonic()
     status, done = register.call("POST", "/pay", {"amount": 1000 + n, "currency": "EUR"})
     t1 = time.monotonic()
@@ -142,11 +204,12 @@ def floor_sale(register: Any, fake: FakeServer, n: int) -> CloudRun:
     return _measured(fake, seen, t0, t1, n)
 
 
-def _measured(fake: FakeServer, seen: int, t0: float, t1: float, n: int) -> CloudRun:
-    mine = [r for r in fake.requests[seen:] if t0 <= r.received_at <= t1]
-    if any(r.answered_at is None for r in mine):
+def _measured(fake: FakeProcess, seen: int, t0: float, t1: float, n: int) -> CloudRun:
+    mine = [(received, answered) for received, answered in fake.since(seen)
+            if t0 <= received <= t1]
+    if any(answered is None for _, answered in mine):
         raise SystemExit(f"sale {n}: a request to the fake was not answered")
-    fake_time = sum((r.answered_at or 0.0) - r.received_at for r in mine)
+    fake_time = sum((answered or 0.0) - received for received, answered in mine)
     return CloudRun(total=t1 - t0, fake=fake_time, overhead=(t1 - t0) - fake_time,
                     calls=len(mine))
 
@@ -163,7 +226,7 @@ def _paced(runs: int, warmup: int, gap: float,
     return results
 
 
-def run_floor(lane: str, runs: int, warmup: int, gap: float, fake: FakeServer, base: Path,
+def run_floor(lane: str, runs: int, warmup: int, gap: float, fake: FakeProcess, base: Path,
               register_factory: Callable[[str, int, str], Any]) -> list[CloudRun]:
     """The same sales through the floor (``bench/cloud_floor.py``), against the same fake."""
     device = READER if lane == "stripe_reader" else DEVICE
@@ -180,21 +243,8 @@ def run_cloud(lane: str, runs: int, warmup: int, latency: float, pace: float | N
               register_factory: Callable[[str, int, str], Any],
               wait_online: Callable[[Any], None]) -> tuple[list[CloudRun], list[CloudRun]]:
     """The daemon's sales, then the floor's (``bench/cloud_floor.py``), on one fake."""
-    loops = LoopThread()
-    fake: FakeServer
-    if lane == "stripe_reader":
-        stripe = PayingStripe(rate=None)
-        fake = stripe
-    else:
-        square = PayingSquare(rate=None)
-        fake = square
+    fake = FakeProcess(lane, latency)
     try:
-        loops.run(fake.start)
-        if isinstance(fake, PayingStripe):
-            fake.add_reader(READER)
-        elif isinstance(fake, PayingSquare):
-            fake.add_device(DEVICE)
-        fake.faults.slow(latency)
         with tempfile.TemporaryDirectory(prefix="edged-bench-cloud-") as tmp:
             base = Path(tmp)
             data = base / "data"
@@ -216,5 +266,4 @@ def run_cloud(lane: str, runs: int, warmup: int, latency: float, pace: float | N
             floor = run_floor(lane, runs, warmup, gap, fake, base, register_factory)
             return results, floor
     finally:
-        loops.run(fake.stop)
-        loops.stop()
+        fake.stop()
