@@ -197,12 +197,13 @@ class PaymentService:
 
         self._terminals.run(terminal_id, payment_id, collect, self._finish_payment,
                             settle=lambda: self.settle_unknown(payment_id))
+        if driver.processor is not None:
+            # a cloud lane's first read of the processor goes out before the reference's
+            # statements run on the loop and before the answer is written (a local lane's
+            # start has already sent what the terminal needs)
+            await asyncio.sleep(0)
         if made is not None:  # stored before the answer, while the lane already follows it
             await self._remember_reference(payment_id, made)
-        elif driver.processor is not None:
-            # a cloud lane's first read of the processor goes out before the answer is
-            # written (a local lane's start has already sent what the terminal needs)
-            await asyncio.sleep(0)
         self._bus.publish("payment", answer.body)
         return answer
 
