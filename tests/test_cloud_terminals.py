@@ -744,6 +744,50 @@ async def test_sigkill_mid_payment_then_restart_reconciles(tmp_path: Path) -> No
             await asyncio.to_thread(daemon.close)
 
 
+async def test_killed_before_the_paymentintents_id_was_stored(tmp_path: Path) -> None:
+    """Issue 22 item 4 moved the PaymentIntent's id out of the payment's first commit: it is
+    stored right after ``process_payment_intent``. Killed in between, the payment is on disk
+    ``in_progress`` with no id, while the reader holds the PaymentIntent and the customer
+    pays. Stripe's search is eventually consistent (its docs: new objects show up to a
+    minute late; the fake's ``search_delay``), so the restart must not depend on it: the
+    reader's action names the PaymentIntent, its metadata names the payment, and the
+    payment ends approved with that id, nothing created again."""
+    data = tmp_path / "data"
+    async with fakes(square=True) as (st, sq):
+        st.search_delay = 3600.0  # a search finds nothing for the whole test
+        cloud_config(data, st, sq)
+        config = process_config(tmp_path / "edged.toml", st, sq)
+        token = new_token(data)
+        daemon = DaemonProcess(data, config=config)
+        try:
+            await asyncio.to_thread(daemon.start)
+            async with process_api(daemon, token) as api:
+                await until(lambda: _is(lane_state(api, "reader-1"), "online"), "reader")
+                status, paid = await pay(api, "reader-1", 2300)
+                assert status == 202, paid
+                intent_id = await until(reader_intent(st), "the PaymentIntent on the reader")
+            await asyncio.to_thread(daemon.kill)
+            # what a kill between process_payment_intent and the id's commit leaves
+            conn = open_sync(data / "edged.db")
+            try:
+                conn.execute("UPDATE payments SET processor_ref = NULL WHERE id = ?",
+                             (paid["id"],))
+            finally:
+                conn.close()
+            assert stored_payments(data / "edged.db") == [(paid["id"], "in_progress")]
+            st.present_payment_method(READER)  # paid while the daemon was dead
+            creates = st.stats.by_path["POST /v1/payment_intents"]
+            daemon = daemon.restarted()
+            await asyncio.to_thread(daemon.start)
+            async with process_api(daemon, token) as api:
+                done = await final(api, paid["id"])
+                assert (done["state"], done["processor_ref"]) == ("approved", intent_id), done
+            assert st.stats.by_path["POST /v1/payment_intents"] == creates
+            assert st.payment_intents[intent_id]["status"] == "succeeded"
+        finally:
+            await asyncio.to_thread(daemon.close)
+
+
 @pytest.mark.parametrize("create", ["never_went_out", "made_then_key_forgotten"])
 async def test_a_restart_never_creates_a_square_checkout(tmp_path: Path, create: str) -> None:
     """Issue 16 item 7. Killed while the checkout's create had no answer: at the restart

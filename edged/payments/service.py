@@ -144,8 +144,8 @@ class PaymentService:
                                      manual_capture=manual)
         reference: str | None = None
         beside: asyncio.Task[str | None] | None = None
-        if driver.prepare_beside_write:  # its round trip overlaps the commit (it charges
-            beside = asyncio.create_task(driver.prepare(request))  # nothing: base.py)
+        if driver.prepare_beside_write:  # a round trip that charges nothing (base.py):
+            beside = asyncio.create_task(driver.prepare(request))  # it overlaps the commit
         else:
             try:
                 reference = await driver.prepare(request)
