@@ -652,6 +652,14 @@ def process_config(path: Path, st: FakeStripe, sq: FakeSquare) -> Path:
     return path
 
 
+def process_daemon(tmp_path: Path, data: Path, st: FakeStripe, sq: FakeSquare
+                   ) -> tuple[DaemonProcess, str]:
+    """A daemon as its own process (not started) on both fakes, and a register's token."""
+    cloud_config(data, st, sq)  # the secrets
+    config = process_config(tmp_path / "edged.toml", st, sq)
+    return DaemonProcess(data, config=config), new_token(data)
+
+
 def new_token(data_dir: Path) -> str:
     conn = open_sync(data_dir / "edged.db")
     try:
@@ -676,10 +684,7 @@ async def test_sigkill_mid_payment_then_restart_reconciles(tmp_path: Path) -> No
     says."""
     data = tmp_path / "data"
     async with fakes() as (st, sq):
-        cloud_config(data, st, sq)  # the secrets
-        config = process_config(tmp_path / "edged.toml", st, sq)
-        token = new_token(data)
-        daemon = DaemonProcess(data, config=config)
+        daemon, token = process_daemon(tmp_path, data, st, sq)
         try:
             await asyncio.to_thread(daemon.start)
             async with process_api(daemon, token) as api:
@@ -755,10 +760,7 @@ async def test_killed_before_the_paymentintents_id_was_stored(tmp_path: Path) ->
     data = tmp_path / "data"
     async with fakes(square=True) as (st, sq):
         st.search_delay = 3600.0  # a search finds nothing for the whole test
-        cloud_config(data, st, sq)
-        config = process_config(tmp_path / "edged.toml", st, sq)
-        token = new_token(data)
-        daemon = DaemonProcess(data, config=config)
+        daemon, token = process_daemon(tmp_path, data, st, sq)
         try:
             await asyncio.to_thread(daemon.start)
             async with process_api(daemon, token) as api:
@@ -797,10 +799,7 @@ async def test_a_restart_never_creates_a_square_checkout(tmp_path: Path, create:
     or make a second one once Square forgot the key (Square publishes no retention)."""
     data = tmp_path / "data"
     async with fakes() as (st, sq):
-        cloud_config(data, st, sq)
-        config = process_config(tmp_path / "edged.toml", st, sq)
-        token = new_token(data)
-        daemon = DaemonProcess(data, config=config)
+        daemon, token = process_daemon(tmp_path, data, st, sq)
         try:
             await asyncio.to_thread(daemon.start)
             async with process_api(daemon, token) as api:
