@@ -749,14 +749,37 @@ async def test_sigkill_mid_payment_then_restart_reconciles(tmp_path: Path) -> No
             await asyncio.to_thread(daemon.close)
 
 
-async def test_killed_before_the_paymentintents_id_was_stored(tmp_path: Path) -> None:
+async def another_integrations_sale(st: FakeStripe) -> str:
+    """Another integration on the account takes the reader over: its own PaymentIntent
+    (no edged metadata), handed to the reader as Stripe's API does it."""
+    auth = {"Authorization": "Bearer sk_test_other"}
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{st.base_url}/v1/payment_intents", headers=auth, data={
+                "amount": "999", "currency": "eur",
+                "allowed_payment_method_types[0]": "card_present"}) as r:
+            assert r.status == 200, await r.text()
+            other = str((await r.json())["id"])
+        async with http.post(f"{st.base_url}/v1/terminal/readers/{READER}"
+                             "/process_payment_intent", headers=auth,
+                             data={"payment_intent": other}) as r:
+            assert r.status == 200, await r.text()
+    return other
+
+
+@pytest.mark.parametrize("reader", ["still_shows_it", "taken_over"])
+async def test_killed_before_the_paymentintents_id_was_stored(tmp_path: Path,
+                                                              reader: str) -> None:
     """Issue 22 item 4 moved the PaymentIntent's id out of the payment's first commit: it is
     stored right after ``process_payment_intent``. Killed in between, the payment is on disk
     ``in_progress`` with no id, while the reader holds the PaymentIntent and the customer
     pays. Stripe's search is eventually consistent (its docs: new objects show up to a
-    minute late; the fake's ``search_delay``), so the restart must not depend on it: the
-    reader's action names the PaymentIntent, its metadata names the payment, and the
-    payment ends approved with that id, nothing created again."""
+    minute late; "for read-after-write flows ... use the various list APIs"; the fake's
+    ``search_delay`` lags its search, never its list), so the restart must not depend on
+    it. The reader's action names the PaymentIntent while it still shows it; once another
+    integration has taken the reader over, Stripe's list of PaymentIntents created since the
+    payment does. Either way its metadata names the payment, and the payment ends approved
+    with that id, nothing created again (before the list, the taken-over case ended
+    ``canceled`` while Stripe showed it charged)."""
     data = tmp_path / "data"
     async with fakes(square=True) as (st, sq):
         st.search_delay = 3600.0  # a search finds nothing for the whole test
@@ -778,6 +801,9 @@ async def test_killed_before_the_paymentintents_id_was_stored(tmp_path: Path) ->
                 conn.close()
             assert stored_payments(data / "edged.db") == [(paid["id"], "in_progress")]
             st.present_payment_method(READER)  # paid while the daemon was dead
+            if reader == "taken_over":
+                other = await another_integrations_sale(st)
+                assert st.reader_intent(READER) == other
             creates = st.stats.by_path["POST /v1/payment_intents"]
             daemon = daemon.restarted()
             await asyncio.to_thread(daemon.start)
@@ -786,6 +812,57 @@ async def test_killed_before_the_paymentintents_id_was_stored(tmp_path: Path) ->
                 assert (done["state"], done["processor_ref"]) == ("approved", intent_id), done
             assert st.stats.by_path["POST /v1/payment_intents"] == creates
             assert st.payment_intents[intent_id]["status"] == "succeeded"
+        finally:
+            await asyncio.to_thread(daemon.close)
+
+
+@pytest.mark.parametrize("create", ["never_went_out", "made_not_handed"])
+async def test_killed_while_the_paymentintent_was_created(tmp_path: Path, create: str) -> None:
+    """The create runs beside the payment's write (issue 22 item 4): killed with the
+    payment on disk and the create unanswered, the restart cannot tell from Stripe's search
+    whether a PaymentIntent was made (its docs: searchable "in under 1 minute"; "for
+    read-after-write flows ... use the various list APIs"). It lists the PaymentIntents
+    created since the payment: none → ``canceled``, "no PaymentIntent was made"; one that
+    no reader got → cancelled at Stripe, ``canceled``. Never created again, never handed to
+    the reader, whose action was never this payment's."""
+    data = tmp_path / "data"
+    async with fakes(square=True) as (st, sq):
+        st.search_delay = 3600.0  # a search finds nothing for the whole test
+        daemon, token = process_daemon(tmp_path, data, st, sq)
+        try:
+            await asyncio.to_thread(daemon.start)
+            async with process_api(daemon, token) as api:
+                await until(lambda: _is(lane_state(api, "reader-1"), "online"), "reader")
+                st.faults.hang(after_apply=create != "never_went_out")
+                started = asyncio.create_task(pay(api, "reader-1", 2700))
+                await st.faults.wait_hung(1)
+
+                async def written() -> bool | None:
+                    return bool(stored_payments(data / "edged.db")) or None
+                await until(written, "the payment on disk")
+                await asyncio.to_thread(daemon.kill)
+            started.cancel()
+            await asyncio.gather(started, return_exceptions=True)
+            await st.faults.restore()
+            [(payment_id, state)] = stored_payments(data / "edged.db")
+            assert state == "in_progress"
+            made = list(st.payment_intents)
+            assert len(made) == (0 if create == "never_went_out" else 1)
+            creates = st.stats.by_path["POST /v1/payment_intents"]
+            daemon = daemon.restarted()
+            await asyncio.to_thread(daemon.start)
+            async with process_api(daemon, token) as api:
+                done = await final(api, payment_id)
+            assert done["state"] == "canceled", done
+            assert st.stats.by_path["GET /v1/payment_intents"] >= 1  # the list was read
+            assert st.stats.by_path["POST /v1/payment_intents"] == creates
+            assert st.stats.by_path[f"POST /v1/terminal/readers/{READER}"
+                                    "/process_payment_intent"] == 0
+            if create == "never_went_out":
+                assert "no PaymentIntent was made" in (done["failure"] or ""), done
+                assert st.payment_intents == {}
+            else:
+                assert st.payment_intents[made[0]]["status"] == "canceled"
         finally:
             await asyncio.to_thread(daemon.close)
 

@@ -13,13 +13,16 @@ it. A lost answer is not a refusal: ``collect`` finds out.
 ``collect``: :class:`~drivers.stripe_reader.poller.ReaderPoller` until the final state.
 ``cancel``: wakes the poller, which stops the action and cancels the PaymentIntent.
 ``recover``: after a restart, read the PaymentIntent (by its id, else by its metadata, else
-the one the reader's action names) before sending anything; a payment still waiting on the
-reader is stopped and ends as Stripe then says.
+the one the reader's action names, else by Stripe's list of those created since the
+payment) before sending anything; a payment still waiting on the reader is stopped and ends
+as Stripe then says. Only the list tells that none was made: Stripe's search can lag a
+minute behind a create, and the reader's action may since be another's.
 """
 
 from __future__ import annotations
 
 import logging
+from datetime import datetime
 
 from drivers.base import (
     InterruptedTransaction,
@@ -43,6 +46,9 @@ log = logging.getLogger(__name__)
 
 OFFLINE_CODES = ("terminal_reader_offline",)
 BUSY_CODES = ("terminal_reader_busy",)
+#: A restart lists the PaymentIntents Stripe created since this many seconds before the
+#: payment was stored (the box's clock against Stripe's; the create ran beside the write).
+LIST_MARGIN = 600
 
 
 class StripeReaderTerminal(CloudLane[Run]):
@@ -171,8 +177,18 @@ class StripeReaderTerminal(CloudLane[Run]):
                     if named.payment_id == run.payment_id:
                         run.intent_id = named.id
             if run.intent_id is None:
-                return await self._poller.stop(run, "the daemon stopped before the reader"
-                                               " took the payment", reader_is_ours=False)
+                listed = await self.client.list_intent(
+                    run.payment_id, _epoch(interrupted.started_at) - LIST_MARGIN)
+                if listed.intent is None and not listed.complete:
+                    log.warning("payment %s: Stripe's list of PaymentIntents was too long to"
+                                " read through; it stays unknown until Stripe's search"
+                                " finds it", run.payment_id)
+                    return None
+                if listed.intent is None:  # the list is read as written: none was made
+                    return TransactionResult(Outcome.CANCELED, run.amount, run.currency,
+                                             detail="the daemon stopped before the reader"
+                                             " took the payment; no PaymentIntent was made")
+                run.intent_id = listed.intent.id
             intent = await self.client.intent(run.intent_id)
             if result_of(intent, run.amount, run.currency) is None:
                 reader = await self.client.reader(self.settings.device)
@@ -186,3 +202,8 @@ class StripeReaderTerminal(CloudLane[Run]):
         result = await self._poller.stop(run, "the daemon stopped during the payment",
                                          reader_is_ours=reader.action_intent == run.intent_id)
         return None if result.outcome.value == "unknown" else result
+
+
+def _epoch(iso: str) -> int:
+    """A stored UTC timestamp as seconds since the epoch (Stripe's ``created``)."""
+    return int(datetime.fromisoformat(iso).timestamp())

@@ -21,6 +21,9 @@ whatever is resent after a lost answer goes under the same key and Stripe replay
   the card's brand, last four digits and authorisation code from the charge's
   ``payment_method_details.card_present``.
 - ``find_intent``: search by ``metadata['edged_payment_id']`` (reconciliation only).
+- ``list_intent``: the same, by Stripe's list of PaymentIntents created since a time, which
+  is read as written; its search can lag about a minute, and Stripe's docs point
+  read-after-write flows to the list APIs instead (a restart's reconciliation).
 - ``cancel_action`` and ``cancel_intent``.
 
 Errors: Stripe's own error ``code`` decides, never the HTTP status: a refusal is
@@ -58,6 +61,7 @@ if TYPE_CHECKING:
     from stripe.params import (
         PaymentIntentCancelParams,
         PaymentIntentCreateParams,
+        PaymentIntentListParams,
         PaymentIntentRetrieveParams,
         PaymentIntentSearchParams,
     )
@@ -119,6 +123,20 @@ class ReaderView:
     failure_code: str | None = None
     failure_message: str | None = None
     decline_code: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Listed:
+    """What Stripe's list of PaymentIntents said about one payment's."""
+
+    intent: IntentView | None
+    complete: bool
+    """Every PaymentIntent since the time was read: a miss means none was made since.
+    False when the pages allowed ran out first: a miss then proves nothing."""
+
+
+#: How many pages of 100 ``list_intent`` reads before it gives up (a busy shared account).
+LIST_PAGES = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -256,10 +274,29 @@ class StripeTerminalClient:
         data = found.get("data")
         intents = [intent_view(pi) for pi in data if isinstance(pi, Mapping)] \
             if isinstance(data, list) else []
-        paid = [i for i in intents if i.status in ("succeeded", "requires_capture",
-                                                   "processing")]
-        chosen = paid or intents
-        return chosen[0] if chosen else None
+        return _likeliest(intents)
+
+    async def list_intent(self, payment_id: str, created_from: int, *,
+                          pages: int = LIST_PAGES) -> Listed:
+        """The PaymentIntent made for ``payment_id`` among those Stripe created at or after
+        ``created_from`` (seconds since the epoch), newest first, ``pages`` pages at most."""
+        wire = self._stripe()
+        after: str | None = None
+        mine: list[IntentView] = []
+        for _ in range(pages):
+            params: PaymentIntentListParams = {"created": {"gte": created_from}, "limit": 100}
+            if after is not None:
+                params["starting_after"] = after
+            page = await self._call("list PaymentIntents", partial(
+                _raw, wire, "get", "/v1/payment_intents", params))
+            data = page.get("data")
+            items = [pi for pi in data if isinstance(pi, Mapping)] \
+                if isinstance(data, list) else []
+            mine += [view for view in map(intent_view, items) if view.payment_id == payment_id]
+            if not page.get("has_more") or not items:
+                return Listed(_likeliest(mine), complete=True)
+            after = str(items[-1]["id"])
+        return Listed(_likeliest(mine), complete=False)
 
     async def cancel_action(self, reader_id: str, key: str) -> ReaderView:
         wire = self._stripe()
@@ -307,6 +344,13 @@ async def _raw(wire: StripeWire, method: str, url: str, params: Mapping[str, obj
     return data
 
 
+def _likeliest(intents: list[IntentView]) -> IntentView | None:
+    """Of one payment's PaymentIntents, the one that took money, else the newest."""
+    paid = [i for i in intents if i.status in ("succeeded", "requires_capture", "processing")]
+    chosen = paid or intents
+    return chosen[0] if chosen else None
+
+
 def _id(value: str) -> str:
     """An id in a URL's path, escaped as the SDK's typed services escape it."""
     return quote_plus(value)
@@ -320,5 +364,5 @@ def _lane_refusal(what: str, refusal: StripeRefusal) -> Exception:
     return TerminalRefused(refusal.text, refusal.code, refusal.decline_code)
 
 
-__all__ = ["IntentView", "ReaderView", "StripeTerminalClient", "StripeTerminalSettings",
+__all__ = ["IntentView", "Listed", "ReaderView", "StripeTerminalClient", "StripeTerminalSettings",
            "TerminalRefused", "intent_key", "intent_view", "process_key"]
