@@ -29,6 +29,10 @@ from edged.config import Config, OfflineConfig, ProcessorConfig, SyncConfig, Ter
 from edged.lan import tokens
 from edged.store import secrets
 from edged.store.database import open_sync
+from sync.core.breaker import BreakerSettings, CircuitBreaker
+from sync.core.clock import SystemClock
+from sync.core.limiter import TokenBucket, TokenBucketSettings
+from sync.stripe_api.terminal import StripeTerminalClient, StripeTerminalSettings
 from tests.daemon_process import UNLIMITED_API, DaemonProcess
 from tests.event_tap import EventTap, breaker_opened
 from tests.fakes.square import FakeSquare
@@ -814,6 +818,43 @@ async def test_killed_before_the_paymentintents_id_was_stored(tmp_path: Path,
             assert st.payment_intents[intent_id]["status"] == "succeeded"
         finally:
             await asyncio.to_thread(daemon.close)
+
+
+async def test_a_list_too_long_to_read_through_proves_nothing() -> None:
+    """The restart's list of PaymentIntents (``list_intent``) pages as Stripe's list APIs
+    do (newest first, ``limit`` at most 100, ``starting_after`` the last id, ``has_more``),
+    so on a busy account the payment's own may sit pages down. Read through, it is found;
+    cut short by the pages allowed, a miss is ``complete=False``: the recovery then leaves
+    the payment ``unknown`` instead of saying no PaymentIntent was made."""
+    async with fakes(square=False) as (st, _):
+        auth = {"Authorization": "Bearer sk_test_other"}
+        async with aiohttp.ClientSession() as http:
+            for n in range(101):  # ours first, then a hundred of other lanes' or stores'
+                meta = {"metadata[edged_payment_id]": "pay-ours"} if n == 0 else {}
+                async with http.post(f"{st.base_url}/v1/payment_intents", headers=auth,
+                                     data={"amount": str(100 + n), "currency": "eur",
+                                           "allowed_payment_method_types[0]": "card_present",
+                                           **meta}) as r:
+                    assert r.status == 200, await r.text()
+        ours = st.find_by_metadata("edged_payment_id", "pay-ours")[0]["id"]
+        clock = SystemClock()
+        client = StripeTerminalClient(
+            StripeTerminalSettings(base_url=st.base_url), lambda: "sk_test_lane", clock,
+            CircuitBreaker("stripe", BreakerSettings.processors(), clock),
+            TokenBucket(TokenBucketSettings.stripe(), clock, name="stripe"))
+        try:
+            since = int(time.time()) - 600
+            short = await client.list_intent("pay-ours", since, pages=1)
+            assert (short.intent, short.complete) == (None, False)
+            whole = await client.list_intent("pay-ours", since, pages=2)
+            assert whole.complete and whole.intent is not None
+            assert whole.intent.id == ours
+            none = await client.list_intent("pay-never-made", since)
+            assert (none.intent, none.complete) == (None, True)
+            later = await client.list_intent("pay-ours", int(time.time()) + 60)
+            assert (later.intent, later.complete) == (None, True)  # created before the bound
+        finally:
+            await client.close()
 
 
 @pytest.mark.parametrize("create", ["never_went_out", "made_not_handed"])
