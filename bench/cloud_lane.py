@@ -21,10 +21,14 @@ daemon's own rate limiter for the processor (Stripe 25 calls/s, Square 10 calls/
 holds a call back: unpaced, back-to-back sales exceed it and the limiter's waits (the
 daemon obeying the processor's limits, as designed) would be counted as overhead.
 
-Printed, p50/p99 over ``--runs`` sequential sales: the daemon's overhead
-``(t1 - t0) - fake time`` (target p99 < 10 ms, issue 22), the end-to-end time, the same
-overhead through the floor (``bench/cloud_floor.py``) and the daemon's ratio to it, and the
-processor calls per payment (the idle heartbeat is set to an hour so that it never counts).
+The floor (``bench/cloud_floor.py``) runs beside the daemon, against the same fake, and the
+two take turns sale by sale, so that a noisy spell of the box falls on both alike (run one
+after the other, a spell in one half showed as the daemon's tail or the floor's).
+
+Printed, p50/p99 over ``--runs`` sales each: the daemon's overhead ``(t1 - t0) - fake time``
+(target p99 < 10 ms, issue 22), the end-to-end time, the same overhead through the floor
+and the daemon's ratio to it, and the processor calls per payment (the idle heartbeat is set
+to an hour so that it never counts).
 """
 
 from __future__ import annotations
@@ -214,36 +218,33 @@ def _measured(fake: FakeProcess, seen: int, t0: float, t1: float, n: int) -> Clo
                     calls=len(mine))
 
 
-def _paced(runs: int, warmup: int, gap: float,
-           one: Callable[[int], CloudRun]) -> list[CloudRun]:
-    results = []
+def _alternating(runs: int, warmup: int, gap: float, daemon: Callable[[int], CloudRun],
+                 floor: Callable[[int], CloudRun]) -> tuple[list[CloudRun], list[CloudRun]]:
+    """The daemon's sales and the floor's, one of each in turn (which goes first swaps every
+    round), each ``gap`` seconds after the one before: a noisy spell of the box (another
+    process, the disk's writeback) falls on both alike, and neither runs while the other
+    sells. The first ``warmup`` rounds are dropped."""
+    mine: list[CloudRun] = []
+    theirs: list[CloudRun] = []
     for n in range(warmup + runs):
-        started = time.monotonic()
-        result = one(n)
-        if n >= warmup:
-            results.append(result)
-        time.sleep(max(0.0, gap - (time.monotonic() - started)))
-    return results
-
-
-def run_floor(lane: str, runs: int, warmup: int, gap: float, fake: FakeProcess, base: Path,
-              register_factory: Callable[[str, int, str], Any]) -> list[CloudRun]:
-    """The same sales through the floor (``bench/cloud_floor.py``), against the same fake."""
-    device = READER if lane == "stripe_reader" else DEVICE
-    with running("bench.cloud_floor", "--lane", lane, "--fake", fake.base_url,
-                 "--device", device, "--db", str(base / "floor.db")) as port:
-        register = register_factory("127.0.0.1", port, "floor")
-        try:
-            return _paced(runs, warmup, gap, lambda n: floor_sale(register, fake, n + 10_000))
-        finally:
-            register.close()
+        order = ((daemon, mine), (floor, theirs)) if n % 2 == 0 \
+            else ((floor, theirs), (daemon, mine))
+        for one, results in order:
+            started = time.monotonic()
+            result = one(n)
+            if n >= warmup:
+                results.append(result)
+            time.sleep(max(0.0, gap - (time.monotonic() - started)))
+    return mine, theirs
 
 
 def run_cloud(lane: str, runs: int, warmup: int, latency: float, pace: float | None,
               register_factory: Callable[[str, int, str], Any],
               wait_online: Callable[[Any], None]) -> tuple[list[CloudRun], list[CloudRun]]:
-    """The daemon's sales, then the floor's (``bench/cloud_floor.py``), on one fake."""
+    """The daemon's sales and the floor's (``bench/cloud_floor.py``), alternating, on one
+    fake: (the daemon's, the floor's)."""
     fake = FakeProcess(lane, latency)
+    device = READER if lane == "stripe_reader" else DEVICE
     try:
         with tempfile.TemporaryDirectory(prefix="edged-bench-cloud-") as tmp:
             base = Path(tmp)
@@ -253,17 +254,21 @@ def run_cloud(lane: str, runs: int, warmup: int, latency: float, pace: float | N
                 else ("square.token", "sq-bench")
             secrets.cli_set(data, name, io.StringIO(value + "\n"), env={})
             config = write_config(base / "edged.toml", lane, fake)
-            with DaemonProcess(data, config=config) as daemon:
+            with DaemonProcess(data, config=config) as daemon, \
+                    running("bench.cloud_floor", "--lane", lane, "--fake", fake.base_url,
+                            "--device", device, "--db", str(base / "floor.db")) as port:
                 token = daemon.create_token("bench-register")
                 assert daemon.port is not None
                 register = register_factory(daemon.host, daemon.port, token)
+                bare = register_factory("127.0.0.1", port, "floor")
                 gap = pace if pace is not None else (0.2 if lane == "stripe_reader" else 0.5)
                 try:
                     wait_online(register)
-                    results = _paced(runs, warmup, gap, lambda n: sale(register, fake, n))
+                    return _alternating(runs, warmup, gap,
+                                        lambda n: sale(register, fake, n),
+                                        lambda n: floor_sale(bare, fake, n + 10_000))
                 finally:
                     register.close()
-            floor = run_floor(lane, runs, warmup, gap, fake, base, register_factory)
-            return results, floor
+                    bare.close()
     finally:
         fake.stop()
