@@ -37,6 +37,12 @@ class TerminalBusy(NothingSent):
     """The terminal is running another transaction."""
 
 
+class SaleRefused(NothingSent):
+    """The processor refused the sale as asked (its amount, its currency, what the account
+    may take) before any terminal had it: nothing was charged, the lane is as it was, and
+    the same sale would be refused again."""
+
+
 class OperationNotSupported(NothingSent):
     """The protocol or the terminal cannot do this (refund, cancel…)."""
 

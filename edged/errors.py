@@ -84,6 +84,8 @@ CODES: dict[str, ErrorCode] = _table(
     ErrorCode("ERR-3008", 422, "This terminal cannot hold an authorisation for a later capture"),
     ErrorCode("ERR-3009", 422,
               "This terminal's processor captures the whole authorised amount only"),
+    ErrorCode("ERR-3010", 422, "The processor refused this sale as asked (its amount or"
+              " currency); nothing was charged: change the sale, or take it another way"),
     ErrorCode("ERR-3007", 409, "The terminal is not running the payment named: nothing was"
               " cancelled"),
     ErrorCode("ERR-3020", 422, "This terminal has no end of day from the register"),

@@ -332,8 +332,7 @@ async def test_a_reader_refusal_other_than_offline_or_busy_is_read_back(
 
 
 class HeldCreateStripe(FakeStripe):
-    """Holds every PaymentIntent create until ``release`` is set (or refuses it, as Stripe
-    refuses an amount over its maximum, while ``refuse_create``), and notes, as each
+    """Holds every PaymentIntent create until ``release`` is set, and notes, as each
     ``process_payment_intent`` arrives, which payments the daemon's database file holds."""
 
     def __init__(self, db: Path) -> None:
@@ -341,16 +340,11 @@ class HeldCreateStripe(FakeStripe):
         self.db = db
         self.creating = asyncio.Event()
         self.release = asyncio.Event()
-        self.refuse_create = False
         self.stored_at_process: list[list[tuple[str, str]]] = []
 
     async def _h_pi_create(self, request: web.Request) -> web.Response:
         self.creating.set()
         await self.release.wait()
-        if self.refuse_create:
-            return self._error(StripeError(
-                400, "invalid_request_error", "Amount must be no more than 999,999.99",
-                code="amount_too_large", param="amount", executed=False))
         return await super()._h_pi_create(request)
 
     async def _h_reader_process(self, request: web.Request) -> web.Response:
@@ -401,30 +395,30 @@ async def test_the_payment_is_written_while_its_paymentintent_is_created(
 
 
 async def test_a_paymentintent_refused_while_the_payment_is_written(tmp_path: Path) -> None:
-    """Stripe refuses the create (an amount over its maximum) after the payment was written
-    beside it: the register hears ERR-3003 at once, as before; the payment is stored
-    ``failed`` (nothing was charged, no reader had anything), and its key is forgotten, so
-    the register may send it again."""
+    """Stripe refuses the create of a PaymentIntent below its minimum charge amount
+    (docs.stripe.com/currencies: EUR 0.50; a 400 ``invalid_request_error``,
+    ``amount_too_small``, param ``amount``), after the payment was written beside it. That
+    refuses the sale as asked, not the reader: the register hears 422 ERR-3010 at once with
+    Stripe's reason, the payment is stored ``failed`` (nothing was charged, no reader had
+    anything), and the lane stays online: the next sale goes through at once (before,
+    503 ERR-3003 and the lane offline until the next heartbeat)."""
     st = HeldCreateStripe(tmp_path / "edged.db")
     st.release.set()
-    st.refuse_create = True
     async with st, running(cloud_config(tmp_path, st, None)) as api:
         st.add_reader(READER)
         await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the reader online")
-        status, body = await pay(api, "reader-1", 2200, key="k-refused-create")
-        assert (status, body["error"]["code"]) == (503, "ERR-3003"), body
-        assert "amount_too_large" in body["error"]["message"] or \
-            "999,999.99" in body["error"]["message"]
+        status, body = await pay(api, "reader-1", 30, key="k-too-small")
+        assert (status, body["error"]["code"]) == (422, "ERR-3010"), body
+        assert "amount_too_small" in body["error"]["message"]
+        assert "nothing was charged" in body["error"]["message"]
         [(payment_id, state)] = stored_payments(st.db)
         assert (payment_id, state) == (body["error"]["details"]["payment"], "failed")
         _, failed = await api.get(f"/v1/payments/{payment_id}")
         assert "nothing was charged" in failed["failure"], failed
         assert st.payment_intents == {} and st.stored_at_process == []
-        st.refuse_create = False
-        await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the lane back")
-        status, again = await pay(api, "reader-1", 2200, key="k-refused-create")
+        assert await lane_state(api, "reader-1") == "online"  # at once, no heartbeat
+        status, again = await pay(api, "reader-1", 2200, key="k-next-sale")
         assert status == 202, again
-        assert again["id"] != payment_id
         await until(reader_intent(st), "the reader to get the PaymentIntent")
         st.present_payment_method(READER)
         assert (await final(api, again["id"]))["state"] == "approved"

@@ -1,8 +1,10 @@
 """The ``stripe_reader`` lane: a PaymentIntent for ``card_present`` handed to one reader.
 
 ``prepare`` creates the PaymentIntent under the payment's key while the daemon writes the
-payment (nothing can be charged yet); ``start`` (written, before the register is answered)
-hands it to the reader with ``process_payment_intent``. Only two refusals mean nothing was
+payment (nothing can be charged yet); Stripe refusing the create refuses the sale as asked
+(an amount below its minimum, say: :class:`SaleRefused`, ERR-3010), never the reader.
+``start`` (written, before the register is answered) hands it to the reader with
+``process_payment_intent``. Only two refusals mean nothing was
 sent: ``terminal_reader_offline`` → :class:`TerminalUnavailable` (ERR-3003) and
 ``terminal_reader_busy`` → :class:`TerminalBusy` (ERR-3002); the PaymentIntent is then
 cancelled. Any other refusal (a reader timeout, say) may leave the payment on the reader:
@@ -27,6 +29,7 @@ from datetime import datetime
 from drivers.base import (
     InterruptedTransaction,
     Outcome,
+    SaleRefused,
     TerminalBusy,
     TerminalState,
     TerminalStatus,
@@ -86,8 +89,8 @@ class StripeReaderTerminal(CloudLane[Run]):
                                                      request.currency,
                                                      manual_capture=request.manual_capture,
                                                      description=request.reference)
-        except TerminalRefused as exc:
-            raise TerminalUnavailable(f"Stripe refused the PaymentIntent: {exc}") from None
+        except TerminalRefused as exc:  # the sale as asked: no reader is in a create
+            raise SaleRefused(f"Stripe refused the PaymentIntent: {exc}") from None
         except OutcomeLost:
             self._run = run  # the create may have happened: collect finds out
             return None

@@ -268,7 +268,8 @@ ROUTES: tuple[Route, ...] = (
     Route("POST", "/v1/payments", create_payment, "Take a payment: cash at once, card_present"
           " on a terminal (answered 202 while the customer pays)", models.PAYMENT, 201,
           models.PAYMENT_CREATE, _BODY_ERRORS + ("ERR-2001", "ERR-2002", "ERR-2004",
-          "ERR-2009", "ERR-3001", "ERR-3002", "ERR-3003"), key_in_write=_plain_cash),
+          "ERR-2009", "ERR-3001", "ERR-3002", "ERR-3003", "ERR-3010"),
+          key_in_write=_plain_cash),
     Route("GET", "/v1/payments", list_payments, "List payments, newest first",
           models.PAYMENT_LIST, query={"state": "filter by state", "limit": "1-200 (50)",
                                       "cursor": "next_cursor of the previous page"},

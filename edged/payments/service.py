@@ -23,6 +23,7 @@ from drivers.base import (
     DriverError,
     InterruptedTransaction,
     Outcome,
+    SaleRefused,
     Terminal,
     TerminalBusy,
     TerminalUnavailable,
@@ -149,7 +150,7 @@ class PaymentService:
         else:
             try:
                 reference = await driver.prepare(request)
-            except (TerminalUnavailable, TerminalBusy) as exc:
+            except (TerminalUnavailable, TerminalBusy, SaleRefused) as exc:
                 self._refused(terminal_id, payment_id, exc)
             except BaseException:
                 self._terminals.release(terminal_id, payment_id)
@@ -183,7 +184,7 @@ class PaymentService:
         if beside is not None:
             try:
                 made = await beside
-            except (TerminalUnavailable, TerminalBusy) as exc:
+            except (TerminalUnavailable, TerminalBusy, SaleRefused) as exc:
                 await self._refused_after_write(terminal_id, payment_id, idem, exc)
             except Exception:
                 log.exception("terminal %s: preparing %s failed; following it anyway",
@@ -219,9 +220,14 @@ class PaymentService:
                           " lane follows it anyway", payment_id, reference)
 
     def _refused(self, terminal_id: str, payment_id: str, exc: Exception) -> NoReturn:
-        """A terminal refused a sale before anything could be charged: answer at once."""
-        busy = isinstance(exc, TerminalBusy)
+        """A terminal refused a sale before anything could be charged: answer at once. Only
+        an unreachable one is marked offline; a busy one, or a processor refusing the sale
+        as asked (an amount below its minimum), says nothing about the lane."""
         self._terminals.release(terminal_id, payment_id)
+        if isinstance(exc, SaleRefused):
+            raise ApiError("ERR-3010", f"terminal {terminal_id}: {exc}; nothing was charged",
+                           details={"payment": payment_id}) from None
+        busy = isinstance(exc, TerminalBusy)
         if not busy:
             self._terminals.mark_offline(terminal_id, str(exc))
         raise ApiError("ERR-3002" if busy else "ERR-3003", f"terminal {terminal_id}: {exc}",
@@ -240,7 +246,7 @@ class PaymentService:
         assert driver is not None
         try:
             return await driver.start(request)
-        except (TerminalUnavailable, TerminalBusy) as exc:
+        except (TerminalUnavailable, TerminalBusy, SaleRefused) as exc:
             await self._refused_after_write(terminal_id, request.payment_id, idem, exc)
         except Exception:
             log.exception("terminal %s: starting %s failed; following it anyway",
@@ -248,10 +254,11 @@ class PaymentService:
         return None
 
     async def _refused_after_write(self, terminal_id: str, payment_id: str, idem: IdemRecord,
-                                   exc: TerminalUnavailable | TerminalBusy) -> NoReturn:
+                                   exc: TerminalUnavailable | TerminalBusy | SaleRefused
+                                   ) -> NoReturn:
         """A terminal refused a sale already written, before anything could be charged:
-        ERR-3003 / ERR-3002 at once, the payment ``failed`` (nothing was charged) and its key
-        forgotten, so the register may try again."""
+        ERR-3003 / ERR-3002 / ERR-3010 at once, the payment ``failed`` (nothing was charged)
+        and its key forgotten, so the register may try again."""
         message = str(exc)
         now = self._now()
 

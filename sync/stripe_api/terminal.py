@@ -293,8 +293,10 @@ class StripeTerminalClient:
             items = [pi for pi in data if isinstance(pi, Mapping)] \
                 if isinstance(data, list) else []
             mine += [view for view in map(intent_view, items) if view.payment_id == payment_id]
-            if not page.get("has_more") or not items:
+            if not page.get("has_more"):
                 return Listed(_likeliest(mine), complete=True)
+            if not items:
+                break  # more, Stripe says, but nothing to page on from
             after = str(items[-1]["id"])
         return Listed(_likeliest(mine), complete=False)
 

@@ -135,6 +135,13 @@ _PI_CREATE_PARAMS = frozenset({
     "payment_method_data", "payment_method_configuration", "excluded_payment_method_types",
     "radar_options",
 })
+#: Stripe's minimum charge amounts (docs.stripe.com/currencies, "Minimum and maximum charge
+#: amounts"), in minor units, for the currencies the tests use; a PaymentIntent below it is
+#: refused at its create with ``amount_too_small`` (param ``amount``). The maximum is
+#: 99999999 minor units (``amount_too_large``).
+MINIMUM_CHARGE = {"usd": 50, "eur": 50, "gbp": 30, "chf": 50, "cad": 50, "aud": 50,
+                  "jpy": 50, "sek": 300, "nok": 300, "dkk": 250, "pln": 200}
+MAXIMUM_CHARGE = 99_999_999
 _CANCELABLE = ("requires_payment_method", "requires_capture", "requires_confirmation",
                "requires_action", "processing")
 
@@ -552,6 +559,14 @@ class FakeStripe(FakeServer):
         amount = self._int(params, "amount", required=True, minimum=1)
         currency = self._str(params, "currency", required=True)
         assert amount is not None and currency is not None
+        minimum = MINIMUM_CHARGE.get(currency.lower(), 50)
+        if amount < minimum:
+            raise _invalid(f"Amount must be at least {minimum} {currency.lower()} in minor"
+                           " units (Stripe's minimum charge amount).", param="amount",
+                           code="amount_too_small")
+        if amount > MAXIMUM_CHARGE:
+            raise _invalid(f"Amount must be no more than {MAXIMUM_CHARGE} {currency.lower()}"
+                           " in minor units.", param="amount", code="amount_too_large")
         confirm = self._bool(params, "confirm")
         capture_method = self._str(params, "capture_method",
                                    choices=("automatic", "automatic_async", "manual"))
