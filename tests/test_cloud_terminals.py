@@ -15,8 +15,8 @@ import json
 import sqlite3
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
-from dataclasses import replace
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, TypeVar, cast
 
@@ -36,7 +36,7 @@ from sync.stripe_api.terminal import StripeTerminalClient, StripeTerminalSetting
 from tests.daemon_process import UNLIMITED_API, DaemonProcess
 from tests.event_tap import EventTap, breaker_opened
 from tests.fakes.square import FakeSquare
-from tests.fakes.stripe import FakeStripe, StripeError
+from tests.fakes.stripe import FakeStripe
 from tests.helpers import Api, make_config, running
 
 pytestmark = pytest.mark.timeout(60)
@@ -675,6 +675,39 @@ async def process_api(daemon: DaemonProcess, token: str) -> AsyncIterator[Api]:
         yield Api(cast(Daemon, daemon), session, token, token)
 
 
+@dataclass
+class Restartable:
+    """The daemon as a process of its own, killed and started again by a test."""
+
+    daemon: DaemonProcess
+    token: str
+
+    def api(self) -> AbstractAsyncContextManager[Api]:
+        return process_api(self.daemon, self.token)
+
+    async def restart(self) -> None:
+        self.daemon = self.daemon.restarted()
+        await asyncio.to_thread(self.daemon.start)
+
+
+@asynccontextmanager
+async def search_lagging(tmp_path: Path) -> AsyncIterator[tuple[FakeStripe, Restartable]]:
+    """Both fakes, Stripe's search lagging for the whole test (Stripe's docs: new objects
+    are searchable "in under 1 minute"; the fake's ``search_delay``), and the daemon
+    started with its reader lane online: what a restart finds must come from elsewhere."""
+    async with fakes(square=True) as (st, sq):
+        st.search_delay = 3600.0
+        daemon, token = process_daemon(tmp_path, tmp_path / "data", st, sq)
+        box = Restartable(daemon, token)
+        try:
+            await asyncio.to_thread(daemon.start)
+            async with box.api() as api:
+                await until(lambda: _is(lane_state(api, "reader-1"), "online"), "reader")
+            yield st, box
+        finally:
+            await asyncio.to_thread(box.daemon.close)
+
+
 async def test_sigkill_mid_payment_then_restart_reconciles(tmp_path: Path) -> None:
     """Killed while three payments wait on their terminals: one the customer paid while
     the daemon was down, one still waiting on the reader, one on the Square Terminal.
@@ -779,39 +812,31 @@ async def test_killed_before_the_paymentintents_id_was_stored(tmp_path: Path,
     with that id, nothing created again (before the list, the taken-over case ended
     ``canceled`` while Stripe showed it charged)."""
     data = tmp_path / "data"
-    async with fakes(square=True) as (st, sq):
-        st.search_delay = 3600.0  # a search finds nothing for the whole test
-        daemon, token = process_daemon(tmp_path, data, st, sq)
+    async with search_lagging(tmp_path) as (st, box):
+        async with box.api() as api:
+            status, paid = await pay(api, "reader-1", 2300)
+            assert status == 202, paid
+            intent_id = await until(reader_intent(st), "the PaymentIntent on the reader")
+        await asyncio.to_thread(box.daemon.kill)
+        # what a kill between process_payment_intent and the id's commit leaves
+        conn = open_sync(data / "edged.db")
         try:
-            await asyncio.to_thread(daemon.start)
-            async with process_api(daemon, token) as api:
-                await until(lambda: _is(lane_state(api, "reader-1"), "online"), "reader")
-                status, paid = await pay(api, "reader-1", 2300)
-                assert status == 202, paid
-                intent_id = await until(reader_intent(st), "the PaymentIntent on the reader")
-            await asyncio.to_thread(daemon.kill)
-            # what a kill between process_payment_intent and the id's commit leaves
-            conn = open_sync(data / "edged.db")
-            try:
-                conn.execute("UPDATE payments SET processor_ref = NULL WHERE id = ?",
-                             (paid["id"],))
-            finally:
-                conn.close()
-            assert stored_payments(data / "edged.db") == [(paid["id"], "in_progress")]
-            st.present_payment_method(READER)  # paid while the daemon was dead
-            if reader == "taken_over":
-                other = await another_integrations_sale(st)
-                assert st.reader_intent(READER) == other
-            creates = st.stats.by_path["POST /v1/payment_intents"]
-            daemon = daemon.restarted()
-            await asyncio.to_thread(daemon.start)
-            async with process_api(daemon, token) as api:
-                done = await final(api, paid["id"])
-                assert (done["state"], done["processor_ref"]) == ("approved", intent_id), done
-            assert st.stats.by_path["POST /v1/payment_intents"] == creates
-            assert st.payment_intents[intent_id]["status"] == "succeeded"
+            conn.execute("UPDATE payments SET processor_ref = NULL WHERE id = ?",
+                         (paid["id"],))
         finally:
-            await asyncio.to_thread(daemon.close)
+            conn.close()
+        assert stored_payments(data / "edged.db") == [(paid["id"], "in_progress")]
+        st.present_payment_method(READER)  # paid while the daemon was dead
+        if reader == "taken_over":
+            other = await another_integrations_sale(st)
+            assert st.reader_intent(READER) == other
+        creates = st.stats.by_path["POST /v1/payment_intents"]
+        await box.restart()
+        async with box.api() as api:
+            done = await final(api, paid["id"])
+            assert (done["state"], done["processor_ref"]) == ("approved", intent_id), done
+        assert st.stats.by_path["POST /v1/payment_intents"] == creates
+        assert st.payment_intents[intent_id]["status"] == "succeeded"
 
 
 async def test_a_list_too_long_to_read_through_proves_nothing() -> None:
@@ -861,45 +886,37 @@ async def test_killed_while_the_paymentintent_was_created(tmp_path: Path, create
     no reader got → cancelled at Stripe, ``canceled``. Never created again, never handed to
     the reader, whose action was never this payment's."""
     data = tmp_path / "data"
-    async with fakes(square=True) as (st, sq):
-        st.search_delay = 3600.0  # a search finds nothing for the whole test
-        daemon, token = process_daemon(tmp_path, data, st, sq)
-        try:
-            await asyncio.to_thread(daemon.start)
-            async with process_api(daemon, token) as api:
-                await until(lambda: _is(lane_state(api, "reader-1"), "online"), "reader")
-                st.faults.hang(after_apply=create != "never_went_out")
-                started = asyncio.create_task(pay(api, "reader-1", 2700))
-                await st.faults.wait_hung(1)
+    async with search_lagging(tmp_path) as (st, box):
+        async with box.api() as api:
+            st.faults.hang(after_apply=create != "never_went_out")
+            started = asyncio.create_task(pay(api, "reader-1", 2700))
+            await st.faults.wait_hung(1)
 
-                async def written() -> bool | None:
-                    return bool(stored_payments(data / "edged.db")) or None
-                await until(written, "the payment on disk")
-                await asyncio.to_thread(daemon.kill)
-            started.cancel()
-            await asyncio.gather(started, return_exceptions=True)
-            await st.faults.restore()
-            [(payment_id, state)] = stored_payments(data / "edged.db")
-            assert state == "in_progress"
-            made = list(st.payment_intents)
-            assert len(made) == (0 if create == "never_went_out" else 1)
-            creates = st.stats.by_path["POST /v1/payment_intents"]
-            daemon = daemon.restarted()
-            await asyncio.to_thread(daemon.start)
-            async with process_api(daemon, token) as api:
-                done = await final(api, payment_id)
-            assert done["state"] == "canceled", done
-            assert st.stats.by_path["GET /v1/payment_intents"] >= 1  # the list was read
-            assert st.stats.by_path["POST /v1/payment_intents"] == creates
-            assert st.stats.by_path[f"POST /v1/terminal/readers/{READER}"
-                                    "/process_payment_intent"] == 0
-            if create == "never_went_out":
-                assert "no PaymentIntent was made" in (done["failure"] or ""), done
-                assert st.payment_intents == {}
-            else:
-                assert st.payment_intents[made[0]]["status"] == "canceled"
-        finally:
-            await asyncio.to_thread(daemon.close)
+            async def written() -> bool | None:
+                return bool(stored_payments(data / "edged.db")) or None
+            await until(written, "the payment on disk")
+            await asyncio.to_thread(box.daemon.kill)
+        started.cancel()
+        await asyncio.gather(started, return_exceptions=True)
+        await st.faults.restore()
+        [(payment_id, state)] = stored_payments(data / "edged.db")
+        assert state == "in_progress"
+        made = list(st.payment_intents)
+        assert len(made) == (0 if create == "never_went_out" else 1)
+        creates = st.stats.by_path["POST /v1/payment_intents"]
+        await box.restart()
+        async with box.api() as api:
+            done = await final(api, payment_id)
+        assert done["state"] == "canceled", done
+        assert st.stats.by_path["GET /v1/payment_intents"] >= 1  # the list was read
+        assert st.stats.by_path["POST /v1/payment_intents"] == creates
+        assert st.stats.by_path[f"POST /v1/terminal/readers/{READER}"
+                                "/process_payment_intent"] == 0
+        if create == "never_went_out":
+            assert "no PaymentIntent was made" in (done["failure"] or ""), done
+            assert st.payment_intents == {}
+        else:
+            assert st.payment_intents[made[0]]["status"] == "canceled"
 
 
 @pytest.mark.parametrize("create", ["never_went_out", "made_then_key_forgotten"])
