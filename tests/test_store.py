@@ -466,9 +466,16 @@ async def test_continuous_writes_keep_the_wal_small(tmp_path: Path) -> None:
     while it copies, and the WAL grew by all that was written (193 MB in three simulated
     days of ``bench/years.py``, against a 64 MB bound). Between two groups the writer
     copies the last few frames itself once the WAL is past ``CATCH_UP_FRAMES``, so that
-    it starts over."""
+    it starts over.
+
+    The bound's own forced checkpoint is set out of reach (1 GB), so that only the catch-up
+    keeps the WAL small here: without it the WAL reaches 94 MB (everything written); with
+    it, 18-21 MB on an idle box and under three CPU hogs and a disk writer. A CI run that
+    shared the box with the other tests' flushes saw 37 MB once, with the bound at its
+    default 64 MB (whose forced checkpoint starts past half of it): the figure checked is
+    the default bound, held by the catch-up alone."""
     path = tmp_path / "edged.db"
-    db = Database(path)  # its bound: 64 MB, checked at most every 5 s
+    db = Database(path, wal_max_bytes=1 << 30)
     await db.open()
     row = "y" * 3_000
     largest = 0
@@ -486,7 +493,7 @@ async def test_continuous_writes_keep_the_wal_small(tmp_path: Path) -> None:
     finally:
         await db.close()
     # past CATCH_UP_FRAMES (about 16 MB) the WAL starts over after the next checkpoint
-    assert largest < 32 << 20, largest >> 20
+    assert largest < 64 << 20, largest >> 20
 
 
 async def test_a_replicated_store_never_checkpoints(tmp_path: Path) -> None:
