@@ -66,6 +66,10 @@ _OUTCOME_STATE = {Outcome.APPROVED: PaymentState.APPROVED,
                   Outcome.CANCELED: PaymentState.CANCELED,
                   Outcome.UNKNOWN: PaymentState.UNKNOWN,
                   Outcome.AUTHORIZED: PaymentState.AUTHORIZED}
+#: What a terminal raises to refuse a sale before anything could be charged: the register
+#: is answered at once (ERR-3003 offline, ERR-3002 busy, ERR-3010 the sale as asked).
+Refusal = TerminalUnavailable | TerminalBusy | SaleRefused
+REFUSALS = (TerminalUnavailable, TerminalBusy, SaleRefused)
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,7 +154,7 @@ class PaymentService:
         else:
             try:
                 reference = await driver.prepare(request)
-            except (TerminalUnavailable, TerminalBusy, SaleRefused) as exc:
+            except REFUSALS as exc:
                 self._refused(terminal_id, payment_id, exc)
             except BaseException:
                 self._terminals.release(terminal_id, payment_id)
@@ -184,7 +188,7 @@ class PaymentService:
         if beside is not None:
             try:
                 made = await beside
-            except (TerminalUnavailable, TerminalBusy, SaleRefused) as exc:
+            except REFUSALS as exc:
                 await self._refused_after_write(terminal_id, payment_id, idem, exc)
             except Exception:
                 log.exception("terminal %s: preparing %s failed; following it anyway",
@@ -246,7 +250,7 @@ class PaymentService:
         assert driver is not None
         try:
             return await driver.start(request)
-        except (TerminalUnavailable, TerminalBusy, SaleRefused) as exc:
+        except REFUSALS as exc:
             await self._refused_after_write(terminal_id, request.payment_id, idem, exc)
         except Exception:
             log.exception("terminal %s: starting %s failed; following it anyway",
@@ -254,8 +258,7 @@ class PaymentService:
         return None
 
     async def _refused_after_write(self, terminal_id: str, payment_id: str, idem: IdemRecord,
-                                   exc: TerminalUnavailable | TerminalBusy | SaleRefused
-                                   ) -> NoReturn:
+                                   exc: Refusal) -> NoReturn:
         """A terminal refused a sale already written, before anything could be charged:
         ERR-3003 / ERR-3002 / ERR-3010 at once, the payment ``failed`` (nothing was charged)
         and its key forgotten, so the register may try again."""
