@@ -414,6 +414,7 @@ async def test_a_paymentintent_refused_while_the_payment_is_written(tmp_path: Pa
         [(payment_id, state)] = stored_payments(st.db)
         assert (payment_id, state) == (body["error"]["details"]["payment"], "failed")
         _, failed = await api.get(f"/v1/payments/{payment_id}")
+        assert failed["failure"].startswith("the processor refused the sale: amount_too_small")
         assert "nothing was charged" in failed["failure"], failed
         assert st.payment_intents == {} and st.stored_at_process == []
         assert await lane_state(api, "reader-1") == "online"  # at once, no heartbeat

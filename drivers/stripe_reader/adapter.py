@@ -90,7 +90,7 @@ class StripeReaderTerminal(CloudLane[Run]):
                                                      manual_capture=request.manual_capture,
                                                      description=request.reference)
         except TerminalRefused as exc:  # the sale as asked: no reader is in a create
-            raise SaleRefused(f"Stripe refused the PaymentIntent: {exc}") from None
+            raise SaleRefused(str(exc)) from None  # its code, and Stripe's own words
         except OutcomeLost:
             self._run = run  # the create may have happened: collect finds out
             return None

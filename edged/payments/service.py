@@ -229,8 +229,8 @@ class PaymentService:
         as asked (an amount below its minimum), says nothing about the lane."""
         self._terminals.release(terminal_id, payment_id)
         if isinstance(exc, SaleRefused):
-            raise ApiError("ERR-3010", f"terminal {terminal_id}: {exc}; nothing was charged",
-                           details={"payment": payment_id}) from None
+            raise ApiError("ERR-3010", f"terminal {terminal_id}: {str(exc).rstrip('.')};"
+                           " nothing was charged", details={"payment": payment_id}) from None
         busy = isinstance(exc, TerminalBusy)
         if not busy:
             self._terminals.mark_offline(terminal_id, str(exc))
@@ -262,15 +262,15 @@ class PaymentService:
         """A terminal refused a sale already written, before anything could be charged:
         ERR-3003 / ERR-3002 / ERR-3010 at once, the payment ``failed`` (nothing was charged)
         and its key forgotten, so the register may try again."""
-        message = str(exc)
+        who = "the processor refused the sale" if isinstance(exc, SaleRefused) \
+            else "the terminal refused the payment"
+        why = f"{who}: {str(exc).rstrip('.')}"
         now = self._now()
 
         def fail(conn: sqlite3.Connection) -> dict[str, Any] | None:
             row = records.payment_row(conn, payment_id)
             assert row is not None
-            self._apply_result(conn, row,
-                               NotSent(f"the terminal refused the payment: {message}"),
-                               now, Actor.TERMINAL)
+            self._apply_result(conn, row, NotSent(why), now, Actor.TERMINAL)
             idempotency.forget(conn, idem)
             return records.get_payment(conn, payment_id)
 
