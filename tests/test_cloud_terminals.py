@@ -186,6 +186,14 @@ async def test_stripe_reader_decline_carries_stripes_code(tmp_path: Path) -> Non
         assert "insufficient_funds" in done["failure"]
         assert done["raw_status"] == "insufficient_funds"
         assert await until(lambda: _is(lane_state(api, "reader-1"), "online"), "lane free")
+        # Stripe keeps a declined PaymentIntent open (requires_payment_method) for another
+        # attempt; edged makes none, so it cancels it: no reader can charge it later
+        intent = done["processor_ref"]
+
+        async def canceled() -> bool | None:
+            return st.payment_intents[intent]["status"] == "canceled" or None
+        await until(canceled, "the declined PaymentIntent cancelled")
+        assert st.stats.by_path[f"POST /v1/payment_intents/{intent}/cancel"] == 1
 
 
 async def test_stripe_reader_cancel_from_the_register(tmp_path: Path) -> None:

@@ -14,6 +14,9 @@ it. A lost answer is not a refusal: ``collect`` finds out.
 
 ``collect``: :class:`~drivers.stripe_reader.poller.ReaderPoller` until the final state.
 ``cancel``: wakes the poller, which stops the action and cancels the PaymentIntent.
+A declined payment's PaymentIntent is cancelled beside the decline's recording, the
+register's answer not waiting for it (Stripe keeps it open for another attempt, which edged
+never makes).
 ``recover``: after a restart, read the PaymentIntent (by its id, else by its metadata, else
 the one the reader's action names, else by Stripe's list of those created since the
 payment) before sending anything; a payment still waiting on the reader is stopped and ends
@@ -23,6 +26,7 @@ minute behind a create, and the reader's action may since be another's.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from datetime import datetime
 
@@ -64,6 +68,7 @@ class StripeReaderTerminal(CloudLane[Run]):
         super().__init__(terminal_id, settings, clock)
         self.client = client
         self._poller = ReaderPoller(client, settings.device, settings, clock)
+        self._closing: set[asyncio.Task[None]] = set()  # declined PaymentIntents' cancels
 
     async def status(self) -> TerminalStatus:
         try:
@@ -163,7 +168,33 @@ class StripeReaderTerminal(CloudLane[Run]):
             log.warning("could not cancel the unused PaymentIntent %s: %s", run.intent_id, exc)
 
     async def _follow(self, run: Run) -> TransactionResult:
-        return run.ended if run.ended is not None else await self._poller.follow(run)
+        result = run.ended if run.ended is not None else await self._poller.follow(run)
+        if result.outcome is Outcome.DECLINED and run.intent_id is not None:
+            closing = asyncio.create_task(self._close_declined(run.payment_id, run.intent_id),
+                                          name=f"close-{run.intent_id}")
+            self._closing.add(closing)
+            closing.add_done_callback(self._closing.discard)
+        return result
+
+    async def _close_declined(self, payment_id: str, intent_id: str) -> None:
+        """Beside the decline's recording: cancel its PaymentIntent. Stripe leaves it
+        open (``requires_payment_method``) for another attempt, which edged never makes:
+        anyone handing it to a reader later would charge a payment recorded declined."""
+        try:
+            await self.client.cancel_intent(intent_id, f"edged-{payment_id}-cancel")
+        except TerminalRefused as exc:  # not open any more: it says what it is
+            log.error("payment %s was declined, but its PaymentIntent %s cannot be cancelled"
+                      " (%s): compare it with Stripe's dashboard", payment_id, intent_id, exc)
+        except (SyncError, *LINK_ERRORS) as exc:
+            log.warning("payment %s was declined; its PaymentIntent %s stays open at Stripe"
+                        " (cancelling it failed: %s); nothing can charge it without a reader",
+                        payment_id, intent_id, exc)
+
+    async def close(self) -> None:
+        await super().close()
+        for closing in list(self._closing):
+            closing.cancel()
+        await asyncio.gather(*self._closing, return_exceptions=True)
 
     async def recover(self, interrupted: InterruptedTransaction) -> TransactionResult | None:
         run = Run(interrupted.payment_id, interrupted.extra.get("processor_ref") or None,
