@@ -112,6 +112,32 @@ async def test_inline_reads_see_the_last_commit_and_go_to_a_reader_when_locked(
         await db.close()
 
 
+async def test_closing_waits_for_a_read_under_way(tmp_path: Path) -> None:
+    """A read running on a reader thread when the store closes (a long poll, the status
+    page, at the daemon's stop) ends first, on its open connection; the connections are
+    closed after it, never under it. Closing them first crashed a test worker of one CI run
+    (SIGSEGV in sqlite3: ``Database.close`` on the loop's thread while ``_run_read``
+    used the connection)."""
+    db = Database(tmp_path / "edged.db")
+    await db.open()
+    await db.write(lambda c: c.execute("CREATE TABLE t (x)"))
+    started = threading.Event()
+
+    def read_past_the_writers_close(conn: sqlite3.Connection) -> int:
+        started.set()
+        for _ in range(1000):  # until close() is past the writer, where it closed readers
+            if db._writer_conn is None:
+                break
+            threading.Event().wait(0.01)
+        return int(conn.execute("SELECT count(*) FROM t").fetchone()[0])
+
+    reading = asyncio.create_task(db.read(read_past_the_writers_close))
+    await asyncio.to_thread(started.wait, 10)
+    await db.close()
+    assert db._writer_conn is None
+    assert await reading == 0
+
+
 def test_audit_chain_detects_tampering(tmp_path: Path) -> None:
     conn = open_sync(tmp_path / "edged.db")
     for i in range(5):

@@ -565,7 +565,8 @@ class Database:
         return outcomes
 
     async def close(self) -> None:
-        """Finish every write submitted, then close every connection."""
+        """Finish every write submitted and every read under way, then close every
+        connection."""
         if self._closed:
             return
         self._closed = True
@@ -586,11 +587,13 @@ class Database:
         if self._inline_conn is not None:
             self._inline_conn.close()
             self._inline_conn = None
+        # the reads in flight end first (a long poll's, the status page's): a connection
+        # closed while its thread still uses it crashes the process (SIGSEGV in sqlite3)
+        await asyncio.to_thread(self._reader_exec.shutdown, wait=True)
         with self._reader_lock:
             for conn in self._reader_conns:
                 conn.close()
             self._reader_conns.clear()
-        self._reader_exec.shutdown(wait=True)
 
     def _close_writer(self) -> None:
         if self.checkpointer is not None:
