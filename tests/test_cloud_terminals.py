@@ -26,6 +26,7 @@ from aiohttp import web
 
 from edged.app import Daemon
 from edged.config import Config, OfflineConfig, ProcessorConfig, SyncConfig, TerminalConfig
+from edged.config.upkeep import StorageConfig
 from edged.lan import tokens
 from edged.store import secrets
 from edged.store.database import open_sync
@@ -38,6 +39,7 @@ from tests.event_tap import EventTap, breaker_opened
 from tests.fakes.square import FakeSquare
 from tests.fakes.stripe import FakeStripe
 from tests.helpers import Api, make_config, running
+from tests.test_disk_full import fill, small_filesystem
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -431,6 +433,46 @@ async def test_a_paymentintent_refused_while_the_payment_is_written(tmp_path: Pa
         await until(reader_intent(st), "the reader to get the PaymentIntent")
         st.present_payment_method(READER)
         assert (await final(api, again["id"]))["state"] == "approved"
+
+
+async def test_a_payment_the_full_disk_refused_leaves_no_paymentintent_open(
+        tmp_path: Path) -> None:
+    """The PaymentIntent is created beside the payment's write (issue 22 item 4). When
+    the write fails (the data directory's file system full: SQLite's own refusal, the
+    space guard off), the register hears 503 ERR-1019 and nothing is stored; the
+    PaymentIntent no reader has is cancelled at Stripe, and the lane is idle, not left
+    holding the sale: once space returns the next sale goes through."""
+    with small_filesystem(tmp_path / "small") as small:
+        async with fakes(square=False) as (st, _):
+            cfg = replace(cloud_config(small / "data", st, None),
+                          storage=StorageConfig(min_free_mb=0))
+            async with running(cfg) as api:
+                await until(lambda: _is(lane_state(api, "reader-1"), "online"), "reader")
+                filler = fill(small)
+                status, body = 0, {}
+                for n in range(100):  # free pages inside the file take a few sales first
+                    status, body = await pay(api, "reader-1", 1000 + n, key=f"full-{n}")
+                    if status != 202:
+                        break
+                    await until(reader_intent(st), "the reader to get the PaymentIntent")
+                    st.present_payment_method(READER)
+                    await final(api, body["id"])
+                assert (status, body["error"]["code"]) == (503, "ERR-1019"), body
+                refused = [pi for pi in st.payment_intents.values()
+                           if pi["status"] != "succeeded"]
+                assert len(refused) == 1  # the one created beside the failed write
+
+                async def cancelled() -> bool | None:
+                    return refused[0]["status"] == "canceled" or None
+                await until(cancelled, "the unused PaymentIntent cancelled")
+                assert st.reader_intent(READER) != refused[0]["id"]
+                await until(lambda: _is(lane_state(api, "reader-1"), "online"), "lane idle")
+                filler.unlink()
+                status, again = await pay(api, "reader-1", 4200, key="after-space")
+                assert status == 202, again
+                await until(reader_intent(st), "the reader to get the PaymentIntent")
+                st.present_payment_method(READER)
+                assert (await final(api, again["id"]))["state"] == "approved"
 
 
 # -- Square Terminal ----------------------------------------------------------------------

@@ -28,7 +28,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Coroutine
 from datetime import datetime
+from typing import Any
 
 from drivers.base import (
     InterruptedTransaction,
@@ -68,7 +70,7 @@ class StripeReaderTerminal(CloudLane[Run]):
         super().__init__(terminal_id, settings, clock)
         self.client = client
         self._poller = ReaderPoller(client, settings.device, settings, clock)
-        self._closing: set[asyncio.Task[None]] = set()  # declined PaymentIntents' cancels
+        self._closing: set[asyncio.Task[None]] = set()  # cancels run in the background
 
     async def status(self) -> TerminalStatus:
         try:
@@ -167,14 +169,28 @@ class StripeReaderTerminal(CloudLane[Run]):
         except (SyncError, *LINK_ERRORS) as exc:
             log.warning("could not cancel the unused PaymentIntent %s: %s", run.intent_id, exc)
 
+    def abandon(self, request: TransactionRequest) -> None:
+        """The payment could not be written (a full disk) after its PaymentIntent was
+        created beside the write: the slot is freed and the PaymentIntent, which no reader
+        has, is cancelled in the background."""
+        run = self._run
+        if run is None or run.payment_id != request.payment_id:
+            return
+        self._run = None
+        self._in_background(self._abandon(run), f"abandon-{run.payment_id}")
+
     async def _follow(self, run: Run) -> TransactionResult:
         result = run.ended if run.ended is not None else await self._poller.follow(run)
         if result.outcome is Outcome.DECLINED and run.intent_id is not None:
-            closing = asyncio.create_task(self._close_declined(run.payment_id, run.intent_id),
-                                          name=f"close-{run.intent_id}")
-            self._closing.add(closing)
-            closing.add_done_callback(self._closing.discard)
+            self._in_background(self._close_declined(run.payment_id, run.intent_id),
+                                f"close-{run.intent_id}")
         return result
+
+    def _in_background(self, work: Coroutine[Any, Any, None], name: str) -> None:
+        """A cancel the register's answer need not wait for; ended at ``close``."""
+        task = asyncio.create_task(work, name=name)
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     async def _close_declined(self, payment_id: str, intent_id: str) -> None:
         """Beside the decline's recording: cancel its PaymentIntent. Stripe leaves it
