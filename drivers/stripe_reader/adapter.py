@@ -49,7 +49,7 @@ from drivers.stripe_reader.poller import LINK_ERRORS, ReaderPoller, Run, result_
 from sync.core.clock import Clock
 from sync.core.errors import CredentialsRequired, SyncError
 from sync.core.errors import OutcomeUnknown as OutcomeLost
-from sync.stripe_api.terminal import StripeTerminalClient, TerminalRefused
+from sync.stripe_api.terminal import StripeTerminalClient, TerminalRefused, cancel_key
 
 log = logging.getLogger(__name__)
 
@@ -162,12 +162,19 @@ class StripeReaderTerminal(CloudLane[Run]):
 
     async def _abandon(self, run: Run) -> None:
         """Cancel a PaymentIntent no reader took (best effort: it cannot be charged)."""
-        if run.intent_id is None:
-            return
+        if run.intent_id is not None:
+            await self._cancel_left(run.payment_id, run.intent_id, "unused")
+
+    async def _cancel_left(self, payment_id: str, intent_id: str, what: str) -> None:
+        """Best effort: cancel a PaymentIntent edged hands to no reader again."""
         try:
-            await self.client.cancel_intent(run.intent_id, f"edged-{run.payment_id}-cancel")
+            await self.client.cancel_intent(intent_id, cancel_key(payment_id))
+        except TerminalRefused as exc:  # not open any more: it says what it is
+            log.error("payment %s: its %s PaymentIntent %s cannot be cancelled (%s): compare"
+                      " it with Stripe's dashboard", payment_id, what, intent_id, exc)
         except (SyncError, *LINK_ERRORS) as exc:
-            log.warning("could not cancel the unused PaymentIntent %s: %s", run.intent_id, exc)
+            log.warning("payment %s: its %s PaymentIntent %s stays open at Stripe (cancelling"
+                        " it failed: %s); no reader has it", payment_id, what, intent_id, exc)
 
     def abandon(self, request: TransactionRequest) -> None:
         """The payment could not be written (a full disk) after its PaymentIntent was
@@ -196,15 +203,7 @@ class StripeReaderTerminal(CloudLane[Run]):
         """Beside the decline's recording: cancel its PaymentIntent. Stripe leaves it
         open (``requires_payment_method``) for another attempt, which edged never makes:
         anyone handing it to a reader later would charge a payment recorded declined."""
-        try:
-            await self.client.cancel_intent(intent_id, f"edged-{payment_id}-cancel")
-        except TerminalRefused as exc:  # not open any more: it says what it is
-            log.error("payment %s was declined, but its PaymentIntent %s cannot be cancelled"
-                      " (%s): compare it with Stripe's dashboard", payment_id, intent_id, exc)
-        except (SyncError, *LINK_ERRORS) as exc:
-            log.warning("payment %s was declined; its PaymentIntent %s stays open at Stripe"
-                        " (cancelling it failed: %s); nothing can charge it without a reader",
-                        payment_id, intent_id, exc)
+        await self._cancel_left(payment_id, intent_id, "declined")
 
     async def close(self) -> None:
         await super().close()

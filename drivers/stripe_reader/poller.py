@@ -18,7 +18,13 @@ from drivers.base import Outcome, TransactionRequest, TransactionResult
 from drivers.cloud.poll import CloudSettings, Schedule, pause
 from sync.core.clock import Clock
 from sync.core.errors import BreakerOpen, OutcomeUnknown, SyncError, TransientError
-from sync.stripe_api.terminal import IntentView, ReaderView, StripeTerminalClient, TerminalRefused
+from sync.stripe_api.terminal import (
+    IntentView,
+    ReaderView,
+    StripeTerminalClient,
+    TerminalRefused,
+    cancel_key,
+)
 
 log = logging.getLogger(__name__)
 
@@ -193,7 +199,7 @@ class ReaderPoller:
                          exc.code)
             try:
                 intent = await self._client.cancel_intent(run.intent_id,
-                                                          f"edged-{run.payment_id}-cancel")
+                                                          cancel_key(run.payment_id))
             except TerminalRefused:
                 intent = await self._client.intent(run.intent_id)
         except LINK_ERRORS as exc:

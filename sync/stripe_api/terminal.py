@@ -24,7 +24,7 @@ whatever is resent after a lost answer goes under the same key and Stripe replay
 - ``list_intent``: the same, by Stripe's list of PaymentIntents created since a time, which
   is read as written; its search can lag about a minute, and Stripe's docs point
   read-after-write flows to the list APIs instead (a restart's reconciliation).
-- ``cancel_action`` and ``cancel_intent``.
+- ``cancel_action`` and ``cancel_intent`` (key ``edged-<payment>-cancel``, whichever path asks).
 
 Errors: Stripe's own error ``code`` decides, never the HTTP status: a refusal is
 :class:`TerminalRefused` with ``code`` (``terminal_reader_offline``,
@@ -155,6 +155,12 @@ def intent_key(payment_id: str) -> str:
 
 def process_key(payment_id: str) -> str:
     return f"edged-{payment_id}-process"
+
+
+def cancel_key(payment_id: str) -> str:
+    """The PaymentIntent's cancel: one key however many times it is asked (stop, unused,
+    declined), so Stripe replays a cancel already made."""
+    return f"edged-{payment_id}-cancel"
 
 
 def intent_view(pi: Mapping[str, Any]) -> IntentView:
@@ -367,4 +373,4 @@ def _lane_refusal(what: str, refusal: StripeRefusal) -> Exception:
 
 
 __all__ = ["IntentView", "Listed", "ReaderView", "StripeTerminalClient", "StripeTerminalSettings",
-           "TerminalRefused", "intent_key", "intent_view", "process_key"]
+           "TerminalRefused", "cancel_key", "intent_key", "intent_view", "process_key"]
