@@ -102,8 +102,8 @@ async def fakes(stripe: bool = True, square: bool = True
 
 
 async def pay(api: Api, terminal: str, amount: int = 1250,
-              key: str | None = None) -> tuple[int, Any]:
-    return await api.post("/v1/payments", {"amount": amount, "currency": "EUR",
+              key: str | None = None, currency: str = "EUR") -> tuple[int, Any]:
+    return await api.post("/v1/payments", {"amount": amount, "currency": currency,
                                            "method": "card_present", "terminal": terminal},
                           key=key)
 
@@ -574,6 +574,45 @@ async def test_square_cancel_from_the_register(tmp_path: Path) -> None:
         assert status == 200, canceled
         assert canceled["state"] == "canceled", canceled
         assert sq.checkouts[checkout_id]["status"] == "CANCELED"
+
+
+async def test_a_checkout_square_refuses_refuses_the_sale_not_the_terminal(
+        tmp_path: Path) -> None:
+    """The store's terminals take EUR; the Square account behind the lane is a British
+    seller's, which takes GBP only. Square refuses the checkout: a 400 ``INVALID_VALUE`` on
+    ``checkout.amount_money.currency`` (``INVALID_VALUE`` is among the codes Square's
+    OpenAPI lists for ``CreateTerminalCheckout``; the words are those Square's developer
+    forum shows for a payment in another currency). None of the codes it lists names a
+    device, and a checkout for an offline Terminal is accepted and left ``PENDING``: the
+    refusal is of the sale as asked. The register hears 422 ERR-3010 with Square's code and
+    words (which tell the technician what to fix), the payment is ``failed`` with nothing
+    made, and the lane stays online: once the account takes the sale's currency (the fake's
+    switched) the next sale goes through at once, with no PING first (before: 503 ERR-3003,
+    retryable, and the lane held offline, which sent the technician to the Terminal)."""
+    async with FakeSquare(rate=None, currency="GBP") as sq, \
+            running(cloud_config(tmp_path, None, sq)) as api:
+        sq.add_device(DEVICE)
+        await until(lambda: _is(lane_state(api, "square-1"), "online"), "the device online")
+        calls = sq.stats.requests
+        status, body = await pay(api, "square-1", 1500, key="k-euros")
+        assert (status, body["error"]["code"]) == (422, "ERR-3010"), body
+        message = body["error"]["message"]
+        assert "INVALID_VALUE" in message and "only process payments in GBP" in message
+        assert "nothing was charged" in message
+        payment_id = body["error"]["details"]["payment"]
+        _, failed = await api.get(f"/v1/payments/{payment_id}")
+        assert failed["state"] == "failed", failed
+        assert failed["failure"].startswith("the processor refused the sale:"), failed
+        assert sq.checkouts == {}
+        assert await lane_state(api, "square-1") == "online"
+        assert sq.stats.requests == calls + 1  # the refused create alone: no PING since
+        sq.currency = "EUR"
+        status, again = await pay(api, "square-1", 1500, key="k-euros")  # the key forgotten
+        assert status == 202, again
+        checkout_id = await until(square_checkout(sq), "the checkout")
+        sq.checkout_in_progress(checkout_id)
+        sq.checkout_complete(checkout_id)
+        assert (await final(api, again["id"]))["state"] == "approved"
 
 
 # -- Square availability, as Square documents it (issue 16 item 1) ------------------------

@@ -9,12 +9,15 @@ a refusal) leaves the lane as it was, and the checkout decides.
 
 ``prepare`` asks Square nothing; it refuses a sale (ERR-3003, nothing made) only while the
 last PING went unanswered or the last checkout was never shown, until a PING is answered.
-``start`` (before the register is answered) creates the
-checkout under the payment's key and returns its id, which the daemon stores with the
-payment; a refusal or an unreachable Square is :class:`TerminalUnavailable` (nothing was
-made). A lost answer is not a refusal: ``collect`` asks again under the same key, which
-Square answers with the same checkout. ``collect``: :class:`~drivers.square_terminal.poller.
-CheckoutPoller`: an offline Terminal shows as a checkout still ``PENDING`` at the customer
+``start`` (before the register is answered) creates the checkout under the payment's key
+and returns its id, which the daemon stores with the payment. Square refusing the create
+refuses the sale as asked (its amount in a currency the seller does not take, say:
+:class:`SaleRefused`, ERR-3010), never the Terminal: Square accepts a checkout for an
+offline Terminal and leaves it ``PENDING``, and none of the codes its OpenAPI lists for the
+create names a device. An unreachable Square is :class:`TerminalUnavailable`. Nothing was
+made either way. A lost answer is not a refusal: ``collect`` asks again under the same key,
+which Square answers with the same checkout. ``collect``: :class:`~drivers.square_terminal.
+poller.CheckoutPoller`: an offline Terminal shows as a checkout still ``PENDING`` at the customer
 timeout, which is then canceled and ends ``canceled`` once Square confirms it (the lane is
 then held offline until a PING is answered). ``cancel``: wakes the poller, which cancels the
 checkout.
@@ -35,6 +38,7 @@ from datetime import datetime
 from drivers.base import (
     InterruptedTransaction,
     Outcome,
+    SaleRefused,
     TerminalState,
     TerminalStatus,
     TerminalUnavailable,
@@ -130,8 +134,8 @@ class SquareTerminal(CloudLane[Run]):
                 request.payment_id, self.settings.device, request.amount, request.currency,
                 reference=request.reference, manual_capture=request.manual_capture,
                 deadline_seconds=self._deadline)
-        except CheckoutRefused as exc:
-            raise TerminalUnavailable(f"Square refused the checkout: {exc}") from None
+        except CheckoutRefused as exc:  # the sale as asked: Square's codes and words
+            raise SaleRefused(exc.message) from None  # "… (CODE)" already
         except OutcomeUnknown:
             self._run = run  # collect asks again under the same key
             return None

@@ -38,6 +38,13 @@ found: ``{}``), ``POST /v2/refunds`` (payment must be COMPLETED; over-refund →
 ``GET /v2/devices/codes/{id}``, ``GET /v2/payments`` (``begin_time``/``end_time``/
 ``location_id``), ``GET /v2/refunds``.
 
+The seller's currency: a Square account takes payments in its country's currency only
+(``currency``, EUR unless told). A payment or a checkout in another is refused as Square
+refuses it: 400 ``INVALID_VALUE`` (a code Square's OpenAPI lists for ``CreatePayment`` and
+``CreateTerminalCheckout``), "This merchant can only process payments in EUR, but amount was
+provided in USD.", ``field`` the amount's ``currency`` (the answer Square's developer forum
+shows for ``CreatePayment``). Nothing is made.
+
 The contract: every request is checked against Square's published OpenAPI description
 (``tests/fixtures/square/api.json``, through :mod:`tests.fakes.square_openapi`): a path or
 method Square does not serve is answered 404 ``NOT_FOUND``, a body field or query parameter
@@ -200,6 +207,7 @@ class FakeSquare(FakeServer):
         *,
         token: str | None = None,
         location_id: str = "LFAKE00000001",
+        currency: str = "EUR",
         rate: float | None = 20.0,
         burst: float | None = None,
         retry_after: float = 1.0,
@@ -209,6 +217,7 @@ class FakeSquare(FakeServer):
     ) -> None:
         """
         :param token: the accepted bearer token (None: any non-empty token).
+        :param currency: the seller's currency, the only one its payments may be in.
         :param rate: requests a second before 429s (None: no limit).
         :param retry_after: seconds sent in ``Retry-After`` with 429s.
         :param settle_refunds_on_get: a PENDING card refund reads back COMPLETED.
@@ -216,6 +225,7 @@ class FakeSquare(FakeServer):
         super().__init__(clock=clock)
         self.token = token
         self.location_id = location_id
+        self.currency = currency
         self.limiter = TokenBucket(rate, burst, clock) if rate else None
         self.retry_after = retry_after
         self.settle_refunds_on_get = settle_refunds_on_get
@@ -406,6 +416,15 @@ class FakeSquare(FakeServer):
             raise _bad("VALUE_TOO_LOW", "Must be greater than 0", f"{field}.amount")
         return {"amount": m["amount"], "currency": m["currency"]}
 
+    def _sellers(self, amount: JSON | None, field: str) -> JSON:
+        """``amount`` (a Money already read), refused unless in the seller's currency."""
+        assert amount is not None
+        if amount["currency"] != self.currency:
+            raise _bad("INVALID_VALUE", f"This merchant can only process payments in"
+                       f" {self.currency}, but amount was provided in {amount['currency']}.",
+                       f"{field}.currency")
+        return amount
+
     def _idempotent(self, scope: str, key: str, body: JSON,
                     run: Callable[[], tuple[int, JSON]]) -> web.Response:
         fingerprint = canonical(body)
@@ -489,9 +508,9 @@ class FakeSquare(FakeServer):
         source = body.get("source_id")
         if not isinstance(source, str) or not source:
             raise _bad("MISSING_REQUIRED_PARAMETER", "Field must be set", "source_id")
-        amount = self._money(body, "amount_money", required=True)
+        amount = self._sellers(self._money(body, "amount_money", required=True),
+                               "amount_money")
         tip = self._money(body, "tip_money", positive=False)
-        assert amount is not None
         autocomplete = body.get("autocomplete", True) is not False
         for f, n in (("reference_id", 40), ("note", 500)):
             if isinstance(body.get(f), str) and len(body[f]) > n:
@@ -720,7 +739,8 @@ class FakeSquare(FakeServer):
         co = body.get("checkout")
         if not isinstance(co, dict):
             raise _bad("MISSING_REQUIRED_PARAMETER", "Field must be set", "checkout")
-        amount = self._money(co, "amount_money", required=True)
+        amount = self._sellers(self._money(co, "amount_money", required=True),
+                               "checkout.amount_money")
         device = co.get("device_options")
         if not isinstance(device, dict) or not device.get("device_id"):
             raise _bad("MISSING_REQUIRED_PARAMETER", "Field must be set",
