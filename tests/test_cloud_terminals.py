@@ -382,7 +382,7 @@ async def test_the_payment_is_written_while_its_paymentintent_is_created(
     async with st, running(cloud_config(tmp_path, st, None)) as api:
         st.add_reader(READER)
         await until(lambda: _is(lane_state(api, "reader-1"), "online"), "the reader online")
-        sale = asyncio.ensure_future(pay(api, "reader-1", 2100))
+        sale = asyncio.ensure_future(pay(api, "reader-1", 2100, key="k-beside"))
         await asyncio.wait_for(st.creating.wait(), WAIT)
         # Stripe holds the create: the payment is written meanwhile, not after
         written = await until(lambda: _holds(bool(stored_payments(st.db))),
@@ -397,8 +397,11 @@ async def test_the_payment_is_written_while_its_paymentintent_is_created(
         assert body["id"] == payment_id
         assert st.stored_at_process == [[(payment_id, "in_progress")]]
         [intent_id] = st.payment_intents
+        assert body["processor_ref"] == intent_id  # the 202 names it, though written after
         _, now = await api.get(f"/v1/payments/{payment_id}")
         assert now["processor_ref"] == intent_id
+        status, replay = await pay(api, "reader-1", 2100, key="k-beside")
+        assert (status, replay) == (202, body)  # and so does its replay
         st.present_payment_method(READER)
         done = await final(api, payment_id)
         assert (done["state"], done["processor_ref"]) == ("approved", intent_id), done
@@ -481,9 +484,11 @@ async def test_a_payment_the_full_disk_refused_leaves_no_paymentintent_open(
 async def test_square_terminal_completed_with_payment_ids(tmp_path: Path) -> None:
     async with fakes(stripe=False) as (_, sq), running(cloud_config(tmp_path, None, sq)) as api:
         await until(lambda: _is(lane_state(api, "square-1"), "online"), "the device online")
-        status, body = await pay(api, "square-1", 2300)
+        status, body = await pay(api, "square-1", 2300, key="k-square")
         assert status == 202, body
         checkout_id = await until(square_checkout(sq), "the checkout")
+        assert body["processor_ref"] == checkout_id  # the 202 names the checkout
+        assert await pay(api, "square-1", 2300, key="k-square") == (202, body)  # its replay
         checkout = sq.checkouts[checkout_id]
         assert checkout["amount_money"] == {"amount": 2300, "currency": "EUR"}
         assert checkout["device_options"]["device_id"] == DEVICE

@@ -208,20 +208,25 @@ class PaymentService:
             # start has already sent what the terminal needs)
             await asyncio.sleep(0)
         if made is not None:  # stored before the answer, while the lane already follows it
-            await self._remember_reference(payment_id, made)
+            answer = await self._remember_reference(answer, made, idem)
         self._bus.publish("payment", answer.body)
         return answer
 
-    async def _remember_reference(self, payment_id: str, reference: str) -> None:
-        """The processor's id of what a terminal's start made (a checkout): a restart reads
-        it back by id. Queued before the lane's first read can end the payment, so the
-        result's write comes after it; should it fail, a restart finds it by search."""
+    async def _remember_reference(self, answer: Answer, reference: str,
+                                  idem: IdemRecord) -> Answer:
+        """The processor's id of what a terminal's start made (a PaymentIntent, a checkout):
+        a restart reads it back by id. Queued before the lane's first read can end the
+        payment, so the result's write comes after it; should it fail, a restart finds it by
+        search. The 202 carries it, and so does its replay (the stored answer is brought up
+        to date in the same transaction)."""
+        body = {**answer.body, "processor_ref": reference, "updated_at": self._now()}
         try:
-            await self._db.write(partial(_store_reference, payment_id=payment_id,
-                                         reference=reference, now=self._now()), inline=True)
+            await self._db.write(partial(_store_reference, body=body, idem=idem), inline=True)
         except Exception:
             log.exception("payment %s: could not store the processor's reference %s; the"
-                          " lane follows it anyway", payment_id, reference)
+                          " lane follows it anyway", body["id"], reference)
+            return answer
+        return Answer(answer.status, body)
 
     def _refused(self, terminal_id: str, payment_id: str, exc: Exception) -> NoReturn:
         """A terminal refused a sale before anything could be charged: answer at once. Only
@@ -571,11 +576,14 @@ class PaymentService:
         return read
 
 
-def _store_reference(conn: sqlite3.Connection, payment_id: str, reference: str,
-                     now: str) -> None:
-    """The processor's id of what a terminal's start made, on a payment still running."""
-    conn.execute("UPDATE payments SET processor_ref = ?, updated_at = ? WHERE id = ? AND"
-                 " state = ?", (reference, now, payment_id, PaymentState.IN_PROGRESS))
+def _store_reference(conn: sqlite3.Connection, body: dict[str, Any],
+                     idem: IdemRecord) -> None:
+    """The processor's id of what a terminal's start made, on a payment still running, and
+    the answer stored under the register's key, which now names it."""
+    if conn.execute("UPDATE payments SET processor_ref = ?, updated_at = ? WHERE id = ? AND"
+                    " state = ?", (body["processor_ref"], body["updated_at"], body["id"],
+                                   PaymentState.IN_PROGRESS)).rowcount:
+        idempotency.update(conn, idem, body)
 
 
 def _encode_cursor(n: int) -> str:

@@ -90,6 +90,13 @@ def save(conn: sqlite3.Connection, record: IdemRecord, status: int, body: dict[s
         raise Replayed(stored) from None
 
 
+def update(conn: sqlite3.Connection, record: IdemRecord, body: dict[str, Any]) -> None:
+    """Bring a stored answer up to date with what the same request made next (the
+    processor's id of a payment answered before that id was stored)."""
+    conn.execute("UPDATE idempotency SET response = ? WHERE scope = ? AND key = ?",
+                 (jsoncodec.dumps_text(body), record.scope, record.key))
+
+
 def forget(conn: sqlite3.Connection, record: IdemRecord) -> None:
     """Drop a stored answer the change it answered has undone (a terminal that refused)."""
     conn.execute("DELETE FROM idempotency WHERE scope = ? AND key = ?",
