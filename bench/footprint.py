@@ -14,7 +14,8 @@ with the median (a shared box slows some starts down).
 
     .venv/bin/python bench/footprint.py [--starts 3] [--settle 1.0]
 
-Targets: idle RSS <= 60 MB with no cloud, <= 90 MB with all three; start → ready <= 0.6 s.
+Targets (issue 22): idle RSS <= 60 MB with no cloud, <= 90 MB with all three; start → ready
+<= 0.6 s with no cloud, <= 0.8 s with all three.
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ if str(ROOT) not in sys.path:
 from tests.daemon_process import DaemonProcess, free_port  # noqa: E402
 
 TARGET_RSS_MB = {"no cloud": 60.0, "shopify + stripe + square": 90.0}
-TARGET_READY_S = 0.6
+TARGET_READY_S = {"no cloud": 0.6, "shopify + stripe + square": 0.8}
 MB = 1024 * 1024
 
 
@@ -95,12 +96,13 @@ def main(argv: list[str] | None = None) -> int:
             ready = sorted(r[2] for r in runs)
             cpu = sorted(r[3] for r in runs)
             target = TARGET_RSS_MB[name]
+            ready_target = TARGET_READY_S[name]
             rows.append((f"idle RSS, {name}", f"{idle:.1f} MB",
                          f"<= {target:.0f} MB  {'ok' if idle <= target else 'MISSED'}"))
             rows.append((f"start -> ready, {name}",
                          f"{ready[0]:.2f} s", f"median {statistics.median(ready):.2f} s;"
-                         f" <= {TARGET_READY_S} s  "
-                         f"{'ok' if ready[0] <= TARGET_READY_S else 'MISSED'}"))
+                         f" <= {ready_target} s  "
+                         f"{'ok' if ready[0] <= ready_target else 'MISSED'}"))
             rows.append((f"daemon CPU to ready, {name}", f"{cpu[0]:.2f} s",
                          f"median {statistics.median(cpu):.2f} s (a busy box's floor for"
                          " start -> ready)"))
