@@ -16,11 +16,11 @@ refuses the sale as asked (its amount in a currency the seller does not take, sa
 offline Terminal and leaves it ``PENDING``, and none of the codes its OpenAPI lists for the
 create names a device. An unreachable Square is :class:`TerminalUnavailable`. Nothing was
 made either way. A lost answer is not a refusal: ``collect`` asks again under the same key,
-which Square answers with the same checkout. ``collect``: :class:`~drivers.square_terminal.
-poller.CheckoutPoller`: an offline Terminal shows as a checkout still ``PENDING`` at the customer
-timeout, which is then canceled and ends ``canceled`` once Square confirms it (the lane is
-then held offline until a PING is answered). ``cancel``: wakes the poller, which cancels the
-checkout.
+which Square answers with the same checkout.
+``collect``: :class:`~drivers.square_terminal.poller.CheckoutPoller`: an offline Terminal
+shows as a checkout still ``PENDING`` at the customer timeout, which is then canceled and
+ends ``canceled`` once Square confirms it (the lane is then held offline until a PING is
+answered). ``cancel``: wakes the poller, which cancels the checkout.
 
 ``recover`` (after a restart) reads the checkout by its stored id, or finds it among the
 device's checkouts by the note that names the payment; it never creates a checkout (a

@@ -189,7 +189,10 @@ class StripeReaderTerminal(CloudLane[Run]):
     async def _follow(self, run: Run) -> TransactionResult:
         result = run.ended if run.ended is not None else await self._poller.follow(run)
         if result.outcome is Outcome.DECLINED and run.intent_id is not None:
-            self._in_background(self._close_declined(run.payment_id, run.intent_id),
+            # Stripe leaves a declined PaymentIntent open (``requires_payment_method``) for
+            # another attempt, which edged never makes: anyone handing it to a reader later
+            # would charge a payment recorded declined
+            self._in_background(self._cancel_left(run.payment_id, run.intent_id, "declined"),
                                 f"close-{run.intent_id}")
         return result
 
@@ -198,12 +201,6 @@ class StripeReaderTerminal(CloudLane[Run]):
         task = asyncio.create_task(work, name=name)
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
-
-    async def _close_declined(self, payment_id: str, intent_id: str) -> None:
-        """Beside the decline's recording: cancel its PaymentIntent. Stripe leaves it
-        open (``requires_payment_method``) for another attempt, which edged never makes:
-        anyone handing it to a reader later would charge a payment recorded declined."""
-        await self._cancel_left(payment_id, intent_id, "declined")
 
     async def close(self) -> None:
         await super().close()
