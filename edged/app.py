@@ -361,7 +361,7 @@ class Daemon:
 def _age(stamp: str | None, now: datetime) -> float | None:
     if stamp is None:
         return None
-    then = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    then = datetime.fromisoformat(stamp)
     return round((now - then).total_seconds(), 3)
 
 

@@ -158,7 +158,7 @@ class SquareTerminal(CloudLane[Run]):
         if checkout_id is None:
             try:
                 found = await self.client.find(self.settings.device, interrupted.payment_id,
-                                               _parse(interrupted.started_at))
+                                               datetime.fromisoformat(interrupted.started_at))
             except (SyncError, *LINK_ERRORS) as exc:
                 log.warning("payment %s: Square's checkouts could not be searched (%s)",
                             interrupted.payment_id, exc)
@@ -184,7 +184,3 @@ class SquareTerminal(CloudLane[Run]):
                         result.detail)
             return None
         return result
-
-
-def _parse(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))

@@ -254,7 +254,7 @@ class BulkCatalogue:
         last, waiting = await self._db.read(read)
         if waiting or last is None:
             return 0.0
-        then = datetime.fromisoformat(last.replace("Z", "+00:00")) + self._every
+        then = datetime.fromisoformat(last) + self._every
         return max(0.0, (then - self._clock.now()).total_seconds())
 
     async def run(self) -> None:

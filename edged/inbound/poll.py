@@ -65,11 +65,7 @@ def _later(moment: str | None, floor: str) -> str:
     """The later of two UTC times in ISO form (Shopify's and ours differ in their digits)."""
     if moment is None:
         return floor
-    return moment if _parse(moment) >= _parse(floor) else floor
-
-
-def _parse(moment: str) -> datetime:
-    return datetime.fromisoformat(moment.replace("Z", "+00:00"))
+    return moment if datetime.fromisoformat(moment) >= datetime.fromisoformat(floor) else floor
 
 
 class CatchUpPoller:

@@ -85,7 +85,7 @@ class WebhookSecrets:
         current, previous = await self._db.read(read)
         self._current = current
         self._previous = None if previous is None else (
-            previous[0], datetime.fromisoformat(previous[1].replace("Z", "+00:00")))
+            previous[0], datetime.fromisoformat(previous[1]))
 
     async def accepted(self, *, again: bool = False) -> list[str]:
         """The secrets a signature may match now; read from the database again (at most

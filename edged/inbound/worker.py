@@ -140,7 +140,7 @@ class InboxWorker:
             due = await self._db.read(inbox.next_due)
             wait = IDLE_POLL
             if due:
-                then = datetime.fromisoformat(due.replace("Z", "+00:00"))
+                then = datetime.fromisoformat(due)
                 wait = min(IDLE_POLL, max(0.0, (then - self._clock.now()).total_seconds()))
             await self._pause(wait)
             return False

@@ -126,7 +126,7 @@ def touch_due(principal: Principal, now: datetime) -> bool:
 @lru_cache(maxsize=64)
 def _parsed(stamp: str) -> datetime:
     """A stored time, parsed once (every call of a kept token asks about the same one)."""
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    return datetime.fromisoformat(stamp)
 
 
 def lookup(conn: sqlite3.Connection, token: str) -> Principal | None:

@@ -163,8 +163,7 @@ class AlertCenter:
                 continue
             since = self._offline_since.setdefault(view.id, now)
             if view.last_seen is not None:
-                since = min(since, datetime.fromisoformat(view.last_seen.replace("Z",
-                                                                                  "+00:00")))
+                since = min(since, datetime.fromisoformat(view.last_seen))
             gone = (now - since).total_seconds()
             if gone > limit:
                 out.append(Condition(

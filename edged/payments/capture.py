@@ -138,13 +138,12 @@ def expiring(conn: sqlite3.Connection, now_iso: str) -> list[tuple[sqlite3.Row, 
     """Authorised payments past :data:`WARN_AT` of their processor's window, with it."""
     from datetime import datetime, timedelta  # noqa: PLC0415
 
-    now = datetime.fromisoformat(now_iso.replace("Z", "+00:00"))
+    now = datetime.fromisoformat(now_iso)
     out = []
     for p in conn.execute("SELECT * FROM payments WHERE state = ? ORDER BY n",
                           (PaymentState.AUTHORIZED,)):
         hours = EXPIRY_HOURS.get((str(p["processor"]), str(p["method"])), 36.0)
-        since = datetime.fromisoformat(str(p["finished_at"] or p["created_at"])
-                                       .replace("Z", "+00:00"))
+        since = datetime.fromisoformat(str(p["finished_at"] or p["created_at"]))
         if now - since >= timedelta(hours=hours * WARN_AT):
             out.append((p, hours))
     return out

@@ -62,10 +62,6 @@ class Settled:
     """Seconds until the next deadline; None when nothing waits."""
 
 
-def _parse(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
-
-
 def stored_total(conn: sqlite3.Connection, currency: str) -> int:
     """What the payments accepted offline and not yet forwarded hold in ``currency``."""
     return int(conn.execute("SELECT coalesce(sum(amount), 0) FROM payments WHERE state = ?"
@@ -219,7 +215,7 @@ class TokenPayments:
             for row in conn.execute("SELECT id, amount, currency, processor, created_at FROM"
                                     " payments WHERE state = ? AND method = 'token' ORDER BY n",
                                     (PaymentState.PENDING,)).fetchall():
-                due = _parse(row["created_at"]) + wait
+                due = datetime.fromisoformat(row["created_at"]) + wait
                 if due > now_dt:
                     upcoming.append(due)
                     continue
@@ -231,7 +227,7 @@ class TokenPayments:
                     " 'pending') AND NOT EXISTS (SELECT 1 FROM audit a WHERE a.subject = p.id"
                     " AND a.action = 'payment.forward_held') ORDER BY p.n",
                     (PaymentState.STORED, OutboxKind.PAYMENT_FORWARD.value)).fetchall():
-                due = _parse(row["since"]) + max_age
+                due = datetime.fromisoformat(row["since"]) + max_age
                 if due > now_dt:
                     upcoming.append(due)
                     continue

@@ -339,7 +339,7 @@ class Replicator:
         self._update_lag(self.clock.now())
 
     def _update_lag(self, now: datetime) -> None:
-        since = (datetime.fromisoformat(self.status.replicated_at.replace("Z", "+00:00"))
+        since = (datetime.fromisoformat(self.status.replicated_at)
                  if self.status.replicated_at else self._started_at)
         self.status.lag_seconds = round(max(0.0, (now - since).total_seconds()), 3)
         behind = self.status.lag_seconds > self.cfg.lag_alert_seconds

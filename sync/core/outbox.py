@@ -315,7 +315,7 @@ class OutboxStore:
         stamp = await self._runner.read(read)
         if stamp is None:
             return None
-        due = datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+        due = datetime.fromisoformat(stamp)
         return max(0.0, (due - self._clock.now()).total_seconds())
 
     # -- outcomes -------------------------------------------------------------------------

@@ -166,7 +166,7 @@ class OrderSender:
         """Seconds until a miss of this order can be trusted (the send in doubt + settle)."""
         moments = [self._orders_in_doubt[key]] if key in self._orders_in_doubt else []
         if doubt_at:
-            moments.append(datetime.fromisoformat(doubt_at.replace("Z", "+00:00")))
+            moments.append(datetime.fromisoformat(doubt_at))
         if not moments:  # in doubt with no moment known: count from now
             moments.append(self.clock.now())
         since = max(moments)

@@ -189,7 +189,7 @@ def since_filter(cursor: str | None) -> str:
     """``updated_at:>'…'`` a little before ``cursor`` (:data:`POLL_OVERLAP`)."""
     if cursor is None:
         return ""
-    moment = datetime.fromisoformat(cursor.replace("Z", "+00:00")) - POLL_OVERLAP
+    moment = datetime.fromisoformat(cursor) - POLL_OVERLAP
     return f"updated_at:>'{moment.strftime('%Y-%m-%dT%H:%M:%SZ')}'"
 
 

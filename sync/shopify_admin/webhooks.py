@@ -135,7 +135,7 @@ def normal_time(text: str) -> str:
     """A Shopify time (REST ``2026-11-26T07:00:00-05:00`` or GraphQL ``…Z``) as UTC
     ``YYYY-MM-DDTHH:MM:SS.ffffffZ``: one spelling, so that versions compare as text."""
     try:
-        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+        moment = datetime.fromisoformat(text.strip())
     except ValueError:
         raise WebhookError(f"not a time: {text[:40]!r}") from None
     if moment.tzinfo is None:

@@ -87,7 +87,7 @@ class SquareReadBack(Guarded):
         if query.processor_ref:
             return await self._payment_by_id(query.processor_ref)
         note = checkout_note(query.payment_id)
-        since = _parse(query.created_at) - MARGIN
+        since = datetime.fromisoformat(query.created_at) - MARGIN
         cursor: str | None = None
         for _ in range(MAX_PAGES):
             page: dict[str, Any] = {"cursor": cursor} if cursor else {}
@@ -141,7 +141,7 @@ class SquareReadBack(Guarded):
 
     async def _find_checkout(self, query: PaymentQuery) -> Any:
         note = checkout_note(query.payment_id)
-        start = utc_iso(_parse(query.created_at) - MARGIN)
+        start = utc_iso(datetime.fromisoformat(query.created_at) - MARGIN)
         cursor: str | None = None
         for _ in range(MAX_PAGES):
             search: Any = {"filter": {"device_id": query.device,
@@ -205,10 +205,6 @@ def _refused(refusal: SquareRefusal) -> Exception:
     if "NOT_FOUND" in refusal.codes:
         return _NotFound(refusal.message)
     return PermanentError(refusal.message, refusal.codes[0] if refusal.codes else "ERR-6070")
-
-
-def _parse(stamp: str) -> datetime:
-    return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
 
 
 def _payment_seen(p: Payment) -> PaymentSeen:
