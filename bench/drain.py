@@ -13,7 +13,8 @@ itself. Prints:
 - the theoretical minimum: (total cost - the bucket's head start) / restore rate, the total
   cost being what the fake actually charged (``actualQueryCost`` of every answered call,
   pull and marker lookups included), the head start being the bucket's level at the first
-  request; and their ratio (target <= 1.15);
+  request; and their ratio (target <= 1.02, issue 22's "keep what holds"; it was
+  1.15 before);
 - the throttled answers (target 0);
 - the mutations sent again under a key Shopify had already applied (replayed: charged, no
   effect) and the attempts the daemon logged as ended in doubt; when there are replays, the
@@ -69,7 +70,7 @@ SALES = 1_000
 RESTORE_RATE = 100.0
 BUCKET = 2000.0
 REST_CALLS_PER_SECOND = 2.0
-TARGET_RATIO = 1.15
+TARGET_RATIO = 1.02  # issue 22 holds the drain to what it had reached (1.15 before)
 PRICE = 450
 START_STOCK = 1_000_000
 MUTATION_COST = 10  # points of one mutation field (the fake's and Shopify's figure)
