@@ -39,7 +39,7 @@ from tests.event_tap import EventTap, breaker_opened
 from tests.fakes.square import FakeSquare
 from tests.fakes.stripe import FakeStripe
 from tests.helpers import Api, make_config, running
-from tests.test_disk_full import fill, small_filesystem
+from tests.small_disk import fill, small_filesystem
 
 pytestmark = pytest.mark.timeout(60)
 

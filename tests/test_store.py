@@ -7,6 +7,7 @@ import sqlite3
 import threading
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -121,17 +122,21 @@ async def test_closing_waits_for_a_read_under_way(tmp_path: Path) -> None:
     db = Database(tmp_path / "edged.db")
     await db.open()
     await db.write(lambda c: c.execute("CREATE TABLE t (x)"))
-    started = threading.Event()
+    started, readers_closing = threading.Event(), threading.Event()
+    shutdown = db._reader_exec.shutdown
 
-    def read_past_the_writers_close(conn: sqlite3.Connection) -> int:
+    def shutting_down(wait: bool = True, **kwargs: Any) -> None:
+        readers_closing.set()  # close() asks the reader threads to end: the read goes on
+        shutdown(wait, **kwargs)
+
+    db._reader_exec.shutdown = shutting_down  # type: ignore[method-assign]
+
+    def read_while_closing(conn: sqlite3.Connection) -> int:
         started.set()
-        for _ in range(1000):  # until close() is past the writer, where it closed readers
-            if db._writer_conn is None:
-                break
-            threading.Event().wait(0.01)
+        readers_closing.wait(10)
         return int(conn.execute("SELECT count(*) FROM t").fetchone()[0])
 
-    reading = asyncio.create_task(db.read(read_past_the_writers_close))
+    reading = asyncio.create_task(db.read(read_while_closing))
     await asyncio.to_thread(started.wait, 10)
     await db.close()
     assert db._writer_conn is None
