@@ -40,10 +40,12 @@ found: ``{}``), ``POST /v2/refunds`` (payment must be COMPLETED; over-refund →
 
 The seller's currency: a Square account takes payments in its country's currency only
 (``currency``, EUR unless told). A payment or a checkout in another is refused as Square
-refuses it: 400 ``INVALID_VALUE`` (a code Square's OpenAPI lists for ``CreatePayment`` and
-``CreateTerminalCheckout``), "This merchant can only process payments in EUR, but amount was
-provided in USD.", ``field`` the amount's ``currency`` (the answer Square's developer forum
-shows for ``CreatePayment``). Nothing is made.
+refuses it: 400 ``INVALID_VALUE``, "This merchant can only process payments in EUR, but
+amount was provided in USD.", ``field`` the amount's ``currency`` (the answer Square's
+developer forum shows for ``CreatePayment``). ``INVALID_VALUE`` is among the codes Square's
+OpenAPI lists for ``CreateTerminalCheckout``; for ``CreatePayment`` it lists no such code of
+its own, and the code rests on that forum answer (and on Square's ``ErrorCode`` enum, which
+holds it). Nothing is made.
 
 The contract: every request is checked against Square's published OpenAPI description
 (``tests/fixtures/square/api.json``, through :mod:`tests.fakes.square_openapi`): a path or
